@@ -1,0 +1,39 @@
+"""framepipe: keep NVIDIA GPUs busy in generative video.
+
+Decode a Wan latent video one chunk at a time and write each chunk on the host while the GPU
+already decodes the next one: same pixels as ``AutoencoderKLWan.decode``, constant GPU memory.
+"""
+
+from ._api import DecodeResult, decode
+from ._decode import decode_chunks
+from ._errors import CheckpointError, DeviceError, EncoderError, FramepipeError, LatentsError, OutputError
+from ._latents import check_latents, denormalize, load_latents
+from ._models import ARCHITECTURES, load_vae, random_vae
+from ._postprocess import to_uint8_frames
+from ._sinks import NpySink, PngFolderSink, Sink, VideoFileSink, open_sink
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ARCHITECTURES",
+    "CheckpointError",
+    "DecodeResult",
+    "DeviceError",
+    "EncoderError",
+    "FramepipeError",
+    "LatentsError",
+    "NpySink",
+    "OutputError",
+    "PngFolderSink",
+    "Sink",
+    "VideoFileSink",
+    "check_latents",
+    "decode",
+    "decode_chunks",
+    "denormalize",
+    "load_latents",
+    "load_vae",
+    "open_sink",
+    "random_vae",
+    "to_uint8_frames",
+]

@@ -1,0 +1,161 @@
+"""``decode``: latents in, video files out, through the chosen executor."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from ._decode import decode_chunks, geometry
+from ._errors import DeviceError, OutputError
+from ._executors import run_async, run_sync
+from ._latents import LATENT_FORMATS, LatentFormat, check_latents, denormalize, load_latents
+from ._models import load_vae, resolve_device
+from ._progress import FrameProgress
+from ._sinks import Sink, batch_paths, open_sink
+
+Mode = Literal["async", "sync"]
+MODES: tuple[str, ...] = ("async", "sync")
+
+
+@dataclass
+class DecodeResult:
+    """What a ``decode`` call did: sizes, where it wrote, how long it took, peak device memory."""
+
+    mode: str
+    device: str
+    dtype: str
+    videos: int
+    frames_per_video: int
+    height: int
+    width: int
+    seconds: float
+    outputs: list[str] = field(default_factory=list)
+    peak_vram_bytes: int | None = None
+
+    @property
+    def frames_per_second(self) -> float:
+        return self.videos * self.frames_per_video / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "frames_per_second": round(self.frames_per_second, 3)}
+
+
+def decode(
+    latents: torch.Tensor | str | os.PathLike[str],
+    output: str | os.PathLike[str] | Sink | Sequence[Sink],
+    *,
+    vae: Any = None,
+    arch: str | None = None,
+    mode: Mode = "async",
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype = "float32",
+    latent_format: LatentFormat = "pipeline",
+    fps: float = 16,
+    crf: int | None = 18,
+    preset: str | None = "medium",
+    codec: str = "libx264",
+    slots: int = 2,
+    latent_frames_per_chunk: int = 1,
+    progress: bool = False,
+    seed: int = 0,
+) -> DecodeResult:
+    """Decode a Wan latent video chunk by chunk and write its frames, in constant device memory.
+
+    Args:
+        latents: a tensor (C, T, H, W) or (B, C, T, H, W), or a path to ``.safetensors``/``.pt``/``.npy``.
+        output: an output path (``.mp4``/``.mov``/``.mkv``, ``.npy``, or a folder for PNGs; for B > 1
+            ``name_0.mp4``, ``name_1.mp4``, ... or ``{index}`` in the name), or one sink per video.
+        vae: an ``AutoencoderKLWan`` (used as it is, on its device and dtype), a checkpoint path,
+            or None for ``arch`` with seeded random weights (noise; for benchmarks).
+        mode: ``"async"`` (the pipeline, default) or ``"sync"`` (the reference); same frames.
+        device: ``"cuda"``, ``"cpu"``, or None (CUDA if available).
+        dtype: ``"float32"`` or ``"bfloat16"``; the VAE computes in it.
+        latent_format: ``"pipeline"`` for latents as ``WanPipeline(output_type="latent")`` returns
+            them (de-normalized here with the VAE's ``latents_mean``/``latents_std``), or ``"raw"``.
+        fps, crf, preset, codec: video encoder settings (see ``VideoFileSink``).
+        slots: ring depth of the async executor (>= 1; 2 is double buffering).
+        latent_frames_per_chunk: latent frames decoded per chunk (4 frames each; the first gives 1).
+        progress: show a progress bar with frames/s on stderr.
+    """
+    if mode not in MODES:
+        raise ValueError(f"Invalid mode ({mode!r}). Supported values are {', '.join(MODES)}.")
+    if latent_format not in LATENT_FORMATS:
+        raise ValueError(f"Invalid latent_format ({latent_format!r}). Supported: {', '.join(LATENT_FORMATS)}.")
+    if not isinstance(latents, torch.Tensor):
+        latents = load_latents(latents)
+
+    if vae is None or isinstance(vae, str | os.PathLike):
+        vae = load_vae(vae, arch=arch, dtype=dtype, device=device, seed=seed)
+    elif device is not None and resolve_device(device) != next(vae.parameters()).device:
+        raise DeviceError(f"The VAE is on {next(vae.parameters()).device}, but device={device!r} was asked.")
+    param = next(vae.parameters())
+    torch_device, torch_dtype = param.device, param.dtype
+
+    latents = check_latents(latents, z_dim=vae.config.z_dim)
+    latents = latents.to(torch_device)
+    if latent_format == "pipeline":
+        latents = denormalize(latents, vae.config.latents_mean, vae.config.latents_std, dtype=torch_dtype)
+    else:
+        latents = latents.to(torch_dtype)
+
+    g = geometry(vae, tuple(latents.shape), latent_frames_per_chunk=latent_frames_per_chunk)
+    sinks, outputs = _make_sinks(output, g.batch, fps=fps, crf=crf, preset=preset, codec=codec)
+
+    if torch_device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(torch_device)
+    opened: list[Sink] = []
+    chunks = decode_chunks(vae, latents, latent_frames_per_chunk=latent_frames_per_chunk)
+    bar = FrameProgress(total=g.batch * g.frames, enabled=progress, batch=g.batch)
+    start = time.perf_counter()
+    try:
+        for sink in sinks:
+            sink.open(frames=g.frames, height=g.height, width=g.width)
+            opened.append(sink)
+        if mode == "sync":
+            run_sync(chunks, sinks, progress=bar.update)
+        else:
+            run_async(chunks, sinks, device=torch_device, geometry=g, slots=slots, progress=bar.update)
+        for sink in sinks:
+            sink.close()
+    except BaseException:
+        for sink in opened:
+            sink.abort()
+        raise
+    finally:
+        chunks.close()
+        bar.close()
+    seconds = time.perf_counter() - start
+
+    peak = torch.cuda.max_memory_allocated(torch_device) if torch_device.type == "cuda" else None
+    return DecodeResult(
+        mode=mode,
+        device=str(torch_device),
+        dtype=str(torch_dtype).removeprefix("torch."),
+        videos=g.batch,
+        frames_per_video=g.frames,
+        height=g.height,
+        width=g.width,
+        seconds=seconds,
+        outputs=outputs,
+        peak_vram_bytes=peak,
+    )
+
+
+def _make_sinks(output, batch: int, **video_options) -> tuple[list[Sink], list[str]]:
+    if isinstance(output, Sink):
+        output = [output]
+    if isinstance(output, Sequence) and not isinstance(output, str):
+        sinks = list(output)
+        if len(sinks) != batch:
+            raise ValueError(f"Got {len(sinks)} sink(s) for {batch} video(s); give one sink per video.")
+        return sinks, [str(getattr(s, "path", type(s).__name__)) for s in sinks]
+    paths = batch_paths(Path(output), batch)
+    if len(set(paths)) != len(paths):
+        raise OutputError(f"Output names for {batch} videos collide: {paths[0]}.")
+    return [open_sink(p, **video_options) for p in paths], [str(p) for p in paths]

@@ -1,0 +1,82 @@
+"""The chunk source: decode a latent video one latent frame at a time with Wan's causal conv cache.
+
+This is ``AutoencoderKLWan._decode`` without the concatenation: the same modules are called on the
+same slices in the same order, so every chunk equals the matching frames of ``vae.decode``, but
+each chunk is handed on as soon as it exists and the whole video is never held on the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from ._errors import DeviceError
+
+
+@dataclass(frozen=True)
+class VideoGeometry:
+    """Sizes of the decoded video: ``batch`` videos of ``frames`` frames of ``height`` x ``width``."""
+
+    batch: int
+    frames: int
+    height: int
+    width: int
+    max_chunk_frames: int
+
+
+def geometry(vae, latents_shape: tuple[int, ...], *, latent_frames_per_chunk: int = 1) -> VideoGeometry:
+    b, _, t, h, w = latents_shape
+    spatial = vae.config.scale_factor_spatial
+    temporal = vae.config.scale_factor_temporal
+    frames = 1 + temporal * (t - 1)
+    return VideoGeometry(b, frames, h * spatial, w * spatial, temporal * latent_frames_per_chunk)
+
+
+def _causal_conv_count(vae) -> int:
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    return sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
+
+
+@torch.inference_mode()
+def decode_chunks(vae, latents: torch.Tensor, *, latent_frames_per_chunk: int = 1) -> Iterator[torch.Tensor]:
+    """Yield decoded chunks of ``latents`` (already de-normalized, on the VAE's device and dtype).
+
+    # latents: [B, C, T, H, W] -> each chunk: [B, 3, t, H*s, W*s] in [-1, 1], vae dtype, on device.
+    The first chunk holds 1 + 4 (k - 1) frames, later ones 4 k, for k latent frames per chunk
+    (k = 1 by default, as diffusers). The kernels run on the current CUDA stream; nothing here
+    synchronizes with the host.
+    """
+    if latent_frames_per_chunk < 1:
+        raise ValueError(f"latent_frames_per_chunk must be >= 1, got {latent_frames_per_chunk}.")
+    patch = vae.config.patch_size
+    feat_cache: list[torch.Tensor | None] = [None] * _causal_conv_count(vae)
+    try:
+        # As diffusers: the 1x1x1 post-quant conv runs once over the whole (small) latent video.
+        x = vae.post_quant_conv(latents)
+        num_latent = x.shape[2]
+        step = 0
+        while step < num_latent:
+            group = min(latent_frames_per_chunk, num_latent - step)
+            outs = []
+            for i in range(step, step + group):
+                outs.append(
+                    vae.decoder(x[:, :, i : i + 1], feat_cache=feat_cache, feat_idx=[0], first_chunk=(i == 0))
+                )
+            out = outs[0] if group == 1 else torch.cat(outs, dim=2)
+            del outs
+            if patch is not None:
+                from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
+                out = unpatchify(out, patch_size=patch)
+            yield torch.clamp(out, min=-1.0, max=1.0)
+            step += group
+    except torch.OutOfMemoryError as e:
+        raise DeviceError(
+            "The GPU ran out of memory while decoding; free GPU memory, use --dtype bfloat16, "
+            "or decode fewer videos at once."
+        ) from e
+    finally:
+        feat_cache.clear()

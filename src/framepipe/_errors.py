@@ -1,0 +1,25 @@
+"""framepipe's exception types. The CLI turns each into a one-line message and a non-zero exit."""
+
+
+class FramepipeError(Exception):
+    """Base class: a problem with what the user asked for, reported without a traceback."""
+
+
+class LatentsError(FramepipeError, ValueError):
+    """The latent file or tensor is missing, unreadable, or has the wrong shape or values."""
+
+
+class CheckpointError(FramepipeError, ValueError):
+    """The VAE checkpoint is missing, unrecognized, or does not match the architecture."""
+
+
+class OutputError(FramepipeError, OSError):
+    """The output path cannot be written."""
+
+
+class EncoderError(FramepipeError, RuntimeError):
+    """The video encoder refused its settings or failed while writing."""
+
+
+class DeviceError(FramepipeError, RuntimeError):
+    """The requested device or dtype is unavailable, or the device ran out of memory."""

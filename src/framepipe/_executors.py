@@ -1,0 +1,264 @@
+"""The two executors: the synchronous reference and the asynchronous frame pipeline.
+
+Both take an iterator of decoded chunks on the device and a list of sinks (one per video) and
+return once every frame has been written. They differ only in what overlaps what:
+
+* ``run_sync``: per chunk, decode -> copy to host -> convert -> write, in order. The reference.
+* ``run_async``: the decode runs on a compute stream; each chunk is converted to uint8 on the
+  device into a VRAM slot, copied into a pinned host slot on a copy stream, and written by one
+  writer thread, while the compute stream already decodes the next chunk. A ring of slots bounds
+  memory and gives backpressure. On the CPU there are no streams: the main thread decodes and the
+  writer thread encodes, through a bounded queue.
+
+This module owns every thread and stream of the pipeline; decoders and sinks own none.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+
+from ._decode import VideoGeometry
+from ._postprocess import to_uint8_frames
+from ._sinks import Sink
+
+ProgressFn = Callable[[int], None]
+_POLL_S = 0.05
+
+
+def _noop(_: int) -> None:
+    pass
+
+
+@contextmanager
+def nvtx_range(name: str, enabled: bool):
+    """An NVTX range (visible in ``nsys``) when ``enabled``; nothing otherwise."""
+    if not enabled:
+        yield
+        return
+    torch.cuda.nvtx.range_push(name)
+    try:
+        yield
+    finally:
+        torch.cuda.nvtx.range_pop()
+
+
+def run_sync(chunks: Iterator[torch.Tensor], sinks: Sequence[Sink], *, progress: ProgressFn = _noop) -> None:
+    """Reference executor: each chunk is decoded, copied to the host, converted and written in turn."""
+    nvtx = torch.cuda.is_available()
+    index = 0
+    while True:
+        with nvtx_range(f"decode {index}", nvtx):
+            chunk = next(chunks, None)
+        if chunk is None:
+            return
+        with nvtx_range(f"copy {index}", nvtx):
+            host = chunk.cpu()  # blocks until the decode has finished
+        del chunk
+        frames = to_uint8_frames(host)
+        with nvtx_range(f"write {index}", nvtx):
+            for video, sink in enumerate(sinks):
+                sink.write(frames[video].numpy())
+        progress(frames.shape[1])
+        index += 1
+
+
+class _Writer:
+    """The writer thread: takes work items from a queue and hands their frames to the sinks.
+
+    ``handle(item)`` does the writing; ``release(item)`` runs after it, even on failure, so a slot
+    always goes back to the ring. After a failure the thread keeps draining the queue without
+    writing, so the producer never blocks on a dead consumer, and ``error`` holds the exception.
+    """
+
+    _STOP = object()
+
+    def __init__(self, handle: Callable[[object], None], release: Callable[[object], None], maxsize: int = 0):
+        self.items: queue.Queue = queue.Queue(maxsize=maxsize)
+        self.error: BaseException | None = None
+        self._handle = handle
+        self._release = release
+        self._cancel = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="framepipe-writer", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            item = self.items.get()
+            if item is self._STOP:
+                return
+            try:
+                if self.error is None and not self._cancel.is_set():
+                    self._handle(item)
+            except BaseException as e:  # surface failures to the producer instead of hanging
+                self.error = e
+            finally:
+                self._release(item)
+
+    def put(self, item: object) -> None:
+        """Queue ``item``, waiting for room (backpressure); raise the writer's error if it failed."""
+        while True:
+            self.raise_if_failed()
+            try:
+                self.items.put(item, timeout=_POLL_S)
+                return
+            except queue.Full:
+                continue
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def finish(self) -> None:
+        """Wait until every queued item is written; re-raise a writer failure."""
+        self.items.put(self._STOP)
+        self._thread.join()
+        self.raise_if_failed()
+
+    def cancel(self) -> None:
+        """Stop writing (queued items are released unwritten) and join the thread."""
+        self._cancel.set()
+        self.items.put(self._STOP)
+        self._thread.join()
+
+
+def run_async(
+    chunks: Iterator[torch.Tensor],
+    sinks: Sequence[Sink],
+    *,
+    device: torch.device,
+    geometry: VideoGeometry,
+    slots: int = 2,
+    progress: ProgressFn = _noop,
+) -> None:
+    """Asynchronous executor: decode, device-to-host copy and writing overlap; same frames as ``run_sync``.
+
+    ``geometry`` sizes the ring: ``slots`` chunks of at most ``geometry.max_chunk_frames`` frames.
+    """
+    if slots < 1:
+        raise ValueError(f"slots must be >= 1, got {slots}.")
+    if device.type == "cuda":
+        _run_async_cuda(chunks, sinks, device=device, geometry=geometry, slots=slots, progress=progress)
+    else:
+        _run_async_host(chunks, sinks, slots=slots, progress=progress)
+
+
+def _run_async_host(chunks: Iterator[torch.Tensor], sinks: Sequence[Sink], *, slots: int, progress: ProgressFn):
+    def handle(frames: torch.Tensor) -> None:
+        for video, sink in enumerate(sinks):
+            sink.write(frames[video].numpy())
+        progress(frames.shape[1])
+
+    # A slot here is a place in the queue: at most `slots` converted chunks wait for the writer.
+    writer = _Writer(handle, release=lambda _: None, maxsize=slots)
+    try:
+        for chunk in chunks:
+            writer.raise_if_failed()
+            frames = to_uint8_frames(chunk)
+            del chunk
+            writer.put(frames)
+            del frames
+    except BaseException:
+        writer.cancel()
+        raise
+    writer.finish()
+
+
+class _Ring:
+    """``slots`` pairs of buffers: uint8 frames in VRAM and in pinned host memory, with their events.
+
+    Note [Slot reuse]: a slot is handed out again only after the writer has released it, which it
+    does after waiting on ``copied[k]`` and after every sink's ``write`` returned (Note [Sinks do
+    not keep frames]). So neither the host buffer (still being read by a sink) nor the device
+    buffer (still being read by the copy engine) is overwritten early. The compute stream also
+    waits on ``copied[k]`` before converting into the device slot, which keeps that ordering on the
+    GPU itself rather than relying on the host-side hand-off alone.
+    """
+
+    def __init__(self, slots: int, shape: tuple[int, ...], device: torch.device):
+        self.device = [torch.empty(shape, dtype=torch.uint8, device=device) for _ in range(slots)]
+        self.host = [torch.empty(shape, dtype=torch.uint8, pin_memory=True) for _ in range(slots)]
+        self.converted = [torch.cuda.Event() for _ in range(slots)]
+        self.copied = [torch.cuda.Event() for _ in range(slots)]
+        self.free: queue.Queue[int] = queue.Queue()
+        for k in range(slots):
+            self.free.put(k)
+
+    def acquire(self, writer: _Writer) -> int:
+        """Wait for a free slot (backpressure); raise the writer's error instead of waiting forever."""
+        while True:
+            writer.raise_if_failed()
+            try:
+                return self.free.get(timeout=_POLL_S)
+            except queue.Empty:
+                continue
+
+
+def _run_async_cuda(
+    chunks: Iterator[torch.Tensor],
+    sinks: Sequence[Sink],
+    *,
+    device: torch.device,
+    geometry: VideoGeometry,
+    slots: int,
+    progress: ProgressFn,
+) -> None:
+    compute = torch.cuda.Stream(device)
+    copy = torch.cuda.Stream(device)
+    g = geometry
+    ring = _Ring(slots, (g.batch, g.max_chunk_frames, g.height, g.width, 3), device)
+
+    def handle(item: tuple[int, int, int]) -> None:
+        k, t, index = item
+        with nvtx_range(f"write {index}", True):
+            ring.copied[k].synchronize()  # D2H into ring.host[k] has landed
+            for video, sink in enumerate(sinks):
+                sink.write(ring.host[k][video, :t].numpy())
+        progress(t)
+
+    def release(item: tuple[int, int, int]) -> None:
+        ring.free.put(item[0])
+
+    writer = _Writer(handle, release)
+    try:
+        with torch.cuda.device(device), torch.cuda.stream(compute):
+            compute.wait_stream(torch.cuda.default_stream(device))  # latents were made on the default stream
+            index = 0
+            while True:
+                with nvtx_range(f"decode {index}", True):
+                    chunk = next(chunks, None)  # enqueues the decode kernels on `compute`
+                if chunk is None:
+                    break
+                # chunk: [B, 3, t, H, W] on the device
+                b, _, t, _, _ = chunk.shape
+                k = ring.acquire(writer)
+                compute.wait_event(ring.copied[k])  # Note [Slot reuse]
+                to_uint8_frames(chunk, out=ring.device[k][:, :t])
+                ring.converted[k].record(compute)
+                del chunk
+                with nvtx_range(f"copy {index}", True), torch.cuda.stream(copy):
+                    copy.wait_event(ring.converted[k])
+                    for video in range(b):
+                        ring.host[k][video, :t].copy_(ring.device[k][video, :t], non_blocking=True)
+                    ring.copied[k].record(copy)
+                writer.put((k, t, index))
+                index += 1
+    except BaseException:
+        writer.cancel()
+        _quiet_synchronize(compute, copy)
+        raise
+    writer.finish()
+    copy.synchronize()
+
+
+def _quiet_synchronize(*streams: torch.cuda.Stream) -> None:
+    """Let in-flight kernels and copies finish before the ring is freed; ignore a broken context."""
+    for stream in streams:
+        try:
+            stream.synchronize()
+        except RuntimeError:
+            pass

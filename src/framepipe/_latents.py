@@ -1,0 +1,130 @@
+"""Latent videos: read them from disk, check them against a VAE, undo WanPipeline's normalization."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ._errors import LatentsError
+
+LatentFormat = Literal["pipeline", "raw"]
+LATENT_FORMATS: tuple[str, ...] = ("pipeline", "raw")
+LATENT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".pth", ".npy")
+
+
+def load_latents(path: str | Path) -> torch.Tensor:
+    """Read a latent video from ``.safetensors``, ``.pt``/``.pth`` (``weights_only``) or ``.npy``.
+
+    A safetensors file must hold one tensor or one named ``latents``; a ``.pt`` file a tensor or a
+    dict with a ``latents`` tensor. Returns the tensor on the CPU, as stored (shape checked later).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise LatentsError(f"Latent file not found: {path}.")
+    if not path.is_file():
+        raise LatentsError(f"Latent path is not a file: {path}.")
+    if path.stat().st_size == 0:
+        raise LatentsError(f"Latent file is empty: {path}.")
+    suffix = path.suffix.lower()
+    if suffix not in LATENT_SUFFIXES:
+        raise LatentsError(
+            f"Unsupported latent file type {suffix!r} ({path}). Supported: {', '.join(LATENT_SUFFIXES)}."
+        )
+    try:
+        if suffix == ".safetensors":
+            tensor = _from_mapping(_read_safetensors(path), path)
+        elif suffix == ".npy":
+            tensor = _read_npy(path)
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+            tensor = obj if isinstance(obj, torch.Tensor) else _from_mapping(obj, path)
+    except LatentsError:
+        raise
+    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise LatentsError(f"Cannot read latents from {path}: {first_line}") from e
+    return tensor
+
+
+def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except SafetensorError as e:
+        raise LatentsError(f"Cannot read latents from {path}: not a valid safetensors file ({e}).") from e
+
+
+def _read_npy(path: Path) -> torch.Tensor:
+    array = np.load(path, allow_pickle=False)
+    if array.dtype.kind not in "fiu":
+        raise LatentsError(f"Latents in {path} have dtype {array.dtype}; expected a numeric array.")
+    return torch.from_numpy(np.ascontiguousarray(array))
+
+
+def _from_mapping(obj: object, path: Path) -> torch.Tensor:
+    if not isinstance(obj, dict):
+        raise LatentsError(f"{path} holds a {type(obj).__name__}; expected a tensor or a dict of tensors.")
+    tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+    if "latents" in tensors:
+        return tensors["latents"]
+    if len(tensors) == 1:
+        return next(iter(tensors.values()))
+    keys = ", ".join(sorted(map(str, obj))) or "none"
+    raise LatentsError(f"{path} holds several tensors ({keys}) and none is named 'latents'; save one tensor.")
+
+
+def check_latents(latents: torch.Tensor, *, z_dim: int) -> torch.Tensor:
+    """Return ``latents`` as (B, C, T, H, W), or raise LatentsError saying what is wrong.
+
+    Accepts (C, T, H, W) for one video. C must equal the VAE's ``z_dim``; every value must be finite.
+    """
+    if not isinstance(latents, torch.Tensor):
+        raise LatentsError(f"Expected latents as a torch.Tensor, got {type(latents).__name__}.")
+    if latents.dim() == 4:
+        latents = latents.unsqueeze(0)
+    if latents.dim() != 5:
+        raise LatentsError(
+            f"Expected latents of shape (C, T, H, W) or (B, C, T, H, W), got shape {tuple(latents.shape)}."
+        )
+    if not latents.is_floating_point():
+        raise LatentsError(f"Expected floating-point latents, got dtype {latents.dtype}.")
+    b, c, t, h, w = latents.shape
+    if c != z_dim:
+        raise LatentsError(
+            f"Latents have {c} channels but this VAE expects {z_dim} (shape {tuple(latents.shape)}); "
+            "check that the latents and the VAE come from the same model (Wan 2.1: 16, Wan 2.2: 48)."
+        )
+    if min(b, t, h, w) < 1:
+        raise LatentsError(f"Latents have an empty dimension: shape {tuple(latents.shape)}.")
+    if not bool(torch.isfinite(latents).all()):
+        bad = int((~torch.isfinite(latents)).sum())
+        raise LatentsError(f"Latents contain {bad} NaN or Inf value(s); they cannot be decoded.")
+    return latents
+
+
+def denormalize(
+    latents: torch.Tensor, latents_mean: list[float], latents_std: list[float], *, dtype: torch.dtype
+) -> torch.Tensor:
+    """Undo Wan's latent normalization exactly as ``WanPipeline`` does before ``vae.decode``.
+
+    ``latents.to(dtype) / (1 / std) + mean`` with mean and std cast to ``dtype`` first; the same
+    operations in the same order, so the decoded pixels match the pipeline's bit for bit.
+    """
+    z = latents.shape[1]
+    latents = latents.to(dtype)
+    mean = torch.tensor(latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
+    inv_std = 1.0 / torch.tensor(latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
+    return latents / inv_std + mean
+
+
+def num_frames(latent_frames: int, temporal_factor: int = 4) -> int:
+    """Pixel frames the causal Wan VAE decodes from ``latent_frames``: 1 + 4 (T - 1)."""
+    return 1 + temporal_factor * (latent_frames - 1)
+

@@ -1,0 +1,163 @@
+"""Wan VAEs: the known architectures, random-weight builds, and loading of user checkpoints."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ._checkpoint import detect_layout, infer_config, read_state_dict, to_diffusers
+from ._errors import CheckpointError, DeviceError
+
+# Wan 2.2 TI2V-5B latent statistics, as in the Wan-AI release's VAE config.
+WAN22_LATENTS_MEAN = [
+    -0.2289, -0.0052, -0.1323, -0.2339, -0.2799, 0.0174, 0.1838, 0.1557, -0.1382, 0.0542, 0.2813, 0.0891,
+    0.1570, -0.0098, 0.0375, -0.1825, -0.2246, -0.1207, -0.0698, 0.5109, 0.2665, -0.2108, -0.2158, 0.2502,
+    -0.2055, -0.0322, 0.1109, 0.1567, -0.0729, 0.0899, -0.2799, -0.1230, -0.0313, -0.1649, 0.0117, 0.0723,
+    -0.2839, -0.2083, -0.0520, 0.3748, 0.0152, 0.1957, 0.1433, -0.2944, 0.3573, -0.0548, -0.1681, -0.0667,
+]  # fmt: skip
+WAN22_LATENTS_STD = [
+    0.4765, 1.0364, 0.4514, 1.1677, 0.5313, 0.4990, 0.4818, 0.5013, 0.8158, 1.0344, 0.5894, 1.0901,
+    0.6885, 0.6165, 0.8454, 0.4978, 0.5759, 0.3523, 0.7135, 0.6804, 0.5833, 1.4146, 0.8986, 0.5659,
+    0.7069, 0.5338, 0.4889, 0.4917, 0.4069, 0.4999, 0.6866, 0.4093, 0.5709, 0.6065, 0.6415, 0.4944,
+    0.5726, 1.2042, 0.5458, 1.6887, 0.3971, 1.0600, 0.3943, 0.5537, 0.5444, 0.4089, 0.7468, 0.7744,
+]  # fmt: skip
+
+_WAN22 = dict(
+    base_dim=160,
+    decoder_base_dim=256,
+    z_dim=48,
+    is_residual=True,
+    in_channels=12,
+    out_channels=12,
+    patch_size=2,
+    scale_factor_spatial=16,
+    latents_mean=WAN22_LATENTS_MEAN,
+    latents_std=WAN22_LATENTS_STD,
+)
+
+#: Architectures buildable without a checkpoint. ``tiny-*`` keep Wan's structure at a width a CPU
+#: decodes in seconds; they are for demos and tests.
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "wan2.1": {},  # diffusers' AutoencoderKLWan defaults are the Wan 2.1 VAE
+    "wan2.2": _WAN22,
+    "tiny-wan2.1": dict(base_dim=16),
+    "tiny-wan2.2": {**_WAN22, "base_dim": 16, "decoder_base_dim": 24},
+}
+
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """``None`` picks CUDA when available, else the CPU."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(device)
+    except RuntimeError as e:
+        raise DeviceError(f"Invalid device {device!r}; use 'cuda', 'cuda:N' or 'cpu'.") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise DeviceError("CUDA was requested but no CUDA GPU is available; use --device cpu.")
+    if device.type not in ("cuda", "cpu"):
+        raise DeviceError(f"Unsupported device {str(device)!r}; use 'cuda' or 'cpu'.")
+    return device
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise DeviceError(f"Unsupported dtype {dtype}; supported: {', '.join(DTYPES)}.")
+        return dtype
+    if dtype not in DTYPES:
+        raise DeviceError(f"Unsupported dtype {dtype!r}; supported: {', '.join(DTYPES)}.")
+    return DTYPES[dtype]
+
+
+def random_vae(arch: str = "wan2.1", *, seed: int = 0):
+    """An ``AutoencoderKLWan`` of a known architecture with seeded random weights (for benchmarks)."""
+    from diffusers import AutoencoderKLWan
+
+    if arch not in ARCHITECTURES:
+        raise CheckpointError(f"Unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}.")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderKLWan(**ARCHITECTURES[arch]).eval()
+
+
+def load_vae(
+    checkpoint: str | Path | None = None,
+    *,
+    arch: str | None = None,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device | None = None,
+    seed: int = 0,
+):
+    """Return an ``AutoencoderKLWan`` in eval mode on ``device`` in ``dtype``.
+
+    ``checkpoint`` may be a diffusers folder (``config.json`` + weights, or a pipeline folder with a
+    ``vae/`` subfolder) or a single file in diffusers, Wan or ComfyUI layout. With no checkpoint, the
+    ``arch`` architecture (default ``wan2.1``) gets seeded random weights and a warning: its output is
+    noise, good for benchmarking only.
+    """
+    torch_dtype = resolve_dtype(dtype)
+    torch_device = resolve_device(device)
+    if checkpoint is None:
+        warnings.warn(
+            f"No VAE checkpoint given: using {arch or 'wan2.1'} with random weights (seed {seed}). "
+            "The output is noise, good for benchmarking only; pass a checkpoint for real video.",
+            UserWarning,
+            stacklevel=2,
+        )
+        vae = random_vae(arch or "wan2.1", seed=seed)
+    else:
+        vae = _load_checkpoint(Path(checkpoint))
+        if arch is not None:
+            _check_arch(vae, arch, checkpoint)
+    try:
+        return vae.to(device=torch_device, dtype=torch_dtype).eval().requires_grad_(False)
+    except torch.OutOfMemoryError as e:
+        raise DeviceError(f"Out of memory while moving the VAE to {torch_device}.") from e
+
+
+def _check_arch(vae, arch: str, checkpoint: str | Path) -> None:
+    want_z = ARCHITECTURES.get(arch, {}).get("z_dim", 16)
+    if arch in ARCHITECTURES and vae.config.z_dim != want_z:
+        found = "Wan 2.2" if vae.config.z_dim == 48 else "Wan 2.1"
+        raise CheckpointError(f"{checkpoint} is a {found} VAE, but --arch {arch} was given.")
+
+
+def _load_checkpoint(path: Path):
+    from diffusers import AutoencoderKLWan
+
+    if not path.exists():
+        raise CheckpointError(f"VAE checkpoint not found: {path}.")
+    if path.is_dir():
+        folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
+        if not (folder / "config.json").is_file():
+            raise CheckpointError(f"{path} is a folder without config.json; expected a diffusers VAE folder.")
+        try:
+            vae = AutoencoderKLWan.from_pretrained(str(folder), local_files_only=True)
+        except (OSError, ValueError, RuntimeError, TypeError) as e:
+            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CheckpointError(f"Cannot load the diffusers VAE in {folder}: {detail}") from e
+        return vae.eval()
+
+    state = read_state_dict(path)
+    layout = detect_layout(state)
+    config = infer_config(state, layout)
+    if config["z_dim"] == 48:
+        config.update(latents_mean=WAN22_LATENTS_MEAN, latents_std=WAN22_LATENTS_STD)
+    elif config["z_dim"] != 16:
+        raise CheckpointError(f"{path}: {config['z_dim']} latent channels; Wan VAEs have 16 (2.1) or 48 (2.2).")
+    state = to_diffusers(state, layout, residual=config["is_residual"])
+    with torch.device("meta"):
+        vae = AutoencoderKLWan(**config)
+    try:
+        vae.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()
+        detail = " ".join(line.strip() for line in first[:3])[:300]
+        raise CheckpointError(f"{path} does not match the Wan VAE architecture its keys suggest: {detail}") from e
+    return vae.float().eval()
