@@ -62,9 +62,7 @@ def decode_chunks(vae, latents: torch.Tensor, *, latent_frames_per_chunk: int = 
             group = min(latent_frames_per_chunk, num_latent - step)
             outs = []
             for i in range(step, step + group):
-                outs.append(
-                    vae.decoder(x[:, :, i : i + 1], feat_cache=feat_cache, feat_idx=[0], first_chunk=(i == 0))
-                )
+                outs.append(vae.decoder(x[:, :, i : i + 1], feat_cache=feat_cache, feat_idx=[0], first_chunk=(i == 0)))
             out = outs[0] if group == 1 else torch.cat(outs, dim=2)
             del outs
             if patch is not None:

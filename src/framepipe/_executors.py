@@ -15,6 +15,7 @@ This module owns every thread and stream of the pipeline; decoders and sinks own
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -258,7 +259,5 @@ def _run_async_cuda(
 def _quiet_synchronize(*streams: torch.cuda.Stream) -> None:
     """Let in-flight kernels and copies finish before the ring is freed; ignore a broken context."""
     for stream in streams:
-        try:
+        with contextlib.suppress(RuntimeError):
             stream.synchronize()
-        except RuntimeError:
-            pass

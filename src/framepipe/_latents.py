@@ -127,4 +127,3 @@ def denormalize(
 def num_frames(latent_frames: int, temporal_factor: int = 4) -> int:
     """Pixel frames the causal Wan VAE decodes from ``latent_frames``: 1 + 4 (T - 1)."""
     return 1 + temporal_factor * (latent_frames - 1)
-

@@ -116,9 +116,15 @@ def load_vae(
         if arch is not None:
             _check_arch(vae, arch, checkpoint)
     try:
-        return vae.to(device=torch_device, dtype=torch_dtype).eval().requires_grad_(False)
+        return move_vae(vae, device=torch_device, dtype=torch_dtype)
     except torch.OutOfMemoryError as e:
         raise DeviceError(f"Out of memory while moving the VAE to {torch_device}.") from e
+
+
+def move_vae(vae, *, device: torch.device, dtype: torch.dtype):
+    """Move and cast every weight. (diffusers' ``ModelMixin.to`` warns about fp32-pinned modules;
+    the Wan VAE has none, so the plain ``nn.Module.to`` does the same without the noise.)"""
+    return torch.nn.Module.to(vae, device=device, dtype=dtype).eval().requires_grad_(False)
 
 
 def _check_arch(vae, arch: str, checkpoint: str | Path) -> None:

@@ -12,6 +12,7 @@ returns and never keep a reference to the array.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import uuid
@@ -24,6 +25,8 @@ import numpy as np
 from ._errors import EncoderError, OutputError
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
+X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
+                "placebo")  # fmt: skip
 
 
 @runtime_checkable
@@ -110,6 +113,10 @@ class VideoFileSink:
         self.pix_fmt = pix_fmt
         self.options = dict(options or {})
         if codec in ("libx264", "libx265"):
+            if preset is not None and preset not in X264_PRESETS:
+                raise EncoderError(f"Invalid preset {preset!r} for {codec}. Supported: {', '.join(X264_PRESETS)}.")
+            if crf is not None and not 0 <= crf <= 51:
+                raise EncoderError(f"Invalid crf {crf} for {codec}: use 0 (lossless) to 51.")
             if crf is not None:
                 self.options.setdefault("crf", str(crf))
             if preset is not None:
@@ -135,20 +142,21 @@ class VideoFileSink:
         except OSError as e:
             self._tmp = None
             raise OutputError(f"Cannot write {self.path}: {e.strerror or e}.") from e
+        level = av.logging.get_level()
+        av.logging.set_level(av.logging.ERROR)  # so the encoder's own complaint reaches the message
         try:
-            with av.logging.Capture() as logs:
-                self._stream = self._container.add_stream(self.codec, rate=self.fps, options=self.options)
-                self._stream.width, self._stream.height = width, height
-                self._stream.pix_fmt = self.pix_fmt
-                self._stream.codec_context.time_base = 1 / self.fps
-                self._stream.codec_context.open()
+            self._stream = self._container.add_stream(self.codec, rate=self.fps, options=self.options)
+            self._stream.width, self._stream.height = width, height
+            self._stream.pix_fmt = self.pix_fmt
+            self._stream.codec_context.time_base = 1 / self.fps
+            self._stream.codec_context.open()
         except (av.FFmpegError, ValueError) as e:
             self.abort()
-            said = "; ".join(str(m[2]).strip() for m in logs if m[2].strip()) if logs else ""
             raise EncoderError(
-                f"Cannot start encoder {self.codec!r} with {self.options or 'default options'}: "
-                f"{said or e}."
+                f"Cannot start encoder {self.codec!r} with {self.options or 'default options'}: {e}"
             ) from e
+        finally:
+            av.logging.set_level(level)
 
     def write(self, frames: np.ndarray) -> None:
         import av
@@ -186,10 +194,8 @@ class VideoFileSink:
     def abort(self) -> None:
         container, self._container = self._container, None
         if container is not None:
-            try:
+            with contextlib.suppress(Exception):  # the file is being discarded; its close errors do not matter
                 container.close()
-            except Exception:  # noqa: BLE001 - the file is being discarded; its close errors do not matter
-                pass
         _remove(self._tmp)
         self._tmp = None
         self._closed = True
@@ -287,9 +293,10 @@ class NpySink:
     def close(self) -> None:
         if self._closed or self._array is None:
             return
-        if self._count != len(self._array):
+        expected = len(self._array)
+        if self._count != expected:
             self.abort()
-            raise EncoderError(f"{self.path}: got {self._count} frames, expected {len(self._array)}.")
+            raise EncoderError(f"{self.path}: got {self._count} frames, expected {expected}.")
         try:
             self._array.flush()
             self._array = None

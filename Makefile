@@ -1,0 +1,26 @@
+# Two commands on a fresh machine: `make demo` (set up, then run the main job on the built-in
+# default) and `make test` (set up, then lint and run the tests). Both create .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test lint clean
+
+$(STAMP): pyproject.toml requirements-cpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -r requirements-cpu.txt
+	touch $@
+
+demo: $(STAMP)
+	$(BIN)/framepipe demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean:
+	rm -rf $(VENV) framepipe-demo.mp4

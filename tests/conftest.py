@@ -1,0 +1,59 @@
+import os
+import threading
+
+import pytest
+import torch
+
+from framepipe import random_vae
+
+# Small Wan VAEs with the real structure (causal cache, 4x temporal; 8x / 16x patched spatial).
+SMALL = {
+    "wan2.1": dict(base_dim=8, z_dim=16),
+    "wan2.2": dict(
+        base_dim=8, decoder_base_dim=12, z_dim=48, is_residual=True, in_channels=12, out_channels=12,
+        patch_size=2, scale_factor_spatial=16,
+    ),
+}  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available() or os.environ.get("FAIL_WITHOUT_CUDA"):
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (set FAIL_WITHOUT_CUDA=1 to fail instead)")
+    for item in items:
+        if "needs_cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+def small_vae(version: str, seed: int = 0):
+    """A small AutoencoderKLWan of ``version`` with seeded weights and Wan's latent statistics."""
+    from diffusers import AutoencoderKLWan
+
+    from framepipe._models import ARCHITECTURES
+
+    stats = {k: ARCHITECTURES[version][k] for k in ("latents_mean", "latents_std") if k in ARCHITECTURES[version]}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return AutoencoderKLWan(**SMALL[version], **stats).eval().requires_grad_(False)
+
+
+def small_latents(version: str, *, batch=1, frames=3, height=4, width=6, seed=1) -> torch.Tensor:
+    z = 16 if version == "wan2.1" else 48
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(batch, z, frames, height, width, generator=g)
+
+
+@pytest.fixture(params=["wan2.1", "wan2.2"])
+def version(request):
+    return request.param
+
+
+@pytest.fixture
+def no_thread_leak():
+    before = {t.ident for t in threading.enumerate()}
+    yield
+    leaked = [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
+    assert not leaked, f"threads left running: {leaked}"
+
+
+__all__ = ["SMALL", "random_vae", "small_latents", "small_vae"]

@@ -1,0 +1,185 @@
+"""The command line as a new user meets it: real files in, one-line errors out, nothing half-written."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import av
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from conftest import small_latents, small_vae
+from framepipe import EncoderError, VideoFileSink
+from framepipe.cli import main
+from helpers import diffusers_frames
+
+
+@pytest.fixture
+def setup(tmp_path, version):
+    vae = small_vae(version)
+    vae.save_pretrained(tmp_path / "vae")
+    z = small_latents(version, frames=4)
+    save_file({"latents": z}, tmp_path / "latents.safetensors")
+    return tmp_path, vae, z
+
+
+def _run(capsys, *args):
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_decode_matches_diffusers(setup, capsys, mode):
+    tmp, vae, z = setup
+    code, out, err = _run(capsys, "decode", tmp / "latents.safetensors", "-o", tmp / "f.npy", "--vae", tmp / "vae",
+                          "--mode", mode, "--device", "cpu", "--quiet")  # fmt: skip
+    assert code == 0 and err == ""
+    np.testing.assert_array_equal(np.load(tmp / "f.npy"), diffusers_frames(vae, z)[0].numpy())
+
+    code, out, err = _run(capsys, "decode", tmp / "latents.safetensors", "-o", tmp / "v.mp4", "--vae", tmp / "vae",
+                          "--mode", mode, "--json", "--preset", "ultrafast", "--fps", "24")  # fmt: skip
+    assert code == 0
+    report = json.loads(out)
+    assert report["frames_per_video"] == 13 and report["mode"] == mode
+    with av.open(str(tmp / "v.mp4")) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        assert c.streams.video[0].average_rate == 24
+    assert len(frames) == 13 and frames[0].shape == (report["height"], report["width"], 3)
+
+
+def test_summary_and_png_output(setup, capsys):
+    tmp, vae, z = setup
+    code, out, err = _run(capsys, "decode", tmp / "latents.safetensors", "-o", tmp / "pngs", "--vae", tmp / "vae")
+    assert code == 0
+    assert f"wrote {tmp / 'pngs'}: 1 x 13 frames" in out
+    assert len(list((tmp / "pngs").iterdir())) == 13
+
+
+def _nan_latents(p):
+    z = small_latents("wan2.1")
+    z[0, 0, 0, 0, 0] = float("nan")
+    save_file({"latents": z}, p)
+
+
+BAD_LATENTS = {
+    "missing": (None, "Latent file not found"),
+    "empty": (lambda p: p.write_bytes(b""), "Latent file is empty"),
+    "corrupt": (lambda p: p.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00garbage!"), "Cannot read latents"),
+    "rank": (lambda p: save_file({"latents": torch.zeros(16, 4, 6)}, p), "Expected latents of shape"),
+    "channels": (lambda p: save_file({"latents": torch.zeros(1, 48, 2, 4, 6)}, p), "48 channels but this VAE"),
+    "nan": (_nan_latents, "NaN or Inf"),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("case", BAD_LATENTS)
+def test_bad_latents(tmp_path, capsys, case):
+    make, message = BAD_LATENTS[case]
+    small_vae("wan2.1").save_pretrained(tmp_path / "vae")
+    path = tmp_path / "z.safetensors"
+    if make:
+        make(path)
+    code, out, err = _run(capsys, "decode", path, "-o", tmp_path / "out.mp4", "--vae", tmp_path / "vae")
+    assert code == 1
+    assert err.count("\n") == 1 and err.startswith("framepipe: error: ") and message in err
+    assert not (tmp_path / "out.mp4").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
+
+
+def _checkpoint_cases(tmp):
+    torch.save({"unet.conv.weight": torch.zeros(3)}, tmp / "other_model.pth")
+    state = small_vae("wan2.2").state_dict()
+    state["decoder.conv_out.weight"] = state["decoder.conv_out.weight"][:, :3]
+    save_file({k: v.contiguous() for k, v in state.items()}, tmp / "mismatched.safetensors")
+    (tmp / "folder").mkdir()
+    return {
+        tmp / "other_model.pth": "Not a Wan VAE checkpoint",
+        tmp / "mismatched.safetensors": "does not match",
+        tmp / "folder": "without config.json",
+        tmp / "nowhere.pth": "VAE checkpoint not found",
+    }
+
+
+def test_bad_checkpoints(tmp_path, capsys):
+    save_file({"latents": small_latents("wan2.2")}, tmp_path / "z.safetensors")
+    for checkpoint, message in _checkpoint_cases(tmp_path).items():
+        code, out, err = _run(
+            capsys, "decode", tmp_path / "z.safetensors", "-o", tmp_path / "o.mp4", "--vae", checkpoint
+        )
+        assert code == 1, checkpoint
+        assert err.count("\n") == 1 and message in err, err
+        assert not (tmp_path / "o.mp4").exists()
+
+
+def test_unwritable_output_and_bad_encoder(setup, capsys):
+    tmp, _, _ = setup
+    base = ["decode", tmp / "latents.safetensors", "--vae", tmp / "vae"]
+    for output, extra, message in [
+        (tmp / "no" / "such" / "dir.mp4", [], "does not exist"),
+        (tmp / "vae", [], "not an empty folder"),
+        (tmp / "x.gif", [], "Unsupported output type"),
+        (tmp / "x.mp4", ["--codec", "nosuchcodec"], "nosuchcodec"),
+        (tmp / "x.mp4", ["--preset", "ludicrous"], "Invalid preset"),
+    ]:
+        code, out, err = _run(capsys, *base, "-o", output, *extra)
+        assert code == 1 and err.count("\n") == 1 and message in err, (output, err)
+    assert sorted(p.name for p in tmp.iterdir()) == ["latents.safetensors", "vae"]
+
+
+def test_encoder_failing_mid_video(setup, capsys, monkeypatch, no_thread_leak):
+    tmp, _, _ = setup
+    (tmp / "v.mp4").write_bytes(b"previous result")
+    original = VideoFileSink.write
+
+    def flaky(self, frames):
+        if self._count >= 5:
+            raise EncoderError(f"Encoder 'libx264' failed at frame {self._count} of {self.path}: simulated")
+        original(self, frames)
+
+    monkeypatch.setattr(VideoFileSink, "write", flaky)
+    code, out, err = _run(capsys, "decode", tmp / "latents.safetensors", "-o", tmp / "v.mp4", "--vae", tmp / "vae")
+    assert code == 1 and err.count("\n") == 1 and "failed at frame 5" in err
+    assert (tmp / "v.mp4").read_bytes() == b"previous result"  # the old file is untouched
+    assert sorted(p.name for p in tmp.iterdir()) == ["latents.safetensors", "v.mp4", "vae"]
+
+
+def _subprocess(args, cwd, **kw):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen([sys.executable, "-m", "framepipe", *map(str, args)], cwd=cwd, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)  # fmt: skip
+
+
+def test_real_process_error_has_no_traceback(tmp_path):
+    (tmp_path / "z.pt").write_bytes(b"")
+    proc = _subprocess(["decode", "z.pt", "-o", "out.mp4"], tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1
+    assert err.strip() == "framepipe: error: Latent file is empty: z.pt."
+    assert "Traceback" not in err
+
+
+def test_ctrl_c_ends_cleanly(tmp_path):
+    save_file({"latents": torch.randn(1, 16, 40, 8, 8)}, tmp_path / "z.safetensors")
+    proc = _subprocess(["decode", "z.safetensors", "-o", "out.mp4", "--arch", "tiny-wan2.1", "--device", "cpu"],
+                       tmp_path)  # fmt: skip
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(tmp_path.glob(".out.mp4.*")):
+        time.sleep(0.05)  # wait until encoding has started
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.safetensors"]
+
+
+def test_demo(tmp_path):
+    proc = _subprocess(["demo", "--quiet"], tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    with av.open(str(tmp_path / "framepipe-demo.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 21

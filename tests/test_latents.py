@@ -1,0 +1,91 @@
+"""Reading latent files and rejecting bad ones with a clear message."""
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from framepipe import LatentsError, check_latents, load_latents
+
+
+@pytest.fixture
+def z():
+    return torch.randn(16, 3, 4, 6)
+
+
+def test_formats_round_trip(tmp_path, z):
+    save_file({"latents": z, "other": torch.zeros(1)}, tmp_path / "a.safetensors")
+    save_file({"x": z}, tmp_path / "b.safetensors")
+    torch.save(z, tmp_path / "c.pt")
+    torch.save({"latents": z, "step": 3}, tmp_path / "d.pt")
+    np.save(tmp_path / "e.npy", z.numpy())
+    for name in ["a.safetensors", "b.safetensors", "c.pt", "d.pt", "e.npy"]:
+        assert torch.equal(load_latents(tmp_path / name), z), name
+
+
+@pytest.mark.parametrize(
+    "name, make, match",
+    [
+        ("missing.pt", None, "not found"),
+        ("empty.safetensors", lambda p: p.write_bytes(b""), "empty"),
+        (
+            "corrupt.safetensors",
+            lambda p: p.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{bad"),
+            "Cannot read",
+        ),
+        ("corrupt.pt", lambda p: p.write_bytes(b"not a zip or pickle"), "Cannot read"),
+        ("corrupt.npy", lambda p: p.write_bytes(b"\x93NUMPY garbage"), "Cannot read"),
+        ("latents.txt", lambda p: p.write_text("1 2 3"), "Unsupported latent file type"),
+        (
+            "many.safetensors",
+            lambda p: save_file({"a": torch.zeros(1), "b": torch.zeros(1)}, p),
+            "none is named",
+        ),
+        ("obj.npy", lambda p: np.save(p, np.array(["a"])), "numeric"),
+    ],
+)
+def test_bad_files(tmp_path, name, make, match):
+    path = tmp_path / name
+    if make:
+        make(path)
+    with pytest.raises(LatentsError, match=match):
+        load_latents(path)
+
+
+def test_pickled_code_is_refused(tmp_path):
+    import pickle
+
+    class Evil:
+        def __reduce__(self):
+            return (print, ("ran",))
+
+    (tmp_path / "evil.pt").write_bytes(pickle.dumps(Evil()))
+    with pytest.raises(LatentsError, match="Cannot read"):
+        load_latents(tmp_path / "evil.pt")
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [((16, 4, 6), "Expected latents of shape"), ((1, 1, 16, 3, 4, 6), "Expected latents of shape"),
+     ((1, 48, 3, 4, 6), "48 channels but this VAE expects 16"), ((1, 16, 0, 4, 6), "empty dimension")],
+)  # fmt: skip
+def test_bad_shapes(shape, match):
+    with pytest.raises(LatentsError, match=match):
+        check_latents(torch.zeros(shape), z_dim=16)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite(bad):
+    z = torch.zeros(16, 2, 3, 3)
+    z[3, 1, 2, 0] = bad
+    with pytest.raises(LatentsError, match="1 NaN or Inf"):
+        check_latents(z, z_dim=16)
+
+
+def test_integer_latents_rejected():
+    with pytest.raises(LatentsError, match="floating-point"):
+        check_latents(torch.zeros(16, 2, 3, 3, dtype=torch.int64), z_dim=16)
+
+
+def test_four_dims_become_one_video():
+    assert check_latents(torch.zeros(16, 2, 3, 3), z_dim=16).shape == (1, 16, 2, 3, 3)

@@ -1,0 +1,132 @@
+"""Sinks: round trips through a trusted decoder, lifecycle, and nothing half-written."""
+
+import av
+import numpy as np
+import pytest
+from PIL import Image
+
+from framepipe import EncoderError, NpySink, OutputError, PngFolderSink, VideoFileSink, open_sink
+from framepipe._sinks import batch_paths
+
+
+def _frames(n=9, h=32, w=48):
+    """Smooth moving gradients: what 4:2:0 H.264 keeps within a few levels."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    out = []
+    for i in range(n):
+        r = 128 + 100 * np.sin((x + 2 * i) / w * np.pi)
+        g = 40 + 180 * y / h
+        b = 128 + 90 * np.cos((x + y - 3 * i) / (w + h) * 2 * np.pi)
+        out.append(np.stack([r, g, b], axis=-1))
+    return np.round(np.stack(out)).astype(np.uint8)
+
+
+def _write(sink, frames, chunk=4):
+    sink.open(frames=len(frames), height=frames.shape[1], width=frames.shape[2])
+    for i in range(0, len(frames), chunk):
+        sink.write(frames[i : i + chunk])
+    sink.close()
+
+
+def test_mp4_round_trip(tmp_path):
+    frames = _frames()
+    _write(VideoFileSink(tmp_path / "v.mp4", fps=16, crf=10, preset="ultrafast"), frames)
+    with av.open(str(tmp_path / "v.mp4")) as c:
+        stream = c.streams.video[0]
+        assert stream.codec_context.name == "h264"
+        assert stream.codec_context.pix_fmt == "yuv420p"
+        assert stream.average_rate == 16
+        decoded = np.stack([f.to_ndarray(format="rgb24") for f in c.decode(video=0)])
+    assert decoded.shape == frames.shape
+    error = np.abs(decoded.astype(int) - frames.astype(int))  # lossy: 4:2:0 chroma, BT.601 round trip
+    assert error.mean() < 4
+    assert (error <= 8).mean() > 0.95
+    assert [p.name for p in tmp_path.iterdir()] == ["v.mp4"]
+
+
+def test_png_and_npy_are_lossless(tmp_path):
+    frames = _frames(n=5)
+    _write(PngFolderSink(tmp_path / "pngs"), frames)
+    _write(NpySink(tmp_path / "f.npy"), frames)
+    pngs = sorted((tmp_path / "pngs").iterdir())
+    assert [p.name for p in pngs] == [f"frame_{i:06d}.png" for i in range(5)]
+    np.testing.assert_array_equal(np.stack([np.asarray(Image.open(p)) for p in pngs]), frames)
+    np.testing.assert_array_equal(np.load(tmp_path / "f.npy"), frames)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f.npy", "pngs"]
+
+
+@pytest.mark.parametrize("make", [lambda p: VideoFileSink(p / "v.mp4"), lambda p: NpySink(p / "f.npy"),
+                                  lambda p: PngFolderSink(p / "pngs")])  # fmt: skip
+def test_lifecycle_and_abort_leave_nothing(tmp_path, make):
+    frames = _frames(n=4)
+    sink = make(tmp_path)
+    with pytest.raises(RuntimeError, match="not open"):
+        sink.write(frames)
+    sink.open(frames=8, height=32, width=48)
+    sink.write(frames)
+    assert all(p.name.startswith(".") for p in tmp_path.iterdir())  # at most a hidden temporary
+    assert not sink.path.exists()
+    sink.abort()
+    sink.abort()
+    sink.close()  # after abort: nothing to do
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_close_twice_is_a_no_op(tmp_path):
+    sink = NpySink(tmp_path / "f.npy")
+    _write(sink, _frames(n=2))
+    sink.close()
+    assert (tmp_path / "f.npy").exists()
+
+
+def test_overwrite_replaces_file_atomically(tmp_path):
+    (tmp_path / "v.mp4").write_bytes(b"old")
+    _write(VideoFileSink(tmp_path / "v.mp4", preset="ultrafast"), _frames(n=2))
+    assert (tmp_path / "v.mp4").read_bytes()[:3] != b"old"
+
+
+def test_bad_encoder_settings(tmp_path):
+    with pytest.raises(EncoderError, match="Invalid preset 'warp-speed' for libx264. Supported: ultrafast"):
+        VideoFileSink(tmp_path / "v.mp4", preset="warp-speed")
+    with pytest.raises(EncoderError, match="Invalid crf 99"):
+        VideoFileSink(tmp_path / "v.mp4", crf=99)
+    with pytest.raises(EncoderError, match="Cannot start encoder 'libx264'.*bogus"):
+        VideoFileSink(tmp_path / "v.mp4", options={"profile": "bogus"}).open(frames=1, height=32, width=48)
+    with pytest.raises(EncoderError, match="nosuchcodec"):
+        VideoFileSink(tmp_path / "v.mp4", codec="nosuchcodec").open(frames=1, height=32, width=48)
+    with pytest.raises(EncoderError, match="even"):
+        VideoFileSink(tmp_path / "v.mp4").open(frames=1, height=33, width=48)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unwritable_outputs(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(OutputError, match="does not exist"):
+        VideoFileSink(tmp_path / "no" / "v.mp4").open(frames=1, height=32, width=48)
+    with pytest.raises(OutputError, match="is not a folder"):
+        NpySink(tmp_path / "file" / "f.npy").open(frames=1, height=32, width=48)
+    with pytest.raises(OutputError, match="existing folder"):
+        (tmp_path / "d.mp4").mkdir()
+        VideoFileSink(tmp_path / "d.mp4").open(frames=1, height=32, width=48)
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("mine")
+    with pytest.raises(OutputError, match="not an empty folder"):
+        PngFolderSink(tmp_path / "full").open(frames=1, height=32, width=48)
+    assert (tmp_path / "full" / "keep.txt").read_text() == "mine"
+    with pytest.raises(OutputError, match="Unsupported output type"):
+        open_sink(tmp_path / "v.gif")
+
+
+def test_npy_sink_checks_frame_count(tmp_path):
+    sink = NpySink(tmp_path / "f.npy")
+    sink.open(frames=3, height=32, width=48)
+    sink.write(_frames(n=2))
+    with pytest.raises(EncoderError, match="got 2 frames, expected 3"):
+        sink.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_batch_paths(tmp_path):
+    assert batch_paths(tmp_path / "v.mp4", 1) == [tmp_path / "v.mp4"]
+    assert batch_paths(tmp_path / "v.mp4", 2) == [tmp_path / "v_0.mp4", tmp_path / "v_1.mp4"]
+    assert batch_paths(tmp_path / "clip{index}.mp4", 2) == [tmp_path / "clip0.mp4", tmp_path / "clip1.mp4"]
