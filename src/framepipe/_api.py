@@ -18,6 +18,7 @@ from ._latents import LATENT_FORMATS, LatentFormat, check_latents, denormalize, 
 from ._models import load_vae, resolve_device
 from ._progress import FrameProgress
 from ._sinks import Sink, batch_paths, open_sink
+from ._trace import PipelineTrace, stage
 
 Mode = Literal["async", "sync"]
 MODES: tuple[str, ...] = ("async", "sync")
@@ -64,6 +65,7 @@ def decode(
     latent_frames_per_chunk: int = 1,
     progress: bool = False,
     seed: int = 0,
+    trace: PipelineTrace | None = None,
 ) -> DecodeResult:
     """Decode a Wan latent video chunk by chunk and write its frames, in constant device memory.
 
@@ -82,6 +84,9 @@ def decode(
         slots: ring depth of the async executor (>= 1; 2 is double buffering).
         latent_frames_per_chunk: latent frames decoded per chunk (4 frames each; the first gives 1).
         progress: show a progress bar with frames/s on stderr.
+        seed: seed of the random weights when no checkpoint is given.
+        trace: a ``PipelineTrace`` that records each stage's host-side span and the bytes copied
+            device-to-host (used by the bench).
     """
     if mode not in MODES:
         raise ValueError(f"Invalid mode ({mode!r}). Supported values are {', '.join(MODES)}.")
@@ -118,11 +123,12 @@ def decode(
             sink.open(frames=g.frames, height=g.height, width=g.width)
             opened.append(sink)
         if mode == "sync":
-            run_sync(chunks, sinks, progress=bar.update)
+            run_sync(chunks, sinks, progress=bar.update, trace=trace)
         else:
-            run_async(chunks, sinks, device=torch_device, geometry=g, slots=slots, progress=bar.update)
-        for sink in sinks:
-            sink.close()
+            run_async(chunks, sinks, device=torch_device, geometry=g, slots=slots, progress=bar.update, trace=trace)
+        with stage("write", "flush", trace):  # the encoder's look-ahead tail
+            for sink in sinks:
+                sink.close()
     except BaseException:
         for sink in opened:
             sink.abort()

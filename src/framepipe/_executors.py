@@ -19,13 +19,13 @@ import contextlib
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 
 import torch
 
 from ._decode import VideoGeometry
 from ._postprocess import to_uint8_frames
 from ._sinks import Sink
+from ._trace import PipelineTrace, stage
 
 ProgressFn = Callable[[int], None]
 _POLL_S = 0.05
@@ -35,33 +35,27 @@ def _noop(_: int) -> None:
     pass
 
 
-@contextmanager
-def nvtx_range(name: str, enabled: bool):
-    """An NVTX range (visible in ``nsys``) when ``enabled``; nothing otherwise."""
-    if not enabled:
-        yield
-        return
-    torch.cuda.nvtx.range_push(name)
-    try:
-        yield
-    finally:
-        torch.cuda.nvtx.range_pop()
-
-
-def run_sync(chunks: Iterator[torch.Tensor], sinks: Sequence[Sink], *, progress: ProgressFn = _noop) -> None:
+def run_sync(
+    chunks: Iterator[torch.Tensor],
+    sinks: Sequence[Sink],
+    *,
+    progress: ProgressFn = _noop,
+    trace: PipelineTrace | None = None,
+) -> None:
     """Reference executor: each chunk is decoded, copied to the host, converted and written in turn."""
-    nvtx = torch.cuda.is_available()
     index = 0
     while True:
-        with nvtx_range(f"decode {index}", nvtx):
+        with stage("decode", index, trace):
             chunk = next(chunks, None)
         if chunk is None:
             return
-        with nvtx_range(f"copy {index}", nvtx):
+        with stage("copy", index, trace):
             host = chunk.cpu()  # blocks until the decode has finished
+        if trace is not None and chunk.device.type != "cpu":
+            trace.add_d2h(host.nbytes)
         del chunk
-        frames = to_uint8_frames(host)
-        with nvtx_range(f"write {index}", nvtx):
+        with stage("write", index, trace):
+            frames = to_uint8_frames(host)
             for video, sink in enumerate(sinks):
                 sink.write(frames[video].numpy())
         progress(frames.shape[1])
@@ -135,6 +129,7 @@ def run_async(
     geometry: VideoGeometry,
     slots: int = 2,
     progress: ProgressFn = _noop,
+    trace: PipelineTrace | None = None,
 ) -> None:
     """Asynchronous executor: decode, device-to-host copy and writing overlap; same frames as ``run_sync``.
 
@@ -143,26 +138,41 @@ def run_async(
     if slots < 1:
         raise ValueError(f"slots must be >= 1, got {slots}.")
     if device.type == "cuda":
-        _run_async_cuda(chunks, sinks, device=device, geometry=geometry, slots=slots, progress=progress)
+        _run_async_cuda(chunks, sinks, device=device, geometry=geometry, slots=slots, progress=progress, trace=trace)
     else:
-        _run_async_host(chunks, sinks, slots=slots, progress=progress)
+        _run_async_host(chunks, sinks, slots=slots, progress=progress, trace=trace)
 
 
-def _run_async_host(chunks: Iterator[torch.Tensor], sinks: Sequence[Sink], *, slots: int, progress: ProgressFn):
-    def handle(frames: torch.Tensor) -> None:
-        for video, sink in enumerate(sinks):
-            sink.write(frames[video].numpy())
+def _run_async_host(
+    chunks: Iterator[torch.Tensor],
+    sinks: Sequence[Sink],
+    *,
+    slots: int,
+    progress: ProgressFn,
+    trace: PipelineTrace | None,
+) -> None:
+    def handle(item: tuple[int, torch.Tensor]) -> None:
+        index, frames = item
+        with stage("write", index, trace):
+            for video, sink in enumerate(sinks):
+                sink.write(frames[video].numpy())
         progress(frames.shape[1])
 
     # A slot here is a place in the queue: at most `slots` converted chunks wait for the writer.
     writer = _Writer(handle, release=lambda _: None, maxsize=slots)
     try:
-        for chunk in chunks:
+        index = 0
+        while True:
+            with stage("decode", index, trace):
+                chunk = next(chunks, None)
+            if chunk is None:
+                break
             writer.raise_if_failed()
             frames = to_uint8_frames(chunk)
             del chunk
-            writer.put(frames)
+            writer.put((index, frames))
             del frames
+            index += 1
     except BaseException:
         writer.cancel()
         raise
@@ -207,6 +217,7 @@ def _run_async_cuda(
     geometry: VideoGeometry,
     slots: int,
     progress: ProgressFn,
+    trace: PipelineTrace | None,
 ) -> None:
     compute = torch.cuda.Stream(device)
     copy = torch.cuda.Stream(device)
@@ -215,7 +226,7 @@ def _run_async_cuda(
 
     def handle(item: tuple[int, int, int]) -> None:
         k, t, index = item
-        with nvtx_range(f"write {index}", True):
+        with stage("write", index, trace):
             ring.copied[k].synchronize()  # D2H into ring.host[k] has landed
             for video, sink in enumerate(sinks):
                 sink.write(ring.host[k][video, :t].numpy())
@@ -230,7 +241,7 @@ def _run_async_cuda(
             compute.wait_stream(torch.cuda.default_stream(device))  # latents were made on the default stream
             index = 0
             while True:
-                with nvtx_range(f"decode {index}", True):
+                with stage("decode", index, trace):
                     chunk = next(chunks, None)  # enqueues the decode kernels on `compute`
                 if chunk is None:
                     break
@@ -241,11 +252,13 @@ def _run_async_cuda(
                 to_uint8_frames(chunk, out=ring.device[k][:, :t])
                 ring.converted[k].record(compute)
                 del chunk
-                with nvtx_range(f"copy {index}", True), torch.cuda.stream(copy):
+                with stage("copy", index, trace), torch.cuda.stream(copy):
                     copy.wait_event(ring.converted[k])
                     for video in range(b):
                         ring.host[k][video, :t].copy_(ring.device[k][video, :t], non_blocking=True)
                     ring.copied[k].record(copy)
+                if trace is not None:
+                    trace.add_d2h(ring.host[k][:, :t].nbytes)
                 writer.put((k, t, index))
                 index += 1
     except BaseException:

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import warnings
+from pathlib import Path
 
 from ._errors import FramepipeError
 
@@ -74,6 +75,32 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="seed for random VAE weights (default 0)")
     _add_decode_options(d, demo=False)
 
+    b = sub.add_parser(
+        "bench",
+        help="time diffusers, sync, async, gpu-only and encode-only on the same latents, side by side",
+        description="Runs the same latents through each mode in one process on one card; reports min/mean/P99/max "
+        "seconds, frames/s, ratio to gpu-only, kernel utilization (separate profiled run), peak VRAM, peak host "
+        "memory, bytes copied device-to-host and cost.",
+    )
+    b.add_argument("--vae", default=None, help="VAE checkpoint (as for decode); omitted: --arch with random weights")
+    b.add_argument("--arch", default=None, choices=("wan2.1", "wan2.2", "tiny-wan2.1", "tiny-wan2.2"),
+                   help="architecture for random weights (default wan2.1 on CUDA, tiny-wan2.1 on the CPU)")  # fmt: skip
+    b.add_argument("--latents", default=None, help="latent file in pipeline format (default: seeded random latents)")
+    b.add_argument("--shape", default=None, help="latent shape BxTxHxW for random latents, e.g. 1x21x60x104")
+    b.add_argument("--frames", type=int, default=None, help="pixel frames for random latents (1 + 4k), e.g. 81")
+    b.add_argument("--size", default=None, help="pixel size HxW for random latents, e.g. 480x832")
+    b.add_argument("--modes", default=",".join(("diffusers", "sync", "async", "gpu-only", "encode-only")),
+                   help="comma-separated modes (default: all)")  # fmt: skip
+    b.add_argument("--warmup", type=int, default=1, help="untimed runs per mode (default 1)")
+    b.add_argument("--runs", type=int, default=10, help="timed runs per mode (default 10)")
+    b.add_argument("--profile", choices=("on", "off"), default="on",
+                   help="one extra profiled run per mode: kernel utilization, timelines (default on)")  # fmt: skip
+    b.add_argument("--timeline-dir", default=None, help="write timeline-MODE.png here (needs --profile on)")
+    b.add_argument("--price-per-hour", type=float, default=None, help="USD per GPU-hour, for the cost columns")
+    b.add_argument("--video-fps", type=float, default=None, help="fps of the decoded video for cost (default --fps)")
+    b.add_argument("--seed", type=int, default=0, help="seed for random weights and latents (default 0)")
+    _add_decode_options(b, demo=False)
+
     m = sub.add_parser("demo", help="decode a built-in sample latent video on the CPU into an MP4")
     m.add_argument("-o", "--output", default="framepipe-demo.mp4", help="output (default framepipe-demo.mp4)")
     _add_decode_options(m, demo=True)
@@ -89,12 +116,84 @@ def _one_line_warnings() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from ._bench import EncoderSettings, format_table, run_bench
+    from ._latents import check_latents, load_latents
+    from ._models import load_vae, resolve_device
+
+    device = resolve_device(args.device)
+    custom = args.vae or args.arch or args.latents or args.shape or args.frames or args.size
+    arch = args.arch or ("wan2.1" if device.type == "cuda" or custom else "tiny-wan2.1")
+    vae = load_vae(args.vae, arch=None if args.vae else arch, dtype=args.dtype, device=device, seed=args.seed)
+    if args.latents:
+        latents = check_latents(load_latents(args.latents), z_dim=vae.config.z_dim)
+    else:
+        shape = _latent_shape(args, vae, small=device.type != "cuda" and not custom)
+        latents = torch.randn(shape, generator=torch.Generator().manual_seed(args.seed))
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    timeline_dir = Path(args.timeline_dir) if args.timeline_dir else None
+
+    def announce(mode: str) -> None:
+        if not args.quiet and not args.json:
+            print(f"bench: {mode} ({args.warmup} warm-up, {args.runs} timed"
+                  f"{', 1 profiled' if args.profile == 'on' else ''})", file=sys.stderr)  # fmt: skip
+
+    report = run_bench(
+        vae, latents, modes=modes,
+        encoder=EncoderSettings(codec=args.codec, preset=args.preset, crf=args.crf, fps=args.fps),
+        warmup=args.warmup, runs=args.runs, slots=args.slots, profile=args.profile == "on",
+        timeline_dir=timeline_dir, video_fps=args.video_fps, price_per_hour=args.price_per_hour, on_mode=announce,
+    )  # fmt: skip
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    st, env = report["settings"], report["environment"]
+    print(f"{env.get('gpu') or 'CPU'} | {st['device']} {st['dtype']} | {st['videos']} x {st['frames_per_video']} "
+          f"frames of {st['width']}x{st['height']} | {st['encoder']['codec']} {st['encoder']['preset']} "
+          f"crf {st['encoder']['crf']} | {st['warmup']} warm-up + {st['runs']} runs | torch {env['torch']}, "
+          f"diffusers {env['diffusers']}, libavcodec {env['libavcodec']} | {env['date']}")  # fmt: skip
+    print(format_table(report["modes"], price_per_hour=st["price_per_gpu_hour"], baseline=st["baseline"]))
+    print(f"kernel utilization: {st['kernel_utilization']}")
+    if st["price_per_gpu_hour"] is not None:
+        print(f"cost: {st['cost_formula']}")
+    pngs = [r["timeline_png"] for r in report["modes"] if r["timeline_png"]]
+    if pngs:
+        print("timelines: " + ", ".join(pngs))
+    return 0
+
+
+def _latent_shape(args: argparse.Namespace, vae, *, small: bool) -> tuple[int, ...]:
+    z, spatial, temporal = vae.config.z_dim, vae.config.scale_factor_spatial, vae.config.scale_factor_temporal
+    if args.shape:
+        try:
+            b, t, h, w = (int(x) for x in args.shape.lower().replace(",", "x").split("x"))
+        except ValueError:
+            raise FramepipeError(f"Invalid --shape {args.shape!r}; expected BxTxHxW, e.g. 1x21x60x104.") from None
+        return (b, z, t, h, w)
+    frames = args.frames or (21 if small else 81)
+    size = args.size or ("256x256" if small else "480x832")
+    try:
+        height, width = (int(x) for x in size.lower().split("x"))
+    except ValueError:
+        raise FramepipeError(f"Invalid --size {size!r}; expected HxW, e.g. 480x832.") from None
+    if (frames - 1) % temporal or height % spatial or width % spatial or min(frames, height, width) < 1:
+        raise FramepipeError(
+            f"This VAE decodes 1 + {temporal}k frames of multiples of {spatial} pixels; "
+            f"got {frames} frames of {height}x{width}."
+        )
+    return (1, z, 1 + (frames - 1) // temporal, height // spatial, width // spatial)
+
+
 def _run(args: argparse.Namespace) -> int:
     from diffusers.utils import logging as diffusers_logging
 
     from ._api import decode
 
     diffusers_logging.set_verbosity_error()
+    if args.command == "bench":
+        return _bench(args)
 
     common = dict(
         mode=args.mode, fps=args.fps, crf=args.crf, preset=args.preset, codec=args.codec, slots=args.slots,

@@ -1,0 +1,403 @@
+"""``framepipe bench``: the same latents through every path, in one process on one card.
+
+Modes:
+    diffusers    what users do today: ``vae.decode`` of the whole video, copy to host, convert, encode.
+    sync         framepipe's reference executor (per chunk: decode, copy, convert, encode).
+    async        framepipe's asynchronous pipeline.
+    gpu-only     the chunked decode plus uint8 conversion on the GPU; nothing is copied out or
+                 encoded. This is the floor for the decoder.
+    encode-only  host encoding of the same frames (decoded beforehand); no GPU work.
+
+Each mode gets ``warmup`` untimed runs, then ``runs`` timed runs, then one profiled run on its own
+(for kernel utilization and the timeline).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ._api import decode
+from ._cost import FORMULA, gpu_seconds_per_video_second, usd_per_1000_hours
+from ._decode import decode_chunks, geometry
+from ._latents import denormalize
+from ._postprocess import to_uint8_frames
+from ._profile import Timeline, profile_run
+from ._sinks import VideoFileSink
+from ._trace import PipelineTrace, stage
+
+BENCH_MODES: tuple[str, ...] = ("diffusers", "sync", "async", "gpu-only", "encode-only")
+
+
+@dataclass
+class EncoderSettings:
+    codec: str = "libx264"
+    preset: str = "medium"
+    crf: int = 18
+    fps: float = 16.0
+
+    def sink(self, path: Path) -> VideoFileSink:
+        return VideoFileSink(path, fps=self.fps, codec=self.codec, preset=self.preset, crf=self.crf)
+
+
+@dataclass
+class ModeResult:
+    """Figures for one mode. Seconds are per run. A run decodes all B videos of the latent tensor."""
+
+    mode: str
+    seconds: list[float]
+    frames: int
+    videos: int
+    peak_vram_gib: float | None
+    peak_host_extra_gib: float
+    d2h_gb: float
+    kernel_utilization: float | None = None
+    timeline_png: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def stats(self) -> dict[str, float]:
+        s = np.asarray(self.seconds)
+        return {"min": float(s.min()), "mean": float(s.mean()), "p99": float(np.percentile(s, 99)),
+                "max": float(s.max()), "std": float(s.std())}  # fmt: skip
+
+
+class HostMemorySampler:
+    """Peak resident memory of this process above its level at ``start``, sampled every 5 ms."""
+
+    def __init__(self, interval_s: float = 0.005) -> None:
+        self.interval_s = interval_s
+        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+    def _rss(self) -> int:
+        try:
+            with open("/proc/self/statm") as f:
+                return int(f.read().split()[1]) * self._page
+        except OSError:  # not Linux: fall back to the lifetime peak
+            import resource
+
+            return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    def __enter__(self) -> HostMemorySampler:
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="framepipe-rss", daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.peak = max(self.peak, self._rss())
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def extra_bytes(self) -> int:
+        return self.peak - self.base
+
+
+class Bench:
+    """Holds the VAE, the latents and the settings; ``run_mode`` measures one mode."""
+
+    def __init__(self, vae, latents: torch.Tensor, *, encoder: EncoderSettings, slots: int = 2, workdir: Path):
+        self.vae = vae
+        param = next(vae.parameters())
+        self.device, self.dtype = param.device, param.dtype
+        self.latents = latents.to(self.device)  # (B, C, T, H, W), pipeline format
+        self.geometry = geometry(vae, tuple(latents.shape))
+        self.encoder = encoder
+        self.slots = slots
+        self.workdir = workdir
+        self._frames: list[np.ndarray] | None = None  # decoded chunks for encode-only
+
+    # -- the modes: each does one whole run and returns once the device is idle ------------------
+
+    def _sinks(self, mode: str):
+        return [self.encoder.sink(self.workdir / f"{mode}-{i}.mp4") for i in range(self.geometry.batch)]
+
+    def _open(self, sinks) -> None:
+        g = self.geometry
+        for sink in sinks:
+            sink.open(frames=g.frames, height=g.height, width=g.width)
+
+    def run_diffusers(self, trace: PipelineTrace) -> None:
+        sinks = self._sinks("diffusers")
+        self._open(sinks)
+        with stage("decode", 0, trace), torch.inference_mode():
+            z = denormalize(self.latents, self.vae.config.latents_mean, self.vae.config.latents_std, dtype=self.dtype)
+            video = self.vae.decode(z).sample
+        with stage("copy", 0, trace):
+            host = video.cpu()
+        if self.device.type == "cuda":
+            trace.add_d2h(host.nbytes)
+        del video
+        with stage("write", 0, trace):
+            frames = to_uint8_frames(host)
+            for i, sink in enumerate(sinks):
+                sink.write(frames[i].numpy())
+        with stage("write", "flush", trace):
+            for sink in sinks:
+                sink.close()
+
+    def run_framepipe(self, mode: str, trace: PipelineTrace) -> None:
+        decode(self.latents, self._sinks(mode), vae=self.vae, mode=mode, slots=self.slots, trace=trace)
+
+    def run_gpu_only(self, trace: PipelineTrace) -> None:
+        with torch.inference_mode():
+            z = denormalize(self.latents, self.vae.config.latents_mean, self.vae.config.latents_std, dtype=self.dtype)
+            chunks = decode_chunks(self.vae, z)
+            for index in range(10**9):
+                with stage("decode", index, trace):
+                    chunk = next(chunks, None)
+                    if chunk is None:
+                        break
+                    to_uint8_frames(chunk)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def run_encode_only(self, trace: PipelineTrace) -> None:
+        if self._frames is None:
+            raise RuntimeError("encode-only needs the decoded frames; call prepare_frames() first.")
+        sinks = self._sinks("encode-only")
+        self._open(sinks)
+        for index, chunk in enumerate(self._frames):
+            with stage("write", index, trace):
+                for i, sink in enumerate(sinks):
+                    sink.write(chunk[i])
+        with stage("write", "flush", trace):
+            for sink in sinks:
+                sink.close()
+
+    def prepare_frames(self) -> None:
+        """Decode once and keep the uint8 chunks on the host, for encode-only."""
+        with torch.inference_mode():
+            z = denormalize(self.latents, self.vae.config.latents_mean, self.vae.config.latents_std, dtype=self.dtype)
+            self._frames = [to_uint8_frames(c).cpu().numpy() for c in decode_chunks(self.vae, z)]
+
+    def runner(self, mode: str) -> Callable[[PipelineTrace], None]:
+        if mode == "diffusers":
+            return self.run_diffusers
+        if mode in ("sync", "async"):
+            return lambda trace: self.run_framepipe(mode, trace)
+        if mode == "gpu-only":
+            return self.run_gpu_only
+        if mode == "encode-only":
+            return self.run_encode_only
+        raise ValueError(f"Invalid mode ({mode!r}). Supported values are {', '.join(BENCH_MODES)}.")
+
+    # -- measuring --------------------------------------------------------------------------------
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def run_mode(self, mode: str, *, warmup: int, runs: int, profile: bool, timeline_dir: Path | None) -> ModeResult:
+        run = self.runner(mode)
+        if mode == "encode-only" and self._frames is None:
+            self.prepare_frames()
+        for _ in range(warmup):
+            run(PipelineTrace())
+        seconds, peaks_vram, peaks_host, d2h = [], [], [], 0
+        for _ in range(runs):
+            trace = PipelineTrace()
+            self._sync()
+            if self.device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(self.device)
+            with HostMemorySampler() as host:
+                start = time.perf_counter()
+                run(trace)
+                self._sync()
+                seconds.append(time.perf_counter() - start)
+            peaks_host.append(host.extra_bytes)
+            if self.device.type == "cuda":
+                peaks_vram.append(torch.cuda.max_memory_allocated(self.device))
+            d2h = trace.d2h_bytes
+        result = ModeResult(
+            mode=mode,
+            seconds=seconds,
+            frames=self.geometry.frames,
+            videos=self.geometry.batch,
+            peak_vram_gib=max(peaks_vram) / 2**30 if peaks_vram else None,
+            peak_host_extra_gib=max(peaks_host) / 2**30,
+            d2h_gb=d2h / 1e9,
+        )
+        if profile:
+            timeline = profile_run(run, device=self.device)
+            result.kernel_utilization = timeline.kernel_utilization
+            result.extra["profiled_run_s"] = timeline.window_s
+            if timeline_dir is not None:
+                from ._timeline import draw_timeline
+
+                png = draw_timeline(timeline, timeline_dir / f"timeline-{mode}.png", title=mode)
+                result.timeline_png = str(png)
+            self.last_timeline: Timeline = timeline
+        return result
+
+
+def summarize(
+    results: Sequence[ModeResult], *, video_fps: float, price_per_hour: float | None, baseline: str | None
+) -> list[dict[str, Any]]:
+    """One row per mode: statistics, ratios to gpu-only, and cost against ``baseline``."""
+    by_mode = {r.mode: r for r in results}
+    floor = by_mode["gpu-only"].stats["mean"] if "gpu-only" in by_mode else None
+    rows = []
+    for r in results:
+        st = r.stats
+        per_video = st["mean"] / r.videos
+        ratio = gpu_seconds_per_video_second(per_video, r.frames, video_fps)
+        row: dict[str, Any] = {
+            "mode": r.mode,
+            **{f"{k}_s": v for k, v in st.items()},
+            "runs": len(r.seconds),
+            "frames_per_s": r.frames * r.videos / st["mean"],
+            "vs_gpu_only": st["mean"] / floor if floor else None,
+            "kernel_utilization": r.kernel_utilization,
+            "peak_vram_gib": r.peak_vram_gib,
+            "peak_host_extra_gib": r.peak_host_extra_gib,
+            "d2h_gb": r.d2h_gb,
+            "gpu_s_per_video_s": ratio,
+            "timeline_png": r.timeline_png,
+        }
+        if price_per_hour is not None:
+            row["usd_per_1000h"] = usd_per_1000_hours(ratio, price_per_hour)
+        rows.append(row)
+    if price_per_hour is not None and baseline in by_mode:
+        base = next(row for row in rows if row["mode"] == baseline)["usd_per_1000h"]
+        for row in rows:
+            row["saving_usd_per_1000h_vs_" + baseline.replace("-", "_")] = base - row["usd_per_1000h"]
+    return rows
+
+
+def format_table(rows: list[dict[str, Any]], *, price_per_hour: float | None, baseline: str | None) -> str:
+    def f(value, fmt):
+        return "-" if value is None else format(value, fmt)
+
+    head = ["mode", "min s", "mean s", "P99 s", "max s", "frames/s", "x gpu-only", "kernel util", "VRAM GiB",
+            "host+ GiB", "D2H GB", "GPU-s/video-s"]  # fmt: skip
+    if price_per_hour is not None:
+        head += ["$/1000h", f"saving vs {baseline}"]
+    lines = [head]
+    for r in rows:
+        line = [r["mode"], f(r["min_s"], ".3f"), f(r["mean_s"], ".3f"), f(r["p99_s"], ".3f"), f(r["max_s"], ".3f"),
+                f(r["frames_per_s"], ".1f"), f(r["vs_gpu_only"], ".3f"),
+                f(None if r["kernel_utilization"] is None else 100 * r["kernel_utilization"], ".1f") + (
+                    "%" if r["kernel_utilization"] is not None else ""),
+                f(r["peak_vram_gib"], ".2f"), f(r["peak_host_extra_gib"], ".2f"), f(r["d2h_gb"], ".3f"),
+                f(r["gpu_s_per_video_s"], ".3f")]  # fmt: skip
+        if price_per_hour is not None:
+            key = "saving_usd_per_1000h_vs_" + (baseline or "").replace("-", "_")
+            line += [f(r["usd_per_1000h"], ".0f"), f(r.get(key), "+.0f")]
+        lines.append(line)
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
+
+    def render(line: list[str]) -> str:
+        cells = zip(line, widths, strict=True)
+        return "  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(cells))
+
+    return "\n".join(render([str(c) for c in line]) for line in lines)
+
+
+def environment(device: torch.device) -> dict[str, Any]:
+    """Card, driver and library versions for the report."""
+    import platform
+    import subprocess
+
+    import av
+    import diffusers
+
+    env: dict[str, Any] = {
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "pyav": av.__version__,
+        "libavcodec": ".".join(map(str, av.library_versions["libavcodec"])),
+        "python": platform.python_version(),
+        "cpu_cores": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+        env["cuda"] = torch.version.cuda
+        try:
+            env["driver"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=10,
+            ).stdout.strip().splitlines()[0]  # fmt: skip
+        except (OSError, IndexError, subprocess.SubprocessError):
+            env["driver"] = None
+    else:
+        env["gpu"] = None
+    return env
+
+
+def run_bench(
+    vae,
+    latents: torch.Tensor,
+    *,
+    modes: Sequence[str] = BENCH_MODES,
+    encoder: EncoderSettings | None = None,
+    warmup: int = 1,
+    runs: int = 10,
+    slots: int = 2,
+    profile: bool = True,
+    timeline_dir: Path | None = None,
+    video_fps: float | None = None,
+    price_per_hour: float | None = None,
+    on_mode: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Measure ``modes`` on ``latents`` (pipeline format) and return the report as a dict."""
+    encoder = encoder or EncoderSettings()
+    bad = [m for m in modes if m not in BENCH_MODES]
+    if bad:
+        raise ValueError(f"Invalid mode(s) {', '.join(bad)}. Supported values are {', '.join(BENCH_MODES)}.")
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"Need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}.")
+    if timeline_dir is not None:
+        timeline_dir.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="framepipe-bench-") as tmp:
+        bench = Bench(vae, latents, encoder=encoder, slots=slots, workdir=Path(tmp))
+        results = []
+        for mode in modes:
+            if on_mode:
+                on_mode(mode)
+            results.append(bench.run_mode(mode, warmup=warmup, runs=runs, profile=profile, timeline_dir=timeline_dir))
+            if bench.device.type == "cuda":
+                torch.cuda.empty_cache()
+        g = bench.geometry
+    baseline = "diffusers" if "diffusers" in modes else ("sync" if "sync" in modes else None)
+    rows = summarize(results, video_fps=video_fps or encoder.fps, price_per_hour=price_per_hour, baseline=baseline)
+    return {
+        "environment": environment(bench.device),
+        "settings": {
+            "device": str(bench.device),
+            "dtype": str(bench.dtype).removeprefix("torch."),
+            "latents_shape": list(latents.shape),
+            "videos": g.batch,
+            "frames_per_video": g.frames,
+            "height": g.height,
+            "width": g.width,
+            "encoder": asdict(encoder),
+            "slots": slots,
+            "warmup": warmup,
+            "runs": runs,
+            "video_fps": video_fps or encoder.fps,
+            "price_per_gpu_hour": price_per_hour,
+            "baseline": baseline,
+            "kernel_utilization": "union of CUDA kernel intervals in the profiled run's window / its wall time"
+            if profile and bench.device.type == "cuda"
+            else "not measured: " + ("no CUDA device (CPU run)" if bench.device.type != "cuda" else "profiling off"),
+            "cost_formula": FORMULA,
+        },
+        "modes": rows,
+    }

@@ -1,0 +1,114 @@
+"""The bench: its arithmetic, its trace parsing, and a smoke run of every mode on a tiny model."""
+
+import json
+
+import pytest
+import torch
+
+from conftest import small_latents, small_vae
+from framepipe._bench import ModeResult, run_bench, summarize
+from framepipe._cost import gpu_seconds_per_video_second, usd_per_1000_hours
+from framepipe._profile import Timeline, _timeline, merge, union_length
+from framepipe._trace import PipelineTrace
+from framepipe.cli import main
+
+
+def test_union_length_counts_overlaps_once_and_clips():
+    assert union_length([(0, 1), (0.5, 2), (3, 4)], 0, 10) == pytest.approx(3.0)
+    assert union_length([(0, 1), (0.5, 2), (3, 4)], 0.5, 3.5) == pytest.approx(2.0)
+    assert union_length([], 0, 1) == 0
+    assert merge([(0, 1), (1.05, 2), (5, 6)], gap=0.1) == [(0, 2), (5, 6)]
+
+
+def test_utilization_and_alignment_from_a_chrome_trace():
+    events = [
+        {"ph": "X", "name": "framepipe.window", "cat": "user_annotation", "ts": 1000.0, "dur": 1_000_000.0},
+        {"ph": "X", "name": "conv", "cat": "kernel", "ts": 1000.0, "dur": 400_000.0},
+        {"ph": "X", "name": "conv", "cat": "kernel", "ts": 201_000.0, "dur": 400_000.0},  # overlaps the first
+        {"ph": "X", "name": "late", "cat": "kernel", "ts": 1_001_000.0, "dur": 50_000.0},  # after the window
+        {"ph": "X", "name": "Memcpy DtoH (Device -> Pinned)", "cat": "gpu_memcpy", "ts": 601_000.0, "dur": 10_000.0},
+    ]
+    trace = PipelineTrace()
+    trace.add_span("write", 10.25, 10.5)  # perf_counter clock; the window started at 10.0
+    t = _timeline(events, trace, 10.0, cuda=True)
+    assert t.window_s == pytest.approx(1.0)
+    assert t.kernel_utilization == pytest.approx(0.6)
+    assert t.d2h_copies == [pytest.approx((0.6, 0.61))]
+    assert t.host["write"] == [pytest.approx((0.25, 0.5))]
+    assert Timeline(window_s=1.0, cuda=False).kernel_utilization is None
+
+
+def test_cost_formula():
+    # 81 frames at 16 fps = 5.0625 s of video; 4.05 s of GPU per video -> 0.8 GPU-s per video-s.
+    ratio = gpu_seconds_per_video_second(4.05, 81, 16)
+    assert ratio == pytest.approx(0.8)
+    assert usd_per_1000_hours(ratio, 2.5) == pytest.approx(2000.0)
+
+
+def test_summary_statistics_and_savings():
+    def result(mode, seconds):
+        return ModeResult(mode, seconds, frames=81, videos=1, peak_vram_gib=None, peak_host_extra_gib=0, d2h_gb=0)
+
+    results = [result("diffusers", [5.0, 5.0, 6.0]), result("async", [4.0] * 3), result("gpu-only", [3.0] * 3)]
+    rows = summarize(results, video_fps=16, price_per_hour=1.0, baseline="diffusers")
+    by = {r["mode"]: r for r in rows}
+    assert by["diffusers"]["max_s"] == 6.0 and by["diffusers"]["p99_s"] == pytest.approx(5.98)
+    assert by["async"]["vs_gpu_only"] == pytest.approx(4 / 3)
+    saving = by["async"]["saving_usd_per_1000h_vs_diffusers"]
+    assert saving == pytest.approx((16 / 3 - 4.0) / (81 / 16) * 1000)
+
+
+def test_bench_smoke_all_modes(tmp_path):
+    vae = small_vae("wan2.1")
+    report = run_bench(vae, small_latents("wan2.1", frames=3), warmup=0, runs=2, timeline_dir=tmp_path,
+                       price_per_hour=3.0)  # fmt: skip
+    rows = {r["mode"]: r for r in report["modes"]}
+    assert list(rows) == ["diffusers", "sync", "async", "gpu-only", "encode-only"]
+    for mode, row in rows.items():
+        assert row["runs"] == 2 and 0 < row["min_s"] <= row["mean_s"] <= row["max_s"]
+        assert row["kernel_utilization"] is None  # CPU: nothing to measure, and the report says so
+        assert (tmp_path / f"timeline-{mode}.png").stat().st_size > 1000
+    assert rows["gpu-only"]["vs_gpu_only"] == 1.0
+    assert "no CUDA device" in report["settings"]["kernel_utilization"]
+    assert report["settings"]["frames_per_video"] == 9
+    json.dumps(report)
+
+
+def test_bench_cli_json(tmp_path, capsys):
+    code = main(["bench", "--arch", "tiny-wan2.1", "--shape", "1x2x4x4", "--runs", "1", "--warmup", "0",
+                 "--modes", "sync,async,gpu-only", "--profile", "off", "--json", "--device", "cpu"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    report = json.loads(out)
+    assert [r["mode"] for r in report["modes"]] == ["sync", "async", "gpu-only"]
+    assert report["settings"]["latents_shape"] == [1, 16, 2, 4, 4]
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["--modes", "sync,turbo"], "Invalid mode(s) turbo"), (["--size", "480x830"], "multiples of 8"),
+     (["--shape", "1x2x3"], "Invalid --shape"), (["--runs", "0"], "runs >= 1")],
+)  # fmt: skip
+def test_bench_cli_errors(capsys, args, message):
+    code = main(["bench", "--arch", "tiny-wan2.1", "--device", "cpu", "--frames", "5", *args])
+    out, err = capsys.readouterr()
+    last = err.strip().splitlines()[-1]  # after the random-weights warning
+    assert code == 1 and last.startswith("framepipe: error: ") and message in last and "Traceback" not in err
+
+
+@pytest.mark.needs_cuda
+def test_bench_cuda_reports_utilization(tmp_path):
+    vae = small_vae("wan2.1").cuda()
+    report = run_bench(vae, small_latents("wan2.1", frames=4, height=16, width=16), warmup=1, runs=2,
+                       timeline_dir=tmp_path)  # fmt: skip
+    for row in report["modes"]:
+        if row["mode"] == "encode-only":
+            assert row["kernel_utilization"] == pytest.approx(0.0, abs=0.05)
+        else:
+            assert 0 < row["kernel_utilization"] <= 1
+            assert row["peak_vram_gib"] > 0
+    rows = {r["mode"]: r for r in report["modes"]}
+    assert rows["gpu-only"]["d2h_gb"] == 0 and rows["async"]["d2h_gb"] > 0
+    # async copies uint8 frames, sync and diffusers copy float32: four times the bytes.
+    assert rows["sync"]["d2h_gb"] == pytest.approx(4 * rows["async"]["d2h_gb"])
+    torch.cuda.synchronize()
