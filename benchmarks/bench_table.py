@@ -1,0 +1,63 @@
+"""Render ``framepipe bench --json`` reports as the Markdown tables of docs/benchmarks.md.
+
+    python benchmarks/bench_table.py docs/results/bench-h200/*.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+
+def command(settings: dict) -> str:
+    enc = settings["encoder"]
+    parts = [
+        "framepipe bench",
+        f"--size {settings['height']}x{settings['width']}",
+        f"--frames {settings['frames_per_video']}",
+        f"--dtype {settings['dtype']}",
+        f"--preset {enc['preset']}",
+        f"--crf {enc['crf']}",
+        f"--runs {settings['runs']}",
+        f"--warmup {settings['warmup']}",
+    ]
+    if settings.get("price_per_gpu_hour") is not None:
+        parts.append(f"--price-per-hour {settings['price_per_gpu_hour']:.2f}")
+    return " ".join(parts)
+
+
+def table(report: dict) -> str:
+    s, env = report["settings"], report["environment"]
+    base = s["baseline"].replace("-", "_")
+    lines = [
+        f"**{s['height']}x{s['width']}, {s['frames_per_video']} frames, {s['dtype']}, "
+        f"{s['encoder']['codec']} `{s['encoder']['preset']}` crf {s['encoder']['crf']}**: "
+        f"{env['gpu']}, {s['warmup']} warm-up + {s['runs']} timed runs per mode, {env['date']}",
+        "",
+        f"`{command(s)}`",
+        "",
+        "| mode | min s | mean s | P99 s | max s | frames/s | x gpu-only | kernel util | peak VRAM GiB "
+        "| host+ GiB | D2H GB | GPU-s / video-s | $ / 1000 h | saving vs diffusers |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in report["modes"]:
+        util = "-" if r["kernel_utilization"] is None else f"{100 * r['kernel_utilization']:.1f} %"
+        saving = r.get(f"saving_usd_per_1000h_vs_{base}")
+        lines.append(
+            f"| {r['mode']} | {r['min_s']:.2f} | {r['mean_s']:.2f} | {r['p99_s']:.2f} | {r['max_s']:.2f} "
+            f"| {r['frames_per_s']:.1f} | {r['vs_gpu_only']:.3f} | {util} | {r['peak_vram_gib']:.2f} "
+            f"| {r['peak_host_extra_gib']:.2f} | {r['d2h_gb']:.3f} | {r['gpu_s_per_video_s']:.3f} "
+            f"| {r.get('usd_per_1000h', 0):.0f} | {'-' if saving is None else f'{saving:+.0f}'} |"
+        )
+    return "\n".join(lines)
+
+
+def main(paths: list[str]) -> None:
+    for path in paths:
+        print(table(json.loads(Path(path).read_text())))
+        print()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
