@@ -1,6 +1,6 @@
 """Render ``framepipe bench --json`` reports as the Markdown tables of docs/benchmarks.md.
 
-    python benchmarks/bench_table.py docs/results/bench-h200/*.json
+python benchmarks/bench_table.py docs/results/bench-h200/*.json
 """
 
 from __future__ import annotations

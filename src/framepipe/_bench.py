@@ -124,6 +124,10 @@ class Bench:
 
     # -- the modes: each does one whole run and returns once the device is idle ------------------
 
+    def _denormalized(self) -> torch.Tensor:
+        config = self.vae.config
+        return denormalize(self.latents, config.latents_mean, config.latents_std, dtype=self.dtype)
+
     def _sinks(self, mode: str):
         return [self.encoder.sink(self.workdir / f"{mode}-{i}.mp4") for i in range(self.geometry.batch)]
 
@@ -136,7 +140,7 @@ class Bench:
         sinks = self._sinks("diffusers")
         self._open(sinks)
         with stage("decode", 0, trace), torch.inference_mode():
-            z = denormalize(self.latents, self.vae.config.latents_mean, self.vae.config.latents_std, dtype=self.dtype)
+            z = self._denormalized()
             video = self.vae.decode(z).sample
         with stage("copy", 0, trace):
             host = video.cpu()
@@ -156,7 +160,7 @@ class Bench:
 
     def run_gpu_only(self, trace: PipelineTrace) -> None:
         with torch.inference_mode():
-            z = denormalize(self.latents, self.vae.config.latents_mean, self.vae.config.latents_std, dtype=self.dtype)
+            z = self._denormalized()
             chunks = decode_chunks(self.vae, z)
             for index in range(10**9):
                 with stage("decode", index, trace):
@@ -183,7 +187,7 @@ class Bench:
     def prepare_frames(self) -> None:
         """Decode once and keep the uint8 chunks on the host, for encode-only."""
         with torch.inference_mode():
-            z = denormalize(self.latents, self.vae.config.latents_mean, self.vae.config.latents_std, dtype=self.dtype)
+            z = self._denormalized()
             self._frames = [to_uint8_frames(c).cpu().numpy() for c in decode_chunks(self.vae, z)]
 
     def runner(self, mode: str) -> Callable[[PipelineTrace], None]:

@@ -35,6 +35,18 @@ def _noop(_: int) -> None:
     pass
 
 
+def _numbered(chunks: Iterator[torch.Tensor], trace: PipelineTrace | None) -> Iterator[tuple[int, torch.Tensor]]:
+    """Yield ``(index, chunk)``, marking each step of the source as stage ``"decode i"``."""
+    index = 0
+    while True:
+        with stage("decode", index, trace):
+            chunk = next(chunks, None)
+        if chunk is None:
+            return
+        yield index, chunk
+        index += 1
+
+
 def run_sync(
     chunks: Iterator[torch.Tensor],
     sinks: Sequence[Sink],
@@ -43,12 +55,7 @@ def run_sync(
     trace: PipelineTrace | None = None,
 ) -> None:
     """Reference executor: each chunk is decoded, copied to the host, converted and written in turn."""
-    index = 0
-    while True:
-        with stage("decode", index, trace):
-            chunk = next(chunks, None)
-        if chunk is None:
-            return
+    for index, chunk in _numbered(chunks, trace):
         with stage("copy", index, trace):
             host = chunk.cpu()  # blocks until the decode has finished
         if trace is not None and chunk.device.type != "cpu":
@@ -59,7 +66,6 @@ def run_sync(
             for video, sink in enumerate(sinks):
                 sink.write(frames[video].numpy())
         progress(frames.shape[1])
-        index += 1
 
 
 class _Writer:
@@ -161,18 +167,12 @@ def _run_async_host(
     # A slot here is a place in the queue: at most `slots` converted chunks wait for the writer.
     writer = _Writer(handle, release=lambda _: None, maxsize=slots)
     try:
-        index = 0
-        while True:
-            with stage("decode", index, trace):
-                chunk = next(chunks, None)
-            if chunk is None:
-                break
+        for index, chunk in _numbered(chunks, trace):
             writer.raise_if_failed()
             frames = to_uint8_frames(chunk)
             del chunk
             writer.put((index, frames))
             del frames
-            index += 1
     except BaseException:
         writer.cancel()
         raise
@@ -239,12 +239,8 @@ def _run_async_cuda(
     try:
         with torch.cuda.device(device), torch.cuda.stream(compute):
             compute.wait_stream(torch.cuda.default_stream(device))  # latents were made on the default stream
-            index = 0
-            while True:
-                with stage("decode", index, trace):
-                    chunk = next(chunks, None)  # enqueues the decode kernels on `compute`
-                if chunk is None:
-                    break
+            # Each step of the source enqueues one chunk's decode kernels on `compute`.
+            for index, chunk in _numbered(chunks, trace):
                 # chunk: [B, 3, t, H, W] on the device
                 b, _, t, _, _ = chunk.shape
                 k = ring.acquire(writer)
@@ -260,7 +256,6 @@ def _run_async_cuda(
                 if trace is not None:
                     trace.add_d2h(ring.host[k][:, :t].nbytes)
                 writer.put((k, t, index))
-                index += 1
     except BaseException:
         writer.cancel()
         _quiet_synchronize(compute, copy)
