@@ -1,0 +1,196 @@
+"""Train framepipe's embedded VAE: a small Wan 2.1-architecture AutoencoderKLWan on procedural clips.
+
+The model is diffusers' ``AutoencoderKLWan`` at reduced width (encoder 16, decoder 24 channels at
+the first level; Wan 2.1 uses 96), with the same causal structure (4x temporal, 8x spatial, 16
+latent channels, 1 + 4 (T - 1) frames). Training data comes from ``framepipe._synth``: moving and
+scaling shapes, gradients, textures, text and camera pans, all drawn from seeds. Losses: L1 +
+0.2 (1 - SSIM) on pixels, and a KL term (weight 1e-6) on the latent posterior.
+
+    python scripts/train_tiny_vae.py --minutes 9 --out runs/tiny        # one H100/H200
+    python scripts/train_tiny_vae.py --steps 2 --size 32 --device cpu   # smoke test
+
+Writes to --out: the diffusers folder (config.json + fp16 safetensors, with latents_mean/std
+measured on training clips), metrics.json (held-out PSNR/SSIM at 256x256), and train_state.pt for
+--resume.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from framepipe._postprocess import to_uint8_frames
+from framepipe._quality import psnr, ssim
+from framepipe._synth import synth_clips
+
+CONFIG = dict(base_dim=16, decoder_base_dim=24, z_dim=16)
+HELD_OUT_SEED = 1_000_000  # training seeds stay far below this
+
+
+class Clips(torch.utils.data.IterableDataset):
+    """An endless stream of training batches; each worker draws from its own seed range."""
+
+    def __init__(self, batch: int, frames: int, size: int, seed: int):
+        self.batch, self.frames, self.size, self.seed = batch, frames, size, seed
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        index = worker
+        while True:
+            seed = self.seed + index * self.batch
+            assert seed + self.batch < HELD_OUT_SEED
+            yield synth_clips(self.batch, self.frames, self.size, self.size, seed=seed)
+            index += workers
+
+
+def ssim_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """1 - SSIM on [-1, 1] video tensors, with an 11-pixel Gaussian window, per frame."""
+    b, c, f, h, w = x.shape
+    x = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w).float()
+    y = y.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w).float()
+    coords = torch.arange(11, device=x.device, dtype=torch.float32) - 5
+    g = torch.exp(-(coords**2) / (2 * 1.5**2))
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(c, 1, 11, 11).contiguous()
+
+    def blur(t):
+        return F.conv2d(t, kernel, groups=c)
+
+    c1, c2 = (0.01 * 2) ** 2, (0.03 * 2) ** 2
+    mx, my = blur(x), blur(y)
+    vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    return 1 - s.mean()
+
+
+@torch.no_grad()
+def evaluate(vae, device: torch.device, *, clips: int = 4, frames: int = 17, size: int = 256) -> dict:
+    """Held-out reconstruction quality: PSNR and SSIM of uint8 frames, fp32, posterior mean."""
+    vae.eval()
+    scores = []
+    for i in range(clips):
+        x = synth_clips(1, frames, size, size, seed=HELD_OUT_SEED + i).to(device)
+        z = vae.encode(x).latent_dist.mode()
+        rec = vae.decode(z).sample
+        a, b = to_uint8_frames(x).cpu(), to_uint8_frames(rec).cpu()
+        scores.append((psnr(a.float(), b.float()), ssim(a, b)))
+    vae.train()
+    return {
+        "psnr_db": sum(s[0] for s in scores) / len(scores),
+        "ssim": sum(s[1] for s in scores) / len(scores),
+        "clips": clips,
+        "frames": frames,
+        "size": f"{size}x{size}",
+        "per_clip_psnr_db": [s[0] for s in scores],
+    }
+
+
+@torch.no_grad()
+def latent_statistics(vae, device: torch.device, *, clips: int = 16) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of posterior means on training clips (Wan's latents_mean/std)."""
+    zs = []
+    for i in range(clips):
+        x = synth_clips(1, 17, 128, 128, seed=HELD_OUT_SEED // 2 + i).to(device)
+        zs.append(vae.encode(x).latent_dist.mode().float().transpose(0, 1).reshape(vae.config.z_dim, -1))
+    z = torch.cat(zs, dim=1)
+    return z.mean(dim=1).tolist(), z.std(dim=1).tolist()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", type=Path, default=Path("runs/tiny-wan2.1"))
+    p.add_argument("--minutes", type=float, default=9.0, help="wall-clock budget for training steps")
+    p.add_argument("--steps", type=int, default=100_000, help="stop after this many steps at the latest")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--frames", type=int, default=9, help="frames per training clip (1 + 4k)")
+    p.add_argument("--size", type=int, default=128, help="training crop size in pixels (multiple of 8)")
+    p.add_argument("--lr", type=float, default=4e-4)
+    p.add_argument("--kl", type=float, default=1e-6)
+    p.add_argument("--workers", type=int, default=8)
+    p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--resume", action="store_true", help="continue from --out/train_state.pt")
+    args = p.parse_args()
+
+    from diffusers import AutoencoderKLWan
+
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    vae = AutoencoderKLWan(**CONFIG, latents_mean=[0.0] * 16, latents_std=[1.0] * 16).to(device).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
+    step, log = 0, []
+    state_path = args.out / "train_state.pt"
+    if args.resume and state_path.exists():
+        state = torch.load(state_path, map_location=device, weights_only=True)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step = int(state["step"])
+        print(f"resumed at step {step}", flush=True)
+
+    loader = torch.utils.data.DataLoader(
+        Clips(args.batch, args.frames, args.size, seed=args.seed * 10_000_000 + step * args.batch * 4),
+        batch_size=None, num_workers=args.workers, pin_memory=device.type == "cuda",
+        persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None,
+    )  # fmt: skip
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    warmup, start, budget = 300, time.monotonic(), args.minutes * 60
+    total_estimate = max(args.steps, 1)
+    for x in loader:
+        if step >= args.steps or time.monotonic() - start > budget:
+            break
+        x = x.to(device, non_blocking=True)
+        progress = min(1.0, (time.monotonic() - start) / budget) if args.steps > 10_000 else step / total_estimate
+        lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with autocast:
+            posterior = vae.encode(x).latent_dist
+            rec = vae.decode(posterior.sample()).sample
+        l1 = (rec.float() - x).abs().mean()
+        structural = ssim_loss(rec, x)
+        kl = posterior.kl().mean() / x[0].numel()
+        loss = l1 + 0.2 * structural + args.kl * kl
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % 100 == 0 or step == 1:
+            entry = {"step": step, "s": round(time.monotonic() - start, 1), "lr": lr, "l1": l1.item(),
+                     "ssim_loss": structural.item(), "kl": kl.item()}  # fmt: skip
+            log.append(entry)
+            print(json.dumps(entry), flush=True)
+        if step % args.eval_every == 0:
+            print(json.dumps({"step": step, "eval": evaluate(vae, device, clips=2)}), flush=True)
+            torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, state_path)
+
+    torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, state_path)
+    vae.eval()
+    # Ship half-precision weights; measure the model as shipped (fp16 weights, fp32 compute).
+    with torch.no_grad():
+        for param in vae.parameters():
+            param.copy_(param.half().float())
+    mean, std = latent_statistics(vae, device)
+    vae.register_to_config(latents_mean=mean, latents_std=std)
+    metrics = {"steps": step, "train_seconds": round(time.monotonic() - start, 1), "batch": args.batch,
+               "frames": args.frames, "size": args.size, "lr": args.lr, "kl_weight": args.kl,
+               "held_out": evaluate(vae, device, clips=8),
+               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+               "torch": torch.__version__}  # fmt: skip
+    vae.to(torch.float16).save_pretrained(args.out / "model", safe_serialization=True)
+    (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    (args.out / "log.json").write_text(json.dumps(log))
+    print(json.dumps({"final": metrics}), flush=True)
+
+
+if __name__ == "__main__":
+    main()
