@@ -20,25 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from framepipe import decode, random_vae, to_uint8_frames
+from framepipe import ArraySink, decode, random_vae, to_uint8_frames
 from framepipe._latents import denormalize
-
-
-class ArraySink:
-    """Collects frames into one preallocated array (no disk in the way of the comparison)."""
-
-    def open(self, *, frames, height, width):
-        self.array, self.count = np.empty((frames, height, width, 3), np.uint8), 0
-
-    def write(self, frames):
-        self.array[self.count : self.count + len(frames)] = frames
-        self.count += len(frames)
-
-    def close(self):
-        assert self.count == len(self.array)
-
-    def abort(self):
-        pass
 
 
 def diffusers_decode(vae, latents):
@@ -89,8 +72,8 @@ def same_pixels(arch: str, z_shape, dtype: torch.dtype) -> dict:
     for mode in ("sync", "async"):
         sink = ArraySink()
         result = decode(latents, [sink], vae=vae, mode=mode)
-        row[f"{mode}_identical"] = bool(np.array_equal(sink.array, ref))
-        row[f"{mode}_max_abs_diff"] = int(np.abs(sink.array.astype(int) - ref.astype(int)).max())
+        row[f"{mode}_identical"] = bool(np.array_equal(sink.frames, ref))
+        row[f"{mode}_max_abs_diff"] = int(np.abs(sink.frames.astype(int) - ref.astype(int)).max())
         row[f"{mode}_s"] = result.seconds
         row[f"{mode}_peak_gib"] = result.peak_vram_bytes / 2**30
     row["share_saturated"] = float(((ref == 0) | (ref == 255)).mean())

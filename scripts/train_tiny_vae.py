@@ -50,6 +50,23 @@ class Clips(torch.utils.data.IterableDataset):
             index += workers
 
 
+def _one_thread(_: int) -> None:
+    torch.set_num_threads(1)  # many workers, one core each: no oversubscription
+
+
+def reconstruct(vae, posterior) -> torch.Tensor:
+    """Decode a posterior sample frame by frame like ``vae.decode``, but without its final clamp,
+    so saturated pixels still get a gradient."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
+
+    cache = [None] * sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
+    z = vae.post_quant_conv(posterior.sample())
+    frames = [
+        vae.decoder(z[:, :, i : i + 1], feat_cache=cache, feat_idx=[0], first_chunk=i == 0) for i in range(z.shape[2])
+    ]
+    return torch.cat(frames, dim=2)
+
+
 def ssim_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """1 - SSIM on [-1, 1] video tensors, with an 11-pixel Gaussian window, per frame."""
     b, c, f, h, w = x.shape
@@ -93,11 +110,13 @@ def evaluate(vae, device: torch.device, *, clips: int = 4, frames: int = 17, siz
 
 
 @torch.no_grad()
-def latent_statistics(vae, device: torch.device, *, clips: int = 16) -> tuple[list[float], list[float]]:
+def latent_statistics(
+    vae, device: torch.device, *, clips: int = 16, size: int = 128
+) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of posterior means on training clips (Wan's latents_mean/std)."""
     zs = []
     for i in range(clips):
-        x = synth_clips(1, 17, 128, 128, seed=HELD_OUT_SEED // 2 + i).to(device)
+        x = synth_clips(1, 17, size, size, seed=HELD_OUT_SEED // 2 + i).to(device)
         zs.append(vae.encode(x).latent_dist.mode().float().transpose(0, 1).reshape(vae.config.z_dim, -1))
     z = torch.cat(zs, dim=1)
     return z.mean(dim=1).tolist(), z.std(dim=1).tolist()
@@ -115,6 +134,8 @@ def main() -> None:
     p.add_argument("--kl", type=float, default=1e-6)
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--eval-every", type=int, default=1000)
+    p.add_argument("--eval-size", type=int, default=256, help="held-out clip size for metrics.json")
+    p.add_argument("--eval-clips", type=int, default=8, help="held-out clips for metrics.json")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from --out/train_state.pt")
@@ -138,23 +159,25 @@ def main() -> None:
 
     loader = torch.utils.data.DataLoader(
         Clips(args.batch, args.frames, args.size, seed=args.seed * 10_000_000 + step * args.batch * 4),
-        batch_size=None, num_workers=args.workers, pin_memory=device.type == "cuda",
+        batch_size=None, num_workers=args.workers, pin_memory=device.type == "cuda", worker_init_fn=_one_thread,
         persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None,
     )  # fmt: skip
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    warmup, start, budget = 300, time.monotonic(), args.minutes * 60
+    warmup, start, budget = 200, time.monotonic(), args.minutes * 60
     total_estimate = max(args.steps, 1)
+    waited, fetched = 0.0, time.monotonic()
     for x in loader:
+        waited += time.monotonic() - fetched
         if step >= args.steps or time.monotonic() - start > budget:
             break
         x = x.to(device, non_blocking=True)
         progress = min(1.0, (time.monotonic() - start) / budget) if args.steps > 10_000 else step / total_estimate
-        lr = args.lr * min(1.0, (step + 1) / warmup) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress)))
+        lr = args.lr * min(1.0, (step + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
         for group in opt.param_groups:
             group["lr"] = lr
         with autocast:
             posterior = vae.encode(x).latent_dist
-            rec = vae.decode(posterior.sample()).sample
+            rec = reconstruct(vae, posterior)
         l1 = (rec.float() - x).abs().mean()
         structural = ssim_loss(rec, x)
         kl = posterior.kl().mean() / x[0].numel()
@@ -165,13 +188,14 @@ def main() -> None:
         opt.step()
         step += 1
         if step % 100 == 0 or step == 1:
-            entry = {"step": step, "s": round(time.monotonic() - start, 1), "lr": lr, "l1": l1.item(),
-                     "ssim_loss": structural.item(), "kl": kl.item()}  # fmt: skip
+            entry = {"step": step, "s": round(time.monotonic() - start, 1), "data_wait_s": round(waited, 1),
+                     "lr": lr, "l1": l1.item(), "ssim_loss": structural.item(), "kl": kl.item()}  # fmt: skip
             log.append(entry)
             print(json.dumps(entry), flush=True)
         if step % args.eval_every == 0:
-            print(json.dumps({"step": step, "eval": evaluate(vae, device, clips=2)}), flush=True)
+            print(json.dumps({"step": step, "eval": evaluate(vae, device, clips=2, size=args.eval_size)}), flush=True)
             torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, state_path)
+        fetched = time.monotonic()
 
     torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, state_path)
     vae.eval()
@@ -179,11 +203,11 @@ def main() -> None:
     with torch.no_grad():
         for param in vae.parameters():
             param.copy_(param.half().float())
-    mean, std = latent_statistics(vae, device)
+    mean, std = latent_statistics(vae, device, size=min(128, args.eval_size))
     vae.register_to_config(latents_mean=mean, latents_std=std)
     metrics = {"steps": step, "train_seconds": round(time.monotonic() - start, 1), "batch": args.batch,
                "frames": args.frames, "size": args.size, "lr": args.lr, "kl_weight": args.kl,
-               "held_out": evaluate(vae, device, clips=8),
+               "held_out": evaluate(vae, device, clips=args.eval_clips, size=args.eval_size),
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "torch": torch.__version__}  # fmt: skip
     vae.to(torch.float16).save_pretrained(args.out / "model", safe_serialization=True)

@@ -10,12 +10,13 @@ from ._errors import CheckpointError, DeviceError, EncoderError, FramepipeError,
 from ._latents import check_latents, denormalize, load_latents
 from ._models import ARCHITECTURES, load_vae, random_vae
 from ._postprocess import to_uint8_frames
-from ._sinks import NpySink, PngFolderSink, Sink, VideoFileSink, open_sink
+from ._sinks import ArraySink, NpySink, PngFolderSink, Sink, VideoFileSink, open_sink
 
 __version__ = "0.1.0"
 
 __all__ = [
     "ARCHITECTURES",
+    "ArraySink",
     "CheckpointError",
     "DecodeResult",
     "DeviceError",

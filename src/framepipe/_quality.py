@@ -54,6 +54,8 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, peak: float = 255.0, window: int =
 
     # a, b: [..., H, W, 3] (uint8 frames) -> float
     """
+    if min(a.shape[-3:-1]) < window:
+        raise ValueError(f"SSIM needs frames of at least {window}x{window} pixels, got {tuple(a.shape[-3:-1])}.")
     x = a.double().reshape(-1, *a.shape[-3:]).permute(0, 3, 1, 2)  # [N, 3, H, W]
     y = b.double().reshape(-1, *b.shape[-3:]).permute(0, 3, 1, 2)
     coords = torch.arange(window, dtype=torch.float64) - window // 2

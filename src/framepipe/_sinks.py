@@ -314,6 +314,34 @@ class NpySink:
         self._closed = True
 
 
+class ArraySink:
+    """Keep all frames of one video in memory: ``sink.frames`` is [N, H, W, 3] uint8 after ``close``."""
+
+    def __init__(self) -> None:
+        self.frames: np.ndarray | None = None
+        self._count = 0
+
+    def open(self, *, frames: int, height: int, width: int) -> None:
+        self.frames = np.empty((frames, height, width, 3), dtype=np.uint8)
+        self._count = 0
+
+    def write(self, frames: np.ndarray) -> None:
+        if self.frames is None:
+            raise RuntimeError("This sink is not open; call open() first.")
+        end = self._count + len(frames)
+        if end > len(self.frames):
+            raise ValueError(f"Got more frames ({end}) than announced in open() ({len(self.frames)}).")
+        self.frames[self._count : end] = frames
+        self._count = end
+
+    def close(self) -> None:
+        if self.frames is not None and self._count != len(self.frames):
+            raise EncoderError(f"Got {self._count} frames, expected {len(self.frames)}.")
+
+    def abort(self) -> None:
+        self.frames = None
+
+
 def open_sink(path: str | os.PathLike[str], **video_options) -> Sink:
     """Pick a sink by the output path: a video file by suffix, ``.npy``, or a folder for PNGs."""
     path = Path(path)

@@ -101,6 +101,23 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--seed", type=int, default=0, help="seed for random weights and latents (default 0)")
     _add_decode_options(b, demo=False)
 
+    c = sub.add_parser(
+        "compare",
+        help="pixel error of a candidate path (dtype, executor) against the plain fp32 diffusers decode",
+    )
+    c.add_argument("latents", nargs="?", default=None, help="latent file (default: seeded random latents, --shape)")
+    c.add_argument("--shape", default="1x3x8x8", help="latent shape BxTxHxW for random latents (default 1x3x8x8)")
+    c.add_argument("--vae", default=None, help="VAE checkpoint (as for decode); omitted: --arch with random weights")
+    c.add_argument("--arch", default=None, choices=("wan2.1", "wan2.2", "tiny-wan2.1", "tiny-wan2.2"),
+                   help="architecture for random weights (default tiny-wan2.1)")  # fmt: skip
+    c.add_argument("--latent-format", choices=("pipeline", "raw"), default="pipeline")
+    c.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16", help="candidate dtype")
+    c.add_argument("--mode", choices=("async", "sync"), default="async", help="candidate executor")
+    c.add_argument("--slots", type=int, default=2)
+    c.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--json", action="store_true", help="print the result as JSON")
+
     m = sub.add_parser("demo", help="decode a built-in sample latent video on the CPU into an MP4")
     m.add_argument("-o", "--output", default="framepipe-demo.mp4", help="output (default framepipe-demo.mp4)")
     _add_decode_options(m, demo=True)
@@ -186,6 +203,37 @@ def _latent_shape(args: argparse.Namespace, vae, *, small: bool) -> tuple[int, .
     return (1, z, 1 + (frames - 1) // temporal, height // spatial, width // spatial)
 
 
+def _compare(args: argparse.Namespace) -> int:
+    import torch
+
+    from ._compare import compare
+    from ._latents import load_latents
+    from ._models import load_vae
+
+    arch = None if args.vae else (args.arch or "tiny-wan2.1")
+    vae = load_vae(args.vae, arch=arch, dtype="float32", device=args.device, seed=args.seed)
+    if args.latents:
+        latents = load_latents(args.latents)
+    else:
+        try:
+            b, t, h, w = (int(x) for x in args.shape.lower().replace(",", "x").split("x"))
+        except ValueError:
+            raise FramepipeError(f"Invalid --shape {args.shape!r}; expected BxTxHxW, e.g. 1x21x60x104.") from None
+        latents = torch.randn(b, vae.config.z_dim, t, h, w, generator=torch.Generator().manual_seed(args.seed))
+    report = compare(vae, latents, dtype=args.dtype, mode=args.mode, slots=args.slots, latent_format=args.latent_format)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    e, ref, cand = report["error"], report["reference"], report["candidate"]
+    psnr = "identical (inf)" if e["psnr_db"] is None else f"{e['psnr_db']:.2f} dB"
+    print(f"reference: {ref['path']}, {ref['dtype']}, {ref['device']}")
+    print(f"candidate: {cand['path']}, {cand['dtype']}, {cand['device']}")
+    print(f"{report['videos']} x {report['frames_per_video']} frames of {report['width']}x{report['height']}: "
+          f"max abs error {e['max_abs']}, mean abs error {e['mean_abs']:.4f}, PSNR {psnr}, "
+          f"{100 * e['share_differing']:.3f} % of values differ")  # fmt: skip
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from diffusers.utils import logging as diffusers_logging
 
@@ -194,6 +242,8 @@ def _run(args: argparse.Namespace) -> int:
     diffusers_logging.set_verbosity_error()
     if args.command == "bench":
         return _bench(args)
+    if args.command == "compare":
+        return _compare(args)
 
     common = dict(
         mode=args.mode, fps=args.fps, crf=args.crf, preset=args.preset, codec=args.codec, slots=args.slots,

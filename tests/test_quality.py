@@ -1,0 +1,79 @@
+"""The quality yardstick, the procedural clips, and the training script's smoke run."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import small_latents, small_vae
+from framepipe._compare import compare
+from framepipe._quality import frame_error, psnr, ssim
+from framepipe._synth import synth_clips
+from framepipe.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_frame_error_figures():
+    a = torch.zeros(2, 4, 4, 3, dtype=torch.uint8)
+    b = a.clone()
+    b[0, 0, 0, 0] = 10
+    e = frame_error(a, b)
+    assert e.max_abs == 10 and e.share_differing == pytest.approx(1 / 96) and e.frames == 2
+    assert e.psnr_db == pytest.approx(10 * torch.log10(torch.tensor(255.0**2 / (100 / 96))).item())
+    assert frame_error(a, a).to_dict()["psnr_db"] is None
+    assert psnr(a.float(), a.float()) == float("inf")
+    big = torch.randint(0, 256, (2, 16, 16, 3), dtype=torch.uint8)
+    assert ssim(big, big) == pytest.approx(1.0)
+    assert ssim(big, 255 - big) < 0
+    with pytest.raises(ValueError, match="Shapes differ"):
+        frame_error(a, b[:1])
+
+
+def test_compare_finds_nothing_for_the_exact_paths_and_something_for_bfloat16(version):
+    vae = small_vae(version)
+    z = small_latents(version, batch=2, frames=3)
+    for mode in ("sync", "async"):
+        same = compare(vae, z, dtype="float32", mode=mode)
+        assert same["error"]["max_abs"] == 0 and same["error"]["psnr_db"] is None
+    differs = compare(vae, z, dtype="bfloat16")
+    assert differs["error"]["max_abs"] > 0 and 20 < differs["error"]["psnr_db"] < 80
+    assert len(differs["per_video"]) == 2
+
+
+def test_compare_cli(tmp_path, capsys):
+    small_vae("wan2.2").save_pretrained(tmp_path / "vae")
+    code = main(["compare", "--vae", str(tmp_path / "vae"), "--shape", "1x2x3x3", "--json"])
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["candidate"]["dtype"] == "bfloat16" and report["error"]["max_abs"] > 0
+    code = main(["compare", "--vae", str(tmp_path / "vae"), "--shape", "1x2x3", "--json"])
+    assert code == 1 and "Invalid --shape" in capsys.readouterr().err
+
+
+def test_synth_clips_are_seeded_varied_and_in_range():
+    a = synth_clips(2, 5, 32, 48, seed=7)
+    assert a.shape == (2, 3, 5, 32, 48) and a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a, synth_clips(2, 5, 32, 48, seed=7))
+    assert not torch.equal(a[0], a[1])
+    assert (a[:, :, 1:] - a[:, :, :-1]).abs().mean() > 0.001  # things move
+    assert a.std() > 0.2
+
+
+def test_training_script_smoke(tmp_path):
+    out = tmp_path / "run"
+    script = ROOT / "scripts" / "train_tiny_vae.py"
+    cmd = [sys.executable, str(script), "--steps", "2", "--size", "32", "--batch", "2", "--device", "cpu",
+           "--workers", "0", "--eval-size", "32", "--eval-clips", "1", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["steps"] == 2 and metrics["held_out"]["psnr_db"] > 0
+    from framepipe import load_vae
+
+    vae = load_vae(out / "model", device="cpu")
+    assert vae.config.base_dim == 16 and len(vae.config.latents_std) == 16
