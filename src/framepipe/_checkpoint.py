@@ -25,6 +25,8 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load the tensors of a single-file checkpoint on the CPU (``weights_only`` for pickles)."""
     if path.stat().st_size == 0:
         raise CheckpointError(f"VAE checkpoint is empty: {path}.")
+    from safetensors import SafetensorError
+
     try:
         if path.suffix.lower() == ".safetensors":
             from safetensors.torch import load_file
@@ -32,13 +34,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
+    except SafetensorError as e:
+        raise CheckpointError(f"Cannot read VAE checkpoint {path}: not a valid safetensors file ({e}).") from e
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise CheckpointError(f"Cannot read VAE checkpoint {path}: {detail}") from e
-    except Exception as e:  # safetensors raises its own error type for corrupt headers
-        if type(e).__name__ != "SafetensorError":
-            raise
-        raise CheckpointError(f"Cannot read VAE checkpoint {path}: not a valid safetensors file ({e}).") from e
     for key in _WRAPPER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

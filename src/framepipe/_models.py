@@ -157,7 +157,10 @@ def _load_checkpoint(path: Path):
         config.update(latents_mean=WAN22_LATENTS_MEAN, latents_std=WAN22_LATENTS_STD)
     elif config["z_dim"] != 16:
         raise CheckpointError(f"{path}: {config['z_dim']} latent channels; Wan VAEs have 16 (2.1) or 48 (2.2).")
-    state = to_diffusers(state, layout, residual=config["is_residual"])
+    try:
+        state = to_diffusers(state, layout, residual=config["is_residual"])
+    except (KeyError, IndexError, ValueError) as e:
+        raise CheckpointError(f"{path}: cannot map its keys onto the Wan VAE ({type(e).__name__}: {e}).") from e
     with torch.device("meta"):
         vae = AutoencoderKLWan(**config)
     try:

@@ -1,4 +1,4 @@
-"""The ``framepipe`` command line: ``decode`` and ``demo``."""
+"""The ``framepipe`` command line: ``decode``, ``bench``, ``compare`` and ``demo``."""
 
 from __future__ import annotations
 
@@ -15,13 +15,14 @@ EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
 
 
-def _add_decode_options(p: argparse.ArgumentParser, *, demo: bool) -> None:
-    p.add_argument(
-        "--mode",
-        choices=("async", "sync"),
-        default="async",
-        help="async: the overlapped pipeline (default); sync: the in-order reference. Same frames.",
-    )
+def _add_decode_options(p: argparse.ArgumentParser, *, demo: bool, mode: bool = True) -> None:
+    if mode:
+        p.add_argument(
+            "--mode",
+            choices=("async", "sync"),
+            default="async",
+            help="async: the overlapped pipeline (default); sync: the in-order reference. Same frames.",
+        )
     p.add_argument(
         "--device",
         default=None,
@@ -42,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="framepipe",
         description="Decode Wan latent videos chunk by chunk while the host encodes (same pixels, constant VRAM).",
     )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"framepipe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("decode", help="decode a latent video file into MP4 / PNG frames / .npy")
@@ -99,7 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--price-per-hour", type=float, default=None, help="USD per GPU-hour, for the cost columns")
     b.add_argument("--video-fps", type=float, default=None, help="fps of the decoded video for cost (default --fps)")
     b.add_argument("--seed", type=int, default=0, help="seed for random weights and latents (default 0)")
-    _add_decode_options(b, demo=False)
+    _add_decode_options(b, demo=False, mode=False)
 
     c = sub.add_parser(
         "compare",
@@ -293,6 +297,12 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     except ValueError as e:
         print(f"framepipe: error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except RuntimeError as e:
+        if type(e).__name__ != "OutOfMemoryError":
+            raise
+        print("framepipe: error: the GPU ran out of memory; free GPU memory, use --dtype bfloat16, or decode "
+              "fewer videos at once.", file=sys.stderr)  # fmt: skip
         return EXIT_ERROR
 
 
