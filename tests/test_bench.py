@@ -74,6 +74,16 @@ def test_bench_smoke_all_modes(tmp_path):
     json.dumps(report)
 
 
+def test_bench_stream_mode_is_reported_per_video():
+    vae = small_vae("wan2.1")
+    report = run_bench(vae, small_latents("wan2.1", frames=3), modes=["gpu-only", "async-stream"], warmup=0, runs=1,
+                       profile=False, stream_videos=3)  # fmt: skip
+    rows = {r["mode"]: r for r in report["modes"]}
+    assert rows["async-stream"]["decodes_per_run"] == 3 and report["settings"]["stream_videos"] == 3
+    # per video, the stream costs about what one decode costs, not three times as much
+    assert rows["async-stream"]["vs_gpu_only"] < 2.5
+
+
 def test_bench_cli_json(tmp_path, capsys):
     code = main(["bench", "--arch", "tiny-wan2.1", "--shape", "1x2x4x4", "--runs", "1", "--warmup", "0",
                  "--modes", "sync,async,gpu-only", "--profile", "off", "--json", "--device", "cpu"])  # fmt: skip

@@ -4,7 +4,7 @@ Decode a Wan latent video one chunk at a time and write each chunk on the host w
 already decodes the next one: same pixels as ``AutoencoderKLWan.decode``, constant GPU memory.
 """
 
-from ._api import DecodeResult, decode
+from ._api import DecodeResult, decode, decode_many
 from ._decode import decode_chunks
 from ._errors import CheckpointError, DeviceError, EncoderError, FramepipeError, LatentsError, OutputError
 from ._latents import check_latents, denormalize, load_latents
@@ -30,6 +30,7 @@ __all__ = [
     "VideoFileSink",
     "check_latents",
     "decode",
+    "decode_many",
     "decode_chunks",
     "denormalize",
     "load_latents",

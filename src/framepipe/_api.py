@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -12,8 +12,8 @@ from typing import Any, Literal
 import torch
 
 from ._decode import decode_chunks, geometry
-from ._errors import DeviceError, OutputError
-from ._executors import run_async, run_sync
+from ._errors import DeviceError, LatentsError, OutputError
+from ._executors import Job, run_async, run_async_stream, run_sync
 from ._latents import LATENT_FORMATS, LatentFormat, check_latents, denormalize, load_latents
 from ._models import load_vae, resolve_device
 from ._progress import FrameProgress
@@ -38,10 +38,12 @@ class DecodeResult:
     seconds: float
     outputs: list[str] = field(default_factory=list)
     peak_vram_bytes: int | None = None
+    total_frames: int | None = None  # set when videos differ in length (a stream of inputs)
 
     @property
     def frames_per_second(self) -> float:
-        return self.videos * self.frames_per_video / self.seconds if self.seconds > 0 else 0.0
+        frames = self.total_frames if self.total_frames is not None else self.videos * self.frames_per_video
+        return frames / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "frames_per_second": round(self.frames_per_second, 3)}
@@ -150,6 +152,109 @@ def decode(
         seconds=seconds,
         outputs=outputs,
         peak_vram_bytes=peak,
+    )
+
+
+def decode_many(
+    inputs: Sequence[tuple[torch.Tensor | str | os.PathLike[str], str | os.PathLike[str] | Sequence[Sink]]],
+    *,
+    vae: Any = None,
+    arch: str | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype = "float32",
+    latent_format: LatentFormat = "pipeline",
+    fps: float = 16,
+    crf: int | None = 18,
+    preset: str | None = "medium",
+    codec: str = "libx264",
+    slots: int = 2,
+    max_open: int = 2,
+    progress: bool = False,
+    seed: int = 0,
+    trace: PipelineTrace | None = None,
+) -> DecodeResult:
+    """Decode many latent videos through one asynchronous pipeline, back to back.
+
+    ``inputs`` is a sequence of ``(latents, output)`` pairs, each as in ``decode``. The next video
+    decodes while the previous video's encoder drains its look-ahead, so the GPU does not idle
+    between videos. Every video writes the same frames as ``decode`` would. All inputs must share
+    batch size and frame size (their lengths may differ). Inputs are loaded one at a time.
+    """
+    if latent_format not in LATENT_FORMATS:
+        raise ValueError(f"Invalid latent_format ({latent_format!r}). Supported: {', '.join(LATENT_FORMATS)}.")
+    if not inputs:
+        raise ValueError("decode_many needs at least one (latents, output) pair.")
+    if vae is None or isinstance(vae, str | os.PathLike):
+        vae = load_vae(vae, arch=arch, dtype=dtype, device=device, seed=seed)
+    param = next(vae.parameters())
+    torch_device, torch_dtype = param.device, param.dtype
+    video_options = dict(fps=fps, crf=crf, preset=preset, codec=codec)
+    opened: list[Sink] = []
+    chunk_sources: list[Iterator[torch.Tensor]] = []
+    outputs: list[str] = []
+    counts = {"videos": 0, "frames": 0}
+    bar = FrameProgress(total=None, enabled=progress)
+
+    def prepare(item) -> tuple[Job, Any]:
+        latents, output = item
+        name = str(latents) if not isinstance(latents, torch.Tensor) else f"input {len(chunk_sources)}"
+        if not isinstance(latents, torch.Tensor):
+            latents = load_latents(latents)
+        latents = check_latents(latents, z_dim=vae.config.z_dim).to(torch_device)
+        if latent_format == "pipeline":
+            latents = denormalize(latents, vae.config.latents_mean, vae.config.latents_std, dtype=torch_dtype)
+        else:
+            latents = latents.to(torch_dtype)
+        g = geometry(vae, tuple(latents.shape))
+        if chunk_sources and (g.batch, g.height, g.width) != (first.batch, first.height, first.width):
+            raise LatentsError(
+                f"{name} decodes to {g.batch} x {g.width}x{g.height}, but the first input to "
+                f"{first.batch} x {first.width}x{first.height}; one stream needs one batch and frame size."
+            )
+        sinks, names = _make_sinks(output, g.batch, **video_options)
+        for sink in sinks:
+            sink.open(frames=g.frames, height=g.height, width=g.width)
+            opened.append(sink)
+        outputs.extend(names)
+        counts["videos"] += g.batch
+        counts["frames"] += g.batch * g.frames
+        chunks = decode_chunks(vae, latents)
+        chunk_sources.append(chunks)
+        return Job(chunks, sinks, progress=lambda t, b=g.batch: bar.update(t * b)), g
+
+    if torch_device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(torch_device)
+    start = time.perf_counter()
+    try:
+        first_job, first = prepare(inputs[0])
+
+        def jobs():
+            yield first_job
+            for item in inputs[1:]:
+                yield prepare(item)[0]
+
+        run_async_stream(jobs(), device=torch_device, geometry=first, slots=slots, max_open=max_open, trace=trace)
+    except BaseException:
+        for sink in opened:
+            sink.abort()
+        raise
+    finally:
+        for chunks in chunk_sources:
+            chunks.close()
+        bar.close()
+    seconds = time.perf_counter() - start
+    return DecodeResult(
+        mode="async-stream",
+        device=str(torch_device),
+        dtype=str(torch_dtype).removeprefix("torch."),
+        videos=counts["videos"],
+        frames_per_video=first.frames,
+        height=first.height,
+        width=first.width,
+        seconds=seconds,
+        outputs=outputs,
+        peak_vram_bytes=torch.cuda.max_memory_allocated(torch_device) if torch_device.type == "cuda" else None,
+        total_frames=counts["frames"],
     )
 
 

@@ -7,6 +7,8 @@ Modes:
     gpu-only     the chunked decode plus uint8 conversion on the GPU; nothing is copied out or
                  encoded. This is the floor for the decoder.
     encode-only  host encoding of the same frames (decoded beforehand); no GPU work.
+    async-stream ``stream_videos`` copies of the video back to back through one pipeline
+                 (``decode_many``); figures are per video, comparable with the others.
 
 Each mode gets ``warmup`` untimed runs, then ``runs`` timed runs, then one profiled run on its own
 (for kernel utilization and the timeline).
@@ -35,7 +37,8 @@ from ._profile import Timeline, profile_run
 from ._sinks import VideoFileSink
 from ._trace import PipelineTrace, stage
 
-BENCH_MODES: tuple[str, ...] = ("diffusers", "sync", "async", "gpu-only", "encode-only")
+BENCH_MODES: tuple[str, ...] = ("diffusers", "sync", "async", "gpu-only", "encode-only", "async-stream")
+DEFAULT_MODES: tuple[str, ...] = BENCH_MODES[:5]
 
 
 @dataclass
@@ -51,7 +54,8 @@ class EncoderSettings:
 
 @dataclass
 class ModeResult:
-    """Figures for one mode. Seconds are per run. A run decodes all B videos of the latent tensor."""
+    """Figures for one mode. A run decodes the latent tensor (all its B videos) ``units`` times; ``stats``
+    and the summary are per decode, ``d2h_gb`` too."""
 
     mode: str
     seconds: list[float]
@@ -63,10 +67,12 @@ class ModeResult:
     kernel_utilization: float | None = None
     timeline_png: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    units: int = 1  # decodes of the latent tensor per run (async-stream runs several back to back)
 
     @property
     def stats(self) -> dict[str, float]:
-        s = np.asarray(self.seconds)
+        """Seconds per decode of the latent tensor (per run divided by ``units``)."""
+        s = np.asarray(self.seconds) / self.units
         return {"min": float(s.min()), "mean": float(s.mean()), "p99": float(np.percentile(s, 99)),
                 "max": float(s.max()), "std": float(s.std())}  # fmt: skip
 
@@ -111,7 +117,16 @@ class HostMemorySampler:
 class Bench:
     """Holds the VAE, the latents and the settings; ``run_mode`` measures one mode."""
 
-    def __init__(self, vae, latents: torch.Tensor, *, encoder: EncoderSettings, slots: int = 2, workdir: Path):
+    def __init__(
+        self,
+        vae,
+        latents: torch.Tensor,
+        *,
+        encoder: EncoderSettings,
+        slots: int = 2,
+        workdir: Path,
+        stream_videos: int = 4,
+    ):
         self.vae = vae
         param = next(vae.parameters())
         self.device, self.dtype = param.device, param.dtype
@@ -120,6 +135,7 @@ class Bench:
         self.encoder = encoder
         self.slots = slots
         self.workdir = workdir
+        self.stream_videos = stream_videos
         self._frames: list[np.ndarray] | None = None  # decoded chunks for encode-only
 
     # -- the modes: each does one whole run and returns once the device is idle ------------------
@@ -157,6 +173,12 @@ class Bench:
 
     def run_framepipe(self, mode: str, trace: PipelineTrace) -> None:
         decode(self.latents, self._sinks(mode), vae=self.vae, mode=mode, slots=self.slots, trace=trace)
+
+    def run_stream(self, trace: PipelineTrace) -> None:
+        from ._api import decode_many
+
+        pairs = [(self.latents, self._sinks(f"stream{i}")) for i in range(self.stream_videos)]
+        decode_many(pairs, vae=self.vae, slots=self.slots, trace=trace)
 
     def run_gpu_only(self, trace: PipelineTrace) -> None:
         with torch.inference_mode():
@@ -199,6 +221,8 @@ class Bench:
             return self.run_gpu_only
         if mode == "encode-only":
             return self.run_encode_only
+        if mode == "async-stream":
+            return self.run_stream
         raise ValueError(f"Invalid mode ({mode!r}). Supported values are {', '.join(BENCH_MODES)}.")
 
     # -- measuring --------------------------------------------------------------------------------
@@ -233,9 +257,10 @@ class Bench:
             seconds=seconds,
             frames=self.geometry.frames,
             videos=self.geometry.batch,
+            units=self.stream_videos if mode == "async-stream" else 1,
             peak_vram_gib=max(peaks_vram) / 2**30 if peaks_vram else None,
             peak_host_extra_gib=max(peaks_host) / 2**30,
-            d2h_gb=d2h / 1e9,
+            d2h_gb=d2h / 1e9 / (self.stream_videos if mode == "async-stream" else 1),
         )
         if profile:
             timeline = profile_run(run, device=self.device)
@@ -255,7 +280,7 @@ def summarize(
 ) -> list[dict[str, Any]]:
     """One row per mode: statistics, ratios to gpu-only, and cost against ``baseline``."""
     by_mode = {r.mode: r for r in results}
-    floor = by_mode["gpu-only"].stats["mean"] if "gpu-only" in by_mode else None
+    floor = by_mode["gpu-only"].stats["mean"] / by_mode["gpu-only"].videos if "gpu-only" in by_mode else None
     rows = []
     for r in results:
         st = r.stats
@@ -265,8 +290,9 @@ def summarize(
             "mode": r.mode,
             **{f"{k}_s": v for k, v in st.items()},
             "runs": len(r.seconds),
+            "decodes_per_run": r.units,
             "frames_per_s": r.frames * r.videos / st["mean"],
-            "vs_gpu_only": st["mean"] / floor if floor else None,
+            "vs_gpu_only": per_video / floor if floor else None,
             "kernel_utilization": r.kernel_utilization,
             "peak_vram_gib": r.peak_vram_gib,
             "peak_host_extra_gib": r.peak_host_extra_gib,
@@ -349,7 +375,7 @@ def run_bench(
     vae,
     latents: torch.Tensor,
     *,
-    modes: Sequence[str] = BENCH_MODES,
+    modes: Sequence[str] = DEFAULT_MODES,
     encoder: EncoderSettings | None = None,
     warmup: int = 1,
     runs: int = 10,
@@ -359,6 +385,7 @@ def run_bench(
     video_fps: float | None = None,
     price_per_hour: float | None = None,
     on_mode: Callable[[str], None] | None = None,
+    stream_videos: int = 4,
 ) -> dict[str, Any]:
     """Measure ``modes`` on ``latents`` (pipeline format) and return the report as a dict."""
     encoder = encoder or EncoderSettings()
@@ -370,7 +397,7 @@ def run_bench(
     if timeline_dir is not None:
         timeline_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="framepipe-bench-") as tmp:
-        bench = Bench(vae, latents, encoder=encoder, slots=slots, workdir=Path(tmp))
+        bench = Bench(vae, latents, encoder=encoder, slots=slots, workdir=Path(tmp), stream_videos=stream_videos)
         results = []
         for mode in modes:
             if on_mode:
@@ -393,6 +420,7 @@ def run_bench(
             "width": g.width,
             "encoder": asdict(encoder),
             "slots": slots,
+            "stream_videos": stream_videos if "async-stream" in modes else None,
             "warmup": warmup,
             "runs": runs,
             "video_fps": video_fps or encoder.fps,

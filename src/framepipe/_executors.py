@@ -18,7 +18,9 @@ from __future__ import annotations
 import contextlib
 import queue
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -114,17 +116,43 @@ class _Writer:
         if self.error is not None:
             raise self.error
 
-    def finish(self) -> None:
-        """Wait until every queued item is written; re-raise a writer failure."""
+    def end(self) -> None:
+        """No more items will come; the thread exits once the queued ones are done."""
         self.items.put(self._STOP)
+
+    def join(self) -> None:
+        """Wait for the thread to finish its queue; re-raise a writer failure."""
         self._thread.join()
         self.raise_if_failed()
+
+    def finish(self) -> None:
+        """Wait until every queued item is written; re-raise a writer failure."""
+        self.end()
+        self.join()
 
     def cancel(self) -> None:
         """Stop writing (queued items are released unwritten) and join the thread."""
         self._cancel.set()
-        self.items.put(self._STOP)
+        if self._thread.is_alive():
+            self.items.put(self._STOP)
         self._thread.join()
+
+
+@dataclass
+class Job:
+    """One video (or one batch of videos) in a stream: its chunk source and one sink per video.
+
+    With ``close=True`` the writer closes the sinks itself once the last chunk is written, so the
+    encoder's tail drains while the next job already decodes.
+    """
+
+    chunks: Iterator[torch.Tensor]
+    sinks: Sequence[Sink]
+    progress: ProgressFn = _noop
+    close: bool = True
+
+
+_CLOSE = ("close",)  # a writer item: flush and close this job's sinks
 
 
 def run_async(
@@ -140,43 +168,93 @@ def run_async(
     """Asynchronous executor: decode, device-to-host copy and writing overlap; same frames as ``run_sync``.
 
     ``geometry`` sizes the ring: ``slots`` chunks of at most ``geometry.max_chunk_frames`` frames.
+    The sinks are left open for the caller to close.
     """
-    if slots < 1:
-        raise ValueError(f"slots must be >= 1, got {slots}.")
-    if device.type == "cuda":
-        _run_async_cuda(chunks, sinks, device=device, geometry=geometry, slots=slots, progress=progress, trace=trace)
-    else:
-        _run_async_host(chunks, sinks, slots=slots, progress=progress, trace=trace)
+    job = Job(chunks, sinks, progress, close=False)
+    run_async_stream([job], device=device, geometry=geometry, slots=slots, trace=trace)
 
 
-def _run_async_host(
-    chunks: Iterator[torch.Tensor],
-    sinks: Sequence[Sink],
+def run_async_stream(
+    jobs: Iterable[Job],
     *,
-    slots: int,
-    progress: ProgressFn,
-    trace: PipelineTrace | None,
+    device: torch.device,
+    geometry: VideoGeometry,
+    slots: int = 2,
+    max_open: int = 2,
+    trace: PipelineTrace | None = None,
 ) -> None:
-    def handle(item: tuple[int, torch.Tensor]) -> None:
-        index, frames = item
-        with stage("write", index, trace):
-            for video, sink in enumerate(sinks):
-                sink.write(frames[video].numpy())
-        progress(frames.shape[1])
+    """Run many jobs through one asynchronous pipeline, back to back.
 
-    # A slot here is a place in the queue: at most `slots` converted chunks wait for the writer.
-    writer = _Writer(handle, release=lambda _: None, maxsize=slots)
-    try:
-        for index, chunk in _numbered(chunks, trace):
+    Each job gets its own writer thread, so one video's encoder can finish its look-ahead tail
+    while the GPU already decodes the next video. At most ``max_open`` jobs are being written at
+    once; starting another one waits for the oldest to finish. Every job must fit ``geometry``
+    (same batch, height and width; any length).
+    """
+    if slots < 1 or max_open < 1:
+        raise ValueError(f"slots and max_open must be >= 1, got {slots} and {max_open}.")
+    active: deque[_Writer] = deque()
+
+    def check() -> None:
+        for writer in active:
             writer.raise_if_failed()
-            frames = to_uint8_frames(chunk)
-            del chunk
-            writer.put((index, frames))
-            del frames
+
+    def start(job: Job, handle_chunk: Callable[[object], None], release: Callable[[object], None], maxsize: int):
+        while len(active) >= max_open:
+            active.popleft().join()
+
+        def handle(item: object) -> None:
+            if item is _CLOSE:
+                with stage("write", "flush", trace):
+                    for sink in job.sinks:
+                        sink.close()
+            else:
+                handle_chunk(item)
+
+        writer = _Writer(handle, release, maxsize=maxsize)
+        active.append(writer)
+        return writer
+
+    def finish_all() -> None:
+        while active:
+            active.popleft().join()
+
+    def cancel_all() -> None:
+        while active:
+            active.popleft().cancel()
+
+    if device.type == "cuda":
+        _stream_cuda(jobs, start, check, finish_all, cancel_all, device=device, geometry=geometry, slots=slots,
+                     trace=trace)  # fmt: skip
+    else:
+        _stream_host(jobs, start, check, finish_all, cancel_all, slots=slots, trace=trace)
+
+
+def _stream_host(jobs, start, check, finish_all, cancel_all, *, slots: int, trace: PipelineTrace | None) -> None:
+    try:
+        for job in jobs:
+
+            def handle(item: object, job: Job = job) -> None:
+                index, frames = item
+                with stage("write", index, trace):
+                    for video, sink in enumerate(job.sinks):
+                        sink.write(frames[video].numpy())
+                job.progress(frames.shape[1])
+
+            # A slot here is a place in the queue: at most `slots` converted chunks wait per writer.
+            writer = start(job, handle, lambda _: None, slots)
+            for index, chunk in _numbered(job.chunks, trace):
+                check()
+                frames = to_uint8_frames(chunk)
+                del chunk
+                writer.put((index, frames))
+                del frames
+            if job.close:
+                writer.put(_CLOSE)
+            writer.end()
     except BaseException:
-        writer.cancel()
+        cancel_all()
         raise
-    writer.finish()
+    finish_all()
 
 
 class _Ring:
@@ -199,24 +277,26 @@ class _Ring:
         for k in range(slots):
             self.free.put(k)
 
-    def acquire(self, writer: _Writer) -> int:
-        """Wait for a free slot (backpressure); raise the writer's error instead of waiting forever."""
+    def acquire(self, check: Callable[[], None]) -> int:
+        """Wait for a free slot (backpressure); ``check()`` raises a writer's error instead of waiting forever."""
         while True:
-            writer.raise_if_failed()
+            check()
             try:
                 return self.free.get(timeout=_POLL_S)
             except queue.Empty:
                 continue
 
 
-def _run_async_cuda(
-    chunks: Iterator[torch.Tensor],
-    sinks: Sequence[Sink],
+def _stream_cuda(
+    jobs,
+    start,
+    check,
+    finish_all,
+    cancel_all,
     *,
     device: torch.device,
     geometry: VideoGeometry,
     slots: int,
-    progress: ProgressFn,
     trace: PipelineTrace | None,
 ) -> None:
     compute = torch.cuda.Stream(device)
@@ -224,43 +304,54 @@ def _run_async_cuda(
     g = geometry
     ring = _Ring(slots, (g.batch, g.max_chunk_frames, g.height, g.width, 3), device)
 
-    def handle(item: tuple[int, int, int]) -> None:
-        k, t, index = item
-        with stage("write", index, trace):
-            ring.copied[k].synchronize()  # D2H into ring.host[k] has landed
-            for video, sink in enumerate(sinks):
-                sink.write(ring.host[k][video, :t].numpy())
-        progress(t)
+    def release(item: object) -> None:
+        if item is not _CLOSE:
+            ring.free.put(item[0])
 
-    def release(item: tuple[int, int, int]) -> None:
-        ring.free.put(item[0])
-
-    writer = _Writer(handle, release)
     try:
         with torch.cuda.device(device), torch.cuda.stream(compute):
-            compute.wait_stream(torch.cuda.default_stream(device))  # latents were made on the default stream
-            # Each step of the source enqueues one chunk's decode kernels on `compute`.
-            for index, chunk in _numbered(chunks, trace):
-                # chunk: [B, 3, t, H, W] on the device
-                b, _, t, _, _ = chunk.shape
-                k = ring.acquire(writer)
-                compute.wait_event(ring.copied[k])  # Note [Slot reuse]
-                to_uint8_frames(chunk, out=ring.device[k][:, :t])
-                ring.converted[k].record(compute)
-                del chunk
-                with stage("copy", index, trace), torch.cuda.stream(copy):
-                    copy.wait_event(ring.converted[k])
-                    for video in range(b):
-                        ring.host[k][video, :t].copy_(ring.device[k][video, :t], non_blocking=True)
-                    ring.copied[k].record(copy)
-                if trace is not None:
-                    trace.add_d2h(ring.host[k][:, :t].nbytes)
-                writer.put((k, t, index))
+            for job in jobs:
+                compute.wait_stream(torch.cuda.default_stream(device))  # latents were made on the default stream
+
+                def handle(item: object, job: Job = job) -> None:
+                    k, t, index = item
+                    with stage("write", index, trace):
+                        ring.copied[k].synchronize()  # D2H into ring.host[k] has landed
+                        for video, sink in enumerate(job.sinks):
+                            sink.write(ring.host[k][video, :t].numpy())
+                    job.progress(t)
+
+                writer = start(job, handle, release, 0)
+                # Each step of the source enqueues one chunk's decode kernels on `compute`.
+                for index, chunk in _numbered(job.chunks, trace):
+                    # chunk: [B, 3, t, H, W] on the device
+                    b, _, t, h, w = chunk.shape
+                    if (b, h, w) != (g.batch, g.height, g.width) or t > g.max_chunk_frames:
+                        raise ValueError(
+                            f"A chunk of shape {tuple(chunk.shape)} does not fit this stream's ring "
+                            f"({g.batch} videos of {g.height}x{g.width}, at most {g.max_chunk_frames} frames)."
+                        )
+                    k = ring.acquire(check)
+                    compute.wait_event(ring.copied[k])  # Note [Slot reuse]
+                    to_uint8_frames(chunk, out=ring.device[k][:, :t])
+                    ring.converted[k].record(compute)
+                    del chunk
+                    with stage("copy", index, trace), torch.cuda.stream(copy):
+                        copy.wait_event(ring.converted[k])
+                        for video in range(b):
+                            ring.host[k][video, :t].copy_(ring.device[k][video, :t], non_blocking=True)
+                        ring.copied[k].record(copy)
+                    if trace is not None:
+                        trace.add_d2h(ring.host[k][:, :t].nbytes)
+                    writer.put((k, t, index))
+                if job.close:
+                    writer.put(_CLOSE)
+                writer.end()
     except BaseException:
-        writer.cancel()
+        cancel_all()
         _quiet_synchronize(compute, copy)
         raise
-    writer.finish()
+    finish_all()
     copy.synchronize()
 
 

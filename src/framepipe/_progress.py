@@ -8,7 +8,7 @@ import threading
 class FrameProgress:
     """Counts written frames; ``update`` may be called from the writer thread."""
 
-    def __init__(self, total: int, *, enabled: bool, batch: int = 1, desc: str = "decode") -> None:
+    def __init__(self, total: int | None, *, enabled: bool, batch: int = 1, desc: str = "decode") -> None:
         self._bar = None
         self._lock = threading.Lock()
         if enabled:

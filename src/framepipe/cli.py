@@ -49,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("decode", help="decode a latent video file into MP4 / PNG frames / .npy")
-    d.add_argument("latents", help="latents: .safetensors, .pt or .npy; shape (C,T,H,W) or (B,C,T,H,W)")
+    d.add_argument(
+        "latents",
+        nargs="+",
+        help="latents: .safetensors, .pt or .npy; shape (C,T,H,W) or (B,C,T,H,W). Several files are decoded "
+        "back to back in one pipeline (async): -o is then a folder, or a name with {name} (the input's stem)",
+    )
     d.add_argument(
         "-o",
         "--output",
@@ -94,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--frames", type=int, default=None, help="pixel frames for random latents (1 + 4k), e.g. 81")
     b.add_argument("--size", default=None, help="pixel size HxW for random latents, e.g. 480x832")
     b.add_argument("--modes", default=",".join(("diffusers", "sync", "async", "gpu-only", "encode-only")),
-                   help="comma-separated modes (default: all)")  # fmt: skip
+                   help="comma-separated modes (default: all but async-stream); async-stream decodes "
+                        "--stream-videos copies back to back in one pipeline, reported per video")  # fmt: skip
+    b.add_argument("--stream-videos", type=int, default=4, help="videos per async-stream run (default 4)")
     b.add_argument("--warmup", type=int, default=1, help="untimed runs per mode (default 1)")
     b.add_argument("--runs", type=int, default=10, help="timed runs per mode (default 10)")
     b.add_argument("--profile", choices=("on", "off"), default="on",
@@ -166,6 +173,7 @@ def _bench(args: argparse.Namespace) -> int:
         encoder=EncoderSettings(codec=args.codec, preset=args.preset, crf=args.crf, fps=args.fps),
         warmup=args.warmup, runs=args.runs, slots=args.slots, profile=args.profile == "on",
         timeline_dir=timeline_dir, video_fps=args.video_fps, price_per_hour=args.price_per_hour, on_mode=announce,
+        stream_videos=args.stream_videos,
     )  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=2))
@@ -238,6 +246,22 @@ def _compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stream_outputs(inputs: list[str], output: str) -> list[str]:
+    """Output paths for several inputs: ``{name}`` is replaced by each input's stem, or ``output``
+    is an existing folder that receives ``<stem>.mp4``."""
+    stems = [Path(p).stem for p in inputs]
+    if len(set(stems)) != len(stems):
+        raise FramepipeError("Several inputs share a file name; their outputs would collide. Rename them.")
+    if "{name}" in output:
+        return [output.replace("{name}", stem) for stem in stems]
+    if Path(output).is_dir():
+        return [str(Path(output) / f"{stem}.mp4") for stem in stems]
+    raise FramepipeError(
+        f"With {len(inputs)} inputs, -o must be an existing folder or contain {{name}} (e.g. out/{{name}}.mp4); "
+        f"got {output!r}."
+    )
+
+
 def _run(args: argparse.Namespace) -> int:
     from diffusers.utils import logging as diffusers_logging
 
@@ -266,19 +290,44 @@ def _run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
         result = decode(sample_latents(), args.output, vae=vae, latent_format="raw", **common)
-    else:
+    elif len(args.latents) == 1:
         result = decode(
-            args.latents, args.output, vae=args.vae, arch=args.arch, device=args.device, dtype=args.dtype,
+            args.latents[0], args.output, vae=args.vae, arch=args.arch, device=args.device, dtype=args.dtype,
             latent_format=args.latent_format, seed=args.seed, **common,
         )  # fmt: skip
+    else:
+        from ._api import decode_many
+
+        pairs = list(zip(args.latents, _stream_outputs(args.latents, args.output), strict=True))
+        options = dict(
+            vae=args.vae, arch=args.arch, device=args.device, dtype=args.dtype, latent_format=args.latent_format,
+            seed=args.seed, **common,
+        )  # fmt: skip
+        if args.mode == "sync":  # the reference: one video after the other
+            from ._models import load_vae
+
+            options["vae"] = load_vae(args.vae, arch=args.arch, dtype=args.dtype, device=args.device, seed=args.seed)
+            results = [decode(latents, output, **options) for latents, output in pairs]
+            result = results[0]
+            result.outputs = [o for r in results for o in r.outputs]
+            result.total_frames = sum(r.videos * r.frames_per_video for r in results)
+            result.videos = sum(r.videos for r in results)
+            result.seconds = sum(r.seconds for r in results)
+        else:
+            options.pop("mode")
+            result = decode_many(pairs, **options)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     elif not args.quiet:
         where = ", ".join(result.outputs)
         vram = f", peak VRAM {result.peak_vram_bytes / 2**30:.2f} GiB" if result.peak_vram_bytes else ""
+        sizes = (
+            f"{result.videos} x {result.frames_per_video} frames"
+            if result.total_frames in (None, result.videos * result.frames_per_video)
+            else f"{result.videos} videos, {result.total_frames} frames"
+        )
         print(
-            f"wrote {where}: {result.videos} x {result.frames_per_video} frames of "
-            f"{result.width}x{result.height} in {result.seconds:.2f} s "
+            f"wrote {where}: {sizes} of {result.width}x{result.height} in {result.seconds:.2f} s "
             f"({result.frames_per_second:.1f} frames/s, {result.mode}, {result.device}, {result.dtype}{vram})"
         )
     return 0
