@@ -104,12 +104,7 @@ def decode(
     param = next(vae.parameters())
     torch_device, torch_dtype = param.device, param.dtype
 
-    latents = check_latents(latents, z_dim=vae.config.z_dim)
-    latents = latents.to(torch_device)
-    if latent_format == "pipeline":
-        latents = denormalize(latents, vae.config.latents_mean, vae.config.latents_std, dtype=torch_dtype)
-    else:
-        latents = latents.to(torch_dtype)
+    latents = _prepare(latents, vae, latent_format)
 
     g = geometry(vae, tuple(latents.shape), latent_frames_per_chunk=latent_frames_per_chunk)
     sinks, outputs = _make_sinks(output, g.batch, fps=fps, crf=crf, preset=preset, codec=codec)
@@ -198,13 +193,7 @@ def decode_many(
     def prepare(item) -> tuple[Job, Any]:
         latents, output = item
         name = str(latents) if not isinstance(latents, torch.Tensor) else f"input {len(chunk_sources)}"
-        if not isinstance(latents, torch.Tensor):
-            latents = load_latents(latents)
-        latents = check_latents(latents, z_dim=vae.config.z_dim).to(torch_device)
-        if latent_format == "pipeline":
-            latents = denormalize(latents, vae.config.latents_mean, vae.config.latents_std, dtype=torch_dtype)
-        else:
-            latents = latents.to(torch_dtype)
+        latents = _prepare(latents if isinstance(latents, torch.Tensor) else load_latents(latents), vae, latent_format)
         g = geometry(vae, tuple(latents.shape))
         if chunk_sources and (g.batch, g.height, g.width) != (first.batch, first.height, first.width):
             raise LatentsError(
@@ -256,6 +245,15 @@ def decode_many(
         peak_vram_bytes=torch.cuda.max_memory_allocated(torch_device) if torch_device.type == "cuda" else None,
         total_frames=counts["frames"],
     )
+
+
+def _prepare(latents: torch.Tensor, vae, latent_format: str) -> torch.Tensor:
+    """Check the latents against the VAE and bring them to its device and dtype, de-normalized."""
+    param = next(vae.parameters())
+    latents = check_latents(latents, z_dim=vae.config.z_dim).to(param.device)
+    if latent_format == "pipeline":
+        return denormalize(latents, vae.config.latents_mean, vae.config.latents_std, dtype=param.dtype)
+    return latents.to(param.dtype)
 
 
 def _make_sinks(output, batch: int, **video_options) -> tuple[list[Sink], list[str]]:
