@@ -98,3 +98,24 @@ def test_stream_on_cuda_equals_decode(tmp_path):
         decode(z, tmp_path / f"r{i}.npy", vae=vae, mode="sync")
         np.testing.assert_array_equal(np.load(tmp_path / f"s{i}.npy"), np.load(tmp_path / f"r{i}.npy"))
     torch.cuda.synchronize()
+
+
+def test_interrupt_in_the_second_video_ends_cleanly(tmp_path, monkeypatch, no_thread_leak):
+    import framepipe._api as api
+
+    original, calls = api.decode_chunks, []
+
+    def interrupted(vae, z, **kw):
+        calls.append(1)
+        for i, chunk in enumerate(original(vae, z, **kw)):
+            if len(calls) == 2 and i == 1:
+                raise KeyboardInterrupt
+            yield chunk
+
+    monkeypatch.setattr(api, "decode_chunks", interrupted)
+    vae = small_vae("wan2.1")
+    pairs = [(small_latents("wan2.1", frames=3), tmp_path / f"{i}.mp4") for i in range(3)]
+    with pytest.raises(KeyboardInterrupt):
+        decode_many(pairs, vae=vae, preset="ultrafast")
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names in (["0.mp4"], [])  # the first video may have finished; nothing partial anywhere

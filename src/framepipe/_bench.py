@@ -28,12 +28,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._api import decode
+from ._api import decode, decode_many
 from ._cost import FORMULA, gpu_seconds_per_video_second, usd_per_1000_hours
 from ._decode import decode_chunks, geometry
 from ._latents import denormalize
 from ._postprocess import to_uint8_frames
-from ._profile import Timeline, profile_run
+from ._profile import profile_run
 from ._sinks import VideoFileSink
 from ._trace import PipelineTrace, stage
 
@@ -175,8 +175,6 @@ class Bench:
         decode(self.latents, self._sinks(mode), vae=self.vae, mode=mode, slots=self.slots, trace=trace)
 
     def run_stream(self, trace: PipelineTrace) -> None:
-        from ._api import decode_many
-
         pairs = [(self.latents, self._sinks(f"stream{i}")) for i in range(self.stream_videos)]
         decode_many(pairs, vae=self.vae, slots=self.slots, trace=trace)
 
@@ -271,7 +269,6 @@ class Bench:
 
                 png = draw_timeline(timeline, timeline_dir / f"timeline-{mode}.png", title=mode)
                 result.timeline_png = str(png)
-            self.last_timeline: Timeline = timeline
         return result
 
 
