@@ -9,10 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
 from ._errors import DeviceError
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKLWan
 
 
 @dataclass(frozen=True)
@@ -26,7 +30,9 @@ class VideoGeometry:
     max_chunk_frames: int
 
 
-def geometry(vae, latents_shape: tuple[int, ...], *, latent_frames_per_chunk: int = 1) -> VideoGeometry:
+def geometry(
+    vae: AutoencoderKLWan, latents_shape: tuple[int, ...], *, latent_frames_per_chunk: int = 1
+) -> VideoGeometry:
     b, _, t, h, w = latents_shape
     spatial = vae.config.scale_factor_spatial
     temporal = vae.config.scale_factor_temporal
@@ -41,7 +47,9 @@ def _causal_conv_count(vae) -> int:
 
 
 @torch.inference_mode()
-def decode_chunks(vae, latents: torch.Tensor, *, latent_frames_per_chunk: int = 1) -> Iterator[torch.Tensor]:
+def decode_chunks(
+    vae: AutoencoderKLWan, latents: torch.Tensor, *, latent_frames_per_chunk: int = 1
+) -> Iterator[torch.Tensor]:
     """Yield decoded chunks of ``latents`` (already de-normalized, on the VAE's device and dtype).
 
     # latents: [B, C, T, H, W] -> each chunk: [B, 3, t, H*s, W*s] in [-1, 1], vae dtype, on device.

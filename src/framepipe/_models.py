@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from ._checkpoint import detect_layout, infer_config, read_state_dict, to_diffusers
 from ._errors import CheckpointError, DeviceError
+
+if TYPE_CHECKING:
+    from diffusers import AutoencoderKLWan
 
 # Wan 2.2 TI2V-5B latent statistics, as in the Wan-AI release's VAE config.
 WAN22_LATENTS_MEAN = [
@@ -75,7 +78,7 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def random_vae(arch: str = "wan2.1", *, seed: int = 0):
+def random_vae(arch: str = "wan2.1", *, seed: int = 0) -> AutoencoderKLWan:
     """An ``AutoencoderKLWan`` of a known architecture with seeded random weights (for benchmarks)."""
     from diffusers import AutoencoderKLWan
 
@@ -93,7 +96,7 @@ def load_vae(
     dtype: str | torch.dtype = "float32",
     device: str | torch.device | None = None,
     seed: int = 0,
-):
+) -> AutoencoderKLWan:
     """Return an ``AutoencoderKLWan`` in eval mode on ``device`` in ``dtype``.
 
     ``checkpoint`` may be a diffusers folder (``config.json`` + weights, or a pipeline folder with a
@@ -121,7 +124,7 @@ def load_vae(
         raise DeviceError(f"Out of memory while moving the VAE to {torch_device}.") from e
 
 
-def move_vae(vae, *, device: torch.device, dtype: torch.dtype):
+def move_vae(vae: AutoencoderKLWan, *, device: torch.device, dtype: torch.dtype) -> AutoencoderKLWan:
     """Move and cast every weight. (diffusers' ``ModelMixin.to`` warns about fp32-pinned modules;
     the Wan VAE has none, so the plain ``nn.Module.to`` does the same without the noise.)"""
     return torch.nn.Module.to(vae, device=device, dtype=dtype).eval().requires_grad_(False)
