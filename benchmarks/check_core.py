@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from framepipe import ArraySink, decode, random_vae, to_uint8_frames
-from framepipe._latents import denormalize
+from framepipe import ArraySink, decode, random_vae
+from framepipe._compare import reference_frames
 
 
 def diffusers_decode(vae, latents):
@@ -29,12 +29,8 @@ def diffusers_decode(vae, latents):
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
-    with torch.no_grad():
-        z = denormalize(latents.cuda(), vae.config.latents_mean, vae.config.latents_std, dtype=vae.dtype)
-        video = vae.decode(z).sample
-        frames = to_uint8_frames(video)[0].cpu().numpy()
+    frames = reference_frames(vae, latents)[0]
     seconds = time.perf_counter() - start
-    del video
     return frames, seconds, torch.cuda.max_memory_allocated()
 
 

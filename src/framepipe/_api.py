@@ -99,9 +99,9 @@ def decode(
 
     if vae is None or isinstance(vae, str | os.PathLike):
         vae = load_vae(vae, arch=arch, dtype=dtype, device=device, seed=seed)
-    elif device is not None and resolve_device(device) != next(vae.parameters()).device:
-        raise DeviceError(f"The VAE is on {next(vae.parameters()).device}, but device={device!r} was asked.")
     param = next(vae.parameters())
+    if device is not None and resolve_device(device) != param.device:
+        raise DeviceError(f"The VAE is on {param.device}, but device={device!r} was asked.")
     torch_device, torch_dtype = param.device, param.dtype
 
     latents = _prepare(latents, vae, latent_format)

@@ -31,6 +31,7 @@ import torch
 from ._api import decode, decode_many
 from ._cost import FORMULA, gpu_seconds_per_video_second, usd_per_1000_hours
 from ._decode import decode_chunks, geometry
+from ._executors import numbered_chunks
 from ._latents import denormalize
 from ._postprocess import to_uint8_frames
 from ._profile import profile_run
@@ -82,7 +83,7 @@ class HostMemorySampler:
 
     def __init__(self, interval_s: float = 0.005) -> None:
         self.interval_s = interval_s
-        self._page = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self._page = os.sysconf("SC_PAGE_SIZE")
 
     def _rss(self) -> int:
         try:
@@ -181,13 +182,8 @@ class Bench:
     def run_gpu_only(self, trace: PipelineTrace) -> None:
         with torch.inference_mode():
             z = self._denormalized()
-            chunks = decode_chunks(self.vae, z)
-            for index in range(10**9):
-                with stage("decode", index, trace):
-                    chunk = next(chunks, None)
-                    if chunk is None:
-                        break
-                    to_uint8_frames(chunk)
+            for _, chunk in numbered_chunks(decode_chunks(self.vae, z), trace):
+                to_uint8_frames(chunk)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -250,15 +246,16 @@ class Bench:
             if self.device.type == "cuda":
                 peaks_vram.append(torch.cuda.max_memory_allocated(self.device))
             d2h = trace.d2h_bytes
+        units = self.stream_videos if mode == "async-stream" else 1
         result = ModeResult(
             mode=mode,
             seconds=seconds,
             frames=self.geometry.frames,
             videos=self.geometry.batch,
-            units=self.stream_videos if mode == "async-stream" else 1,
+            units=units,
             peak_vram_gib=max(peaks_vram) / 2**30 if peaks_vram else None,
             peak_host_extra_gib=max(peaks_host) / 2**30,
-            d2h_gb=d2h / 1e9 / (self.stream_videos if mode == "async-stream" else 1),
+            d2h_gb=d2h / 1e9 / units,
         )
         if profile:
             timeline = profile_run(run, device=self.device)

@@ -59,6 +59,8 @@ def decode_chunks(
     """
     if latent_frames_per_chunk < 1:
         raise ValueError(f"latent_frames_per_chunk must be >= 1, got {latent_frames_per_chunk}.")
+    from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
+
     patch = vae.config.patch_size
     feat_cache: list[torch.Tensor | None] = [None] * _causal_conv_count(vae)
     try:
@@ -74,8 +76,6 @@ def decode_chunks(
             out = outs[0] if group == 1 else torch.cat(outs, dim=2)
             del outs
             if patch is not None:
-                from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
-
                 out = unpatchify(out, patch_size=patch)
             yield torch.clamp(out, min=-1.0, max=1.0)
             step += group

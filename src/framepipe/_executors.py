@@ -37,7 +37,7 @@ def _noop(_: int) -> None:
     pass
 
 
-def _numbered(chunks: Iterator[torch.Tensor], trace: PipelineTrace | None) -> Iterator[tuple[int, torch.Tensor]]:
+def numbered_chunks(chunks: Iterator[torch.Tensor], trace: PipelineTrace | None) -> Iterator[tuple[int, torch.Tensor]]:
     """Yield ``(index, chunk)``, marking each step of the source as stage ``"decode i"``."""
     index = 0
     while True:
@@ -57,7 +57,7 @@ def run_sync(
     trace: PipelineTrace | None = None,
 ) -> None:
     """Reference executor: each chunk is decoded, copied to the host, converted and written in turn."""
-    for index, chunk in _numbered(chunks, trace):
+    for index, chunk in numbered_chunks(chunks, trace):
         with stage("copy", index, trace):
             host = chunk.cpu()  # blocks until the decode has finished
         if trace is not None and chunk.device.type != "cpu":
@@ -124,11 +124,6 @@ class _Writer:
         """Wait for the thread to finish its queue; re-raise a writer failure."""
         self._thread.join()
         self.raise_if_failed()
-
-    def finish(self) -> None:
-        """Wait until every queued item is written; re-raise a writer failure."""
-        self.end()
-        self.join()
 
     def cancel(self) -> None:
         """Stop writing (queued items are released unwritten) and join the thread."""
@@ -242,7 +237,7 @@ def _stream_host(jobs, start, check, finish_all, cancel_all, *, slots: int, trac
 
             # A slot here is a place in the queue: at most `slots` converted chunks wait per writer.
             writer = start(job, handle, lambda _: None, slots)
-            for index, chunk in _numbered(job.chunks, trace):
+            for index, chunk in numbered_chunks(job.chunks, trace):
                 check()
                 frames = to_uint8_frames(chunk)
                 del chunk
@@ -323,7 +318,7 @@ def _stream_cuda(
 
                 writer = start(job, handle, release, 0)
                 # Each step of the source enqueues one chunk's decode kernels on `compute`.
-                for index, chunk in _numbered(job.chunks, trace):
+                for index, chunk in numbered_chunks(job.chunks, trace):
                     # chunk: [B, 3, t, H, W] on the device
                     b, _, t, h, w = chunk.shape
                     if (b, h, w) != (g.batch, g.height, g.width) or t > g.max_chunk_frames:

@@ -122,8 +122,3 @@ def denormalize(
     mean = torch.tensor(latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
     inv_std = 1.0 / torch.tensor(latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
     return latents / inv_std + mean
-
-
-def num_frames(latent_frames: int, temporal_factor: int = 4) -> int:
-    """Pixel frames the causal Wan VAE decodes from ``latent_frames``: 1 + 4 (T - 1)."""
-    return 1 + temporal_factor * (latent_frames - 1)

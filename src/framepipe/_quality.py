@@ -49,25 +49,33 @@ def psnr(a: torch.Tensor, b: torch.Tensor, peak: float = 255.0) -> float:
     return psnr_from_mse((a.double() - b.double()).pow(2).mean().item(), peak)
 
 
-def ssim(a: torch.Tensor, b: torch.Tensor, *, peak: float = 255.0, window: int = 11, sigma: float = 1.5) -> float:
-    """Mean SSIM (Wang et al. 2004, Gaussian window) over frames and channels.
+def ssim_map(x: torch.Tensor, y: torch.Tensor, *, peak: float, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Local SSIM (Wang et al. 2004, Gaussian window) per pixel and channel; differentiable.
 
-    # a, b: [..., H, W, 3] (uint8 frames) -> float
+    # x, y: [N, C, H, W] float, values on a scale of 0..peak -> [N, C, H - window + 1, W - window + 1]
     """
-    if min(a.shape[-3:-1]) < window:
-        raise ValueError(f"SSIM needs frames of at least {window}x{window} pixels, got {tuple(a.shape[-3:-1])}.")
-    x = a.double().reshape(-1, *a.shape[-3:]).permute(0, 3, 1, 2)  # [N, 3, H, W]
-    y = b.double().reshape(-1, *b.shape[-3:]).permute(0, 3, 1, 2)
-    coords = torch.arange(window, dtype=torch.float64) - window // 2
+    if min(x.shape[-2:]) < window:
+        raise ValueError(f"SSIM needs frames of at least {window}x{window} pixels, got {tuple(x.shape[-2:])}.")
+    c = x.shape[1]
+    coords = torch.arange(window, dtype=x.dtype, device=x.device) - window // 2
     g = torch.exp(-(coords**2) / (2 * sigma**2))
-    g = (g / g.sum()).to(x.device)
-    kernel = (g[:, None] * g[None, :]).expand(3, 1, window, window).contiguous()
+    g = g / g.sum()
+    kernel = (g[:, None] * g[None, :]).expand(c, 1, window, window).contiguous()
 
     def blur(t):
-        return F.conv2d(t, kernel, groups=3)
+        return F.conv2d(t, kernel, groups=c)
 
     c1, c2 = (0.01 * peak) ** 2, (0.03 * peak) ** 2
     mx, my = blur(x), blur(y)
     vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
-    return s.mean().item()
+    return ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+
+
+def ssim(a: torch.Tensor, b: torch.Tensor, *, peak: float = 255.0) -> float:
+    """Mean SSIM over frames and channels of uint8 frames.
+
+    # a, b: [..., H, W, 3] -> float
+    """
+    x = a.double().reshape(-1, *a.shape[-3:]).permute(0, 3, 1, 2)  # [N, 3, H, W]
+    y = b.double().reshape(-1, *b.shape[-3:]).permute(0, 3, 1, 2)
+    return ssim_map(x, y, peak=peak).mean().item()

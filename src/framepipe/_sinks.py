@@ -62,6 +62,18 @@ def _check_parent(path: Path) -> None:
         raise OutputError(f"Cannot write {path}: it is an existing folder; give a file name.")
 
 
+def _append(array: np.ndarray | None, count: int, frames: np.ndarray) -> int:
+    """Copy ``frames`` into ``array`` after its first ``count`` frames; return the new count."""
+    if array is None:
+        raise RuntimeError("This sink is not open; call open() first.")
+    _check_frames(frames, array.shape[1], array.shape[2])
+    end = count + len(frames)
+    if end > len(array):
+        raise ValueError(f"Got more frames ({end}) than announced in open() ({len(array)}).")
+    array[count:end] = frames
+    return end
+
+
 def _remove(path: Path | None) -> None:
     if path is None:
         return
@@ -270,7 +282,6 @@ class NpySink:
 
     def open(self, *, frames: int, height: int, width: int) -> None:
         _check_parent(self.path)
-        self._height, self._width = height, width
         self._tmp = _temporary_sibling(self.path)
         try:
             self._array = np.lib.format.open_memmap(
@@ -281,14 +292,7 @@ class NpySink:
             raise OutputError(f"Cannot write {self.path}: {e.strerror or e}.") from e
 
     def write(self, frames: np.ndarray) -> None:
-        if self._array is None:
-            raise RuntimeError("This sink is not open; call open() first.")
-        _check_frames(frames, self._height, self._width)
-        end = self._count + len(frames)
-        if end > len(self._array):
-            raise ValueError(f"Got more frames ({end}) than announced in open() ({len(self._array)}).")
-        self._array[self._count : end] = frames
-        self._count = end
+        self._count = _append(self._array, self._count, frames)
 
     def close(self) -> None:
         if self._closed or self._array is None:
@@ -326,13 +330,7 @@ class ArraySink:
         self._count = 0
 
     def write(self, frames: np.ndarray) -> None:
-        if self.frames is None:
-            raise RuntimeError("This sink is not open; call open() first.")
-        end = self._count + len(frames)
-        if end > len(self.frames):
-            raise ValueError(f"Got more frames ({end}) than announced in open() ({len(self.frames)}).")
-        self.frames[self._count : end] = frames
-        self._count = end
+        self._count = _append(self.frames, self._count, frames)
 
     def close(self) -> None:
         if self.frames is not None and self._count != len(self.frames):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -193,13 +194,19 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_shape(text: str) -> tuple[int, int, int, int]:
+    """``--shape BxTxHxW`` (latent units) as four integers."""
+    try:
+        b, t, h, w = (int(x) for x in text.lower().replace(",", "x").split("x"))
+    except ValueError:
+        raise FramepipeError(f"Invalid --shape {text!r}; expected BxTxHxW, e.g. 1x21x60x104.") from None
+    return b, t, h, w
+
+
 def _latent_shape(args: argparse.Namespace, vae, *, small: bool) -> tuple[int, ...]:
     z, spatial, temporal = vae.config.z_dim, vae.config.scale_factor_spatial, vae.config.scale_factor_temporal
     if args.shape:
-        try:
-            b, t, h, w = (int(x) for x in args.shape.lower().replace(",", "x").split("x"))
-        except ValueError:
-            raise FramepipeError(f"Invalid --shape {args.shape!r}; expected BxTxHxW, e.g. 1x21x60x104.") from None
+        b, t, h, w = _parse_shape(args.shape)
         return (b, z, t, h, w)
     frames = args.frames or (21 if small else 81)
     size = args.size or ("256x256" if small else "480x832")
@@ -227,10 +234,7 @@ def _compare(args: argparse.Namespace) -> int:
     if args.latents:
         latents = load_latents(args.latents)
     else:
-        try:
-            b, t, h, w = (int(x) for x in args.shape.lower().replace(",", "x").split("x"))
-        except ValueError:
-            raise FramepipeError(f"Invalid --shape {args.shape!r}; expected BxTxHxW, e.g. 1x21x60x104.") from None
+        b, t, h, w = _parse_shape(args.shape)
         latents = torch.randn(b, vae.config.z_dim, t, h, w, generator=torch.Generator().manual_seed(args.seed))
     report = compare(vae, latents, dtype=args.dtype, mode=args.mode, slots=args.slots, latent_format=args.latent_format)
     if args.json:
@@ -308,11 +312,13 @@ def _run(args: argparse.Namespace) -> int:
 
             options["vae"] = load_vae(args.vae, arch=args.arch, dtype=args.dtype, device=args.device, seed=args.seed)
             results = [decode(latents, output, **options) for latents, output in pairs]
-            result = results[0]
-            result.outputs = [o for r in results for o in r.outputs]
-            result.total_frames = sum(r.videos * r.frames_per_video for r in results)
-            result.videos = sum(r.videos for r in results)
-            result.seconds = sum(r.seconds for r in results)
+            result = dataclasses.replace(
+                results[0],
+                outputs=[o for r in results for o in r.outputs],
+                total_frames=sum(r.videos * r.frames_per_video for r in results),
+                videos=sum(r.videos for r in results),
+                seconds=sum(r.seconds for r in results),
+            )
         else:
             options.pop("mode")
             result = decode_many(pairs, **options)
