@@ -33,9 +33,13 @@ HELD_OUT_SEED = 1_000_000  # training seeds stay far below this
 
 
 class Clips(torch.utils.data.IterableDataset):
-    """An endless stream of training batches; each worker draws from its own seed range."""
+    """An endless stream of training batches; each worker draws from its own seed range.
 
-    def __init__(self, batch: int, frames: int, size: int, seed: int):
+    Batches cycle through the clip lengths in ``frames``; longer clips come in smaller batches so
+    that every batch holds about as many pixels. Long clips teach the causal cache to stay stable
+    past the first few latent frames."""
+
+    def __init__(self, batch: int, frames: list[int], size: int, seed: int):
         self.batch, self.frames, self.size, self.seed = batch, frames, size, seed
 
     def __iter__(self):
@@ -45,7 +49,9 @@ class Clips(torch.utils.data.IterableDataset):
         while True:
             seed = self.seed + index * self.batch
             assert seed + self.batch < HELD_OUT_SEED
-            yield synth_clips(self.batch, self.frames, self.size, self.size, seed=seed)
+            frames = self.frames[index % len(self.frames)]
+            batch = max(1, round(self.batch * (self.frames[0] - 1) / (frames - 1))) if frames > 1 else self.batch
+            yield synth_clips(batch, frames, self.size, self.size, seed=seed)
             index += workers
 
 
@@ -115,10 +121,13 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=9.0, help="wall-clock budget for training steps")
     p.add_argument("--steps", type=int, default=100_000, help="stop after this many steps at the latest")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--frames", type=int, default=9, help="frames per training clip (1 + 4k)")
+    p.add_argument("--frames", default="9,17,33",
+                   help="frames per training clip (1 + 4k), cycled batch by batch; --batch is for the first")
     p.add_argument("--size", type=int, default=128, help="training crop size in pixels (multiple of 8)")
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--kl", type=float, default=1e-6)
+    p.add_argument("--logvar-init", type=float, default=-8.0,
+                   help="initial posterior log-variance: a narrow start keeps sampling noise from drowning the latents")
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--eval-size", type=int, default=256, help="held-out clip size for metrics.json")
@@ -127,6 +136,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--resume", action="store_true", help="continue from --out/train_state.pt")
     args = p.parse_args()
+    args.frames = [int(f) for f in args.frames.split(",")]
+    if any(f < 1 or (f - 1) % 4 for f in args.frames):
+        p.error("--frames must be 1 + 4k, e.g. 9,17,33")
 
     from diffusers import AutoencoderKLWan
 
@@ -134,6 +146,8 @@ def main() -> None:
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
     vae = AutoencoderKLWan(**CONFIG, latents_mean=[0.0] * 16, latents_std=[1.0] * 16).to(device).train()
+    with torch.no_grad():
+        vae.quant_conv.bias[vae.config.z_dim :].fill_(args.logvar_init)
     opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
     step, log = 0, []
     state_path = args.out / "train_state.pt"
@@ -195,6 +209,7 @@ def main() -> None:
     metrics = {"steps": step, "train_seconds": round(time.monotonic() - start, 1), "batch": args.batch,
                "frames": args.frames, "size": args.size, "lr": args.lr, "kl_weight": args.kl,
                "held_out": evaluate(vae, device, clips=args.eval_clips, size=args.eval_size),
+               "held_out_33_frames": evaluate(vae, device, clips=args.eval_clips, frames=33, size=args.eval_size),
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "torch": torch.__version__}  # fmt: skip
     vae.to(torch.float16).save_pretrained(args.out / "model", safe_serialization=True)
