@@ -23,3 +23,16 @@ class EncoderError(FramepipeError, RuntimeError):
 
 class DeviceError(FramepipeError, RuntimeError):
     """The requested device or dtype is unavailable, or the device ran out of memory."""
+
+
+class DataError(FramepipeError, ValueError):
+    """A dataset, shard, object store or manifest is missing, unreadable or inconsistent."""
+
+
+class ShardError(DataError):
+    """One shard is missing or corrupt; the message starts with the shard's name."""
+
+    def __init__(self, shard: str, problem: str | None = None) -> None:
+        # One argument: an already formatted message (how DataLoader re-raises a worker's error).
+        super().__init__(shard if problem is None else f"shard {shard}: {problem}")
+        self.shard = shard if problem is not None else None

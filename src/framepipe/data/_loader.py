@@ -1,0 +1,136 @@
+"""``Loader``: batches from a ``ShardedDataset``, pinned and copied to the GPU ahead of use.
+
+Worker processes read and collate; DataLoader pins each batch; the next batch's host-to-device
+copy runs on a separate copy stream while the training step uses the current one, and the
+compute stream waits on the copy's event only when it takes the batch (the frame pipeline's
+stream discipline, run the other way). ``state_dict`` records the epoch and the batches taken, so
+a restarted run continues at the same batch.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from .._errors import DataError, ShardError
+from ._dataset import ShardedDataset
+
+
+@dataclass
+class LoaderStats:
+    batches: int = 0
+    wait_seconds: float = 0.0  # time the caller spent blocked in next()
+
+
+def _to_device(batch, device: torch.device, compute: torch.cuda.Stream):
+    if isinstance(batch, torch.Tensor):
+        out = batch.to(device, non_blocking=True)
+        out.record_stream(compute)  # allocated on the copy stream, used on compute: free after both
+        return out
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device, compute) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device, compute) for v in batch)
+    return batch
+
+
+def _clean(error: ShardError) -> ShardError:
+    """DataLoader re-raises a worker's error with its traceback in the message; keep the last line."""
+    last = str(error).strip().splitlines()[-1]
+    return ShardError(last.split(": ", 1)[1] if last.startswith("framepipe.") else last)
+
+
+class Loader:
+    """Iterate batches of ``dataset``; each ``iter()`` is one epoch (or the rest of one)."""
+
+    def __init__(
+        self,
+        dataset: ShardedDataset,
+        *,
+        batch_size: int,
+        num_workers: int = 4,
+        device: str | torch.device | None = None,
+        prefetch_factor: int = 4,
+    ) -> None:
+        if batch_size < 1:
+            raise DataError(f"batch_size must be at least 1, not {batch_size}")
+        self.dataset = dataset
+        dataset.batch_size = batch_size
+        self.num_workers = num_workers
+        self.device = torch.device(device) if device is not None else None
+        cuda = self.device is not None and self.device.type == "cuda"
+        self._loader = torch.utils.data.DataLoader(
+            dataset, batch_size=None, num_workers=num_workers, pin_memory=cuda,
+            prefetch_factor=prefetch_factor if num_workers else None,
+            pin_memory_device=str(self.device) if cuda else "",
+        )  # fmt: skip
+        self.epoch, self.batches = 0, 0
+        self.stats = LoaderStats()
+
+    def state_dict(self) -> dict:
+        d = self.dataset
+        return {"epoch": self.epoch, "batches": self.batches, "seed": d.seed, "shuffle": d.shuffle,
+                "world_size": d.world_size, "rank": d.rank, "num_workers": self.num_workers,
+                "batch_size": d.batch_size, "samples": d.index.num_samples}  # fmt: skip
+
+    def load_state_dict(self, state: dict) -> None:
+        d = self.dataset
+        mine = self.state_dict()
+        for key in ("seed", "shuffle", "world_size", "rank", "num_workers", "batch_size", "samples"):
+            if state.get(key) != mine[key]:
+                raise DataError(
+                    f"cannot resume: the saved state has {key}={state.get(key)!r}, this loader {mine[key]!r}"
+                )
+        self.epoch, self.batches = int(state["epoch"]), int(state["batches"])
+        d.epoch = self.epoch
+
+    def __iter__(self) -> Iterator:
+        d = self.dataset
+        d.epoch, d.resume_batches = self.epoch, self.batches
+        batches = self._host_batches()
+        if self.device is not None and self.device.type == "cuda":
+            batches = self._prefetch_to_gpu(batches)
+        for batch in batches:
+            self.batches += 1
+            yield batch
+        self.epoch, self.batches = self.epoch + 1, 0
+
+    def _host_batches(self) -> Iterator:
+        it = iter(self._loader)
+        try:
+            while True:
+                start = time.perf_counter()
+                try:
+                    batch = next(it)
+                except StopIteration:
+                    return
+                except ShardError as e:
+                    raise _clean(e) from None
+                self.stats.wait_seconds += time.perf_counter() - start
+                self.stats.batches += 1
+                yield batch
+        finally:
+            del it  # stops the workers now rather than at garbage collection
+
+    def _prefetch_to_gpu(self, batches: Iterator) -> Iterator:
+        compute, copy = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
+        pending = None
+        for host in batches:
+            with torch.cuda.stream(copy):
+                ready = torch.cuda.Event()
+                gpu = _to_device(host, self.device, compute)
+                ready.record(copy)
+            if pending is not None:
+                yield self._take(*pending)
+            pending = (gpu, ready)
+        if pending is not None:
+            yield self._take(*pending)
+
+    def _take(self, gpu, ready: torch.cuda.Event):
+        start = time.perf_counter()
+        torch.cuda.current_stream(self.device).wait_event(ready)
+        self.stats.wait_seconds += time.perf_counter() - start
+        return gpu

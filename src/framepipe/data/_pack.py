@@ -1,0 +1,153 @@
+"""``framepipe pack``: turn a tree (or bucket prefix) of small files into tar shards and an index.
+
+The plan (which files go in which shard) is fixed first and saved next to the output, so a
+re-run after an interruption keeps every finished shard and writes only the rest. Shards are
+built in parallel; each is written to a local temp file, hashed, then put into place. The index
+is written last: a dataset without ``index.json`` is unfinished.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from .._errors import DataError
+from ._shards import INDEX_NAME, DatasetIndex, ShardInfo, read_tar_members, split_key, write_shard
+from ._store import Store, open_store
+
+PLAN_NAME = "pack-plan.json"
+
+
+@dataclass
+class PackResult:
+    url: str
+    shards: int
+    samples: int
+    bytes: int
+    reused_shards: int
+    seconds: float
+
+
+def _plan(source: Store, *, shard_bytes: int, shard_samples: int) -> tuple[list[list[str]], bool]:
+    """Group the source's files into samples and samples into shards. Returns (shards, from_tars)."""
+    objects = [o for o in source.list() if o.key not in (INDEX_NAME, PLAN_NAME)]
+    if not objects:
+        raise DataError(f"{source.url}: no files to pack")
+    from_tars = all(o.key.endswith(".tar") for o in objects)
+    if from_tars:  # WebDataset shards: keep their order, one input tar per planned unit
+        return [[o.key] for o in sorted(objects, key=lambda o: o.key)], True
+    samples: dict[str, list[tuple[str, int]]] = {}
+    for o in objects:
+        samples.setdefault(split_key(o.key)[0], []).append((o.key, o.size))
+    shards, current, size, count = [], [], 0, 0
+    for key in sorted(samples):
+        files = samples[key]
+        sample_size = sum(s for _, s in files) + 512 * (len(files) + 1)  # tar headers and padding, roughly
+        if current and (size + sample_size > shard_bytes or count >= shard_samples):
+            shards.append(current)
+            current, size, count = [], 0, 0
+        current.extend(k for k, _ in sorted(files))
+        size, count = size + sample_size, count + 1
+    if current:
+        shards.append(current)
+    return shards, False
+
+
+def _samples_from_files(source: Store, keys: list[str]):
+    key, members = None, []
+    for path in keys:
+        k, ext = split_key(path)
+        if k != key and members:
+            yield key, members
+            members = []
+        key = k
+        members.append((ext, source.read(path)))
+    if members:
+        yield key, members
+
+
+def _samples_from_tars(source: Store, keys: list[str]):
+    for tar_key in keys:
+        key, members = None, []
+        for path, data in read_tar_members(source.read(tar_key), tar_key):
+            k, ext = split_key(path)
+            if k != key and members:
+                yield key, members
+                members = []
+            key = k
+            members.append((ext, data))
+        if members:
+            yield key, members
+
+
+def pack(
+    src: str | os.PathLike,
+    dest: str | os.PathLike,
+    *,
+    shard_bytes: int = 64 << 20,
+    shard_samples: int = 100_000,
+    workers: int = 8,
+    endpoint_url: str | None = None,
+    dest_endpoint_url: str | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> PackResult:
+    """Pack ``src`` (folder, ``s3://bucket/prefix``, or WebDataset ``.tar`` shards) into ``dest``."""
+    import time
+
+    start = time.monotonic()
+    source = open_store(src, endpoint_url=endpoint_url)
+    target = open_store(dest, endpoint_url=dest_endpoint_url or endpoint_url)
+    if hasattr(target, "ensure_bucket"):
+        target.ensure_bucket()
+    plan, from_tars = _plan(source, shard_bytes=shard_bytes, shard_samples=shard_samples)
+    fingerprint = hashlib.sha256(json.dumps(plan).encode()).hexdigest()
+    saved = None
+    if target.exists(PLAN_NAME):
+        saved = json.loads(target.read(PLAN_NAME))
+    if saved is None or saved.get("fingerprint") != fingerprint:
+        saved = {"fingerprint": fingerprint, "source": source.url, "done": {}}
+    done: dict[str, dict] = saved["done"]
+    target.write(PLAN_NAME, json.dumps(saved).encode())
+    names = [f"shard-{i:06d}.tar" for i in range(len(plan))]
+    reused = sum(1 for n in names if n in done and target.exists(n))
+
+    def build(i: int) -> ShardInfo:
+        name = names[i]
+        if name in done and target.exists(name):
+            return ShardInfo.from_json(done[name])
+        samples = (_samples_from_tars if from_tars else _samples_from_files)(source, plan[i])
+        with tempfile.TemporaryDirectory(prefix="framepipe-pack-") as tmp:
+            path = Path(tmp) / name
+            info = write_shard(path, name, samples)
+            target.upload(path, name, metadata={"sha256": info.sha256})
+        return info
+
+    results: list[ShardInfo | None] = [None] * len(plan)
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        futures = {pool.submit(build, i): i for i in range(len(plan))}
+        finished = 0
+        try:
+            for future in as_completed(futures):
+                i = futures[future]
+                results[i] = future.result()
+                done[names[i]] = results[i].to_json()
+                finished += 1
+                if finished % 8 == 0 or finished == len(plan):
+                    target.write(PLAN_NAME, json.dumps(saved).encode())  # resumable from here
+                if progress:
+                    progress(finished, len(plan))
+        except BaseException:
+            for f in futures:
+                f.cancel()
+            target.write(PLAN_NAME, json.dumps(saved).encode())
+            raise
+    index = DatasetIndex([r for r in results if r is not None], source=source.url)
+    target.write(INDEX_NAME, index.dumps())
+    return PackResult(target.url, len(index.shards), index.num_samples, index.num_bytes, reused,
+                      round(time.monotonic() - start, 2))  # fmt: skip

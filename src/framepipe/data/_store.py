@@ -1,0 +1,210 @@
+"""Where shards live: a local (or NFS) folder, or a bucket prefix on an S3-compatible object store.
+
+Both stores speak in keys relative to the dataset's root. S3 goes through boto3; the endpoint
+comes from ``endpoint_url``, else boto3's own ``AWS_ENDPOINT_URL`` and credential chain.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from .._errors import DataError
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+
+
+class Store(Protocol):
+    """The few operations the data side needs from storage."""
+
+    url: str
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]: ...
+
+    def read(self, key: str) -> bytes: ...
+
+    def download(self, key: str, path: Path) -> int: ...
+
+    def write(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None: ...
+
+    def upload(self, path: Path, key: str, metadata: dict[str, str] | None = None) -> None: ...
+
+    def exists(self, key: str) -> bool: ...
+
+    def metadata(self, key: str) -> dict[str, str] | None: ...
+
+
+def open_store(url: str | os.PathLike, *, endpoint_url: str | None = None) -> Store:
+    """A store for ``s3://bucket/prefix`` or a local path."""
+    text = os.fspath(url)
+    if text.startswith("s3://"):
+        bucket, _, prefix = text[5:].partition("/")
+        if not bucket:
+            raise DataError(f"{text}: no bucket name; write s3://BUCKET/PREFIX")
+        return S3Store(bucket, prefix.strip("/"), endpoint_url=endpoint_url)
+    if "://" in text:
+        raise DataError(f"{text}: unsupported URL scheme; use s3://BUCKET/PREFIX or a local path")
+    return LocalStore(Path(text))
+
+
+class LocalStore:
+    """A folder; keys are relative POSIX paths. Writes are atomic (temp file, then rename)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.url = str(self.root)
+
+    def _path(self, key: str) -> Path:
+        return self.root / key if key else self.root
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        base = self._path(prefix)
+        if base.is_file():
+            yield ObjectInfo(prefix, base.stat().st_size)
+            return
+        if not base.is_dir():
+            raise DataError(f"{base}: no such folder")
+        for dirpath, dirnames, filenames in os.walk(base):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = Path(dirpath, name)
+                if name.startswith(".") or name.endswith(".partial"):
+                    continue
+                yield ObjectInfo(path.relative_to(self.root).as_posix(), path.stat().st_size)
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise DataError(f"{self._path(key)}: not found") from None
+
+    def download(self, key: str, path: Path) -> int:
+        try:
+            shutil.copyfile(self._path(key), path)
+        except FileNotFoundError:
+            raise DataError(f"{self._path(key)}: not found") from None
+        return path.stat().st_size
+
+    def write(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+    def upload(self, path: Path, key: str, metadata: dict[str, str] | None = None) -> None:
+        target = self._path(key)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
+        os.close(fd)
+        shutil.copyfile(path, tmp)
+        os.replace(tmp, target)
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).exists()
+
+    def metadata(self, key: str) -> dict[str, str] | None:
+        return {} if self._path(key).exists() else None
+
+
+class S3Store:
+    """A bucket prefix on S3 or any S3-compatible server (SeaweedFS, MinIO, ...)."""
+
+    def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None = None) -> None:
+        self.bucket, self.prefix, self.endpoint_url = bucket, prefix, endpoint_url
+        self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
+        self._client = None
+
+    def __getstate__(self) -> dict:  # boto3 clients do not pickle; each process makes its own
+        return {**self.__dict__, "_client": None}
+
+    @property
+    def client(self):
+        if self._client is None:
+            try:
+                import boto3
+                from botocore.config import Config
+            except ImportError:
+                raise DataError("s3:// needs boto3: pip install 'framepipe[data]'") from None
+            config = Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=64)
+            self._client = boto3.client("s3", endpoint_url=self.endpoint_url, config=config)
+        return self._client
+
+    def _key(self, key: str) -> str:
+        return f"{self.prefix}/{key}" if self.prefix and key else (self.prefix or key)
+
+    def _call(self, what: str, fn, *args, **kwargs):
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            return fn(*args, **kwargs)
+        except ClientError as e:
+            code = e.response.get("Error", {}).get("Code", "")
+            if code in ("NoSuchKey", "404", "NotFound"):
+                raise DataError(f"{self.url}/{what}: not found") from None
+            if code == "NoSuchBucket":
+                raise DataError(f"s3://{self.bucket}: no such bucket") from None
+            raise DataError(f"{self.url}/{what}: {code or e}") from None
+        except BotoCoreError as e:
+            raise DataError(f"{self.url}/{what}: {e}") from None
+
+    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+        full = self._key(prefix)
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        paginator = self.client.get_paginator("list_objects_v2")
+        pages = self._call(prefix, lambda: list(paginator.paginate(Bucket=self.bucket, Prefix=full)))
+        for page in pages:
+            for obj in page.get("Contents", []):
+                yield ObjectInfo(obj["Key"][strip:], int(obj["Size"]))
+
+    def read(self, key: str) -> bytes:
+        response = self._call(key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        return self._call(key, response["Body"].read)
+
+    def download(self, key: str, path: Path) -> int:
+        response = self._call(key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        size = 0
+        with open(path, "wb") as f:
+            for block in response["Body"].iter_chunks(1 << 20):
+                f.write(block)
+                size += len(block)
+        return size
+
+    def write(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+        self._call(key, self.client.put_object, Bucket=self.bucket, Key=self._key(key), Body=data,
+                   Metadata=metadata or {})  # fmt: skip
+
+    def upload(self, path: Path, key: str, metadata: dict[str, str] | None = None) -> None:
+        extra = {"Metadata": metadata} if metadata else None
+        self._call(key, self.client.upload_file, str(path), self.bucket, self._key(key), ExtraArgs=extra)
+
+    def exists(self, key: str) -> bool:
+        return self.metadata(key) is not None
+
+    def metadata(self, key: str) -> dict[str, str] | None:
+        try:
+            head = self._call(key, self.client.head_object, Bucket=self.bucket, Key=self._key(key))
+        except DataError as e:
+            if str(e).endswith("not found"):
+                return None
+            raise
+        return dict(head.get("Metadata", {}))
+
+    def ensure_bucket(self) -> None:
+        """Create the bucket if it does not exist (restore into a fresh bucket)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+        except ClientError:
+            self._call("", self.client.create_bucket, Bucket=self.bucket)
