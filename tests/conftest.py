@@ -57,3 +57,13 @@ def no_thread_leak():
 
 
 __all__ = ["SMALL", "random_vae", "small_latents", "small_vae"]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3 server (SeaweedFS) on loopback for the whole test session."""
+    from framepipe.data._seaweed import LocalS3, use_local_credentials
+
+    use_local_credentials()
+    with LocalS3() as endpoint:
+        yield endpoint

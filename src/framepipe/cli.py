@@ -1,4 +1,5 @@
-"""The ``framepipe`` command line: ``decode``, ``bench``, ``compare`` and ``demo``."""
+"""The ``framepipe`` command line: ``decode``, ``bench``, ``compare``, ``demo``, and the data side's
+``pack``, ``snapshot``, ``restore`` and ``feed-bench``."""
 
 from __future__ import annotations
 
@@ -48,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"framepipe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    from .data._cli import add_parsers as add_data_parsers
 
     d = sub.add_parser("decode", help="decode a latent video file into MP4 / PNG frames / .npy")
     d.add_argument(
@@ -133,6 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("demo", help="decode a built-in sample latent video on the CPU into an MP4")
     m.add_argument("-o", "--output", default="framepipe-demo.mp4", help="output (default framepipe-demo.mp4)")
     _add_decode_options(m, demo=True)
+    add_data_parsers(sub)
     return parser
 
 
@@ -267,6 +270,12 @@ def _stream_outputs(inputs: list[str], output: str) -> list[str]:
 
 
 def _run(args: argparse.Namespace) -> int:
+    from .data._cli import COMMANDS as DATA_COMMANDS
+
+    if args.command in DATA_COMMANDS:
+        from .data._cli import run as run_data
+
+        return run_data(args)
     from diffusers.utils import logging as diffusers_logging
 
     from ._api import decode

@@ -123,21 +123,26 @@ class S3Store:
     def __init__(self, bucket: str, prefix: str, *, endpoint_url: str | None = None) -> None:
         self.bucket, self.prefix, self.endpoint_url = bucket, prefix, endpoint_url
         self.url = f"s3://{bucket}/{prefix}" if prefix else f"s3://{bucket}"
-        self._client = None
+        self._client, self._pid = None, 0
 
     def __getstate__(self) -> dict:  # boto3 clients do not pickle; each process makes its own
         return {**self.__dict__, "_client": None}
 
     @property
     def client(self):
-        if self._client is None:
+        if self._client is None or self._pid != os.getpid():  # a forked worker needs its own connections
             try:
                 import boto3
                 from botocore.config import Config
             except ImportError:
                 raise DataError("s3:// needs boto3: pip install 'framepipe[data]'") from None
-            config = Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=64)
+            # CRC checksums only where the API requires them: boto3's default (since 1.36) is not
+            # implemented alike by every S3-compatible server; shard integrity is checked by SHA-256.
+            config = Config(retries={"max_attempts": 5, "mode": "standard"}, max_pool_connections=64,
+                            request_checksum_calculation="when_required",
+                            response_checksum_validation="when_required")  # fmt: skip
             self._client = boto3.client("s3", endpoint_url=self.endpoint_url, config=config)
+            self._pid = os.getpid()
         return self._client
 
     def _key(self, key: str) -> str:

@@ -1,0 +1,152 @@
+"""The data side's commands: ``pack``, ``snapshot``, ``restore`` and ``feed-bench``."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+
+COMMANDS = ("pack", "snapshot", "restore", "feed-bench")
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    t = text.strip().lower().removesuffix("b").removesuffix("i")
+    try:
+        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}; e.g. 64M, 2G or 1000000") from None
+
+
+def _store_options(p: argparse.ArgumentParser, *, two: bool) -> None:
+    p.add_argument("--endpoint-url", default=None,
+                   help="S3 endpoint for s3:// URLs (default: boto3's, e.g. AWS_ENDPOINT_URL)")  # fmt: skip
+    if two:
+        p.add_argument("--dest-endpoint-url", default=None, help="S3 endpoint of the destination, if different")
+    p.add_argument("--workers", type=int, default=8, help="parallel transfers (default 8)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
+    p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+
+
+def add_parsers(sub) -> None:
+    p = sub.add_parser("pack", help="pack a tree (or s3:// prefix, or WebDataset .tar shards) of small files into "
+                                    "indexed tar shards")  # fmt: skip
+    p.add_argument("src", help="folder or s3://bucket/prefix of files (sample key = path up to the first dot)")
+    p.add_argument("dest", help="folder or s3://bucket/prefix for the shards and index.json")
+    p.add_argument("--shard-size", type=_size, default=64 << 20, help="target bytes per shard (default 64M)")
+    p.add_argument("--shard-samples", type=int, default=100_000, help="at most this many samples per shard")
+    _store_options(p, two=True)
+
+    s = sub.add_parser("snapshot", help="freeze a packed dataset into an object store (immutable, hashed manifest)")
+    s.add_argument("dataset", help="folder or s3:// prefix holding index.json")
+    s.add_argument("dest", help="snapshot store: folder or s3://bucket/prefix")
+    s.add_argument("--name", default=None, help="manifest name (default: the snapshot's content hash)")
+    _store_options(s, two=True)
+
+    r = sub.add_parser("restore", help="bring a snapshot up in another folder, bucket or endpoint, verified by hash")
+    r.add_argument("manifest", help="the manifest: .../manifests/NAME.json")
+    r.add_argument("dest", help="folder or s3://bucket/prefix to restore the dataset into")
+    _store_options(r, two=True)
+
+    f = sub.add_parser("feed-bench", help="samples/s and data-wait share: per-file GETs vs framepipe vs local disk")
+    f.add_argument("--files", type=int, default=200_000, help="synthetic small files (default 200000)")
+    f.add_argument("--min-kb", type=int, default=4)
+    f.add_argument("--max-kb", type=int, default=32)
+    f.add_argument("--batch", type=int, default=256, help="samples per training step (default 256)")
+    f.add_argument("--step-ms", type=float, default=50.0, help="simulated training step (default 50 ms)")
+    f.add_argument("--steps", type=int, default=100, help="batches measured per mode and phase (default 100)")
+    f.add_argument("--loader-workers", type=int, default=4, help="DataLoader worker processes (default 4)")
+    f.add_argument("--modes", default=",".join(_modes()), help="comma-separated subset of the modes")
+    f.add_argument("--workdir", default=None, help="keep local shards and caches here (default: a temp folder)")
+    f.add_argument("--endpoint-url", default=None, help="use this S3 server (default: start a local SeaweedFS)")
+    f.add_argument("--quiet", action="store_true")
+    f.add_argument("--json", action="store_true")
+
+
+def _modes():
+    from ._feedbench import MODES
+
+    return MODES
+
+
+def _progress(args, unit: str):
+    if args.quiet or args.json:
+        return None
+    from tqdm.auto import tqdm
+
+    bar = {}
+
+    def update(done: int, total: int, what: str = unit) -> None:
+        if bar.get("what") != what:
+            if "bar" in bar:
+                bar["bar"].close()
+            bar.update(what=what, bar=tqdm(total=total, desc=what, unit=unit, dynamic_ncols=True, leave=False))
+        bar["bar"].n = done
+        bar["bar"].refresh()
+
+    return update
+
+
+def run(args: argparse.Namespace) -> int:
+    from . import pack, restore, snapshot
+
+    if args.command == "feed-bench":
+        return _feed_bench(args)
+    progress = _progress(args, "shards" if args.command == "pack" else "objects")
+    common = dict(endpoint_url=args.endpoint_url, dest_endpoint_url=args.dest_endpoint_url, workers=args.workers,
+                  progress=progress)  # fmt: skip
+    if args.command == "pack":
+        result = pack(args.src, args.dest, shard_bytes=args.shard_size, shard_samples=args.shard_samples, **common)
+        summary = (f"packed {result.samples} samples into {result.shards} shards ({result.bytes / 2**20:.1f} MiB) "
+                   f"at {result.url} in {result.seconds:.1f} s; {result.reused_shards} kept from an earlier run")  # fmt: skip
+    elif args.command == "snapshot":
+        result = snapshot(args.dataset, args.dest, name=args.name, **common)
+        summary = (f"snapshot {result.url}: {result.objects} objects ({result.bytes / 2**20:.1f} MiB), "
+                   f"{result.copied} copied, {result.kept} already there, in {result.seconds:.1f} s")  # fmt: skip
+    else:
+        result = restore(args.manifest, args.dest, **common)
+        summary = (f"restored {result.objects} objects ({result.bytes / 2**20:.1f} MiB) to {result.url}, "
+                   f"verified by SHA-256: {result.copied} copied, {result.kept} already there, "
+                   f"in {result.seconds:.1f} s")  # fmt: skip
+    if args.json:
+        print(json.dumps(dataclasses.asdict(result), indent=2))
+    elif not args.quiet:
+        print(summary)
+    return 0
+
+
+def _feed_bench(args: argparse.Namespace) -> int:
+    from .._errors import FramepipeError
+    from ._feedbench import MODES, feed_bench
+
+    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    unknown = [m for m in modes if m not in MODES]
+    if unknown:
+        raise FramepipeError(f"unknown --modes {', '.join(unknown)}; choose from {', '.join(MODES)}")
+    progress = None
+    if not (args.quiet or args.json):
+
+        def progress(what: str, done: int, total: int) -> None:
+            print(f"\r{what}: {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    report = feed_bench(files=args.files, min_kb=args.min_kb, max_kb=args.max_kb, batch=args.batch,
+                        step_ms=args.step_ms, steps=args.steps, workers=args.loader_workers, modes=modes,
+                        endpoint_url=args.endpoint_url, workdir=args.workdir, progress=progress)  # fmt: skip
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    if progress:
+        print(file=sys.stderr)
+    st = report["settings"]
+    print(f"{st['files']} files of {st['file_kb'][0]}-{st['file_kb'][1]} KB ({st['dataset_bytes'] / 2**30:.2f} GiB) "
+          f"in {st['shards']} shards | {st['object_store']} | batch {st['batch']}, step {st['step_ms']:g} ms, "
+          f"{st['steps']} steps | {st['workers']} loader workers, {st['cpus']} CPUs")  # fmt: skip
+    print(f"{'mode':<16} {'samples/s':>10} {'vs local disk':>14} {'data wait':>10}")
+    for r in report["modes"]:
+        if "skipped" in r:
+            print(f"{r['mode']:<16} skipped: {r['skipped']}")
+            continue
+        print(f"{r['mode']:<16} {r['samples_per_s']:>10.0f} {r.get('vs_local_disk', float('nan')):>14.3f} "
+              f"{100 * r['wait_share']:>9.1f}%")  # fmt: skip
+    return 0
