@@ -2,11 +2,21 @@
 
 Decode a Wan latent video one chunk at a time and write each chunk on the host while the GPU
 already decodes the next one: same pixels as ``AutoencoderKLWan.decode``, constant GPU memory.
+The training side's data loading lives in ``framepipe.data``.
 """
 
 from ._api import DecodeResult, decode, decode_many
 from ._decode import decode_chunks
-from ._errors import CheckpointError, DeviceError, EncoderError, FramepipeError, LatentsError, OutputError
+from ._errors import (
+    CheckpointError,
+    DataError,
+    DeviceError,
+    EncoderError,
+    FramepipeError,
+    LatentsError,
+    OutputError,
+    ShardError,
+)
 from ._latents import check_latents, denormalize, load_latents
 from ._models import ARCHITECTURES, load_vae, random_vae
 from ._postprocess import to_uint8_frames
@@ -18,6 +28,7 @@ __all__ = [
     "ARCHITECTURES",
     "ArraySink",
     "CheckpointError",
+    "DataError",
     "DecodeResult",
     "DeviceError",
     "EncoderError",
@@ -26,6 +37,7 @@ __all__ = [
     "NpySink",
     "OutputError",
     "PngFolderSink",
+    "ShardError",
     "Sink",
     "VideoFileSink",
     "check_latents",

@@ -98,8 +98,10 @@ def run(args: argparse.Namespace) -> int:
                   progress=progress)  # fmt: skip
     if args.command == "pack":
         result = pack(args.src, args.dest, shard_bytes=args.shard_size, shard_samples=args.shard_samples, **common)
-        summary = (f"packed {result.samples} samples into {result.shards} shards ({result.bytes / 2**20:.1f} MiB) "
-                   f"at {result.url} in {result.seconds:.1f} s; {result.reused_shards} kept from an earlier run")  # fmt: skip
+        summary = (
+            f"packed {result.samples} samples into {result.shards} shards ({result.bytes / 2**20:.1f} MiB) "
+            f"at {result.url} in {result.seconds:.1f} s; {result.reused_shards} kept from an earlier run"
+        )
     elif args.command == "snapshot":
         result = snapshot(args.dataset, args.dest, name=args.name, **common)
         summary = (f"snapshot {result.url}: {result.objects} objects ({result.bytes / 2**20:.1f} MiB), "

@@ -43,6 +43,16 @@ def _free_base() -> int:
     raise DataError("no free ports for a local S3 server")
 
 
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGKILL if the Python process dies without cleaning up (Linux)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 class LocalS3:
     """``with LocalS3() as endpoint:`` an S3 endpoint URL served by a fresh SeaweedFS."""
 
@@ -61,7 +71,8 @@ class LocalS3:
                 "-s3", f"-s3.port={base + 3}", "-s3.port.iceberg=0", "-s3.port.lance=0",
                 "-master.volumeSizeLimitMB=1024", "-volume.max=0"]  # fmt: skip
         self._log = open(Path(self.dir) / "weed.log", "wb")  # noqa: SIM115 (closed in __exit__)
-        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+                                        preexec_fn=_die_with_parent)  # fmt: skip
         try:
             self._wait_ready()
         except BaseException:

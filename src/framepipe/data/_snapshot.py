@@ -124,8 +124,8 @@ def restore(
 ) -> TransferResult:
     """Bring the snapshot described by ``manifest`` (URL of its JSON) up at ``dest``, verified."""
     start = time.monotonic()
-    folder, _, manifest_name = str(manifest).rstrip("/").rpartition("/manifests/")
-    if not manifest_name:
+    folder, found, manifest_name = str(manifest).rstrip("/").rpartition("/manifests/")
+    if not found or not manifest_name.endswith(".json"):
         raise DataError(f"{manifest}: not a snapshot manifest (expected .../manifests/NAME.json)")
     src = open_store(folder, endpoint_url=endpoint_url)
     body = json.loads(src.read(f"manifests/{manifest_name}"))
