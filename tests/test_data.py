@@ -215,7 +215,7 @@ def test_cli_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
 
 
 def test_feed_bench_smoke(s3_endpoint, capsys):
-    assert main(["feed-bench", "--files", "600", "--steps", "3", "--batch", "32", "--loader-workers", "1",
+    assert main(["feed-bench", "--files", "600", "--steps", "3", "--feed-steps", "4", "--batch", "32", "--loader-workers", "1",
                  "--endpoint-url", s3_endpoint, "--json"]) == 0  # fmt: skip
     report = json.loads(capsys.readouterr().out)
     rows = {r["mode"]: r for r in report["modes"]}
@@ -230,3 +230,11 @@ def test_loader_copies_ahead_to_the_gpu(packed):
     batches = list(loader)
     assert all(b.is_cuda for b in batches)
     assert sorted(torch.cat(batches).tolist()) == list(range(300))
+
+
+def test_stopping_early_stops_the_loader_thread_and_workers(packed, no_thread_leak):
+    loader = Loader(ShardedDataset(packed, transform=_number), batch_size=4, num_workers=2)
+    for i, _ in enumerate(loader):
+        if i == 2:
+            break
+    assert loader.state_dict()["batches"] == 3

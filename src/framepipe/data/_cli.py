@@ -55,7 +55,9 @@ def add_parsers(sub) -> None:
     f.add_argument("--max-kb", type=int, default=32)
     f.add_argument("--batch", type=int, default=256, help="samples per training step (default 256)")
     f.add_argument("--step-ms", type=float, default=50.0, help="simulated training step (default 50 ms)")
-    f.add_argument("--steps", type=int, default=100, help="batches measured per mode and phase (default 100)")
+    f.add_argument("--steps", type=int, default=200, help="training steps measured per mode (default 200)")
+    f.add_argument("--feed-steps", type=int, default=0,
+                   help="batches for the feed-rate phase (default 0: one whole epoch)")  # fmt: skip
     f.add_argument("--loader-workers", type=int, default=4, help="DataLoader worker processes (default 4)")
     f.add_argument("--modes", default=",".join(_modes()), help="comma-separated subset of the modes")
     f.add_argument("--workdir", default=None, help="keep local shards and caches here (default: a temp folder)")
@@ -130,11 +132,13 @@ def _feed_bench(args: argparse.Namespace) -> int:
     if not (args.quiet or args.json):
 
         def progress(what: str, done: int, total: int) -> None:
-            print(f"\r{what}: {done}/{total}", end="", file=sys.stderr, flush=True)
+            end = "\n" if done == total or what.endswith(("feed", "train")) else ""
+            print(f"\r{what}: {done}/{total}", end=end, file=sys.stderr, flush=True)
 
     report = feed_bench(files=args.files, min_kb=args.min_kb, max_kb=args.max_kb, batch=args.batch,
-                        step_ms=args.step_ms, steps=args.steps, workers=args.loader_workers, modes=modes,
-                        endpoint_url=args.endpoint_url, workdir=args.workdir, progress=progress)  # fmt: skip
+                        step_ms=args.step_ms, steps=args.steps, feed_steps=args.feed_steps or None,
+                        workers=args.loader_workers, modes=modes, endpoint_url=args.endpoint_url, workdir=args.workdir,
+                        progress=progress)  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -144,11 +148,15 @@ def _feed_bench(args: argparse.Namespace) -> int:
     print(f"{st['files']} files of {st['file_kb'][0]}-{st['file_kb'][1]} KB ({st['dataset_bytes'] / 2**30:.2f} GiB) "
           f"in {st['shards']} shards | {st['object_store']} | batch {st['batch']}, step {st['step_ms']:g} ms, "
           f"{st['steps']} steps | {st['workers']} loader workers, {st['cpus']} CPUs")  # fmt: skip
-    print(f"{'mode':<16} {'samples/s':>10} {'vs local disk':>14} {'data wait':>10}")
+    print(f"{'mode':<16} {'samples/s':>10} {'vs local disk':>14} {'data wait':>10} {'first batch':>12}")
     for r in report["modes"]:
         if "skipped" in r:
             print(f"{r['mode']:<16} skipped: {r['skipped']}")
             continue
         print(f"{r['mode']:<16} {r['samples_per_s']:>10.0f} {r.get('vs_local_disk', float('nan')):>14.3f} "
-              f"{100 * r['wait_share']:>9.1f}%")  # fmt: skip
+              f"{100 * r['wait_share']:>9.1f}% {r['first_batch_seconds']:>11.2f}s")  # fmt: skip
+    print(
+        "samples/s and data wait are steady state, after the first batch; data wait is the share of a "
+        "training step's time spent blocked on the loader."
+    )
     return 0

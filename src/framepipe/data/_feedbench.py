@@ -16,7 +16,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -59,27 +59,46 @@ class _PerFile(IterableDataset):
             yield self.pad(self.store.read(key))
 
 
-def _make_files(store: S3Store, files: int, min_kb: int, max_kb: int, seed: int, threads: int, progress) -> int:
-    sizes = np.random.default_rng(seed).integers(min_kb * 1024, max_kb * 1024 + 1, size=files)
+def _file_key(i: int) -> str:
+    return f"raw/{i // 1000:04d}/{i:08d}.bin"
+
+
+def _upload_range(store: S3Store, sizes: np.ndarray, start: int, stop: int, seed: int) -> int:
+    """One process's share of the synthetic files, put with a few threads."""
 
     def put(i: int) -> None:
-        data = np.random.default_rng(seed + 1 + i).bytes(int(sizes[i]))
-        store.write(f"raw/{i // 1000:04d}/{i:08d}.bin", data)
+        store.write(_file_key(i), np.random.default_rng(seed + 1 + i).bytes(int(sizes[i - start])))
 
-    with ThreadPoolExecutor(threads) as pool:
-        for n, _ in enumerate(pool.map(put, range(files), chunksize=256), 1):
-            if progress and n % 2000 == 0:
-                progress("upload", n, files)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(put, range(start, stop)))
+    return stop - start
+
+
+def _make_files(store: S3Store, files: int, min_kb: int, max_kb: int, seed: int, progress) -> int:
+    sizes = np.random.default_rng(seed).integers(min_kb * 1024, max_kb * 1024 + 1, size=files)
+    step = 5000
+    done = 0
+    # boto3 spends each small PUT mostly under the interpreter lock: spread them over processes.
+    with ProcessPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
+        jobs = [pool.submit(_upload_range, store, sizes[a : a + step], a, min(a + step, files), seed)
+                for a in range(0, files, step)]  # fmt: skip
+        for job in as_completed(jobs):
+            done += job.result()
+            if progress:
+                progress("upload", done, files)
     return int(sizes.sum())
 
 
-def _measure(batches: Callable[[], object], *, steps: int, batch: int, step_seconds: float) -> dict:
-    """Run ``steps`` batches; with a step, the caller sleeps ``step_seconds`` after each batch."""
+def _measure(batches: Callable[[], object], *, steps: int | None, batch: int, step_seconds: float) -> dict:
+    """Run ``steps`` batches; with a step, the caller sleeps ``step_seconds`` after each batch.
+
+    The first batch (starting worker processes, opening the first shards) is timed on its own;
+    the steady-state figures cover the batches after it."""
     start = time.perf_counter()
-    waited, n = 0.0, 0
+    waited, n, first = 0.0, 0, 0.0
     iterator = iter(batches())
     try:
-        for _ in range(steps):
+        while steps is None or n < steps:
             t = time.perf_counter()
             try:
                 next(iterator)
@@ -87,12 +106,16 @@ def _measure(batches: Callable[[], object], *, steps: int, batch: int, step_seco
                 break
             waited += time.perf_counter() - t
             n += 1
+            if n == 1:
+                first = time.perf_counter() - start
+                waited = 0.0
             if step_seconds:
                 time.sleep(step_seconds)
     finally:
         del iterator
-    total = time.perf_counter() - start
-    return {"batches": n, "samples": n * batch, "seconds": round(total, 3), "wait_seconds": round(waited, 3)}
+    steady = time.perf_counter() - start - first
+    return {"batches": n, "samples": n * batch, "first_batch_seconds": round(first, 3),
+            "steady_seconds": round(steady, 3), "steady_wait_seconds": round(waited, 3)}  # fmt: skip
 
 
 def feed_bench(
@@ -102,7 +125,8 @@ def feed_bench(
     max_kb: int = 32,
     batch: int = 256,
     step_ms: float = 50.0,
-    steps: int = 100,
+    steps: int = 200,
+    feed_steps: int | None = None,
     workers: int = 4,
     modes: tuple[str, ...] = MODES,
     endpoint_url: str | None = None,
@@ -121,8 +145,8 @@ def feed_bench(
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="framepipe-feedbench-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        return _run(files, min_kb, max_kb, batch, step_ms, steps, workers, modes, endpoint_url, root, seed,
-                    progress, local=local_s3 is not None)  # fmt: skip
+        return _run(files, min_kb, max_kb, batch, step_ms, steps, feed_steps, workers, modes, endpoint_url, root,
+                    seed, progress, local=local_s3 is not None)  # fmt: skip
     finally:
         if local_s3 is not None:
             local_s3.__exit__(None, None, None)
@@ -130,16 +154,18 @@ def feed_bench(
             shutil.rmtree(root, ignore_errors=True)
 
 
-def _run(files, min_kb, max_kb, batch, step_ms, steps, workers, modes, endpoint_url, root, seed, progress, local):
+def _run(
+    files, min_kb, max_kb, batch, step_ms, steps, feed_steps, workers, modes, endpoint_url, root, seed, progress, local
+):
     raw = S3Store(BUCKET, "", endpoint_url=endpoint_url)
     raw.ensure_bucket()
     setup = {}
     start = time.perf_counter()
-    total_bytes = _make_files(raw, files, min_kb, max_kb, seed, threads=32, progress=progress)
+    total_bytes = _make_files(raw, files, min_kb, max_kb, seed, progress=progress)
     setup["upload_seconds"] = round(time.perf_counter() - start, 1)
     start = time.perf_counter()
     packed_url = f"s3://{BUCKET}/packed"
-    result = pack(f"s3://{BUCKET}/raw", packed_url, endpoint_url=endpoint_url, workers=16,
+    result = pack(f"s3://{BUCKET}/raw", packed_url, endpoint_url=endpoint_url, workers=max(2, os.cpu_count() or 2),
                   progress=(lambda d, t: progress("pack", d, t)) if progress else None)  # fmt: skip
     setup["pack_seconds"] = round(time.perf_counter() - start, 1)
     packed = open_store(packed_url, endpoint_url=endpoint_url)
@@ -150,7 +176,7 @@ def _run(files, min_kb, max_kb, batch, step_ms, steps, workers, modes, endpoint_
     for shard in index.shards:
         packed.download(shard.name, local_dir / shard.name)
     pad = _Pad(max_kb * 1024)
-    keys = [f"raw/{i // 1000:04d}/{i:08d}.bin" for i in range(files)]
+    keys = [_file_key(i) for i in range(files)]
     random.Random(seed).shuffle(keys)
     tensor = lambda s: pad(s["bin"])  # noqa: E731
 
@@ -176,7 +202,7 @@ def _run(files, min_kb, max_kb, batch, step_ms, steps, workers, modes, endpoint_
     rows = []
     for mode in modes:
         row = {"mode": mode}
-        for phase, step_s in (("feed", 0.0), ("train", step_ms / 1000)):
+        for phase, step_s, count in (("feed", 0.0, feed_steps), ("train", step_ms / 1000, steps)):
             if mode == "per-file":
                 make = per_file
             elif mode == "framepipe-cold":
@@ -201,13 +227,14 @@ def _run(files, min_kb, max_kb, batch, step_ms, steps, workers, modes, endpoint_
             else:
                 raise ValueError(f"unknown feed-bench mode {mode!r}; choose from {', '.join(MODES)}")
             if progress:
-                progress(f"{mode} {phase}", 0, steps)
-            m = _measure(make, steps=steps, batch=batch, step_seconds=step_s)
+                progress(f"{mode} {phase}", 0, count or 0)
+            m = _measure(make, steps=count, batch=batch, step_seconds=step_s)
             if phase == "feed":
-                row["samples_per_s"] = round(m["samples"] / m["seconds"], 1)
+                row["samples_per_s"] = round((m["samples"] - batch) / max(m["steady_seconds"], 1e-9), 1)
+                row["first_batch_seconds"] = m["first_batch_seconds"]
                 row["feed"] = m
             else:
-                row["wait_share"] = round(m["wait_seconds"] / m["seconds"], 4)
+                row["wait_share"] = round(m["steady_wait_seconds"] / max(m["steady_seconds"], 1e-9), 4)
                 row["train"] = m
         rows.append(row)
     local_row = next((r for r in rows if r["mode"] == "local-disk" and "samples_per_s" in r), None)
@@ -217,6 +244,7 @@ def _run(files, min_kb, max_kb, batch, step_ms, steps, workers, modes, endpoint_
     return {
         "settings": {"files": files, "file_kb": [min_kb, max_kb], "dataset_bytes": total_bytes,
                      "shards": result.shards, "batch": batch, "step_ms": step_ms, "steps": steps,
+                     "feed_steps": feed_steps or "one epoch",
                      "workers": workers, "object_store": "SeaweedFS (local, loopback)" if local else endpoint_url,
                      "cpus": os.cpu_count(), "torch": torch.__version__},
         "setup": setup,

@@ -3,12 +3,17 @@
 Worker processes read and collate; DataLoader pins each batch; the next batch's host-to-device
 copy runs on a separate copy stream while the training step uses the current one, and the
 compute stream waits on the copy's event only when it takes the batch (the frame pipeline's
-stream discipline, run the other way). ``state_dict`` records the epoch and the batches taken, so
-a restarted run continues at the same batch.
+stream discipline, run the other way). A loader thread does all of this, ``ahead`` batches in
+advance, so the training loop's ``next()`` only takes a finished batch from a queue.
+``state_dict`` records the epoch and the batches taken, so a restarted run continues at the
+same batch.
 """
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +22,8 @@ import torch
 
 from .._errors import DataError, ShardError
 from ._dataset import ShardedDataset
+
+_END = object()
 
 
 @dataclass
@@ -54,12 +61,13 @@ class Loader:
         num_workers: int = 4,
         device: str | torch.device | None = None,
         prefetch_factor: int = 4,
+        ahead: int = 2,
     ) -> None:
         if batch_size < 1:
             raise DataError(f"batch_size must be at least 1, not {batch_size}")
         self.dataset = dataset
         dataset.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers, self.ahead = num_workers, max(1, ahead)
         self.device = torch.device(device) if device is not None else None
         cuda = self.device is not None and self.device.type == "cuda"
         self._loader = torch.utils.data.DataLoader(
@@ -90,47 +98,64 @@ class Loader:
     def __iter__(self) -> Iterator:
         d = self.dataset
         d.epoch, d.resume_batches = self.epoch, self.batches
-        batches = self._host_batches()
-        if self.device is not None and self.device.type == "cuda":
-            batches = self._prefetch_to_gpu(batches)
-        for batch in batches:
-            self.batches += 1
-            yield batch
-        self.epoch, self.batches = self.epoch + 1, 0
-
-    def _host_batches(self) -> Iterator:
-        it = iter(self._loader)
+        cuda = self.device is not None and self.device.type == "cuda"
+        compute = torch.cuda.current_stream(self.device) if cuda else None
+        ready_batches: queue.Queue = queue.Queue(maxsize=self.ahead)
+        stop = threading.Event()
+        thread = threading.Thread(target=self._fill, args=(ready_batches, stop, compute), daemon=True,
+                                  name="framepipe-loader")  # fmt: skip
+        thread.start()
         try:
             while True:
                 start = time.perf_counter()
-                try:
-                    batch = next(it)
-                except StopIteration:
-                    return
-                except ShardError as e:
-                    raise _clean(e) from None
+                item = ready_batches.get()
                 self.stats.wait_seconds += time.perf_counter() - start
+                if item is _END:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                batch, ready = item
+                if ready is not None:
+                    compute.wait_event(ready)  # the GPU, not the host, waits for the copy
+                self.batches += 1
                 self.stats.batches += 1
                 yield batch
+            self.epoch, self.batches = self.epoch + 1, 0
         finally:
-            del it  # stops the workers now rather than at garbage collection
+            stop.set()
+            while thread.is_alive():  # let a blocked put() finish, then the thread sees stop
+                with contextlib.suppress(queue.Empty):
+                    ready_batches.get(timeout=0.05)
+            thread.join()
 
-    def _prefetch_to_gpu(self, batches: Iterator) -> Iterator:
-        compute, copy = torch.cuda.current_stream(self.device), torch.cuda.Stream(self.device)
-        pending = None
-        for host in batches:
-            with torch.cuda.stream(copy):
-                ready = torch.cuda.Event()
-                gpu = _to_device(host, self.device, compute)
-                ready.record(copy)
-            if pending is not None:
-                yield self._take(*pending)
-            pending = (gpu, ready)
-        if pending is not None:
-            yield self._take(*pending)
+    def _fill(self, out: queue.Queue, stop: threading.Event, compute) -> None:
+        """The loader thread: take batches from the workers, start their copy to the GPU, queue them."""
 
-    def _take(self, gpu, ready: torch.cuda.Event):
-        start = time.perf_counter()
-        torch.cuda.current_stream(self.device).wait_event(ready)
-        self.stats.wait_seconds += time.perf_counter() - start
-        return gpu
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    out.put(item, timeout=0.05)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
+        it = iter(self._loader)
+        copy = torch.cuda.Stream(self.device) if compute is not None else None
+        try:
+            for batch in it:
+                ready = None
+                if copy is not None:
+                    with torch.cuda.stream(copy):
+                        batch = _to_device(batch, self.device, compute)
+                        ready = torch.cuda.Event()
+                        ready.record(copy)
+                if not put((batch, ready)):
+                    return
+            put(_END)
+        except ShardError as e:
+            put(_clean(e))
+        except BaseException as e:  # handed to the consumer, raised there
+            put(e)
+        finally:
+            del it  # stops the worker processes now rather than at garbage collection

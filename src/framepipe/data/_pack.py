@@ -13,13 +13,13 @@ import json
 import os
 import tempfile
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 
 from .._errors import DataError
 from ._shards import INDEX_NAME, DatasetIndex, ShardInfo, read_tar_members, split_key, write_shard
-from ._store import Store, open_store
+from ._store import S3Store, Store, open_store
 
 PLAN_NAME = "pack-plan.json"
 
@@ -86,6 +86,15 @@ def _samples_from_tars(source: Store, keys: list[str]):
             yield key, members
 
 
+def _build_shard(source: Store, target: Store, name: str, keys: list[str], from_tars: bool) -> ShardInfo:
+    samples = (_samples_from_tars if from_tars else _samples_from_files)(source, keys)
+    with tempfile.TemporaryDirectory(prefix="framepipe-pack-") as tmp:
+        path = Path(tmp) / name
+        info = write_shard(path, name, samples)
+        target.upload(path, name, metadata={"sha256": info.sha256})
+    return info
+
+
 def pack(
     src: str | os.PathLike,
     dest: str | os.PathLike,
@@ -115,23 +124,20 @@ def pack(
     done: dict[str, dict] = saved["done"]
     target.write(PLAN_NAME, json.dumps(saved).encode())
     names = [f"shard-{i:06d}.tar" for i in range(len(plan))]
-    reused = sum(1 for n in names if n in done and target.exists(n))
-
-    def build(i: int) -> ShardInfo:
-        name = names[i]
-        if name in done and target.exists(name):
-            return ShardInfo.from_json(done[name])
-        samples = (_samples_from_tars if from_tars else _samples_from_files)(source, plan[i])
-        with tempfile.TemporaryDirectory(prefix="framepipe-pack-") as tmp:
-            path = Path(tmp) / name
-            info = write_shard(path, name, samples)
-            target.upload(path, name, metadata={"sha256": info.sha256})
-        return info
 
     results: list[ShardInfo | None] = [None] * len(plan)
-    with ThreadPoolExecutor(max(1, workers)) as pool:
-        futures = {pool.submit(build, i): i for i in range(len(plan))}
-        finished = 0
+    for i, name in enumerate(names):
+        if name in done and target.exists(name):
+            results[i] = ShardInfo.from_json(done[name])
+    todo = [i for i in range(len(plan)) if results[i] is None]
+    reused = len(plan) - len(todo)
+    # Object-store sources cost a request per file, and boto3 spends most of that under the
+    # interpreter lock: build their shards in processes. Folders and tars do fine in threads.
+    processes = isinstance(source, S3Store) and len(todo) > 1
+    pool_type = ProcessPoolExecutor if processes else ThreadPoolExecutor
+    with pool_type(max(1, workers)) as pool:
+        futures = {pool.submit(_build_shard, source, target, names[i], plan[i], from_tars): i for i in todo}
+        finished = len(plan) - len(todo)
         try:
             for future in as_completed(futures):
                 i = futures[future]
