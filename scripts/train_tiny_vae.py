@@ -121,13 +121,20 @@ def main() -> None:
     p.add_argument("--minutes", type=float, default=9.0, help="wall-clock budget for training steps")
     p.add_argument("--steps", type=int, default=100_000, help="stop after this many steps at the latest")
     p.add_argument("--batch", type=int, default=8)
-    p.add_argument("--frames", default="9,17,33",
-                   help="frames per training clip (1 + 4k), cycled batch by batch; --batch is for the first")
+    p.add_argument(
+        "--frames",
+        default="9,17,33",
+        help="frames per training clip (1 + 4k), cycled batch by batch; --batch is for the first",
+    )
     p.add_argument("--size", type=int, default=128, help="training crop size in pixels (multiple of 8)")
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--kl", type=float, default=1e-6)
-    p.add_argument("--logvar-init", type=float, default=-8.0,
-                   help="initial posterior log-variance: a narrow start keeps sampling noise from drowning the latents")
+    p.add_argument(
+        "--logvar-init",
+        type=float,
+        default=-8.0,
+        help="initial posterior log-variance: a narrow start keeps sampling noise from drowning the latents",
+    )
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--eval-every", type=int, default=1000)
     p.add_argument("--eval-size", type=int, default=256, help="held-out clip size for metrics.json")

@@ -215,8 +215,9 @@ def test_cli_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
 
 
 def test_feed_bench_smoke(s3_endpoint, capsys):
-    assert main(["feed-bench", "--files", "600", "--steps", "3", "--feed-steps", "4", "--batch", "32", "--loader-workers", "1",
-                 "--endpoint-url", s3_endpoint, "--json"]) == 0  # fmt: skip
+    argv = ["feed-bench", "--files", "600", "--steps", "3", "--feed-steps", "4", "--batch", "32",
+            "--loader-workers", "1", "--endpoint-url", s3_endpoint, "--json"]  # fmt: skip
+    assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
     rows = {r["mode"]: r for r in report["modes"]}
     assert rows["per-file"]["samples_per_s"] > 0 and 0 <= rows["framepipe-warm"]["wait_share"] <= 1
