@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from .._errors import DataError
 from ._shards import INDEX_NAME, DatasetIndex, ShardInfo, read_tar_members, split_key, write_shard
-from ._store import S3Store, Store, open_store
+from ._store import S3Store, Store, open_destination, open_store
 
 PLAN_NAME = "pack-plan.json"
 
@@ -107,13 +108,9 @@ def pack(
     progress: Callable[[int, int], None] | None = None,
 ) -> PackResult:
     """Pack ``src`` (folder, ``s3://bucket/prefix``, or WebDataset ``.tar`` shards) into ``dest``."""
-    import time
-
     start = time.monotonic()
     source = open_store(src, endpoint_url=endpoint_url)
-    target = open_store(dest, endpoint_url=dest_endpoint_url or endpoint_url)
-    if hasattr(target, "ensure_bucket"):
-        target.ensure_bucket()
+    target = open_destination(dest, endpoint_url=dest_endpoint_url or endpoint_url)
     plan, from_tars = _plan(source, shard_bytes=shard_bytes, shard_samples=shard_samples)
     fingerprint = hashlib.sha256(json.dumps(plan).encode()).hexdigest()
     saved = None

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from .._errors import DataError
 from ._shards import INDEX_NAME, DatasetIndex, file_sha256
-from ._store import LocalStore, Store, open_store
+from ._store import LocalStore, Store, open_destination, open_store
 
 FORMAT = "framepipe-snapshot/1"
 
@@ -90,9 +90,7 @@ def snapshot(
     """Freeze the packed dataset at ``dataset`` into ``dest``; returns the manifest's URL."""
     start = time.monotonic()
     src = open_store(dataset, endpoint_url=endpoint_url)
-    dst = open_store(dest, endpoint_url=dest_endpoint_url or endpoint_url)
-    if hasattr(dst, "ensure_bucket"):
-        dst.ensure_bucket()
+    dst = open_destination(dest, endpoint_url=dest_endpoint_url or endpoint_url)
     index_bytes = src.read(INDEX_NAME)
     index = DatasetIndex.loads(index_bytes, f"{src.url}/{INDEX_NAME}")
     objects = [{"key": INDEX_NAME, "size": len(index_bytes), "sha256": hashlib.sha256(index_bytes).hexdigest()}]
@@ -131,9 +129,7 @@ def restore(
     body = json.loads(src.read(f"manifests/{manifest_name}"))
     if body.get("format") != FORMAT:
         raise DataError(f"{manifest}: not a framepipe snapshot manifest")
-    dst = open_store(dest, endpoint_url=dest_endpoint_url or endpoint_url)
-    if hasattr(dst, "ensure_bucket"):
-        dst.ensure_bucket()
+    dst = open_destination(dest, endpoint_url=dest_endpoint_url or endpoint_url)
     # The index goes last, so the restored dataset is only usable once every shard is in place.
     objects = sorted(body["objects"], key=lambda o: o["key"] == INDEX_NAME)
     shards = [(src, f"objects/{o['sha256']}", dst, o["key"], o["sha256"], o["size"]) for o in objects[:-1]]

@@ -56,6 +56,14 @@ def open_store(url: str | os.PathLike, *, endpoint_url: str | None = None) -> St
     return LocalStore(Path(text))
 
 
+def open_destination(url: str | os.PathLike, *, endpoint_url: str | None = None) -> Store:
+    """A store to write into; an S3 bucket that does not exist yet is created."""
+    store = open_store(url, endpoint_url=endpoint_url)
+    if isinstance(store, S3Store):
+        store.ensure_bucket()
+    return store
+
+
 class LocalStore:
     """A folder; keys are relative POSIX paths. Writes are atomic (temp file, then rename)."""
 
