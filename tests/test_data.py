@@ -169,6 +169,13 @@ def test_snapshot_and_restore_across_buckets(s3_endpoint, packed, tmp_path):
     assert restored.copied == snap.objects
     got = _epoch("s3://fp-restored/data", endpoint_url=s3_endpoint, cache_dir=tmp_path / "c", workers=0)
     assert got == _epoch(packed, workers=0)
+    # Another endpoint: a second S3 server.
+    from framepipe.data._seaweed import LocalS3
+
+    with LocalS3() as other:
+        moved = restore(snap.url, "s3://fp-elsewhere/data", endpoint_url=s3_endpoint, dest_endpoint_url=other)
+        assert moved.copied == snap.objects
+        assert _epoch("s3://fp-elsewhere/data", endpoint_url=other, cache_dir=tmp_path / "o", workers=0) == got
     # An interrupted restore resumes: objects already in place are verified and kept.
     local = tmp_path / "local-copy"
     restore(snap.url, local, endpoint_url=s3_endpoint)
