@@ -357,7 +357,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"framepipe: error: {e}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("framepipe: interrupted; nothing was written to the output path.", file=sys.stderr)
+        from .data._cli import COMMANDS as DATA_COMMANDS
+
+        if args.command in DATA_COMMANDS:
+            print("framepipe: interrupted; run the same command again to resume where it stopped.", file=sys.stderr)
+        else:
+            print("framepipe: interrupted; nothing was written to the output path.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except ValueError as e:
         print(f"framepipe: error: {e}", file=sys.stderr)

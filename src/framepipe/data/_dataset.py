@@ -58,7 +58,8 @@ class ShardedDataset(IterableDataset):
     """Samples from a packed dataset (folder or ``s3://`` prefix holding ``index.json``).
 
     Each sample is a dict ``{"__key__": key, ext: bytes, ...}``, passed through ``transform``
-    if given. With ``batch_size`` it yields lists of samples collated by ``collate``.
+    if given. With ``batch_size`` it yields batches: lists of samples put through ``collate``
+    (default: torch's ``default_collate``).
     """
 
     def __init__(
