@@ -63,6 +63,7 @@ def decode(
     crf: int | None = 18,
     preset: str | None = "medium",
     codec: str = "libx264",
+    segment_frames: int | None = None,
     slots: int = 2,
     latent_frames_per_chunk: int = 1,
     progress: bool = False,
@@ -83,6 +84,8 @@ def decode(
         latent_format: ``"pipeline"`` for latents as ``WanPipeline(output_type="latent")`` returns
             them (de-normalized here with the VAE's ``latents_mean``/``latents_std``), or ``"raw"``.
         fps, crf, preset, codec: video encoder settings (see ``VideoFileSink``).
+        segment_frames: opt-in: encode video files as independent segments of this many frames,
+            several at once, joined into one file (a different bitstream; see ``SegmentedVideoSink``).
         slots: ring depth of the async executor (>= 1; 2 is double buffering).
         latent_frames_per_chunk: latent frames decoded per chunk (4 frames each; the first gives 1).
         progress: show a progress bar with frames/s on stderr.
@@ -107,7 +110,8 @@ def decode(
     latents = _prepare(latents, vae, latent_format)
 
     g = geometry(vae, tuple(latents.shape), latent_frames_per_chunk=latent_frames_per_chunk)
-    sinks, outputs = _make_sinks(output, g.batch, fps=fps, crf=crf, preset=preset, codec=codec)
+    sinks, outputs = _make_sinks(output, g.batch, fps=fps, crf=crf, preset=preset, codec=codec,
+                                 segment_frames=segment_frames)  # fmt: skip
 
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
@@ -162,6 +166,7 @@ def decode_many(
     crf: int | None = 18,
     preset: str | None = "medium",
     codec: str = "libx264",
+    segment_frames: int | None = None,
     slots: int = 2,
     max_open: int = 2,
     progress: bool = False,
@@ -183,7 +188,7 @@ def decode_many(
         vae = load_vae(vae, arch=arch, dtype=dtype, device=device, seed=seed)
     param = next(vae.parameters())
     torch_device, torch_dtype = param.device, param.dtype
-    video_options = dict(fps=fps, crf=crf, preset=preset, codec=codec)
+    video_options = dict(fps=fps, crf=crf, preset=preset, codec=codec, segment_frames=segment_frames)
     opened: list[Sink] = []
     chunk_sources: list[Iterator[torch.Tensor]] = []
     outputs: list[str] = []

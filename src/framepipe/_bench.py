@@ -35,7 +35,7 @@ from ._executors import numbered_chunks
 from ._latents import denormalize
 from ._postprocess import to_uint8_frames
 from ._profile import profile_run
-from ._sinks import VideoFileSink
+from ._sinks import Sink, open_sink
 from ._trace import PipelineTrace, stage
 
 BENCH_MODES: tuple[str, ...] = ("diffusers", "sync", "async", "gpu-only", "encode-only", "async-stream")
@@ -48,9 +48,11 @@ class EncoderSettings:
     preset: str = "medium"
     crf: int = 18
     fps: float = 16.0
+    segment_frames: int | None = None  # opt-in segment-parallel encoding (SegmentedVideoSink)
 
-    def sink(self, path: Path) -> VideoFileSink:
-        return VideoFileSink(path, fps=self.fps, codec=self.codec, preset=self.preset, crf=self.crf)
+    def sink(self, path: Path) -> Sink:
+        return open_sink(path, fps=self.fps, codec=self.codec, preset=self.preset, crf=self.crf,
+                         segment_frames=self.segment_frames)  # fmt: skip
 
 
 @dataclass

@@ -340,11 +340,18 @@ class ArraySink:
         self.frames = None
 
 
-def open_sink(path: str | os.PathLike[str], **video_options) -> Sink:
-    """Pick a sink by the output path: a video file by suffix, ``.npy``, or a folder for PNGs."""
+def open_sink(path: str | os.PathLike[str], *, segment_frames: int | None = None, **video_options) -> Sink:
+    """Pick a sink by the output path: a video file by suffix, ``.npy``, or a folder for PNGs.
+
+    ``segment_frames`` (video files only, opt-in) encodes independent segments in parallel and
+    joins them: a different bitstream, see ``SegmentedVideoSink``."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in VIDEO_SUFFIXES:
+        if segment_frames:
+            from ._segments import SegmentedVideoSink
+
+            return SegmentedVideoSink(path, segment_frames=segment_frames, **video_options)
         return VideoFileSink(path, **video_options)
     if suffix == ".npy":
         return NpySink(path)

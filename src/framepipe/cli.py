@@ -35,6 +35,14 @@ def _add_decode_options(p: argparse.ArgumentParser, *, demo: bool, mode: bool = 
     p.add_argument("--crf", type=int, default=18, help="x264/x265 constant rate factor (default 18)")
     p.add_argument("--preset", default="medium", help="encoder preset (default medium)")
     p.add_argument("--codec", default="libx264", help="FFmpeg video encoder (default libx264)")
+    p.add_argument(
+        "--segment-frames",
+        type=int,
+        default=None,
+        metavar="N",
+        help="opt-in: encode independent segments of N frames in parallel and join them into one file "
+        "(same frames in, a different bitstream: more keyframes, slightly larger file)",
+    )
     p.add_argument("--slots", type=int, default=2, help="async ring depth (default 2: double buffering)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
@@ -174,7 +182,8 @@ def _bench(args: argparse.Namespace) -> int:
 
     report = run_bench(
         vae, latents, modes=modes,
-        encoder=EncoderSettings(codec=args.codec, preset=args.preset, crf=args.crf, fps=args.fps),
+        encoder=EncoderSettings(codec=args.codec, preset=args.preset, crf=args.crf, fps=args.fps,
+                                segment_frames=args.segment_frames),  # fmt: skip
         warmup=args.warmup, runs=args.runs, slots=args.slots, profile=args.profile == "on",
         timeline_dir=timeline_dir, video_fps=args.video_fps, price_per_hour=args.price_per_hour, on_mode=announce,
         stream_videos=args.stream_videos,
@@ -288,6 +297,7 @@ def _run(args: argparse.Namespace) -> int:
 
     common = dict(
         mode=args.mode, fps=args.fps, crf=args.crf, preset=args.preset, codec=args.codec, slots=args.slots,
+        segment_frames=args.segment_frames,
         progress=not args.quiet and not args.json,
     )  # fmt: skip
     if args.command == "demo":

@@ -1,0 +1,189 @@
+"""Encode one video as independent segments, several encoders at once, joined into one file.
+
+The plain MP4 sink has one encoder, and x264 keeps tens of frames in flight. So when the last
+chunk is decoded, a second or more of encoding is still ahead. Here every ``segment_frames``
+frames go to a fresh encoder on its own thread, as they arrive. Each segment starts with a
+keyframe and references nothing outside itself. On ``close`` the segments' packets are remuxed, in
+order and with shifted timestamps, into one file with the same frame count and order. Only the
+last segment's encoding is left once the frames are in.
+
+This changes the bitstream (more keyframes, rate control restarted per segment), not the frames
+handed to the encoder: it is opt-in (``segment_frames``), and its effect on size and decoded
+error is measured in the tests and docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import queue
+import shutil
+import tempfile
+import threading
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from ._errors import EncoderError, OutputError
+from ._sinks import VIDEO_SUFFIXES, VideoFileSink, _check_frames, _check_parent, _remove, _temporary_sibling
+
+_DONE = object()
+
+
+class _Segment:
+    """One encoder on its own thread, fed frames (copies) through a queue."""
+
+    def __init__(self, sink: VideoFileSink, height: int, width: int) -> None:
+        self.sink, self.frames = sink, queue.Queue()
+        self.error: BaseException | None = None
+        sink.open(frames=0, height=height, width=width)  # bad settings fail here, in the caller's thread
+        self.thread = threading.Thread(target=self._run, name="framepipe-segment", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            while (frame := self.frames.get()) is not _DONE:
+                if self.error is None:
+                    self.sink.write(frame[None])
+            if self.error is None:
+                self.sink.close()
+        except BaseException as e:  # reported to the pipeline's thread by SegmentedVideoSink
+            self.error = e
+            self.sink.abort()
+            while self.frames.get() is not _DONE:  # drain, so the producer never blocks
+                pass
+
+
+class SegmentedVideoSink:
+    """A video file written by several encoders at once (opt-in; a different bitstream).
+
+    Args:
+        path: output ``.mp4``, ``.mov`` or ``.mkv``.
+        segment_frames: frames per independently encoded segment.
+        workers: segments encoding at the same time, at most; the next segment waits for one to
+            finish (this bounds host memory to ``workers * segment_frames`` frames).
+        fps, codec, crf, preset, pix_fmt, options: as for ``VideoFileSink``; every segment uses them.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        segment_frames: int = 20,
+        workers: int | None = None,
+        **video_options,
+    ) -> None:
+        self.path = Path(path)
+        if self.path.suffix.lower() not in VIDEO_SUFFIXES:
+            raise OutputError(f"Unsupported video file type {self.path.suffix!r}; use {', '.join(VIDEO_SUFFIXES)}.")
+        if segment_frames < 1:
+            raise ValueError(f"segment_frames must be at least 1, got {segment_frames}.")
+        self.segment_frames = segment_frames
+        self.workers = max(1, workers or min(8, os.cpu_count() or 1))
+        self.video_options = video_options
+        self.fps = VideoFileSink(self.path, **video_options).fps  # validates the settings now
+        self._dir: Path | None = None
+        self._segments: list[_Segment] = []
+        self._in_current = 0
+        self._closed = False
+
+    def open(self, *, frames: int, height: int, width: int) -> None:
+        _check_parent(self.path)
+        self._height, self._width = height, width
+        try:
+            self._dir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".segments", dir=self.path.parent))
+        except OSError as e:
+            raise OutputError(f"Cannot write {self.path}: {e.strerror or e}.") from e
+        try:
+            self._start_segment()
+        except BaseException:
+            self.abort()
+            raise
+
+    def _start_segment(self) -> None:
+        running = [s for s in self._segments if s.thread.is_alive()]
+        if len(running) >= self.workers:
+            running[0].thread.join()  # backpressure: the oldest running segment finishes first
+        self._raise_errors()
+        sink = VideoFileSink(self._dir / f"{len(self._segments):05d}{self.path.suffix}", **self.video_options)
+        self._segments.append(_Segment(sink, self._height, self._width))
+        self._in_current = 0
+
+    def _raise_errors(self) -> None:
+        for i, segment in enumerate(self._segments):
+            if segment.error is not None:
+                raise EncoderError(f"Segment {i} of {self.path} failed: {segment.error}") from segment.error
+
+    def write(self, frames: np.ndarray) -> None:
+        if self._dir is None:
+            raise RuntimeError("This sink is not open; call open() first.")
+        _check_frames(frames, self._height, self._width)
+        self._raise_errors()
+        for frame in frames:
+            if self._in_current == self.segment_frames:
+                self._segments[-1].frames.put(_DONE)
+                self._start_segment()
+            self._segments[-1].frames.put(np.array(frame))  # a copy: see Note [Sinks do not keep frames]
+            self._in_current += 1
+
+    def close(self) -> None:
+        if self._closed or self._dir is None:
+            return
+        self._segments[-1].frames.put(_DONE)
+        for segment in self._segments:
+            segment.thread.join()
+        tmp = _temporary_sibling(self.path)
+        try:
+            self._raise_errors()
+            join_segments([s.sink.path for s in self._segments], tmp, self.fps, self.segment_frames)
+            os.replace(tmp, self.path)
+        except BaseException:
+            _remove(tmp)
+            self.abort()
+            raise
+        shutil.rmtree(self._dir, ignore_errors=True)
+        self._dir = None
+        self._closed = True
+
+    def abort(self) -> None:
+        for segment in self._segments:
+            if segment.thread.is_alive():
+                segment.error = segment.error or EncoderError("aborted")
+                segment.frames.put(_DONE)
+                segment.thread.join()
+            segment.sink.abort()
+        self._segments = []
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+        self._dir = None
+        self._closed = True
+
+
+def join_segments(paths: list[Path], output: Path, fps: Fraction, segment_frames: int) -> None:
+    """Remux closed-GOP segments, in order, into one file: timestamps shift by each segment's start."""
+    import av
+
+    inputs = [av.open(str(p)) for p in paths]
+    try:
+        streams = [c.streams.video[0] for c in inputs]
+        headers = {bytes(s.codec_context.extradata or b"") for s in streams}
+        if len(headers) > 1:
+            raise EncoderError("The segments' encoder headers differ, so they cannot share one stream.")
+        with av.open(str(output), mode="w") as out:
+            target = out.add_stream_from_template(streams[0])
+            for i, (container, stream) in enumerate(zip(inputs, streams, strict=True)):
+                shift = int(Fraction(i * segment_frames) / fps / stream.time_base)
+                for packet in container.demux(stream):
+                    if packet.dts is None:  # the demuxer's end-of-stream marker
+                        continue
+                    packet.pts += shift
+                    packet.dts += shift
+                    packet.stream = target
+                    out.mux(packet)
+    except av.FFmpegError as e:
+        raise EncoderError(f"Could not join the encoded segments into {output}: {e}") from e
+    finally:
+        for c in inputs:
+            with contextlib.suppress(Exception):
+                c.close()
