@@ -80,3 +80,24 @@ def test_decode_with_segments_writes_every_frame(tmp_path):
     decode(z, tmp_path / "seg.mp4", vae=vae, latent_format="raw", preset="veryfast", segment_frames=4)
     plain, seg = _read(tmp_path / "plain.mp4"), _read(tmp_path / "seg.mp4")
     assert seg.shape == plain.shape == (17, 48, 64, 3)
+
+
+def test_an_encoder_failure_in_a_segment_is_reported_and_cleaned_up(tmp_path, monkeypatch, no_thread_leak):
+    calls = {"n": 0}
+    original = VideoFileSink.close
+
+    def close_fails_on_second_segment(self):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise EncoderError("disk full")
+        original(self)
+
+    monkeypatch.setattr(VideoFileSink, "close", close_fails_on_second_segment)
+    sink = SegmentedVideoSink(tmp_path / "c.mp4", segment_frames=4, workers=1)
+    with pytest.raises(EncoderError, match="disk full"):
+        try:
+            _write(sink, _frames(12))
+        except EncoderError:
+            sink.abort()  # as the pipeline does when a sink fails
+            raise
+    assert list(tmp_path.iterdir()) == []

@@ -42,16 +42,18 @@ class _Segment:
         self.thread.start()
 
     def _run(self) -> None:
+        ended = False
         try:
             while (frame := self.frames.get()) is not _DONE:
-                if self.error is None:
+                if self.error is None:  # set by abort(): skip the remaining work
                     self.sink.write(frame[None])
+            ended = True
             if self.error is None:
                 self.sink.close()
         except BaseException as e:  # reported to the pipeline's thread by SegmentedVideoSink
             self.error = e
             self.sink.abort()
-            while self.frames.get() is not _DONE:  # drain, so the producer never blocks
+            while not ended and self.frames.get() is not _DONE:  # drain up to the end marker
                 pass
 
 
