@@ -93,6 +93,21 @@ def test_every_sample_once_across_ranks_and_workers(packed, world):
     assert sorted(seen) == list(range(300))
 
 
+def test_equal_batches_gives_every_rank_the_same_number_of_steps(packed):
+    world, batches, seen = 7, [], []
+    for rank in range(world):
+        ds = ShardedDataset(packed, rank=rank, world_size=world, shuffle=True, seed=2, transform=_number)
+        plain = list(Loader(ds, batch_size=7, num_workers=2))
+        ds = ShardedDataset(packed, rank=rank, world_size=world, shuffle=True, seed=2, transform=_number,
+                            equal_batches=True)  # fmt: skip
+        equal = list(Loader(ds, batch_size=7, num_workers=2))
+        batches.append((len(plain), len(equal)))
+        seen += [x for b in equal for x in b.tolist()]
+    assert len({p for p, _ in batches}) == 2  # 300 samples over 7 ranks: uneven without the option
+    assert len({e for _, e in batches}) == 1 and batches[0][1] == min(p for p, _ in batches)
+    assert len(seen) == len(set(seen)) and len(seen) > 300 - world * 7
+
+
 def test_shuffle_is_seeded_and_changes_with_the_epoch(packed):
     a = _epoch(packed, shuffle=True, seed=1, buffer=50)
     assert a == _epoch(packed, shuffle=True, seed=1, buffer=50)

@@ -4,12 +4,15 @@ An epoch's order is a pure function of (seed, epoch, world size, workers, batch 
 permuted, the sample sequence is cut into equal contiguous ranges, one per rank and then one per
 loader worker ("consumer"), and each consumer shuffles its range in windows of ``buffer``
 samples. So every sample is seen once per epoch, nothing twice, and a stopped run resumes at the
-exact batch it stopped at without reading what it skips.
+exact batch it stopped at without reading what it skips. Ranks may differ by one sample, and so
+by one batch; ``equal_batches=True`` caps every rank at the fewest batches any rank has (DDP needs
+the same number of steps everywhere), leaving out those few surplus samples.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import os
 import random
 import warnings
@@ -78,6 +81,7 @@ class ShardedDataset(IterableDataset):
         batch_size: int | None = None,
         collate: Callable[[list], object] | None = None,
         drop_last: bool = False,
+        equal_batches: bool = False,
         prefetch: int = 2,
         on_error: str = "raise",
         verify: bool = True,
@@ -98,6 +102,7 @@ class ShardedDataset(IterableDataset):
             raise DataError(f"rank {self.rank} is outside world size {self.world_size}")
         self.shuffle, self.seed, self.buffer = shuffle, seed, max(1, buffer)
         self.transform, self.batch_size, self.collate, self.drop_last = transform, batch_size, collate, drop_last
+        self.equal_batches = equal_batches
         self.prefetch, self.on_error = prefetch, on_error
         self.epoch = 0
         self.resume_batches = 0  # batches of this epoch already consumed (set by Loader on resume)
@@ -120,7 +125,8 @@ class ShardedDataset(IterableDataset):
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def __len__(self) -> int:
-        """Samples this rank sees per epoch (ranks differ by at most one)."""
+        """Samples this rank's ranges hold per epoch (ranks differ by at most one; with
+        ``equal_batches`` a few at the end of some ranks are left out)."""
         lo, hi = split_range(0, self.index.num_samples, self.world_size, self.rank)
         return hi - lo
 
@@ -130,6 +136,8 @@ class ShardedDataset(IterableDataset):
         workers, worker = (info.num_workers, info.id) if info else (1, 0)
         ranges = [self.consumer_range(workers, w) for w in range(workers)]
         counts = [self.num_batches(b - a) for a, b in ranges]
+        if self.equal_batches:
+            counts = self._equal_counts(counts, workers)
         # Resuming: which batches each consumer already delivered, and who is next in line.
         done = [0] * workers
         order = batch_order(counts)
@@ -140,17 +148,33 @@ class ShardedDataset(IterableDataset):
         lo, hi = ranges[consumer]
         skip = done[consumer] * (self.batch_size or 1)
         samples = self._consumer_samples(lo, hi, skip, consumer)
+        left = counts[consumer] - done[consumer]  # batches (or samples) this consumer still yields
         if not self.batch_size:
-            yield from samples
+            yield from itertools.islice(samples, max(0, left))
             return
         batch = []
         for sample in samples:
+            if left <= 0:
+                return
             batch.append(sample)
             if len(batch) == self.batch_size:
                 yield self._collate(batch)
-                batch = []
-        if batch and not self.drop_last:
+                batch, left = [], left - 1
+        if batch and not self.drop_last and left > 0:
             yield self._collate(batch)
+
+    def _equal_counts(self, counts: list[int], workers: int) -> list[int]:
+        """Cap this rank's consumers so that every rank yields the same number of batches (for DDP,
+        where one extra step on one rank hangs the others): the fewest any rank has."""
+        fewest = min(
+            sum(self.num_batches(b - a) for a, b in (split_range(*split_range(0, self.index.num_samples,
+                self.world_size, r), workers, w) for w in range(workers)))
+            for r in range(self.world_size)
+        )  # fmt: skip
+        capped = [0] * workers
+        for consumer, _ in zip(batch_order(counts), range(fewest), strict=False):
+            capped[consumer] += 1
+        return capped
 
     def _collate(self, batch: list):
         if self.collate is not None:

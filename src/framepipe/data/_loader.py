@@ -82,12 +82,23 @@ class Loader:
         d = self.dataset
         return {"epoch": self.epoch, "batches": self.batches, "seed": d.seed, "shuffle": d.shuffle,
                 "world_size": d.world_size, "rank": d.rank, "num_workers": self.num_workers,
-                "batch_size": d.batch_size, "samples": d.index.num_samples}  # fmt: skip
+                "batch_size": d.batch_size, "samples": d.index.num_samples,
+                "drop_last": d.drop_last, "equal_batches": d.equal_batches}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
         d = self.dataset
         mine = self.state_dict()
-        for key in ("seed", "shuffle", "world_size", "rank", "num_workers", "batch_size", "samples"):
+        for key in (
+            "seed",
+            "shuffle",
+            "world_size",
+            "rank",
+            "num_workers",
+            "batch_size",
+            "samples",
+            "drop_last",
+            "equal_batches",
+        ):
             if state.get(key) != mine[key]:
                 raise DataError(
                     f"cannot resume: the saved state has {key}={state.get(key)!r}, this loader {mine[key]!r}"
