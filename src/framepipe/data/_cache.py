@@ -47,7 +47,7 @@ class ShardCache:
     @contextlib.contextmanager
     def open(self, shard: ShardInfo) -> Iterator[Path]:
         """The shard's local path, fetched if needed and held (not evictable) inside the block."""
-        path, lock = self.root / shard.name, self._lock_file(shard)
+        path, lock = self.root / shard.name, self._lock_file(shard.name)
         try:
             while True:
                 fcntl.flock(lock, fcntl.LOCK_SH)
@@ -66,14 +66,14 @@ class ShardCache:
         """Bring a shard into the cache ahead of use (prefetching); a no-op if it is there."""
         if (self.root / shard.name).exists():
             return
-        lock = self._lock_file(shard)
+        lock = self._lock_file(shard.name)
         try:
             self._fill(shard, lock)
         finally:
             os.close(lock)
 
-    def _lock_file(self, shard: ShardInfo) -> int:
-        return os.open(self.root / f".{shard.name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    def _lock_file(self, name: str) -> int:
+        return os.open(self.root / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
 
     def _fill(self, shard: ShardInfo, lock: int) -> None:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one downloader per shard, across processes
@@ -119,7 +119,7 @@ class ShardCache:
         for _, size, name in sorted(files):  # oldest use first
             if used + incoming <= self.limit:
                 return
-            lock = os.open(self.root / f".{name}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+            lock = self._lock_file(name)
             try:
                 fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -140,10 +140,11 @@ class ShardCache:
 
 
 class DirectShards:
-    """No cache: read shards in place from a local or network folder (size-checked on read)."""
+    """No cache: read shards in place from a local or network folder (size-checked on read, not
+    hashed: that would read every shard twice per epoch)."""
 
-    def __init__(self, store: LocalStore, *, verify: bool = False) -> None:
-        self.store, self.verify = store, verify
+    def __init__(self, store: LocalStore) -> None:
+        self.store = store
         self.stats = CacheStats()
 
     @contextlib.contextmanager
@@ -151,8 +152,6 @@ class DirectShards:
         path = self.store.root / shard.name
         if not path.exists():
             raise ShardError(shard.name, f"missing from {self.store.url}")
-        if self.verify and file_sha256(path) != shard.sha256:
-            raise ShardError(shard.name, "content does not match the index's SHA-256 (corrupt)")
         self.stats.hits += 1
         yield path
 

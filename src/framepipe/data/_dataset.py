@@ -115,8 +115,11 @@ class ShardedDataset(IterableDataset):
             random.Random(f"{self.seed}:{epoch}:shards").shuffle(shards)
         return shards
 
-    def consumer_range(self, workers: int, worker: int) -> tuple[int, int]:
-        lo, hi = split_range(0, self.index.num_samples, self.world_size, self.rank)
+    def rank_range(self, rank: int) -> tuple[int, int]:
+        return split_range(0, self.index.num_samples, self.world_size, rank)
+
+    def consumer_range(self, workers: int, worker: int, rank: int | None = None) -> tuple[int, int]:
+        lo, hi = self.rank_range(self.rank if rank is None else rank)
         return split_range(lo, hi, workers, worker)
 
     def num_batches(self, n: int) -> int:
@@ -127,7 +130,7 @@ class ShardedDataset(IterableDataset):
     def __len__(self) -> int:
         """Samples this rank's ranges hold per epoch (ranks differ by at most one; with
         ``equal_batches`` a few at the end of some ranks are left out)."""
-        lo, hi = split_range(0, self.index.num_samples, self.world_size, self.rank)
+        lo, hi = self.rank_range(self.rank)
         return hi - lo
 
     # -- iteration ----------------------------------------------------------------------------
@@ -167,10 +170,9 @@ class ShardedDataset(IterableDataset):
         """Cap this rank's consumers so that every rank yields the same number of batches (for DDP,
         where one extra step on one rank hangs the others): the fewest any rank has."""
         fewest = min(
-            sum(self.num_batches(b - a) for a, b in (split_range(*split_range(0, self.index.num_samples,
-                self.world_size, r), workers, w) for w in range(workers)))
+            sum(self.num_batches(b - a) for a, b in (self.consumer_range(workers, w, r) for w in range(workers)))
             for r in range(self.world_size)
-        )  # fmt: skip
+        )
         capped = [0] * workers
         for consumer, _ in zip(batch_order(counts), range(fewest), strict=False):
             capped[consumer] += 1

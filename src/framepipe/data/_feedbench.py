@@ -10,6 +10,7 @@ spent waiting for data with the step.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import shutil
@@ -137,21 +138,18 @@ def feed_bench(
     """Build the synthetic dataset, then measure each mode; returns a JSON-ready report."""
     from ._seaweed import LocalS3, use_local_credentials
 
-    local_s3 = None
-    if endpoint_url is None:
-        use_local_credentials()
-        local_s3 = LocalS3()
-        endpoint_url = local_s3.__enter__()
-    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="framepipe-feedbench-"))
-    root.mkdir(parents=True, exist_ok=True)
-    try:
+    local = endpoint_url is None
+    with contextlib.ExitStack() as stack:
+        if local:
+            use_local_credentials()
+            endpoint_url = stack.enter_context(LocalS3())
+        if workdir:
+            root = Path(workdir)
+            root.mkdir(parents=True, exist_ok=True)
+        else:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="framepipe-feedbench-")))
         return _run(files, min_kb, max_kb, batch, step_ms, steps, feed_steps, workers, modes, endpoint_url, root,
-                    seed, progress, local=local_s3 is not None)  # fmt: skip
-    finally:
-        if local_s3 is not None:
-            local_s3.__exit__(None, None, None)
-        if not workdir:
-            shutil.rmtree(root, ignore_errors=True)
+                    seed, progress, local=local)  # fmt: skip
 
 
 def _run(
@@ -169,10 +167,11 @@ def _run(
                   progress=(lambda d, t: progress("pack", d, t)) if progress else None)  # fmt: skip
     setup["pack_seconds"] = round(time.perf_counter() - start, 1)
     packed = open_store(packed_url, endpoint_url=endpoint_url)
-    index = DatasetIndex.loads(packed.read(INDEX_NAME), packed_url)
+    index_bytes = packed.read(INDEX_NAME)
+    index = DatasetIndex.loads(index_bytes, packed_url)
     local_dir = root / "local-shards"
     local_dir.mkdir(exist_ok=True)
-    (local_dir / INDEX_NAME).write_bytes(packed.read(INDEX_NAME))
+    (local_dir / INDEX_NAME).write_bytes(index_bytes)
     for shard in index.shards:
         packed.download(shard.name, local_dir / shard.name)
     pad = _Pad(max_kb * 1024)

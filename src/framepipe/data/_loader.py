@@ -79,32 +79,21 @@ class Loader:
         self.stats = LoaderStats()
 
     def state_dict(self) -> dict:
+        """Where this loader is (epoch, batches taken), and the settings that define the order."""
+        return {"epoch": self.epoch, "batches": self.batches, **self._order_settings()}
+
+    def _order_settings(self) -> dict:
         d = self.dataset
-        return {"epoch": self.epoch, "batches": self.batches, "seed": d.seed, "shuffle": d.shuffle,
-                "world_size": d.world_size, "rank": d.rank, "num_workers": self.num_workers,
-                "batch_size": d.batch_size, "samples": d.index.num_samples,
+        return {"seed": d.seed, "shuffle": d.shuffle, "world_size": d.world_size, "rank": d.rank,
+                "num_workers": self.num_workers, "batch_size": d.batch_size, "samples": d.index.num_samples,
                 "drop_last": d.drop_last, "equal_batches": d.equal_batches}  # fmt: skip
 
     def load_state_dict(self, state: dict) -> None:
-        d = self.dataset
-        mine = self.state_dict()
-        for key in (
-            "seed",
-            "shuffle",
-            "world_size",
-            "rank",
-            "num_workers",
-            "batch_size",
-            "samples",
-            "drop_last",
-            "equal_batches",
-        ):
-            if state.get(key) != mine[key]:
-                raise DataError(
-                    f"cannot resume: the saved state has {key}={state.get(key)!r}, this loader {mine[key]!r}"
-                )
+        for key, mine in self._order_settings().items():
+            if state.get(key) != mine:
+                raise DataError(f"cannot resume: the saved state has {key}={state.get(key)!r}, this loader {mine!r}")
         self.epoch, self.batches = int(state["epoch"]), int(state["batches"])
-        d.epoch = self.epoch
+        self.dataset.epoch = self.epoch
 
     def __iter__(self) -> Iterator:
         d = self.dataset

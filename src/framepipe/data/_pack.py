@@ -9,11 +9,12 @@ is written last: a dataset without ``index.json`` is unfinished.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,35 +61,17 @@ def _plan(source: Store, *, shard_bytes: int, shard_samples: int) -> tuple[list[
     return shards, False
 
 
-def _samples_from_files(source: Store, keys: list[str]):
-    key, members = None, []
-    for path in keys:
-        k, ext = split_key(path)
-        if k != key and members:
-            yield key, members
-            members = []
-        key = k
-        members.append((ext, source.read(path)))
-    if members:
-        yield key, members
-
-
-def _samples_from_tars(source: Store, keys: list[str]):
-    for tar_key in keys:
-        key, members = None, []
-        for path, data in read_tar_members(source.read(tar_key), tar_key):
-            k, ext = split_key(path)
-            if k != key and members:
-                yield key, members
-                members = []
-            key = k
-            members.append((ext, data))
-        if members:
-            yield key, members
+def _samples(files: Iterable[tuple[str, bytes]]) -> Iterator[tuple[str, list[tuple[str, bytes]]]]:
+    """Group consecutive ``(path, data)`` files into samples ``(key, [(ext, data), ...])``."""
+    for key, group in itertools.groupby(files, key=lambda file: split_key(file[0])[0]):
+        yield key, [(split_key(path)[1], data) for path, data in group]
 
 
 def _build_shard(source: Store, target: Store, name: str, keys: list[str], from_tars: bool) -> ShardInfo:
-    samples = (_samples_from_tars if from_tars else _samples_from_files)(source, keys)
+    if from_tars:  # each tar is read whole; its members are the files, its samples stay its own
+        samples = itertools.chain.from_iterable(_samples(read_tar_members(source.read(k), k)) for k in keys)
+    else:
+        samples = _samples((k, source.read(k)) for k in keys)
     with tempfile.TemporaryDirectory(prefix="framepipe-pack-") as tmp:
         path = Path(tmp) / name
         info = write_shard(path, name, samples)
@@ -119,7 +102,11 @@ def pack(
     if saved is None or saved.get("fingerprint") != fingerprint:
         saved = {"fingerprint": fingerprint, "source": source.url, "done": {}}
     done: dict[str, dict] = saved["done"]
-    target.write(PLAN_NAME, json.dumps(saved).encode())
+
+    def save_plan() -> None:  # what is recorded here is kept by a re-run
+        target.write(PLAN_NAME, json.dumps(saved).encode())
+
+    save_plan()
     names = [f"shard-{i:06d}.tar" for i in range(len(plan))]
 
     results: list[ShardInfo | None] = [None] * len(plan)
@@ -134,7 +121,7 @@ def pack(
     pool_type = ProcessPoolExecutor if processes else ThreadPoolExecutor
     with pool_type(max(1, workers)) as pool:
         futures = {pool.submit(_build_shard, source, target, names[i], plan[i], from_tars): i for i in todo}
-        finished = len(plan) - len(todo)
+        finished = reused
         try:
             for future in as_completed(futures):
                 i = futures[future]
@@ -142,15 +129,15 @@ def pack(
                 done[names[i]] = results[i].to_json()
                 finished += 1
                 if finished % 8 == 0 or finished == len(plan):
-                    target.write(PLAN_NAME, json.dumps(saved).encode())  # resumable from here
+                    save_plan()
                 if progress:
                     progress(finished, len(plan))
         except BaseException:
             for f in futures:
                 f.cancel()
-            target.write(PLAN_NAME, json.dumps(saved).encode())
+            save_plan()
             raise
-    index = DatasetIndex([r for r in results if r is not None], source=source.url)
+    index = DatasetIndex(results, source=source.url)  # every entry is filled by now
     target.write(INDEX_NAME, index.dumps())
     return PackResult(target.url, len(index.shards), index.num_samples, index.num_bytes, reused,
                       round(time.monotonic() - start, 2))  # fmt: skip

@@ -77,12 +77,10 @@ class DatasetIndex:
     def loads(cls, data: bytes, where: str) -> DatasetIndex:
         try:
             body = json.loads(data)
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(f"{where}: not a framepipe index ({e.msg if hasattr(e, 'msg') else e})") from None
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError
+            body = None
         if not isinstance(body, dict) or body.get("format") != FORMAT:
-            raise DataError(
-                f"{where}: not a framepipe index (format {body.get('format') if isinstance(body, dict) else None!r})"
-            )
+            raise DataError(f"{where}: not a framepipe index (expected JSON with format {FORMAT!r})")
         return cls([ShardInfo.from_json(s) for s in body["shards"]], body.get("source", ""))
 
 

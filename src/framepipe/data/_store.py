@@ -6,15 +6,16 @@ comes from ``endpoint_url``, else boto3's own ``AWS_ENDPOINT_URL`` and credentia
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
 from .._errors import DataError
+from .._sinks import _remove, _temporary_sibling
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,7 @@ class LocalStore:
             dirnames.sort()
             for name in sorted(filenames):
                 path = Path(dirpath, name)
-                if name.startswith(".") or name.endswith(".partial"):
+                if name.startswith("."):  # temporary files of writes in progress
                     continue
                 yield ObjectInfo(path.relative_to(self.root).as_posix(), path.stat().st_size)
 
@@ -102,21 +103,25 @@ class LocalStore:
             raise DataError(f"{self._path(key)}: not found") from None
         return path.stat().st_size
 
-    def write(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
-        path = self._path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-
-    def upload(self, path: Path, key: str, metadata: dict[str, str] | None = None) -> None:
+    @contextlib.contextmanager
+    def _replacing(self, key: str) -> Iterator[Path]:
+        """A temporary path beside ``key``'s file, renamed onto it if the block succeeds."""
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".partial")
-        os.close(fd)
-        shutil.copyfile(path, tmp)
-        os.replace(tmp, target)
+        tmp = _temporary_sibling(target)
+        try:
+            yield tmp
+            os.replace(tmp, target)
+        finally:
+            _remove(tmp)
+
+    def write(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
+        with self._replacing(key) as tmp:
+            tmp.write_bytes(data)
+
+    def upload(self, path: Path, key: str, metadata: dict[str, str] | None = None) -> None:
+        with self._replacing(key) as tmp:
+            shutil.copyfile(path, tmp)
 
     def exists(self, key: str) -> bool:
         return self._path(key).exists()
