@@ -3,11 +3,17 @@
 The model is diffusers' ``AutoencoderKLWan`` at reduced width (encoder 16, decoder 24 channels at
 the first level; Wan 2.1 uses 96), with the same causal structure (4x temporal, 8x spatial, 16
 latent channels, 1 + 4 (T - 1) frames). Training data comes from ``framepipe._synth``: moving and
-scaling shapes, gradients, textures, text and camera pans, all drawn from seeds. Losses: L1 +
-0.2 (1 - SSIM) on pixels, and a KL term (weight 1e-6) on the latent posterior.
+scaling shapes, gradients, textures, text and camera pans, all drawn from seeds, as crops of
+256x256 scenes. Losses: L1 + 0.2 (1 - SSIM) on pixels, and a KL term (weight 1e-6) on the latent
+posterior.
 
-    python scripts/train_tiny_vae.py --minutes 9 --out runs/tiny        # one H100/H200
-    python scripts/train_tiny_vae.py --steps 2 --size 32 --device cpu   # smoke test
+On CUDA every training step (forward, backward, gradient clipping, AdamW) is captured once per
+clip shape as a CUDA graph and replayed: diffusers' Wan VAE runs one latent frame at a time and
+launches thousands of small kernels per step, so without graphs the host's launching, not the
+GPU, sets the pace at this width.
+
+    python scripts/train_tiny_vae.py --minutes 9 --out runs/tiny                  # one H100/H200
+    python scripts/train_tiny_vae.py --steps 2 --size 32 --crop 16 --device cpu   # smoke test
 
 Writes to --out: the diffusers folder (config.json + fp16 safetensors, with latents_mean/std
 measured on training clips), metrics.json (held-out PSNR/SSIM at 256x256), and train_state.pt for
@@ -39,8 +45,8 @@ class Clips(torch.utils.data.IterableDataset):
     that every batch holds about as many pixels. Long clips teach the causal cache to stay stable
     past the first few latent frames."""
 
-    def __init__(self, batch: int, frames: list[int], size: int, seed: int):
-        self.batch, self.frames, self.size, self.seed = batch, frames, size, seed
+    def __init__(self, batch: int, frames: list[int], size: int, crop: int | None, seed: int):
+        self.batch, self.frames, self.size, self.crop, self.seed = batch, frames, size, crop, seed
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -51,12 +57,42 @@ class Clips(torch.utils.data.IterableDataset):
             assert seed + self.batch < HELD_OUT_SEED
             frames = self.frames[index % len(self.frames)]
             batch = max(1, round(self.batch * (self.frames[0] - 1) / (frames - 1))) if frames > 1 else self.batch
-            yield synth_clips(batch, frames, self.size, self.size, seed=seed)
+            yield synth_clips(batch, frames, self.size, self.size, seed=seed, crop=self.crop)
             index += workers
 
 
 def _one_thread(_: int) -> None:
     torch.set_num_threads(1)  # many workers, one core each: no oversubscription
+
+
+def init_weights(vae) -> None:
+    """Start training from an identity-like network, as Wan's own training code does.
+
+    PyTorch's default initialization shrinks the signal at every convolution, and a deep encoder
+    and decoder then start out ignoring their input: training first has to undo that, and at these
+    widths it took thousands of steps. Here every convolution starts variance-preserving (fan-in,
+    gain 1), residual branches and attention outputs start at zero (each block is an identity), and
+    the temporal convolutions of the resampling blocks start by passing frames through (the
+    downsampling one keeps the newest frame, the upsampling one repeats it)."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanAttentionBlock, WanResample, WanResidualBlock
+
+    with torch.no_grad():
+        for m in vae.modules():
+            if isinstance(m, torch.nn.Conv2d | torch.nn.Conv3d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="linear")
+                torch.nn.init.zeros_(m.bias)
+        for m in vae.modules():
+            if isinstance(m, WanResidualBlock):
+                torch.nn.init.kaiming_normal_(m.conv1.weight, nonlinearity="relu")  # after SiLU
+                torch.nn.init.zeros_(m.conv2.weight)
+            elif isinstance(m, WanAttentionBlock):
+                torch.nn.init.zeros_(m.proj.weight)
+            elif isinstance(m, WanResample) and hasattr(m, "time_conv"):
+                weight = m.time_conv.weight  # [out, in, 3, 1, 1]; out is 2 x in when upsampling
+                weight.zero_()
+                eye = torch.eye(weight.shape[1])
+                for half in range(weight.shape[0] // weight.shape[1]):
+                    weight[half * len(eye) : (half + 1) * len(eye), :, -1, 0, 0] = eye
 
 
 def reconstruct(vae, posterior) -> torch.Tensor:
@@ -78,6 +114,68 @@ def ssim_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     x = x.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w).float()
     y = y.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w).float()
     return 1 - ssim_map(x, y, peak=2.0).mean()
+
+
+class Trainer:
+    """One optimizer step per call. On CUDA each input shape is captured as a CUDA graph the first
+    time it comes (after three eager warm-up steps on a side stream) and replayed from then on."""
+
+    def __init__(self, vae, *, lr: float, kl_weight: float, device: torch.device, graphs: bool):
+        self.vae, self.kl_weight, self.device = vae, kl_weight, device
+        self.graphs = graphs and device.type == "cuda"
+        # A tensor learning rate lets the schedule change it without recapturing the graphs.
+        self.lr = torch.tensor(lr, device=device) if self.graphs else lr
+        self.opt = torch.optim.AdamW(
+            vae.parameters(), lr=self.lr, betas=(0.9, 0.99), weight_decay=0.01, capturable=self.graphs
+        )
+        # Graphs take autocast without its weight cache, which would otherwise outlive a capture.
+        self.autocast = torch.autocast(
+            device.type, dtype=torch.bfloat16, enabled=device.type == "cuda", cache_enabled=not self.graphs
+        )
+        self._captured: dict[tuple, tuple] = {}
+
+    def _step(self, x: torch.Tensor) -> torch.Tensor:
+        with self.autocast:
+            posterior = self.vae.encode(x).latent_dist
+            rec = reconstruct(self.vae, posterior)
+        l1 = (rec.float() - x).abs().mean()
+        structural = ssim_loss(rec, x)
+        kl = posterior.kl().mean() / x[0].numel()
+        (l1 + 0.2 * structural + self.kl_weight * kl).backward()
+        torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0, foreach=self.device.type == "cuda")
+        self.opt.step()
+        return torch.stack([l1.detach(), structural.detach(), kl.detach()])
+
+    def step(self, x: torch.Tensor, lr: float) -> torch.Tensor:
+        """Train on ``x`` at learning rate ``lr``; returns [l1, 1 - ssim, kl] (not synchronized)."""
+        if not self.graphs:
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+            self.opt.zero_grad(set_to_none=True)
+            return self._step(x.to(self.device, non_blocking=True))
+        self.lr.fill_(lr)
+        key = tuple(x.shape)
+        if key not in self._captured:
+            self._captured[key] = self._capture(x.to(self.device))
+        graph, static_x, static_losses = self._captured[key]
+        static_x.copy_(x, non_blocking=True)
+        graph.replay()
+        return static_losses
+
+    def _capture(self, x: torch.Tensor) -> tuple:
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for _ in range(3):  # warm-up: allocator, cuDNN plans and AdamW state, outside the graph
+                self.opt.zero_grad(set_to_none=True)
+                self._step(x)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        # Gradients allocated during the capture belong to this graph's private memory pool.
+        self.opt.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):  # the pinning thread runs on
+            losses = self._step(x)
+        return graph, x, losses
 
 
 @torch.no_grad()
@@ -118,15 +216,22 @@ def latent_statistics(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("runs/tiny-wan2.1"))
-    p.add_argument("--minutes", type=float, default=9.0, help="wall-clock budget for training steps")
-    p.add_argument("--steps", type=int, default=100_000, help="stop after this many steps at the latest")
+    p.add_argument("--minutes", type=float, default=9.0, help="wall-clock budget over all resumes, without --steps")
+    p.add_argument(
+        "--stop-after", type=float, default=None, help="end this run after so many minutes (then --resume continues)"
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="train this many steps (the schedule follows steps, not --minutes)"
+    )
     p.add_argument("--batch", type=int, default=8)
     p.add_argument(
         "--frames",
         default="9,17,33",
         help="frames per training clip (1 + 4k), cycled batch by batch; --batch is for the first",
     )
-    p.add_argument("--size", type=int, default=128, help="training crop size in pixels (multiple of 8)")
+    p.add_argument("--size", type=int, default=256, help="scene size in pixels (multiple of 8)")
+    p.add_argument("--crop", type=int, default=64, help="training crop of each scene (multiple of 8); 0: whole scene")
+    p.add_argument("--no-graphs", action="store_true", help="on CUDA, run eagerly instead of replaying CUDA graphs")
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--kl", type=float, default=1e-6)
     p.add_argument(
@@ -152,60 +257,63 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    vae = AutoencoderKLWan(**CONFIG, latents_mean=[0.0] * 16, latents_std=[1.0] * 16).to(device).train()
+    vae = AutoencoderKLWan(**CONFIG, latents_mean=[0.0] * 16, latents_std=[1.0] * 16)
+    init_weights(vae)
+    vae.to(device).train()
     with torch.no_grad():
         vae.quant_conv.bias[vae.config.z_dim :].fill_(args.logvar_init)
-    opt = torch.optim.AdamW(vae.parameters(), lr=args.lr, betas=(0.9, 0.99), weight_decay=0.01)
-    step, log = 0, []
+    trainer = Trainer(vae, lr=args.lr, kl_weight=args.kl, device=device, graphs=not args.no_graphs)
+    opt = trainer.opt
+    step, trained, log = 0, 0.0, []
     state_path = args.out / "train_state.pt"
     if args.resume and state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=True)
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        step = int(state["step"])
-        print(f"resumed at step {step}", flush=True)
+        step, trained = int(state["step"]), float(state["seconds"])
+        print(f"resumed at step {step} after {trained / 60:.1f} min", flush=True)
 
+    crop = args.crop or None
     loader = torch.utils.data.DataLoader(
-        Clips(args.batch, args.frames, args.size, seed=args.seed * 10_000_000 + step * args.batch * 4),
+        Clips(args.batch, args.frames, args.size, crop, seed=args.seed * 10_000_000 + step * args.batch * 4),
         batch_size=None, num_workers=args.workers, pin_memory=device.type == "cuda", worker_init_fn=_one_thread,
         persistent_workers=args.workers > 0, prefetch_factor=4 if args.workers else None,
     )  # fmt: skip
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
-    warmup, start, budget = 200, time.monotonic(), args.minutes * 60
-    total_estimate = max(args.steps, 1)
+    warmup, start, budget = 200, time.monotonic() - trained, args.minutes * 60
+    stop = time.monotonic() + (args.stop_after * 60 if args.stop_after else math.inf)
+    first_step = step
+
+    def save() -> None:
+        state = {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "seconds": time.monotonic() - start}
+        torch.save(state, state_path)
+
     waited, fetched = 0.0, time.monotonic()
     for x in loader:
         waited += time.monotonic() - fetched
-        if step >= args.steps or time.monotonic() - start > budget:
+        now = time.monotonic()
+        finished = step >= args.steps if args.steps else now - start > budget
+        if finished or now > stop:
             break
-        x = x.to(device, non_blocking=True)
-        progress = min(1.0, (time.monotonic() - start) / budget) if args.steps > 10_000 else step / total_estimate
+        progress = step / args.steps if args.steps else min(1.0, (now - start) / budget)
         lr = args.lr * min(1.0, (step + 1) / warmup) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
-        for group in opt.param_groups:
-            group["lr"] = lr
-        with autocast:
-            posterior = vae.encode(x).latent_dist
-            rec = reconstruct(vae, posterior)
-        l1 = (rec.float() - x).abs().mean()
-        structural = ssim_loss(rec, x)
-        kl = posterior.kl().mean() / x[0].numel()
-        loss = l1 + 0.2 * structural + args.kl * kl
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
-        opt.step()
+        losses = trainer.step(x, lr)
         step += 1
-        if step % 100 == 0 or step == 1:
+        if step % 200 == 0 or step == first_step + 1:
+            l1, structural, kl = losses.tolist()
             entry = {"step": step, "s": round(time.monotonic() - start, 1), "data_wait_s": round(waited, 1),
-                     "lr": lr, "l1": l1.item(), "ssim_loss": structural.item(), "kl": kl.item()}  # fmt: skip
+                     "lr": lr, "l1": l1, "ssim_loss": structural, "kl": kl}  # fmt: skip
             log.append(entry)
             print(json.dumps(entry), flush=True)
         if step % args.eval_every == 0:
             print(json.dumps({"step": step, "eval": evaluate(vae, device, clips=2, size=args.eval_size)}), flush=True)
-            torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, state_path)
+            save()
         fetched = time.monotonic()
 
-    torch.save({"model": vae.state_dict(), "opt": opt.state_dict(), "step": step}, state_path)
+    trained = time.monotonic() - start
+    save()
+    if time.monotonic() > stop and (step < args.steps if args.steps else trained < budget):
+        print(json.dumps({"stopped_at_step": step, "minutes": round(trained / 60, 2), "continue": "--resume"}))
+        return
     vae.eval()
     # Ship half-precision weights; measure the model as shipped (fp16 weights, fp32 compute).
     with torch.no_grad():
@@ -213,8 +321,9 @@ def main() -> None:
             param.copy_(param.half().float())
     mean, std = latent_statistics(vae, device, size=min(128, args.eval_size))
     vae.register_to_config(latents_mean=mean, latents_std=std)
-    metrics = {"steps": step, "train_seconds": round(time.monotonic() - start, 1), "batch": args.batch,
-               "frames": args.frames, "size": args.size, "lr": args.lr, "kl_weight": args.kl,
+    metrics = {"steps": step, "train_seconds": round(trained, 1), "batch": args.batch,
+               "frames": args.frames, "size": args.size, "crop": crop, "lr": args.lr, "kl_weight": args.kl,
+               "cuda_graphs": trainer.graphs,
                "held_out": evaluate(vae, device, clips=args.eval_clips, size=args.eval_size),
                "held_out_33_frames": evaluate(vae, device, clips=args.eval_clips, frames=33, size=args.eval_size),
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -64,11 +64,23 @@ def test_synth_clips_are_seeded_varied_and_in_range():
     assert a.std() > 0.2
 
 
+def test_synth_crop_is_a_window_of_the_full_scene():
+    full = synth_clips(3, 5, 40, 56, seed=11)
+    crops = synth_clips(3, 5, 40, 56, seed=11, crop=16)
+    assert crops.shape == (3, 3, 5, 16, 16)
+    for clip, crop in zip(full, crops, strict=True):
+        windows = clip.unfold(2, 16, 1).unfold(3, 16, 1)  # [3, F, rows, cols, 16, 16]
+        match = (windows - crop[:, :, None, None]).abs().amax(dim=(0, 1, 4, 5))
+        assert match.min() < 1e-5  # the crop is exactly one window of the uncropped clip
+    with pytest.raises(ValueError, match="crop"):
+        synth_clips(1, 1, 16, 16, crop=32)
+
+
 def test_training_script_smoke(tmp_path):
     out = tmp_path / "run"
     script = ROOT / "scripts" / "train_tiny_vae.py"
-    cmd = [sys.executable, str(script), "--steps", "2", "--size", "32", "--batch", "2", "--device", "cpu",
-           "--workers", "0", "--eval-size", "32", "--eval-clips", "1", "--out", str(out)]  # fmt: skip
+    cmd = [sys.executable, str(script), "--steps", "2", "--size", "32", "--crop", "16", "--batch", "2",
+           "--out", str(out), "--device", "cpu", "--workers", "0", "--eval-size", "32", "--eval-clips", "1"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())

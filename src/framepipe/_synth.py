@@ -36,17 +36,24 @@ def synth_clips(
     width: int,
     *,
     seed: int = 0,
+    crop: int | None = None,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
     """Return ``batch`` clips, each made from ``seed + index``.
 
-    # -> [B, 3, frames, height, width] float32 in [-1, 1]
+    With ``crop``, each clip is a ``crop`` x ``crop`` window, at a seeded position, of a
+    ``height`` x ``width`` scene: content keeps the scale of the full frame, at a fraction of the
+    drawing cost (for training on crops).
+
+    # -> [B, 3, frames, height, width] float32 in [-1, 1], or [B, 3, frames, crop, crop]
     """
-    clips = [_clip(frames, height, width, seed=seed + i, device=torch.device(device)) for i in range(batch)]
-    return torch.stack(clips)
+    if crop is not None and not 0 < crop <= min(height, width):
+        raise ValueError(f"crop {crop} must be between 1 and the scene's smaller side {min(height, width)}")
+    device = torch.device(device)
+    return torch.stack([_clip(frames, height, width, seed=seed + i, crop=crop, device=device) for i in range(batch)])
 
 
-def _clip(frames: int, height: int, width: int, *, seed: int, device: torch.device) -> torch.Tensor:
+def _clip(frames: int, height: int, width: int, *, seed: int, crop: int | None, device: torch.device) -> torch.Tensor:
     rng = random.Random(seed)
     g = torch.Generator().manual_seed(seed)
 
@@ -59,18 +66,25 @@ def _clip(frames: int, height: int, width: int, *, seed: int, device: torch.devi
     x = torch.linspace(-0.5, 0.5, width, device=device).view(1, 1, width) * (width / max(height, width))
     pan = (rand(2) - 0.5) * 0.03
     zoom = 1.0 + (rng.random() - 0.5) * 0.02 * t
-    sx = (x / zoom + pan[0] * t).expand(frames, height, width)  # [F, H, W]
-    sy = (y / zoom + pan[1] * t).expand(frames, height, width)
+    if crop is not None:  # drawn from its own generator, so the scene is the same as uncropped
+        where = torch.Generator().manual_seed(seed + 7_919)
+        top = int(torch.randint(0, height - crop + 1, (1,), generator=where))
+        left = int(torch.randint(0, width - crop + 1, (1,), generator=where))
+        y, x = y[:, top : top + crop], x[..., left : left + crop]
+    rows, cols = y.shape[1], x.shape[2]
+    sx = (x / zoom + pan[0] * t).expand(frames, rows, cols)  # [F, rows, cols]
+    sy = (y / zoom + pan[1] * t).expand(frames, rows, cols)
 
-    # Background: a two-colour gradient along a random direction, plus sinusoidal texture.
+    # Background: a two-colour gradient along a random direction, plus sinusoidal texture whose
+    # amplitude falls with frequency, as in natural images (about 1/f).
     angle = rng.uniform(0, 2 * math.pi)
     ramp = (sx * math.cos(angle) + sy * math.sin(angle) + 0.75) / 1.5
     c0, c1 = rand(3, 1, 1, 1), rand(3, 1, 1, 1)
     image = c0 + (c1 - c0) * ramp.clamp(0, 1).unsqueeze(0)  # [3, F, H, W]
     for _ in range(rng.randint(1, 3)):
-        freq, theta = rng.uniform(3, 24), rng.uniform(0, math.pi)
+        freq, theta = rng.uniform(1.5, 12), rng.uniform(0, math.pi)
         wave = torch.sin(2 * math.pi * freq * (sx * math.cos(theta) + sy * math.sin(theta)) + rng.uniform(0, 6.3))
-        image = image + (rand(3, 1, 1, 1) - 0.5) * 0.25 * wave.unsqueeze(0)
+        image = image + (rand(3, 1, 1, 1) - 0.5) * 0.25 * min(1.0, 3 / freq) * wave.unsqueeze(0)
 
     # Shapes: circles, boxes and rings that move and grow or shrink; soft, anti-aliased edges.
     pixel = 1.0 / max(height, width)
@@ -90,8 +104,9 @@ def _clip(frames: int, height: int, width: int, *, seed: int, device: torch.devi
         alpha = (0.5 - sdf / (1.5 * pixel)).clamp(0, 1).unsqueeze(0)
         colour = rand(3, 1, 1, 1)
         if rng.random() < 0.4:  # striped fill
-            stripes = torch.sin(2 * math.pi * rng.uniform(10, 30) * (dx + dy)).unsqueeze(0)
-            colour = colour + 0.3 * stripes * (rand(3, 1, 1, 1) - 0.5)
+            freq = rng.uniform(4, 14)
+            stripes = torch.sin(2 * math.pi * freq * (dx + dy)).unsqueeze(0)
+            colour = colour + 0.3 * min(1.0, 6 / freq) * stripes * (rand(3, 1, 1, 1) - 0.5)
         image = image * (1 - alpha) + colour * alpha
 
     # Text: a random string that drifts across the frame.
