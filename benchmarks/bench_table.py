@@ -12,8 +12,16 @@ from pathlib import Path
 
 def command(settings: dict) -> str:
     enc = settings["encoder"]
+    model = settings.get("model") or "random wan2.1"  # reports from before the field: random Wan 2.1
+    if model.startswith("random "):
+        model_option = f"--arch {model.split()[1]}"
+    elif model.startswith("checkpoint "):
+        model_option = f"--vae {model.removeprefix('checkpoint ')}"
+    else:
+        model_option = ""
     parts = [
         "framepipe bench",
+        *([model_option] if model_option else []),
         f"--size {settings['height']}x{settings['width']}",
         f"--frames {settings['frames_per_video']}",
         f"--dtype {settings['dtype']}",

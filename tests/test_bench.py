@@ -92,6 +92,15 @@ def test_bench_cli_json(tmp_path, capsys):
     report = json.loads(out)
     assert [r["mode"] for r in report["modes"]] == ["sync", "async", "gpu-only"]
     assert report["settings"]["latents_shape"] == [1, 16, 2, 4, 4]
+    assert report["settings"]["model"] == "random tiny-wan2.1 (seed 0)"
+
+
+def test_bench_defaults_to_the_embedded_vae(capsys):
+    code = main(["bench", "--shape", "1x2x4x4", "--runs", "1", "--warmup", "0", "--modes", "sync,gpu-only",
+                 "--profile", "off", "--json", "--device", "cpu"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0 and "random weights" not in err, err
+    assert json.loads(out)["settings"]["model"] == "embedded tiny-wan2.1 (trained)"
 
 
 @pytest.mark.parametrize(

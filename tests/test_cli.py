@@ -178,8 +178,21 @@ def test_ctrl_c_ends_cleanly(tmp_path):
 
 
 def test_demo(tmp_path):
-    proc = _subprocess(["demo", "--quiet"], tmp_path)
+    """The README's main job, as a new user runs it: the trained VAE brings a real clip back."""
+    proc = _subprocess(["demo", "--json"], tmp_path)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
+    report = json.loads(out)
+    assert report["mode"] == "async" and report["device"] == "cpu" and report["psnr_db"] > 26
     with av.open(str(tmp_path / "framepipe-demo.mp4")) as c:
-        assert sum(1 for _ in c.decode(video=0)) == 21
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+    assert len(frames) == 33 and frames[0].shape == (256, 512, 3)
+    left, right = frames[16][:, :256].astype(float), frames[16][:, 256:].astype(float)
+    assert 10 * np.log10(255**2 / np.mean((left - right) ** 2)) > 24  # original and decoded, side by side
+
+
+def test_demo_rejects_bad_sizes(tmp_path):
+    proc = _subprocess(["demo", "--frames", "10", "-o", "x.mp4"], tmp_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 1 and "--frames must be 1 + 4k" in err and "Traceback" not in err
+    assert not (tmp_path / "x.mp4").exists()

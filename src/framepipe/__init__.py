@@ -18,7 +18,7 @@ from ._errors import (
     ShardError,
 )
 from ._latents import check_latents, denormalize, load_latents
-from ._models import ARCHITECTURES, load_vae, random_vae
+from ._models import ARCHITECTURES, EMBEDDED_VAE, embedded_vae, load_vae, random_vae
 from ._postprocess import to_uint8_frames
 from ._sinks import ArraySink, NpySink, PngFolderSink, Sink, VideoFileSink, open_sink
 
@@ -31,6 +31,7 @@ __all__ = [
     "DataError",
     "DecodeResult",
     "DeviceError",
+    "EMBEDDED_VAE",
     "EncoderError",
     "FramepipeError",
     "LatentsError",
@@ -45,6 +46,7 @@ __all__ = [
     "decode_many",
     "decode_chunks",
     "denormalize",
+    "embedded_vae",
     "load_latents",
     "load_vae",
     "open_sink",

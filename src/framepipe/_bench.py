@@ -382,8 +382,11 @@ def run_bench(
     price_per_hour: float | None = None,
     on_mode: Callable[[str], None] | None = None,
     stream_videos: int = 4,
+    model: str | None = None,
 ) -> dict[str, Any]:
-    """Measure ``modes`` on ``latents`` (pipeline format) and return the report as a dict."""
+    """Measure ``modes`` on ``latents`` (pipeline format) and return the report as a dict.
+
+    ``model`` says in the report which VAE ``vae`` is (e.g. ``"random wan2.1"``), for the record."""
     encoder = encoder or EncoderSettings()
     bad = [m for m in modes if m not in BENCH_MODES]
     if bad:
@@ -407,6 +410,7 @@ def run_bench(
     return {
         "environment": environment(bench.device),
         "settings": {
+            "model": model,
             "device": str(bench.device),
             "dtype": str(bench.dtype).removeprefix("torch."),
             "latents_shape": list(latents.shape),

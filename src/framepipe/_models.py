@@ -1,4 +1,5 @@
-"""Wan VAEs: the known architectures, random-weight builds, and loading of user checkpoints."""
+"""Wan VAEs: the embedded trained model, the known architectures with random weights, and loading
+of user checkpoints."""
 
 from __future__ import annotations
 
@@ -50,6 +51,10 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "tiny-wan2.2": {**_WAN22, "base_dim": 16, "decoder_base_dim": 24},
 }
 
+#: framepipe's own trained VAE, shipped in the package: Wan 2.1's architecture at reduced width,
+#: trained on procedural clips (scripts/train_tiny_vae.py; its model card is README.md beside it).
+EMBEDDED_VAE = Path(__file__).with_name("models") / "tiny-wan2.1"
+
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
@@ -78,6 +83,13 @@ def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return DTYPES[dtype]
 
 
+def describe_vae(checkpoint: str | Path | None, arch: str | None, seed: int = 0) -> str:
+    """How ``load_vae(checkpoint, arch=arch)`` picks its model, in words (for reports)."""
+    if checkpoint is not None:
+        return f"checkpoint {checkpoint}"
+    return f"random {arch} (seed {seed})" if arch else "embedded tiny-wan2.1 (trained)"
+
+
 def random_vae(arch: str = "wan2.1", *, seed: int = 0) -> AutoencoderKLWan:
     """An ``AutoencoderKLWan`` of a known architecture with seeded random weights (for benchmarks)."""
     from diffusers import AutoencoderKLWan
@@ -87,6 +99,11 @@ def random_vae(arch: str = "wan2.1", *, seed: int = 0) -> AutoencoderKLWan:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return AutoencoderKLWan(**ARCHITECTURES[arch]).eval()
+
+
+def embedded_vae() -> AutoencoderKLWan:
+    """framepipe's trained tiny Wan 2.1 VAE (fp32, CPU, eval mode), loaded from the package."""
+    return _load_checkpoint(EMBEDDED_VAE).float()
 
 
 def load_vae(
@@ -100,20 +117,23 @@ def load_vae(
     """Return an ``AutoencoderKLWan`` in eval mode on ``device`` in ``dtype``.
 
     ``checkpoint`` may be a diffusers folder (``config.json`` + weights, or a pipeline folder with a
-    ``vae/`` subfolder) or a single file in diffusers, Wan or ComfyUI layout. With no checkpoint, the
-    ``arch`` architecture (default ``wan2.1``) gets seeded random weights and a warning: its output is
-    noise, good for benchmarking only.
+    ``vae/`` subfolder) or a single file in diffusers, Wan or ComfyUI layout; ``arch``, if given too,
+    is checked against it. With neither, the embedded trained tiny VAE (``EMBEDDED_VAE``) is used.
+    ``arch`` alone builds that architecture with seeded random weights, with a warning: its output
+    is noise, for benchmarking a full-size architecture.
     """
     torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
-    if checkpoint is None:
+    if checkpoint is None and arch is None:
+        vae = embedded_vae()
+    elif checkpoint is None:
         warnings.warn(
-            f"No VAE checkpoint given: using {arch or 'wan2.1'} with random weights (seed {seed}). "
+            f"No VAE checkpoint given: using {arch} with random weights (seed {seed}). "
             "The output is noise, good for benchmarking only; pass a checkpoint for real video.",
             UserWarning,
             stacklevel=2,
         )
-        vae = random_vae(arch or "wan2.1", seed=seed)
+        vae = random_vae(arch, seed=seed)
     else:
         vae = _load_checkpoint(Path(checkpoint))
         if arch is not None:
@@ -147,7 +167,7 @@ def _load_checkpoint(path: Path):
         if not (folder / "config.json").is_file():
             raise CheckpointError(f"{path} is a folder without config.json; expected a diffusers VAE folder.")
         try:
-            vae = AutoencoderKLWan.from_pretrained(str(folder), local_files_only=True)
+            vae = AutoencoderKLWan.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False)
         except (OSError, ValueError, RuntimeError, TypeError) as e:
             detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CheckpointError(f"Cannot load the diffusers VAE in {folder}: {detail}") from e

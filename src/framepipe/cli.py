@@ -14,6 +14,11 @@ from pathlib import Path
 from ._errors import FramepipeError
 
 EXIT_ERROR = 1
+ARCH_CHOICES = ("wan2.1", "wan2.2", "tiny-wan2.1", "tiny-wan2.2")
+ARCH_HELP = (
+    "random weights of this architecture instead of the embedded trained VAE (noise; for benchmarking "
+    "a full-size architecture); with --vae, checked against the checkpoint"
+)
 EXIT_INTERRUPTED = 130
 
 
@@ -77,14 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--vae",
         default=None,
         help="VAE checkpoint: diffusers folder, Wan2.1_VAE.pth / Wan2.2_VAE.pth, or ComfyUI "
-        ".safetensors. Omitted: random weights (noise, for benchmarking)",
+        ".safetensors. Omitted: framepipe's embedded trained tiny Wan 2.1 VAE",
     )
-    d.add_argument(
-        "--arch",
-        default=None,
-        choices=("wan2.1", "wan2.2", "tiny-wan2.1", "tiny-wan2.2"),
-        help="architecture for random weights (default wan2.1); checked against --vae",
-    )
+    d.add_argument("--arch", default=None, choices=ARCH_CHOICES, help=ARCH_HELP)
     d.add_argument(
         "--latent-format",
         choices=("pipeline", "raw"),
@@ -102,9 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
         "seconds, frames/s, ratio to gpu-only, kernel utilization (separate profiled run), peak VRAM, peak host "
         "memory, bytes copied device-to-host and cost.",
     )
-    b.add_argument("--vae", default=None, help="VAE checkpoint (as for decode); omitted: --arch with random weights")
-    b.add_argument("--arch", default=None, choices=("wan2.1", "wan2.2", "tiny-wan2.1", "tiny-wan2.2"),
-                   help="architecture for random weights (default wan2.1 on CUDA, tiny-wan2.1 on the CPU)")  # fmt: skip
+    b.add_argument("--vae", default=None, help="VAE checkpoint (as for decode); omitted: the embedded trained VAE")
+    b.add_argument("--arch", default=None, choices=ARCH_CHOICES, help=ARCH_HELP)
     b.add_argument("--latents", default=None, help="latent file in pipeline format (default: seeded random latents)")
     b.add_argument("--shape", default=None, help="latent shape BxTxHxW for random latents, e.g. 1x21x60x104")
     b.add_argument("--frames", type=int, default=None, help="pixel frames for random latents (1 + 4k), e.g. 81")
@@ -127,11 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         "compare",
         help="pixel error of a candidate path (dtype, executor) against the plain fp32 diffusers decode",
     )
-    c.add_argument("latents", nargs="?", default=None, help="latent file (default: seeded random latents, --shape)")
-    c.add_argument("--shape", default="1x3x8x8", help="latent shape BxTxHxW for random latents (default 1x3x8x8)")
-    c.add_argument("--vae", default=None, help="VAE checkpoint (as for decode); omitted: --arch with random weights")
-    c.add_argument("--arch", default=None, choices=("wan2.1", "wan2.2", "tiny-wan2.1", "tiny-wan2.2"),
-                   help="architecture for random weights (default tiny-wan2.1)")  # fmt: skip
+    c.add_argument("latents", nargs="?", default=None,
+                   help="latent file (default: a procedural clip encoded by the VAE itself, or --shape)")  # fmt: skip
+    c.add_argument("--shape", default=None, help="seeded random latents of this shape BxTxHxW instead")
+    c.add_argument("--clip", default="17x128x128",
+                   help="FxHxW of the default procedural clip (default 17x128x128)")  # fmt: skip
+    c.add_argument("--vae", default=None, help="VAE checkpoint (as for decode); omitted: the embedded trained VAE")
+    c.add_argument("--arch", default=None, choices=ARCH_CHOICES, help=ARCH_HELP)
     c.add_argument("--latent-format", choices=("pipeline", "raw"), default="pipeline")
     c.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16", help="candidate dtype")
     c.add_argument("--mode", choices=("async", "sync"), default="async", help="candidate executor")
@@ -140,8 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--json", action="store_true", help="print the result as JSON")
 
-    m = sub.add_parser("demo", help="decode a built-in sample latent video on the CPU into an MP4")
+    m = sub.add_parser(
+        "demo",
+        help="encode a procedural clip with the embedded trained VAE, decode it through the pipeline, and write "
+        "original and reconstruction side by side (CPU by default)",
+    )
     m.add_argument("-o", "--output", default="framepipe-demo.mp4", help="output (default framepipe-demo.mp4)")
+    m.add_argument("--frames", type=int, default=33, help="clip length, 1 + 4k frames (default 33)")
+    m.add_argument("--size", type=int, default=256, help="clip height and width, a multiple of 8 (default 256)")
+    m.add_argument("--seed", type=int, default=0, help="which procedural clip (default 0)")
     _add_decode_options(m, demo=True)
     add_data_parsers(sub)
     return parser
@@ -161,12 +169,11 @@ def _bench(args: argparse.Namespace) -> int:
 
     from ._bench import EncoderSettings, format_table, run_bench
     from ._latents import check_latents, load_latents
-    from ._models import load_vae, resolve_device
+    from ._models import describe_vae, load_vae, resolve_device
 
     device = resolve_device(args.device)
     custom = args.vae or args.arch or args.latents or args.shape or args.frames or args.size
-    arch = args.arch or ("wan2.1" if device.type == "cuda" or custom else "tiny-wan2.1")
-    vae = load_vae(args.vae, arch=None if args.vae else arch, dtype=args.dtype, device=device, seed=args.seed)
+    vae = load_vae(args.vae, arch=args.arch, dtype=args.dtype, device=device, seed=args.seed)
     if args.latents:
         latents = check_latents(load_latents(args.latents), z_dim=vae.config.z_dim)
     else:
@@ -186,7 +193,7 @@ def _bench(args: argparse.Namespace) -> int:
                                 segment_frames=args.segment_frames),  # fmt: skip
         warmup=args.warmup, runs=args.runs, slots=args.slots, profile=args.profile == "on",
         timeline_dir=timeline_dir, video_fps=args.video_fps, price_per_hour=args.price_per_hour, on_mode=announce,
-        stream_videos=args.stream_videos,
+        stream_videos=args.stream_videos, model=describe_vae(args.vae, args.arch, args.seed),
     )  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=2))
@@ -215,6 +222,20 @@ def _parse_shape(text: str) -> tuple[int, int, int, int]:
     return b, t, h, w
 
 
+def _parse_clip(text: str, vae) -> tuple[int, int, int]:
+    """``--clip FxHxW`` in pixels, checked against what ``vae`` can encode."""
+    spatial, temporal = vae.config.scale_factor_spatial, vae.config.scale_factor_temporal
+    try:
+        frames, height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise FramepipeError(f"Invalid --clip {text!r}; expected FxHxW in pixels, e.g. 17x128x128.") from None
+    if frames < 1 or (frames - 1) % temporal or min(height, width) < spatial or height % spatial or width % spatial:
+        raise FramepipeError(
+            f"Invalid --clip {text!r}: this VAE needs 1 + {temporal}k frames of multiples of {spatial} pixels."
+        )
+    return frames, height, width
+
+
 def _latent_shape(args: argparse.Namespace, vae, *, small: bool) -> tuple[int, ...]:
     z, spatial, temporal = vae.config.z_dim, vae.config.scale_factor_spatial, vae.config.scale_factor_temporal
     if args.shape:
@@ -241,24 +262,56 @@ def _compare(args: argparse.Namespace) -> int:
     from ._latents import load_latents
     from ._models import load_vae
 
-    arch = None if args.vae else (args.arch or "tiny-wan2.1")
-    vae = load_vae(args.vae, arch=arch, dtype="float32", device=args.device, seed=args.seed)
+    vae = load_vae(args.vae, arch=args.arch, dtype="float32", device=args.device, seed=args.seed)
+    latent_format, source = args.latent_format, args.latents
     if args.latents:
         latents = load_latents(args.latents)
-    else:
+    elif args.shape:
         b, t, h, w = _parse_shape(args.shape)
         latents = torch.randn(b, vae.config.z_dim, t, h, w, generator=torch.Generator().manual_seed(args.seed))
-    report = compare(vae, latents, dtype=args.dtype, mode=args.mode, slots=args.slots, latent_format=args.latent_format)
+        source = f"random latents {args.shape} (seed {args.seed})"
+    else:
+        from ._demo import clip_latents
+        from ._synth import synth_clips
+
+        frames, height, width = _parse_clip(args.clip, vae)
+        latents = clip_latents(vae, synth_clips(1, frames, height, width, seed=args.seed))
+        latent_format, source = "raw", f"procedural clip {args.clip} (seed {args.seed}) encoded by this VAE"
+    report = compare(vae, latents, dtype=args.dtype, mode=args.mode, slots=args.slots, latent_format=latent_format)
+    report["latents"] = source
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     e, ref, cand = report["error"], report["reference"], report["candidate"]
     psnr = "identical (inf)" if e["psnr_db"] is None else f"{e['psnr_db']:.2f} dB"
+    print(f"latents: {source}")
     print(f"reference: {ref['path']}, {ref['dtype']}, {ref['device']}")
     print(f"candidate: {cand['path']}, {cand['dtype']}, {cand['device']}")
     print(f"{report['videos']} x {report['frames_per_video']} frames of {report['width']}x{report['height']}: "
           f"max abs error {e['max_abs']}, mean abs error {e['mean_abs']:.4f}, PSNR {psnr}, "
           f"{100 * e['share_differing']:.3f} % of values differ")  # fmt: skip
+    return 0
+
+
+def _demo(args: argparse.Namespace, common: dict) -> int:
+    from ._demo import run_demo
+    from ._models import load_vae
+
+    if args.frames < 1 or (args.frames - 1) % 4 or args.size < 8 or args.size % 8:
+        raise FramepipeError(f"--frames must be 1 + 4k and --size a multiple of 8; got {args.frames} and {args.size}.")
+    vae = load_vae(None, dtype=args.dtype, device=args.device or "cpu")
+    if not args.quiet and not args.json:
+        print(f"framepipe demo: a procedural {args.frames}-frame {args.size}x{args.size} clip, encoded by "
+              "framepipe's trained tiny Wan 2.1 VAE and decoded again (left: original, right: decoded)",
+              file=sys.stderr)  # fmt: skip
+    demo = run_demo(args.output, vae, frames=args.frames, size=args.size, seed=args.seed, **common)
+    result = demo.decode
+    if args.json:
+        print(json.dumps({**result.to_dict(), "outputs": [str(args.output)], "psnr_db": round(demo.psnr_db, 3)}))
+    elif not args.quiet:
+        print(f"wrote {args.output}: {result.frames_per_video} frames of {2 * result.width}x{result.height} "
+              f"(original | decoded) in {result.seconds:.2f} s ({result.frames_per_second:.1f} frames/s, "
+              f"{result.mode}, {result.device}, {result.dtype}); PSNR {demo.psnr_db:.2f} dB")  # fmt: skip
     return 0
 
 
@@ -301,19 +354,8 @@ def _run(args: argparse.Namespace) -> int:
         progress=not args.quiet and not args.json,
     )  # fmt: skip
     if args.command == "demo":
-        from ._demo import sample_latents
-        from ._models import move_vae, random_vae, resolve_device, resolve_dtype
-
-        device = resolve_device(args.device or "cpu")
-        vae = move_vae(random_vae("tiny-wan2.1", seed=0), device=device, dtype=resolve_dtype(args.dtype))
-        if not args.quiet:
-            print(
-                "framepipe demo: a tiny Wan 2.1 VAE with seeded random weights decodes a built-in latent "
-                "video; the frames show moving patterns, not a real scene.",
-                file=sys.stderr,
-            )
-        result = decode(sample_latents(), args.output, vae=vae, latent_format="raw", **common)
-    elif len(args.latents) == 1:
+        return _demo(args, common)
+    if len(args.latents) == 1:
         result = decode(
             args.latents[0], args.output, vae=args.vae, arch=args.arch, device=args.device, dtype=args.dtype,
             latent_format=args.latent_format, seed=args.seed, **common,
