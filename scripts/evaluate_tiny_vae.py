@@ -12,25 +12,16 @@ where the VAE keeps 16 per 8x8 pixels per 4 frames).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+import train_tiny_vae  # scripts/ is on sys.path when a script runs
 
 from framepipe import load_vae
 from framepipe._postprocess import to_uint8_frames
 from framepipe._quality import psnr, ssim
 from framepipe._synth import synth_clips
-
-
-def _train_module():
-    path = Path(__file__).with_name("train_tiny_vae.py")
-    spec = importlib.util.spec_from_file_location("train_tiny_vae", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def bicubic_yardstick(clips: int, frames: int, size: int, seed: int) -> dict:
@@ -51,14 +42,13 @@ def main() -> None:
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = p.parse_args()
-    train = _train_module()
     vae = load_vae(args.vae, device=args.device)
     report = {"vae": args.vae or "embedded", "device": args.device, "size": f"{args.size}x{args.size}"}
     for frames in (int(f) for f in args.frames.split(",")):
-        model = train.evaluate(vae, torch.device(args.device), clips=args.clips, frames=frames, size=args.size)
+        model = train_tiny_vae.evaluate(vae, torch.device(args.device), clips=args.clips, frames=frames, size=args.size)
         report[f"{frames}_frames"] = {
             "vae": model,
-            "bicubic_8x": bicubic_yardstick(args.clips, frames, args.size, seed=train.HELD_OUT_SEED),
+            "bicubic_8x": bicubic_yardstick(args.clips, frames, args.size, seed=train_tiny_vae.HELD_OUT_SEED),
         }
         print(json.dumps({frames: report[f"{frames}_frames"]}), flush=True)
     print(json.dumps(report, indent=2))

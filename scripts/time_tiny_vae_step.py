@@ -12,22 +12,13 @@ the step is a replayed CUDA graph unless ``--no-graphs``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import time
-from pathlib import Path
 
 import torch
+import train_tiny_vae  # scripts/ is on sys.path when a script runs
 
 from framepipe._synth import synth_clips
-
-
-def _train_module():
-    path = Path(__file__).with_name("train_tiny_vae.py")
-    spec = importlib.util.spec_from_file_location("train_tiny_vae", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def main() -> None:
@@ -42,14 +33,13 @@ def main() -> None:
     args = p.parse_args()
     from diffusers import AutoencoderKLWan
 
-    train = _train_module()
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     torch.manual_seed(0)
-    vae = AutoencoderKLWan(**train.CONFIG, latents_mean=[0.0] * 16, latents_std=[1.0] * 16).to(device).train()
+    vae = AutoencoderKLWan(**train_tiny_vae.CONFIG, latents_mean=[0.0] * 16, latents_std=[1.0] * 16).to(device).train()
     x = synth_clips(args.batch, args.frames, args.size, args.size, seed=1)
     x = x.pin_memory() if device.type == "cuda" else x
-    trainer = train.Trainer(vae, lr=1e-4, kl_weight=1e-6, device=device, graphs=not args.no_graphs)
+    trainer = train_tiny_vae.Trainer(vae, lr=1e-4, kl_weight=1e-6, device=device, graphs=not args.no_graphs)
 
     def step() -> None:
         trainer.step(x, 1e-4)
