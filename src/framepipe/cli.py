@@ -14,12 +14,12 @@ from pathlib import Path
 from ._errors import FramepipeError
 
 EXIT_ERROR = 1
+EXIT_INTERRUPTED = 130
 ARCH_CHOICES = ("wan2.1", "wan2.2", "tiny-wan2.1", "tiny-wan2.2")
 ARCH_HELP = (
     "random weights of this architecture instead of the embedded trained VAE (noise; for benchmarking "
     "a full-size architecture); with --vae, checked against the checkpoint"
 )
-EXIT_INTERRUPTED = 130
 
 
 def _add_decode_options(p: argparse.ArgumentParser, *, demo: bool, mode: bool = True) -> None:
