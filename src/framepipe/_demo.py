@@ -87,9 +87,10 @@ def run_demo(
 ) -> DemoResult:
     """Encode a procedural ``frames`` x ``size`` x ``size`` clip with ``vae``, decode it through
     ``decode`` (async by default) and write original | reconstruction to ``output``."""
-    clip = synth_clips(1, frames, size, size, seed=seed)
-    latents = clip_latents(vae, clip)
     video = dict(fps=fps, crf=crf, preset=preset, codec=codec, segment_frames=segment_frames)
-    sink = SideBySideSink(open_sink(output, **video), to_uint8_frames(clip)[0].numpy())
+    inner = open_sink(output, **video)  # a bad output path fails here, before any work
+    clip = synth_clips(1, frames, size, size, seed=seed)
+    sink = SideBySideSink(inner, to_uint8_frames(clip)[0].numpy())
+    latents = clip_latents(vae, clip)
     result = decode(latents, sink, vae=vae, latent_format="raw", **decode_options)
     return DemoResult(decode=result, psnr_db=sink.psnr_db)
