@@ -31,6 +31,7 @@ from pathlib import Path
 
 import torch
 
+from framepipe._decode import _causal_conv_count
 from framepipe._postprocess import to_uint8_frames
 from framepipe._quality import psnr, ssim, ssim_map
 from framepipe._synth import synth_clips
@@ -96,13 +97,11 @@ def init_weights(vae) -> None:
                     weight[half * len(eye) : (half + 1) * len(eye), :, -1, 0, 0] = eye
 
 
-def reconstruct(vae, posterior) -> torch.Tensor:
-    """Decode a posterior sample frame by frame like ``vae.decode``, but without its final clamp,
-    so saturated pixels still get a gradient."""
-    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
-
-    cache = [None] * sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
-    z = vae.post_quant_conv(posterior.sample())
+def reconstruct(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Decode ``latents`` frame by frame like ``vae.decode``, but with gradients and without its
+    final clamp, so saturated pixels still get a gradient."""
+    cache = [None] * _causal_conv_count(vae)
+    z = vae.post_quant_conv(latents)
     frames = [
         vae.decoder(z[:, :, i : i + 1], feat_cache=cache, feat_idx=[0], first_chunk=i == 0) for i in range(z.shape[2])
     ]
@@ -138,7 +137,7 @@ class Trainer:
     def _step(self, x: torch.Tensor) -> torch.Tensor:
         with self.autocast:
             posterior = self.vae.encode(x).latent_dist
-            rec = reconstruct(self.vae, posterior)
+            rec = reconstruct(self.vae, posterior.sample())
         l1 = (rec.float() - x).abs().mean()
         structural = ssim_loss(rec, x)
         kl = posterior.kl().mean() / x[0].numel()
@@ -179,18 +178,13 @@ class Trainer:
         return graph, x, losses
 
 
-@torch.no_grad()
-def evaluate(vae, device: torch.device, *, clips: int = 4, frames: int = 17, size: int = 256) -> dict:
-    """Held-out reconstruction quality: PSNR and SSIM of uint8 frames, fp32, posterior mean."""
-    vae.eval()
+def score_held_out(reconstruct, device: torch.device, *, clips: int, frames: int, size: int) -> dict:
+    """PSNR and SSIM of uint8 frames of ``reconstruct(x)`` against the held-out clips ``x``."""
     scores = []
     for i in range(clips):
         x = synth_clips(1, frames, size, size, seed=HELD_OUT_SEED + i).to(device)
-        z = vae.encode(x).latent_dist.mode()
-        rec = vae.decode(z).sample
-        a, b = to_uint8_frames(x).cpu(), to_uint8_frames(rec).cpu()
+        a, b = to_uint8_frames(x).cpu(), to_uint8_frames(reconstruct(x)).cpu()
         scores.append((psnr(a.float(), b.float()), ssim(a, b)))
-    vae.train()
     return {
         "psnr_db": sum(s[0] for s in scores) / len(scores),
         "ssim": sum(s[1] for s in scores) / len(scores),
@@ -199,6 +193,19 @@ def evaluate(vae, device: torch.device, *, clips: int = 4, frames: int = 17, siz
         "size": f"{size}x{size}",
         "per_clip_psnr_db": [s[0] for s in scores],
     }
+
+
+@torch.no_grad()
+def evaluate(vae, device: torch.device, *, clips: int = 4, frames: int = 17, size: int = 256) -> dict:
+    """Held-out reconstruction quality: PSNR and SSIM of uint8 frames, fp32, posterior mean."""
+    vae.eval()
+    try:
+        return score_held_out(
+            lambda x: vae.decode(vae.encode(x).latent_dist.mode()).sample,
+            device, clips=clips, frames=frames, size=size,
+        )  # fmt: skip
+    finally:
+        vae.train()
 
 
 @torch.no_grad()
