@@ -24,8 +24,10 @@ measured on training clips), metrics.json (held-out PSNR/SSIM at 256x256), and t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -37,7 +39,8 @@ from framepipe._quality import psnr, ssim, ssim_map
 from framepipe._synth import synth_clips
 
 CONFIG = dict(base_dim=16, decoder_base_dim=24, z_dim=16)
-HELD_OUT_SEED = 1_000_000  # training seeds stay far below this
+HELD_OUT_SEED = 1_000_000  # training seeds stay far below this; the model card's scores use these
+VALIDATION_SEED = 1_500_000  # for choices made during training (EMA or raw weights), never reported
 
 
 class Clips(torch.utils.data.IterableDataset):
@@ -120,8 +123,8 @@ class Trainer:
     """One optimizer step per call. On CUDA each input shape is captured as a CUDA graph the first
     time it comes (after three eager warm-up steps on a side stream) and replayed from then on."""
 
-    def __init__(self, vae, *, lr: float, kl_weight: float, device: torch.device, graphs: bool):
-        self.vae, self.kl_weight, self.device = vae, kl_weight, device
+    def __init__(self, vae, *, lr: float, kl_weight: float, device: torch.device, graphs: bool, ema_decay: float = 0.0):
+        self.vae, self.kl_weight, self.device, self.ema_decay = vae, kl_weight, device, ema_decay
         self.graphs = graphs and device.type == "cuda"
         # A tensor learning rate lets the schedule change it without recapturing the graphs.
         self.lr = torch.tensor(lr, device=device) if self.graphs else lr
@@ -133,6 +136,21 @@ class Trainer:
             device.type, dtype=torch.bfloat16, enabled=device.type == "cuda", cache_enabled=not self.graphs
         )
         self._captured: dict[tuple, tuple] = {}
+        # An exponential moving average of the weights, updated inside the (captured) step.
+        self.ema = [p.detach().clone() for p in vae.parameters()] if ema_decay else []
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Within the block the model holds the EMA weights; the trained weights come back after."""
+        params = list(self.vae.parameters())
+        trained = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            torch._foreach_copy_(params, self.ema)
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                torch._foreach_copy_(params, trained)
 
     def _step(self, x: torch.Tensor) -> torch.Tensor:
         with self.autocast:
@@ -144,6 +162,9 @@ class Trainer:
         (l1 + 0.2 * structural + self.kl_weight * kl).backward()
         torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0, foreach=self.device.type == "cuda")
         self.opt.step()
+        if self.ema:
+            with torch.no_grad():
+                torch._foreach_lerp_(self.ema, list(self.vae.parameters()), 1 - self.ema_decay)
         return torch.stack([l1.detach(), structural.detach(), kl.detach()])
 
     def step(self, x: torch.Tensor, lr: float) -> torch.Tensor:
@@ -178,11 +199,14 @@ class Trainer:
         return graph, x, losses
 
 
-def score_held_out(reconstruct, device: torch.device, *, clips: int, frames: int, size: int) -> dict:
-    """PSNR and SSIM of uint8 frames of ``reconstruct(x)`` against the held-out clips ``x``."""
+def score_held_out(
+    reconstruct, device: torch.device, *, clips: int, frames: int, size: int, first_seed: int = HELD_OUT_SEED
+) -> dict:
+    """PSNR and SSIM of uint8 frames of ``reconstruct(x)`` against the held-out clips ``x``
+    (seeds from ``first_seed`` on)."""
     scores = []
     for i in range(clips):
-        x = synth_clips(1, frames, size, size, seed=HELD_OUT_SEED + i).to(device)
+        x = synth_clips(1, frames, size, size, seed=first_seed + i).to(device)
         a, b = to_uint8_frames(x).cpu(), to_uint8_frames(reconstruct(x)).cpu()
         scores.append((psnr(a.float(), b.float()), ssim(a, b)))
     return {
@@ -196,16 +220,29 @@ def score_held_out(reconstruct, device: torch.device, *, clips: int, frames: int
 
 
 @torch.no_grad()
-def evaluate(vae, device: torch.device, *, clips: int = 4, frames: int = 17, size: int = 256) -> dict:
+def evaluate(
+    vae, device: torch.device, *, clips: int = 4, frames: int = 17, size: int = 256, first_seed: int = HELD_OUT_SEED
+) -> dict:
     """Held-out reconstruction quality: PSNR and SSIM of uint8 frames, fp32, posterior mean."""
     vae.eval()
     try:
         return score_held_out(
             lambda x: vae.decode(vae.encode(x).latent_dist.mode()).sample,
-            device, clips=clips, frames=frames, size=size,
+            device, clips=clips, frames=frames, size=size, first_seed=first_seed,
         )  # fmt: skip
     finally:
         vae.train()
+
+
+@torch.no_grad()
+def validate(vae, trainer: Trainer, device: torch.device, *, clips: int, size: int) -> dict[str, float]:
+    """PSNR of the trained and the EMA weights on validation clips (17 frames), which the model card's
+    held-out scores never use."""
+    scores = {"trained": evaluate(vae, device, clips=clips, size=size, first_seed=VALIDATION_SEED)["psnr_db"]}
+    if trainer.ema:
+        with trainer.ema_weights():
+            scores["ema"] = evaluate(vae, device, clips=clips, size=size, first_seed=VALIDATION_SEED)["psnr_db"]
+    return scores
 
 
 @torch.no_grad()
@@ -231,6 +268,10 @@ def main() -> None:
     p.add_argument(
         "--steps", type=int, default=None, help="train this many steps (the schedule follows steps, not --minutes)"
     )
+    p.add_argument("--encoder-width", type=int, default=CONFIG["base_dim"], help="base_dim (Wan 2.1: 96)")
+    p.add_argument(
+        "--decoder-width", type=int, default=CONFIG["decoder_base_dim"], help="decoder_base_dim (Wan 2.1: 96)"
+    )
     p.add_argument("--batch", type=int, default=16)
     p.add_argument(
         "--frames",
@@ -242,6 +283,13 @@ def main() -> None:
     p.add_argument("--no-graphs", action="store_true", help="on CUDA, run eagerly instead of replaying CUDA graphs")
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--kl", type=float, default=1e-6)
+    p.add_argument(
+        "--ema",
+        type=float,
+        default=0.999,
+        help="decay of the weights' moving average (0: none); the export takes whichever of the average "
+        "and the trained weights scores better on validation clips",
+    )
     p.add_argument(
         "--logvar-init",
         type=float,
@@ -263,14 +311,18 @@ def main() -> None:
     from diffusers import AutoencoderKLWan
 
     device = torch.device(args.device)
+    if device.type == "cuda":
+        # The data workers take the cores; this process only drives the GPU and the evaluations' host side.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) - args.workers))
     torch.manual_seed(args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
-    vae = AutoencoderKLWan(**CONFIG, latents_mean=[0.0] * 16, latents_std=[1.0] * 16)
+    config = {**CONFIG, "base_dim": args.encoder_width, "decoder_base_dim": args.decoder_width}
+    vae = AutoencoderKLWan(**config, latents_mean=[0.0] * 16, latents_std=[1.0] * 16)
     init_weights(vae)
     vae.to(device).train()
     with torch.no_grad():
         vae.quant_conv.bias[vae.config.z_dim :].fill_(args.logvar_init)
-    trainer = Trainer(vae, lr=args.lr, kl_weight=args.kl, device=device, graphs=not args.no_graphs)
+    trainer = Trainer(vae, lr=args.lr, kl_weight=args.kl, device=device, graphs=not args.no_graphs, ema_decay=args.ema)
     opt = trainer.opt
     step, trained, log = 0, 0.0, []
     state_path = args.out / "train_state.pt"
@@ -278,6 +330,8 @@ def main() -> None:
         state = torch.load(state_path, map_location=device, weights_only=True)
         vae.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
+        if trainer.ema:
+            torch._foreach_copy_(trainer.ema, state["ema"])
         step, trained = int(state["step"]), float(state["seconds"])
         print(f"resumed at step {step} after {trained / 60:.1f} min", flush=True)
 
@@ -292,7 +346,8 @@ def main() -> None:
     first_step = step
 
     def save() -> None:
-        state = {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step, "seconds": time.monotonic() - start}
+        state = {"model": vae.state_dict(), "opt": opt.state_dict(), "ema": trainer.ema, "step": step,
+                 "seconds": time.monotonic() - start}  # fmt: skip
         torch.save(state, state_path)
 
     waited, fetched = 0.0, time.monotonic()
@@ -313,7 +368,8 @@ def main() -> None:
             log.append(entry)
             print(json.dumps(entry), flush=True)
         if step % args.eval_every == 0:
-            print(json.dumps({"step": step, "eval": evaluate(vae, device, clips=2, size=args.eval_size)}), flush=True)
+            scores = validate(vae, trainer, device, clips=2, size=args.eval_size)
+            print(json.dumps({"step": step, "validation_psnr_db": scores}), flush=True)
             save()
         fetched = time.monotonic()
 
@@ -322,6 +378,10 @@ def main() -> None:
     if time.monotonic() > stop and (step < args.steps if args.steps else trained < budget):
         print(json.dumps({"stopped_at_step": step, "minutes": round(trained / 60, 2), "continue": "--resume"}))
         return
+    scores = validate(vae, trainer, device, clips=4, size=args.eval_size)
+    if scores.get("ema", -math.inf) > scores["trained"]:
+        with torch.no_grad():
+            torch._foreach_copy_(list(vae.parameters()), trainer.ema)
     vae.eval()
     # Ship half-precision weights; measure the model as shipped (fp16 weights, fp32 compute).
     with torch.no_grad():
@@ -331,7 +391,9 @@ def main() -> None:
     vae.register_to_config(latents_mean=mean, latents_std=std)
     metrics = {"steps": step, "train_seconds": round(trained, 1), "batch": args.batch,
                "frames": args.frames, "size": args.size, "crop": crop, "lr": args.lr, "kl_weight": args.kl,
-               "cuda_graphs": trainer.graphs,
+               "encoder_width": args.encoder_width, "decoder_width": args.decoder_width,
+               "parameters": sum(p.numel() for p in vae.parameters()), "ema_decay": args.ema,
+               "validation_psnr_db": scores, "weights": max(scores, key=scores.get), "cuda_graphs": trainer.graphs,
                "held_out": evaluate(vae, device, clips=args.eval_clips, size=args.eval_size),
                "held_out_33_frames": evaluate(vae, device, clips=args.eval_clips, frames=33, size=args.eval_size),
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

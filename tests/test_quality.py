@@ -121,6 +121,24 @@ def test_identity_like_init_makes_the_output_follow_the_input():
     assert identity_like > 0.6 and identity_like > 2 * default
 
 
+def test_training_keeps_a_moving_average_of_the_weights():
+    from diffusers import AutoencoderKLWan
+
+    train = _train_module()
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(**train.CONFIG)
+    train.init_weights(vae)
+    start = [p.detach().clone() for p in vae.parameters()]
+    trainer = train.Trainer(vae, lr=1e-3, kl_weight=1e-6, device=torch.device("cpu"), graphs=False, ema_decay=0.75)
+    trainer.step(synth_clips(1, 5, 32, 32, seed=3), 1e-3)
+    trained = [p.detach().clone() for p in vae.parameters()]
+    for ema, before, after in zip(trainer.ema, start, trained, strict=True):
+        torch.testing.assert_close(ema, 0.75 * before + 0.25 * after)
+    with trainer.ema_weights():
+        assert all(torch.equal(p, e) for p, e in zip(vae.parameters(), trainer.ema, strict=True))
+    assert all(torch.equal(p, t) for p, t in zip(vae.parameters(), trained, strict=True))  # restored
+
+
 @pytest.mark.needs_cuda
 def test_training_step_as_cuda_graphs():
     from diffusers import AutoencoderKLWan
@@ -129,7 +147,7 @@ def test_training_step_as_cuda_graphs():
     vae = AutoencoderKLWan(**train.CONFIG)
     train.init_weights(vae)
     vae.to("cuda").train()
-    trainer = train.Trainer(vae, lr=1e-3, kl_weight=1e-6, device=torch.device("cuda"), graphs=True)
+    trainer = train.Trainer(vae, lr=1e-3, kl_weight=1e-6, device=torch.device("cuda"), graphs=True, ema_decay=0.9)
     before = {n: p.detach().clone() for n, p in vae.named_parameters()}
     batches = [synth_clips(2, f, 64, 64, seed=s, crop=32).pin_memory() for s, f in ((0, 5), (9, 9), (20, 5))]
     losses = [trainer.step(x, 1e-3).clone() for x in batches]
@@ -138,3 +156,5 @@ def test_training_step_as_cuda_graphs():
     assert all(torch.isfinite(loss).all() for loss in losses)
     moved = [n for n, p in vae.named_parameters() if not torch.equal(p, before[n])]
     assert len(moved) == len(before)  # the replayed graph's AdamW updated every weight in place
+    averaged = [e for e, b in zip(trainer.ema, before.values(), strict=True) if not torch.equal(e, b)]
+    assert len(averaged) == len(before)  # and the moving average, inside the same graph
