@@ -30,6 +30,8 @@ def command(settings: dict) -> str:
         f"--runs {settings['runs']}",
         f"--warmup {settings['warmup']}",
     ]
+    if enc.get("segment_frames"):
+        parts.append(f"--segment-frames {enc['segment_frames']}")
     if settings.get("price_per_gpu_hour") is not None:
         parts.append(f"--price-per-hour {settings['price_per_gpu_hour']:.2f}")
     return " ".join(parts)

@@ -131,6 +131,20 @@ def test_unwritable_output_and_bad_encoder(setup, capsys):
     assert sorted(p.name for p in tmp.iterdir()) == ["latents.safetensors", "vae"]
 
 
+def test_tail_segments_from_the_command_line(setup, capsys):
+    tmp, _, _ = setup
+    base = ["decode", tmp / "latents.safetensors", "--vae", tmp / "vae", "--preset", "ultrafast", "--quiet"]
+    code, out, err = _run(capsys, *base, "-o", tmp / "t.mp4", "--segment-frames", "tail")
+    assert code == 0, err
+    with av.open(str(tmp / "t.mp4")) as c:
+        assert sum(1 for _ in c.decode(video=0)) == 13
+    for bad in ("0", "head"):
+        with pytest.raises(SystemExit) as exit_info:
+            _run(capsys, *base, "-o", tmp / "u.mp4", "--segment-frames", bad)
+        assert exit_info.value.code == 2 and "'tail'" in capsys.readouterr().err
+    assert not (tmp / "u.mp4").exists()
+
+
 def test_encoder_failing_mid_video(setup, capsys, monkeypatch, no_thread_leak):
     tmp, _, _ = setup
     (tmp / "v.mp4").write_bytes(b"previous result")

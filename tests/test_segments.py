@@ -8,7 +8,7 @@ from conftest import small_latents, small_vae
 from framepipe import decode
 from framepipe._errors import EncoderError
 from framepipe._postprocess import to_uint8_frames
-from framepipe._segments import SegmentedVideoSink
+from framepipe._segments import SegmentedVideoSink, tail_plan
 from framepipe._sinks import VideoFileSink
 from framepipe._synth import synth_clips
 
@@ -33,7 +33,7 @@ def _write(sink, frames, chunk=4):
     sink.close()
 
 
-@pytest.mark.parametrize("segment", [1, 10, 33, 50])
+@pytest.mark.parametrize("segment", [1, 10, 33, 50, "tail"])
 def test_segments_join_into_one_file_with_every_frame_in_order(tmp_path, segment, no_thread_leak):
     src = _frames()
     _write(VideoFileSink(tmp_path / "one.mp4"), src)
@@ -101,3 +101,35 @@ def test_an_encoder_failure_in_a_segment_is_reported_and_cleaned_up(tmp_path, mo
             sink.abort()  # as the pipeline does when a sink fails
             raise
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("frames", [1, 2, 4, 5, 9, 17, 33, 81, 161])
+def test_tail_plan_halves_towards_the_end(frames):
+    plan = tail_plan(frames)
+    assert sum(plan) == frames
+    assert len(plan) == 1 or plan[-1] == 4
+    assert all(a == 2 * b for a, b in zip(plan[1:-1], plan[2:], strict=False))  # doubling away from the end
+    assert len(plan) == 1 or plan[0] >= 4  # no first segment shorter than the last
+
+
+def test_tail_segments_follow_the_plan(tmp_path, monkeypatch):
+    lengths = {}
+    import framepipe._segments as segments
+
+    original = segments.join_segments
+
+    def record(paths, output, fps, got):
+        lengths["got"] = list(got)
+        original(paths, output, fps, got)
+
+    monkeypatch.setattr(segments, "join_segments", record)
+    _write(SegmentedVideoSink(tmp_path / "t.mp4", segment_frames="tail"), _frames(33))
+    assert lengths["got"] == tail_plan(33) == [5, 16, 8, 4]
+    assert len(_read(tmp_path / "t.mp4")) == 33
+
+
+def test_tail_needs_the_frame_count(tmp_path):
+    with pytest.raises(ValueError, match="frame count"):
+        SegmentedVideoSink(tmp_path / "t.mp4", segment_frames="tail").open(frames=0, height=16, width=16)
+    with pytest.raises(ValueError, match="segment_frames"):
+        SegmentedVideoSink(tmp_path / "t.mp4", segment_frames="head")

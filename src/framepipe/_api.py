@@ -63,7 +63,7 @@ def decode(
     crf: int | None = 18,
     preset: str | None = "medium",
     codec: str = "libx264",
-    segment_frames: int | None = None,
+    segment_frames: int | str | None = None,
     slots: int = 2,
     latent_frames_per_chunk: int = 1,
     progress: bool = False,
@@ -84,8 +84,9 @@ def decode(
         latent_format: ``"pipeline"`` for latents as ``WanPipeline(output_type="latent")`` returns
             them (de-normalized here with the VAE's ``latents_mean``/``latents_std``), or ``"raw"``.
         fps, crf, preset, codec: video encoder settings (see ``VideoFileSink``).
-        segment_frames: opt-in: encode video files as independent segments of this many frames,
-            several at once, joined into one file (a different bitstream; see ``SegmentedVideoSink``).
+        segment_frames: opt-in: encode video files as independent segments of this many frames, or
+            ``"tail"`` for segments that halve towards the end, several at once, joined into one
+            file (a different bitstream; see ``SegmentedVideoSink``).
         slots: ring depth of the async executor (>= 1; 2 is double buffering).
         latent_frames_per_chunk: latent frames decoded per chunk (4 frames each; the first gives 1).
         progress: show a progress bar with frames/s on stderr.
@@ -166,7 +167,7 @@ def decode_many(
     crf: int | None = 18,
     preset: str | None = "medium",
     codec: str = "libx264",
-    segment_frames: int | None = None,
+    segment_frames: int | str | None = None,
     slots: int = 2,
     max_open: int = 2,
     progress: bool = False,

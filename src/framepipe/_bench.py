@@ -48,7 +48,7 @@ class EncoderSettings:
     preset: str = "medium"
     crf: int = 18
     fps: float = 16.0
-    segment_frames: int | None = None  # opt-in segment-parallel encoding (SegmentedVideoSink)
+    segment_frames: int | str | None = None  # opt-in segment-parallel encoding (SegmentedVideoSink)
 
     def sink(self, path: Path) -> Sink:
         return open_sink(path, fps=self.fps, codec=self.codec, preset=self.preset, crf=self.crf,

@@ -1,11 +1,16 @@
 """Encode one video as independent segments, several encoders at once, joined into one file.
 
 The plain MP4 sink has one encoder, and x264 keeps tens of frames in flight. So when the last
-chunk is decoded, a second or more of encoding is still ahead. Here every ``segment_frames``
-frames go to a fresh encoder on its own thread, as they arrive. Each segment starts with a
+chunk is decoded, a second or more of encoding is still ahead. Here the frames go, as they
+arrive, to a fresh encoder per segment, each on its own thread. Each segment starts with a
 keyframe and references nothing outside itself. On ``close`` the segments' packets are remuxed, in
 order and with shifted timestamps, into one file with the same frame count and order. Only the
 last segment's encoding is left once the frames are in.
+
+Segments are either all ``segment_frames`` long, or, with ``segment_frames="tail"``, they halve
+in length towards the end of the video (``tail_plan``): long segments early, while there is still
+decoding to hide their encoding behind, and a last one of a few frames, so the encoding left after
+the last chunk is short.
 
 This changes the bitstream (more keyframes, rate control restarted per segment), not the frames
 handed to the encoder: it is opt-in (``segment_frames``), and its effect on size and decoded
@@ -29,6 +34,29 @@ from ._errors import EncoderError, OutputError
 from ._sinks import VIDEO_SUFFIXES, VideoFileSink, _check_frames, _check_parent, _remove, _temporary_sibling
 
 _DONE = object()
+TAIL = "tail"
+
+
+def tail_plan(frames: int, last: int = 4) -> list[int]:
+    """Segment lengths for ``frames`` frames that double from the end: ..., 4 * last, 2 * last, last.
+
+    The encoding a segment still has to do once its last frame arrives grows with its length, and
+    the time left until the decoding ends grows with its distance from the end, so lengths that
+    grow away from the end keep every segment's remaining work behind the decoding. Frames left
+    over at the start form a first segment of their own (joined to the next if shorter than
+    ``last``: every segment costs a keyframe)."""
+    if frames < 1 or last < 1:
+        raise ValueError(f"tail_plan needs frames >= 1 and last >= 1, got {frames} and {last}.")
+    lengths, length, left = [], last, frames
+    while left > 0:
+        lengths.append(min(length, left))
+        left -= lengths[-1]
+        length *= 2
+    lengths.reverse()
+    if len(lengths) > 1 and lengths[0] < last:
+        first = lengths.pop(0)
+        lengths[0] += first
+    return lengths
 
 
 class _Segment:
@@ -62,9 +90,10 @@ class SegmentedVideoSink:
 
     Args:
         path: output ``.mp4``, ``.mov`` or ``.mkv``.
-        segment_frames: frames per independently encoded segment.
+        segment_frames: frames per independently encoded segment, or ``"tail"`` for segments that
+            halve in length towards the end (``tail_plan``; needs the frame count at ``open``).
         workers: segments encoding at the same time, at most; the next segment waits for one to
-            finish (this bounds host memory to ``workers * segment_frames`` frames).
+            finish (this bounds host memory to the frames of ``workers`` segments).
         fps, codec, crf, preset, pix_fmt, options: as for ``VideoFileSink``; every segment uses them.
     """
 
@@ -72,26 +101,33 @@ class SegmentedVideoSink:
         self,
         path: str | os.PathLike[str],
         *,
-        segment_frames: int = 20,
+        segment_frames: int | str = 20,
         workers: int | None = None,
         **video_options,
     ) -> None:
         self.path = Path(path)
         if self.path.suffix.lower() not in VIDEO_SUFFIXES:
             raise OutputError(f"Unsupported video file type {self.path.suffix!r}; use {', '.join(VIDEO_SUFFIXES)}.")
-        if segment_frames < 1:
-            raise ValueError(f"segment_frames must be at least 1, got {segment_frames}.")
+        if segment_frames != TAIL and (not isinstance(segment_frames, int) or segment_frames < 1):
+            raise ValueError(f"segment_frames must be a whole number >= 1 or {TAIL!r}, got {segment_frames!r}.")
         self.segment_frames = segment_frames
         self.workers = max(1, workers or min(8, os.cpu_count() or 1))
         self.video_options = video_options
         self.fps = VideoFileSink(self.path, **video_options).fps  # validates the settings now
         self._dir: Path | None = None
         self._segments: list[_Segment] = []
-        self._in_current = 0
+        self._lengths: list[int] = []  # frames sent to each segment so far
+        self._plan: list[int] = []
         self._closed = False
 
     def open(self, *, frames: int, height: int, width: int) -> None:
         _check_parent(self.path)
+        if self.segment_frames == TAIL:
+            if frames < 1:
+                raise ValueError(f"segment_frames={TAIL!r} needs the video's frame count when the sink opens.")
+            self._plan = tail_plan(frames)
+        else:
+            self._plan = [self.segment_frames] * max(1, -(-frames // self.segment_frames))
         self._height, self._width = height, width
         try:
             self._dir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".segments", dir=self.path.parent))
@@ -110,7 +146,7 @@ class SegmentedVideoSink:
         self._raise_errors()
         sink = VideoFileSink(self._dir / f"{len(self._segments):05d}{self.path.suffix}", **self.video_options)
         self._segments.append(_Segment(sink, self._height, self._width))
-        self._in_current = 0
+        self._lengths.append(0)
 
     def _raise_errors(self) -> None:
         for i, segment in enumerate(self._segments):
@@ -123,11 +159,12 @@ class SegmentedVideoSink:
         _check_frames(frames, self._height, self._width)
         self._raise_errors()
         for frame in frames:
-            if self._in_current == self.segment_frames:
+            planned = self._plan[min(len(self._lengths), len(self._plan)) - 1]  # beyond the plan: its last
+            if self._lengths[-1] == planned:
                 self._segments[-1].frames.put(_DONE)
                 self._start_segment()
             self._segments[-1].frames.put(np.array(frame))  # a copy: see Note [Sinks do not keep frames]
-            self._in_current += 1
+            self._lengths[-1] += 1
 
     def close(self) -> None:
         if self._closed or self._dir is None:
@@ -138,7 +175,7 @@ class SegmentedVideoSink:
         tmp = _temporary_sibling(self.path)
         try:
             self._raise_errors()
-            join_segments([s.sink.path for s in self._segments], tmp, self.fps, self.segment_frames)
+            join_segments([s.sink.path for s in self._segments], tmp, self.fps, self._lengths)
             os.replace(tmp, self.path)
         except BaseException:
             _remove(tmp)
@@ -162,8 +199,9 @@ class SegmentedVideoSink:
         self._closed = True
 
 
-def join_segments(paths: list[Path], output: Path, fps: Fraction, segment_frames: int) -> None:
-    """Remux closed-GOP segments, in order, into one file: timestamps shift by each segment's start."""
+def join_segments(paths: list[Path], output: Path, fps: Fraction, lengths: list[int]) -> None:
+    """Remux closed-GOP segments of ``lengths`` frames, in order, into one file: timestamps shift
+    by each segment's first frame."""
     import av
 
     inputs = [av.open(str(p)) for p in paths]
@@ -174,8 +212,10 @@ def join_segments(paths: list[Path], output: Path, fps: Fraction, segment_frames
             raise EncoderError("The segments' encoder headers differ, so they cannot share one stream.")
         with av.open(str(output), mode="w") as out:
             target = out.add_stream_from_template(streams[0])
-            for i, (container, stream) in enumerate(zip(inputs, streams, strict=True)):
-                shift = int(Fraction(i * segment_frames) / fps / stream.time_base)
+            start = 0
+            for container, stream, length in zip(inputs, streams, lengths, strict=True):
+                shift = int(Fraction(start) / fps / stream.time_base)
+                start += length
                 for packet in container.demux(stream):
                     if packet.dts is None:  # the demuxer's end-of-stream marker
                         continue

@@ -340,7 +340,7 @@ class ArraySink:
         self.frames = None
 
 
-def open_sink(path: str | os.PathLike[str], *, segment_frames: int | None = None, **video_options) -> Sink:
+def open_sink(path: str | os.PathLike[str], *, segment_frames: int | str | None = None, **video_options) -> Sink:
     """Pick a sink by the output path: a video file by suffix, ``.npy``, or a folder for PNGs.
 
     ``segment_frames`` (video files only, opt-in) encodes independent segments in parallel and

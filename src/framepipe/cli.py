@@ -22,6 +22,18 @@ ARCH_HELP = (
 )
 
 
+def _segment_frames(text: str) -> int | str:
+    if text == "tail":
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number of frames >= 1 or 'tail', got {text!r}")
+    return value
+
+
 def _add_decode_options(p: argparse.ArgumentParser, *, demo: bool, mode: bool = True) -> None:
     if mode:
         p.add_argument(
@@ -42,11 +54,12 @@ def _add_decode_options(p: argparse.ArgumentParser, *, demo: bool, mode: bool = 
     p.add_argument("--codec", default="libx264", help="FFmpeg video encoder (default libx264)")
     p.add_argument(
         "--segment-frames",
-        type=int,
+        type=_segment_frames,
         default=None,
-        metavar="N",
-        help="opt-in: encode independent segments of N frames in parallel and join them into one file "
-        "(same frames in, a different bitstream: more keyframes, slightly larger file)",
+        metavar="N|tail",
+        help="opt-in: encode independent segments of N frames in parallel and join them into one file; "
+        "'tail': segments that halve in length towards the end, so little encoding is left after the "
+        "last chunk (same frames in, a different bitstream: more keyframes, a larger file)",
     )
     p.add_argument("--slots", type=int, default=2, help="async ring depth (default 2: double buffering)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
