@@ -15,7 +15,8 @@ GPU, sets the pace at this width.
     python scripts/train_tiny_vae.py --workers 15 --out runs/tiny                 # one H100/H200, 17.4 min
     python scripts/train_tiny_vae.py --steps 2 --size 32 --crop 16 --device cpu   # smoke test
 
-The defaults are the settings of the shipped model (see src/framepipe/models/tiny-wan2.1/README.md).
+The defaults are the settings of the shipped model (see src/framepipe/models/tiny-wan2.1/README.md),
+except the moving average of the weights (--ema), which came later: --ema 0 repeats that run.
 Writes to --out: the diffusers folder (config.json + fp16 safetensors, with latents_mean/std
 measured on training clips), metrics.json (held-out PSNR/SSIM at 256x256), and train_state.pt for
 --resume (--stop-after splits a run across several calls; the schedule follows the total).
