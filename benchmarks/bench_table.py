@@ -30,6 +30,8 @@ def command(settings: dict) -> str:
         f"--runs {settings['runs']}",
         f"--warmup {settings['warmup']}",
     ]
+    if enc.get("device_yuv"):
+        parts.append("--device-yuv")
     if enc.get("segment_frames"):
         parts.append(f"--segment-frames {enc['segment_frames']}")
     if settings.get("price_per_gpu_hour") is not None:

@@ -19,7 +19,7 @@ from ._errors import (
 )
 from ._latents import check_latents, denormalize, load_latents
 from ._models import ARCHITECTURES, EMBEDDED_VAE, embedded_vae, load_vae, random_vae
-from ._postprocess import to_uint8_frames
+from ._postprocess import to_uint8_frames, to_yuv420p_frames
 from ._sinks import ArraySink, NpySink, PngFolderSink, Sink, VideoFileSink, open_sink
 
 __version__ = "0.1.0"
@@ -52,4 +52,5 @@ __all__ = [
     "open_sink",
     "random_vae",
     "to_uint8_frames",
+    "to_yuv420p_frames",
 ]

@@ -64,6 +64,7 @@ def decode(
     preset: str | None = "medium",
     codec: str = "libx264",
     segment_frames: int | str | None = None,
+    device_yuv: bool = False,
     slots: int = 2,
     latent_frames_per_chunk: int = 1,
     progress: bool = False,
@@ -87,6 +88,10 @@ def decode(
         segment_frames: opt-in: encode video files as independent segments of this many frames, or
             ``"tail"`` for segments that halve towards the end, several at once, joined into one
             file (a different bitstream; see ``SegmentedVideoSink``).
+        device_yuv: opt-in: convert frames to yuv420p on the decoding device, so half the bytes
+            cross to the host and the encoder gets its planes as they are. The RGB frames are the
+            same; the chroma differs from FFmpeg's default conversion (``to_yuv420p_frames``).
+            Video file outputs only.
         slots: ring depth of the async executor (>= 1; 2 is double buffering).
         latent_frames_per_chunk: latent frames decoded per chunk (4 frames each; the first gives 1).
         progress: show a progress bar with frames/s on stderr.
@@ -111,8 +116,9 @@ def decode(
     latents = _prepare(latents, vae, latent_format)
 
     g = geometry(vae, tuple(latents.shape), latent_frames_per_chunk=latent_frames_per_chunk)
+    frame_format = "yuv420p" if device_yuv else "rgb24"
     sinks, outputs = _make_sinks(output, g.batch, fps=fps, crf=crf, preset=preset, codec=codec,
-                                 segment_frames=segment_frames)  # fmt: skip
+                                 segment_frames=segment_frames, frame_format=frame_format)  # fmt: skip
 
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
@@ -125,9 +131,10 @@ def decode(
             sink.open(frames=g.frames, height=g.height, width=g.width)
             opened.append(sink)
         if mode == "sync":
-            run_sync(chunks, sinks, progress=bar.update, trace=trace)
+            run_sync(chunks, sinks, progress=bar.update, trace=trace, frame_format=frame_format)
         else:
-            run_async(chunks, sinks, device=torch_device, geometry=g, slots=slots, progress=bar.update, trace=trace)
+            run_async(chunks, sinks, device=torch_device, geometry=g, slots=slots, progress=bar.update, trace=trace,
+                      frame_format=frame_format)  # fmt: skip
         with stage("write", "flush", trace):  # the encoder's look-ahead tail
             for sink in sinks:
                 sink.close()
@@ -168,6 +175,7 @@ def decode_many(
     preset: str | None = "medium",
     codec: str = "libx264",
     segment_frames: int | str | None = None,
+    device_yuv: bool = False,
     slots: int = 2,
     max_open: int = 2,
     progress: bool = False,
@@ -189,7 +197,9 @@ def decode_many(
         vae = load_vae(vae, arch=arch, dtype=dtype, device=device, seed=seed)
     param = next(vae.parameters())
     torch_device, torch_dtype = param.device, param.dtype
-    video_options = dict(fps=fps, crf=crf, preset=preset, codec=codec, segment_frames=segment_frames)
+    frame_format = "yuv420p" if device_yuv else "rgb24"
+    video_options = dict(fps=fps, crf=crf, preset=preset, codec=codec, segment_frames=segment_frames,
+                         frame_format=frame_format)  # fmt: skip
     opened: list[Sink] = []
     chunk_sources: list[Iterator[torch.Tensor]] = []
     outputs: list[str] = []
@@ -228,7 +238,8 @@ def decode_many(
             for item in inputs[1:]:
                 yield prepare(item)[0]
 
-        run_async_stream(jobs(), device=torch_device, geometry=first, slots=slots, max_open=max_open, trace=trace)
+        run_async_stream(jobs(), device=torch_device, geometry=first, slots=slots, max_open=max_open, trace=trace,
+                         frame_format=frame_format)  # fmt: skip
     except BaseException:
         for sink in opened:
             sink.abort()
@@ -269,6 +280,9 @@ def _make_sinks(output, batch: int, **video_options) -> tuple[list[Sink], list[s
         sinks = list(output)
         if len(sinks) != batch:
             raise ValueError(f"Got {len(sinks)} sink(s) for {batch} video(s); give one sink per video.")
+        wanted = video_options.get("frame_format", "rgb24")
+        if any(getattr(s, "frame_format", "rgb24") != wanted for s in sinks):
+            raise ValueError(f"Every sink must take {wanted} frames (a video sink's frame_format).")
         return sinks, [str(getattr(s, "path", type(s).__name__)) for s in sinks]
     paths = batch_paths(Path(output), batch)
     if len(set(paths)) != len(paths):

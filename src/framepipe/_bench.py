@@ -4,8 +4,8 @@ Modes:
     diffusers    what users do today: ``vae.decode`` of the whole video, copy to host, convert, encode.
     sync         framepipe's reference executor (per chunk: decode, copy, convert, encode).
     async        framepipe's asynchronous pipeline.
-    gpu-only     the chunked decode plus uint8 conversion on the GPU; nothing is copied out or
-                 encoded. This is the floor for the decoder.
+    gpu-only     the chunked decode plus uint8 conversion on the GPU (to yuv420p with
+                 ``device_yuv``); nothing is copied out or encoded. This is the floor for the decoder.
     encode-only  host encoding of the same frames (decoded beforehand); no GPU work.
     async-stream ``stream_videos`` copies of the video back to back through one pipeline
                  (``decode_many``); figures are per video, comparable with the others.
@@ -33,7 +33,7 @@ from ._cost import FORMULA, gpu_seconds_per_video_second, usd_per_1000_hours
 from ._decode import decode_chunks, geometry
 from ._executors import numbered_chunks
 from ._latents import denormalize
-from ._postprocess import to_uint8_frames
+from ._postprocess import converter, to_uint8_frames
 from ._profile import profile_run
 from ._sinks import Sink, open_sink
 from ._trace import PipelineTrace, stage
@@ -49,10 +49,16 @@ class EncoderSettings:
     crf: int = 18
     fps: float = 16.0
     segment_frames: int | str | None = None  # opt-in segment-parallel encoding (SegmentedVideoSink)
+    device_yuv: bool = False  # opt-in yuv420p conversion on the device
 
-    def sink(self, path: Path) -> Sink:
+    @property
+    def frame_format(self) -> str:
+        return "yuv420p" if self.device_yuv else "rgb24"
+
+    def sink(self, path: Path, frame_format: str | None = None) -> Sink:
+        frame_format = frame_format or self.frame_format
         return open_sink(path, fps=self.fps, codec=self.codec, preset=self.preset, crf=self.crf,
-                         segment_frames=self.segment_frames)  # fmt: skip
+                         segment_frames=self.segment_frames, frame_format=frame_format)  # fmt: skip
 
 
 @dataclass
@@ -147,8 +153,8 @@ class Bench:
         config = self.vae.config
         return denormalize(self.latents, config.latents_mean, config.latents_std, dtype=self.dtype)
 
-    def _sinks(self, mode: str):
-        return [self.encoder.sink(self.workdir / f"{mode}-{i}.mp4") for i in range(self.geometry.batch)]
+    def _sinks(self, mode: str, frame_format: str | None = None):
+        return [self.encoder.sink(self.workdir / f"{mode}-{i}.mp4", frame_format) for i in range(self.geometry.batch)]
 
     def _open(self, sinks) -> None:
         g = self.geometry
@@ -156,7 +162,7 @@ class Bench:
             sink.open(frames=g.frames, height=g.height, width=g.width)
 
     def run_diffusers(self, trace: PipelineTrace) -> None:
-        sinks = self._sinks("diffusers")
+        sinks = self._sinks("diffusers", "rgb24")  # what users do today: RGB frames from the host
         self._open(sinks)
         with stage("decode", 0, trace), torch.inference_mode():
             z = self._denormalized()
@@ -175,17 +181,19 @@ class Bench:
                 sink.close()
 
     def run_framepipe(self, mode: str, trace: PipelineTrace) -> None:
-        decode(self.latents, self._sinks(mode), vae=self.vae, mode=mode, slots=self.slots, trace=trace)
+        decode(self.latents, self._sinks(mode), vae=self.vae, mode=mode, slots=self.slots, trace=trace,
+               device_yuv=self.encoder.device_yuv)  # fmt: skip
 
     def run_stream(self, trace: PipelineTrace) -> None:
         pairs = [(self.latents, self._sinks(f"stream{i}")) for i in range(self.stream_videos)]
-        decode_many(pairs, vae=self.vae, slots=self.slots, trace=trace)
+        decode_many(pairs, vae=self.vae, slots=self.slots, trace=trace, device_yuv=self.encoder.device_yuv)
 
     def run_gpu_only(self, trace: PipelineTrace) -> None:
         with torch.inference_mode():
             z = self._denormalized()
+            convert = converter(self.encoder.frame_format)
             for _, chunk in numbered_chunks(decode_chunks(self.vae, z), trace):
-                to_uint8_frames(chunk)
+                convert(chunk)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
@@ -206,7 +214,8 @@ class Bench:
         """Decode once and keep the uint8 chunks on the host, for encode-only."""
         with torch.inference_mode():
             z = self._denormalized()
-            self._frames = [to_uint8_frames(c).cpu().numpy() for c in decode_chunks(self.vae, z)]
+            convert = converter(self.encoder.frame_format)
+            self._frames = [convert(c).cpu().numpy() for c in decode_chunks(self.vae, z)]
 
     def runner(self, mode: str) -> Callable[[PipelineTrace], None]:
         if mode == "diffusers":

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import torch
 
 from ._decode import VideoGeometry
-from ._postprocess import to_uint8_frames
+from ._postprocess import converter, frame_shape
 from ._sinks import Sink
 from ._trace import PipelineTrace, stage
 
@@ -55,8 +55,10 @@ def run_sync(
     *,
     progress: ProgressFn = _noop,
     trace: PipelineTrace | None = None,
+    frame_format: str = "rgb24",
 ) -> None:
     """Reference executor: each chunk is decoded, copied to the host, converted and written in turn."""
+    convert = converter(frame_format)
     for index, chunk in numbered_chunks(chunks, trace):
         with stage("copy", index, trace):
             host = chunk.cpu()  # blocks until the decode has finished
@@ -64,7 +66,7 @@ def run_sync(
             trace.add_d2h(host.nbytes)
         del chunk
         with stage("write", index, trace):
-            frames = to_uint8_frames(host)
+            frames = convert(host)
             for video, sink in enumerate(sinks):
                 sink.write(frames[video].numpy())
         progress(frames.shape[1])
@@ -159,6 +161,7 @@ def run_async(
     slots: int = 2,
     progress: ProgressFn = _noop,
     trace: PipelineTrace | None = None,
+    frame_format: str = "rgb24",
 ) -> None:
     """Asynchronous executor: decode, device-to-host copy and writing overlap; same frames as ``run_sync``.
 
@@ -166,7 +169,7 @@ def run_async(
     The sinks are left open for the caller to close.
     """
     job = Job(chunks, sinks, progress, close=False)
-    run_async_stream([job], device=device, geometry=geometry, slots=slots, trace=trace)
+    run_async_stream([job], device=device, geometry=geometry, slots=slots, trace=trace, frame_format=frame_format)
 
 
 def run_async_stream(
@@ -177,6 +180,7 @@ def run_async_stream(
     slots: int = 2,
     max_open: int = 2,
     trace: PipelineTrace | None = None,
+    frame_format: str = "rgb24",
 ) -> None:
     """Run many jobs through one asynchronous pipeline, back to back.
 
@@ -217,14 +221,18 @@ def run_async_stream(
         while active:
             active.popleft().cancel()
 
+    convert = converter(frame_format)
     if device.type == "cuda":
+        frame = frame_shape(frame_format, geometry.height, geometry.width)
         _stream_cuda(jobs, start, check, finish_all, cancel_all, device=device, geometry=geometry, slots=slots,
-                     trace=trace)  # fmt: skip
+                     trace=trace, convert=convert, frame=frame)  # fmt: skip
     else:
-        _stream_host(jobs, start, check, finish_all, cancel_all, slots=slots, trace=trace)
+        _stream_host(jobs, start, check, finish_all, cancel_all, slots=slots, trace=trace, convert=convert)
 
 
-def _stream_host(jobs, start, check, finish_all, cancel_all, *, slots: int, trace: PipelineTrace | None) -> None:
+def _stream_host(
+    jobs, start, check, finish_all, cancel_all, *, slots: int, trace: PipelineTrace | None, convert
+) -> None:
     try:
         for job in jobs:
 
@@ -239,7 +247,7 @@ def _stream_host(jobs, start, check, finish_all, cancel_all, *, slots: int, trac
             writer = start(job, handle, lambda _: None, slots)
             for index, chunk in numbered_chunks(job.chunks, trace):
                 check()
-                frames = to_uint8_frames(chunk)
+                frames = convert(chunk)
                 del chunk
                 writer.put((index, frames))
                 del frames
@@ -253,7 +261,7 @@ def _stream_host(jobs, start, check, finish_all, cancel_all, *, slots: int, trac
 
 
 class _Ring:
-    """``slots`` pairs of buffers: uint8 frames in VRAM and in pinned host memory, with their events.
+    """``slots`` pairs of buffers: uint8 frames (RGB or yuv420p) in VRAM and in pinned host memory, with their events.
 
     Note [Slot reuse]: a slot is handed out again only after the writer has released it, which it
     does after waiting on ``copied[k]`` and after every sink's ``write`` returned (Note [Sinks do
@@ -293,11 +301,13 @@ def _stream_cuda(
     geometry: VideoGeometry,
     slots: int,
     trace: PipelineTrace | None,
+    convert,
+    frame: tuple[int, ...],
 ) -> None:
     compute = torch.cuda.Stream(device)
     copy = torch.cuda.Stream(device)
     g = geometry
-    ring = _Ring(slots, (g.batch, g.max_chunk_frames, g.height, g.width, 3), device)
+    ring = _Ring(slots, (g.batch, g.max_chunk_frames, *frame), device)
 
     def release(item: object) -> None:
         if item is not _CLOSE:
@@ -328,7 +338,7 @@ def _stream_cuda(
                         )
                     k = ring.acquire(check)
                     compute.wait_event(ring.copied[k])  # Note [Slot reuse]
-                    to_uint8_frames(chunk, out=ring.device[k][:, :t])
+                    convert(chunk, out=ring.device[k][:, :t])
                     ring.converted[k].record(compute)
                     del chunk
                     with stage("copy", index, trace), torch.cuda.stream(copy):

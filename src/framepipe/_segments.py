@@ -113,6 +113,7 @@ class SegmentedVideoSink:
         self.segment_frames = segment_frames
         self.workers = max(1, workers or min(8, os.cpu_count() or 1))
         self.video_options = video_options
+        self.frame_format = video_options.get("frame_format", "rgb24")
         self.fps = VideoFileSink(self.path, **video_options).fps  # validates the settings now
         self._dir: Path | None = None
         self._segments: list[_Segment] = []
@@ -156,7 +157,7 @@ class SegmentedVideoSink:
     def write(self, frames: np.ndarray) -> None:
         if self._dir is None:
             raise RuntimeError("This sink is not open; call open() first.")
-        _check_frames(frames, self._height, self._width)
+        _check_frames(frames, self._height, self._width, self.frame_format)
         self._raise_errors()
         for frame in frames:
             planned = self._plan[min(len(self._lengths), len(self._plan)) - 1]  # beyond the plan: its last

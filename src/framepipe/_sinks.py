@@ -23,6 +23,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ._errors import EncoderError, OutputError
+from ._postprocess import FRAME_FORMATS, frame_shape
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
@@ -31,7 +32,7 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 
 @runtime_checkable
 class Sink(Protocol):
-    """Receives the uint8 RGB frames of one video, in order."""
+    """Receives the uint8 frames of one video, in order (RGB; yuv420p planes where a video sink asks for them)."""
 
     def open(self, *, frames: int, height: int, width: int) -> None:
         """Prepare to receive ``frames`` frames of ``height`` x ``width``; fail early on bad settings."""
@@ -83,10 +84,12 @@ def _remove(path: Path | None) -> None:
         path.unlink(missing_ok=True)
 
 
-def _check_frames(frames: np.ndarray, height: int, width: int) -> None:
-    if frames.dtype != np.uint8 or frames.ndim != 4 or frames.shape[1:] != (height, width, 3):
+def _check_frames(frames: np.ndarray, height: int, width: int, frame_format: str = "rgb24") -> None:
+    shape = frame_shape(frame_format, height, width)
+    if frames.dtype != np.uint8 or frames.shape[1:] != shape:
+        expected = ", ".join(map(str, ("t", *shape)))
         raise ValueError(
-            f"Expected frames of shape [t, {height}, {width}, 3] uint8, got {frames.shape} {frames.dtype}."
+            f"Expected {frame_format} frames of shape [{expected}] uint8, got {frames.shape} {frames.dtype}."
         )
 
 
@@ -102,6 +105,9 @@ class VideoFileSink:
         pix_fmt: encoded pixel format (default ``yuv420p``, playable everywhere). RGB -> YUV uses
             FFmpeg's swscale with BT.601 limited-range coefficients.
         options: extra encoder options passed to FFmpeg as strings.
+        frame_format: what ``write`` receives: ``"rgb24"`` frames [t, H, W, 3] (default), or
+            ``"yuv420p"`` planes [t, H * 3 / 2, W] already converted (``to_yuv420p_frames``),
+            which go to a yuv420p encoder as they are.
     """
 
     def __init__(
@@ -114,10 +120,16 @@ class VideoFileSink:
         preset: str | None = "medium",
         pix_fmt: str = "yuv420p",
         options: dict[str, str] | None = None,
+        frame_format: str = "rgb24",
     ) -> None:
         self.path = Path(path)
         if self.path.suffix.lower() not in VIDEO_SUFFIXES:
             raise OutputError(f"Unsupported video file type {self.path.suffix!r}; use {', '.join(VIDEO_SUFFIXES)}.")
+        if frame_format not in FRAME_FORMATS:
+            raise ValueError(f"Invalid frame_format {frame_format!r}. Supported: {', '.join(FRAME_FORMATS)}.")
+        if frame_format == "yuv420p" and pix_fmt != "yuv420p":
+            raise EncoderError(f"yuv420p frames need a yuv420p encoder, not pix_fmt {pix_fmt!r}.")
+        self.frame_format = frame_format
         if not fps > 0:
             raise ValueError(f"fps must be positive, got {fps}.")
         self.fps = Fraction(fps).limit_denominator(1001)
@@ -175,10 +187,10 @@ class VideoFileSink:
 
         if self._stream is None:
             raise RuntimeError("This sink is not open; call open() first.")
-        _check_frames(frames, self._height, self._width)
+        _check_frames(frames, self._height, self._width, self.frame_format)
         try:
             for frame in frames:
-                video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24")
+                video_frame = av.VideoFrame.from_ndarray(frame, format=self.frame_format)
                 video_frame.pts = self._count
                 self._count += 1
                 for packet in self._stream.encode(video_frame):
@@ -353,6 +365,11 @@ def open_sink(path: str | os.PathLike[str], *, segment_frames: int | str | None 
 
             return SegmentedVideoSink(path, segment_frames=segment_frames, **video_options)
         return VideoFileSink(path, **video_options)
+    if video_options.get("frame_format", "rgb24") != "rgb24":
+        raise OutputError(
+            f"yuv420p frames from the device go only to video files ({', '.join(VIDEO_SUFFIXES)}), not {path}; "
+            "drop --device-yuv for .npy or PNG output."
+        )
     if suffix == ".npy":
         return NpySink(path)
     if suffix == "" or path.is_dir():

@@ -61,6 +61,14 @@ def _add_decode_options(p: argparse.ArgumentParser, *, demo: bool, mode: bool = 
         "'tail': segments that halve in length towards the end, so little encoding is left after the "
         "last chunk (same frames in, a different bitstream: more keyframes, a larger file)",
     )
+    if not demo:
+        p.add_argument(
+            "--device-yuv",
+            action="store_true",
+            help="opt-in: convert frames to yuv420p on the GPU (half the bytes to the host, no colour "
+            "conversion there; same RGB frames, chroma within one level of FFmpeg's area filter, not its "
+            "default bilinear one); video files only",
+        )
     p.add_argument("--slots", type=int, default=2, help="async ring depth (default 2: double buffering)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
@@ -203,7 +211,7 @@ def _bench(args: argparse.Namespace) -> int:
     report = run_bench(
         vae, latents, modes=modes,
         encoder=EncoderSettings(codec=args.codec, preset=args.preset, crf=args.crf, fps=args.fps,
-                                segment_frames=args.segment_frames),  # fmt: skip
+                                segment_frames=args.segment_frames, device_yuv=args.device_yuv),  # fmt: skip
         warmup=args.warmup, runs=args.runs, slots=args.slots, profile=args.profile == "on",
         timeline_dir=timeline_dir, video_fps=args.video_fps, price_per_hour=args.price_per_hour, on_mode=announce,
         stream_videos=args.stream_videos, model=describe_vae(args.vae, args.arch, args.seed),
@@ -368,6 +376,7 @@ def _run(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if args.command == "demo":
         return _demo(args, common)
+    common["device_yuv"] = args.device_yuv
     if len(args.latents) == 1:
         result = decode(
             args.latents[0], args.output, vae=args.vae, arch=args.arch, device=args.device, dtype=args.dtype,
