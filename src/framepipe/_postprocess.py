@@ -26,19 +26,20 @@ def to_uint8_frames(chunk: torch.Tensor, out: torch.Tensor | None = None) -> tor
     return out
 
 
-# BT.601 limited range, as FFmpeg's swscale converts RGB for yuv420p encoders.
-_Y = (65.481, 128.553, 24.966)
-_U = (-37.797, -74.203, 112.0)
-_V = (112.0, -93.786, -18.214)
+# BT.601 limited range, as FFmpeg's swscale converts RGB for yuv420p encoders, per unit of 8-bit RGB.
+_Y = tuple(w / 255 for w in (65.481, 128.553, 24.966))
+_U = tuple(w / 255 for w in (-37.797, -74.203, 112.0))
+_V = tuple(w / 255 for w in (112.0, -93.786, -18.214))
 
 
 def _weighted(rgb: torch.Tensor, weights: tuple[float, float, float], offset: float) -> torch.Tensor:
-    # One elementwise op at a time (each correctly rounded in float32), so CPU and CUDA agree bytewise.
+    # One multiply or add at a time, each correctly rounded in float32, so the CPU and CUDA give the
+    # same bytes (no division: CUDA divides by a scalar through its reciprocal).
     r, g, b = rgb.unbind(-1)
     total = r * weights[0]
     total = total + g * weights[1]
     total = total + b * weights[2]
-    return (total / 255.0 + offset).round_().clamp_(0.0, 255.0)
+    return (total + offset).round_().clamp_(0.0, 255.0)
 
 
 def to_yuv420p_frames(chunk: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -55,7 +56,7 @@ def to_yuv420p_frames(chunk: torch.Tensor, out: torch.Tensor | None = None) -> t
         raise ValueError(f"yuv420p needs even frame sizes, got {w}x{h}.")
     rgb = to_uint8_frames(chunk).float()  # [B, t, H, W, 3], whole numbers
     y = _weighted(rgb, _Y, 16.0)
-    pooled = rgb.reshape(b, t, h // 2, 2, w // 2, 2, 3).sum(dim=(3, 5)) / 4.0  # exact: sums of 4 bytes
+    pooled = rgb.reshape(b, t, h // 2, 2, w // 2, 2, 3).sum(dim=(3, 5)) * 0.25  # exact: sums of 4 bytes
     u, v = _weighted(pooled, _U, 128.0), _weighted(pooled, _V, 128.0)
     planes = torch.cat([y.reshape(b, t, -1), u.reshape(b, t, -1), v.reshape(b, t, -1)], dim=2)
     planes = planes.reshape(b, t, h * 3 // 2, w)
