@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 
 import torch
 import train_tiny_vae  # scripts/ is on sys.path when a script runs
 from diffusers import AutoencoderKLWan
 
+from framepipe._quality import psnr
 from framepipe._synth import synth_clips
 
 
@@ -35,9 +35,9 @@ def _vae(identity_like: bool) -> AutoencoderKLWan:
 def _held_out_psnr(vae, crop: int) -> float:
     vae.eval()
     x = synth_clips(4, 1, 256, 256, seed=train_tiny_vae.HELD_OUT_SEED, crop=crop)
-    mse = ((vae.decode(vae.encode(x).latent_dist.mode()).sample - x) / 2).pow(2).mean().item()
+    score = psnr(vae.decode(vae.encode(x).latent_dist.mode()).sample, x, peak=2.0)  # [-1, 1]: a range of 2
     vae.train()
-    return 10 * math.log10(1 / mse)
+    return score
 
 
 def init_study(steps: int, lr: float, batch: int, crop: int) -> dict:

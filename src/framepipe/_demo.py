@@ -82,7 +82,7 @@ def run_demo(
     crf: int | None = 18,
     preset: str | None = "medium",
     codec: str = "libx264",
-    segment_frames: int | None = None,
+    segment_frames: int | str | None = None,
     **decode_options,
 ) -> DemoResult:
     """Encode a procedural ``frames`` x ``size`` x ``size`` clip with ``vae``, decode it through

@@ -113,12 +113,12 @@ class SegmentedVideoSink:
         self.segment_frames = segment_frames
         self.workers = max(1, workers or min(8, os.cpu_count() or 1))
         self.video_options = video_options
-        self.frame_format = video_options.get("frame_format", "rgb24")
-        self.fps = VideoFileSink(self.path, **video_options).fps  # validates the settings now
+        probe = VideoFileSink(self.path, **video_options)  # validates the settings now
+        self.fps, self.frame_format = probe.fps, probe.frame_format
         self._dir: Path | None = None
         self._segments: list[_Segment] = []
         self._lengths: list[int] = []  # frames sent to each segment so far
-        self._plan: list[int] = []
+        self._plan: list[int] = []  # segment lengths; past its end, the last one repeats
         self._closed = False
 
     def open(self, *, frames: int, height: int, width: int) -> None:
@@ -128,7 +128,7 @@ class SegmentedVideoSink:
                 raise ValueError(f"segment_frames={TAIL!r} needs the video's frame count when the sink opens.")
             self._plan = tail_plan(frames)
         else:
-            self._plan = [self.segment_frames] * max(1, -(-frames // self.segment_frames))
+            self._plan = [self.segment_frames]
         self._height, self._width = height, width
         try:
             self._dir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".segments", dir=self.path.parent))
@@ -160,7 +160,7 @@ class SegmentedVideoSink:
         _check_frames(frames, self._height, self._width, self.frame_format)
         self._raise_errors()
         for frame in frames:
-            planned = self._plan[min(len(self._lengths), len(self._plan)) - 1]  # beyond the plan: its last
+            planned = self._plan[min(len(self._lengths), len(self._plan)) - 1]
             if self._lengths[-1] == planned:
                 self._segments[-1].frames.put(_DONE)
                 self._start_segment()
