@@ -379,6 +379,14 @@ def main() -> None:
     if time.monotonic() > stop and (step < args.steps if args.steps else trained < budget):
         print(json.dumps({"stopped_at_step": step, "minutes": round(trained / 60, 2), "continue": "--resume"}))
         return
+    # The export needs no more batches: end the data workers (and their pinning thread) first.
+    del loader, x
+    exported = time.monotonic()
+
+    def stage(name: str) -> None:
+        print(json.dumps({"export": name, "s": round(time.monotonic() - exported, 1)}), flush=True)
+
+    stage("validating")
     scores = validate(vae, trainer, device, clips=4, size=args.eval_size)
     if scores.get("ema", -math.inf) > scores["trained"]:
         with torch.no_grad():
@@ -388,7 +396,9 @@ def main() -> None:
     with torch.no_grad():
         for param in vae.parameters():
             param.copy_(param.half().float())
+    stage("latent statistics")
     mean, std = latent_statistics(vae, device, size=min(128, args.eval_size))
+    stage("held-out scores")
     vae.register_to_config(latents_mean=mean, latents_std=std)
     metrics = {"steps": step, "train_seconds": round(trained, 1), "batch": args.batch,
                "frames": args.frames, "size": args.size, "crop": crop, "lr": args.lr, "kl_weight": args.kl,
@@ -399,6 +409,7 @@ def main() -> None:
                "held_out_33_frames": evaluate(vae, device, clips=args.eval_clips, frames=33, size=args.eval_size),
                "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
                "torch": torch.__version__}  # fmt: skip
+    stage("saving")
     vae.to(torch.float16).save_pretrained(args.out / "model", safe_serialization=True)
     (args.out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     (args.out / "log.json").write_text(json.dumps(log))
