@@ -34,6 +34,7 @@ def command(settings: dict) -> str:
         parts.append("--device-yuv")
     if enc.get("segment_frames"):
         parts.append(f"--segment-frames {enc['segment_frames']}")
+    parts += [f"--encoder-option {key}={value}" for key, value in enc.get("options", {}).items()]
     if settings.get("price_per_gpu_hour") is not None:
         parts.append(f"--price-per-hour {settings['price_per_gpu_hour']:.2f}")
     return " ".join(parts)

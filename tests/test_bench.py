@@ -1,6 +1,8 @@
 """The bench: its arithmetic, its trace parsing, and a smoke run of every mode on a tiny model."""
 
+import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,13 +88,20 @@ def test_bench_stream_mode_is_reported_per_video():
 
 def test_bench_cli_json(tmp_path, capsys):
     code = main(["bench", "--arch", "tiny-wan2.1", "--shape", "1x2x4x4", "--runs", "1", "--warmup", "0",
-                 "--modes", "sync,async,gpu-only", "--profile", "off", "--json", "--device", "cpu"])  # fmt: skip
+                 "--modes", "sync,async,gpu-only", "--profile", "off", "--json", "--device", "cpu",
+                 "--encoder-option", "threads=2"])  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 0, err
     report = json.loads(out)
     assert [r["mode"] for r in report["modes"]] == ["sync", "async", "gpu-only"]
     assert report["settings"]["latents_shape"] == [1, 16, 2, 4, 4]
     assert report["settings"]["model"] == "random tiny-wan2.1 (seed 0)"
+    assert report["settings"]["encoder"]["options"] == {"threads": "2"}
+    script = Path(__file__).parents[1] / "benchmarks" / "bench_table.py"
+    spec = importlib.util.spec_from_file_location("bench_table", script)
+    bench_table = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_table)
+    assert "--encoder-option threads=2" in bench_table.command(report["settings"])
 
 
 def test_bench_defaults_to_the_embedded_vae(capsys):

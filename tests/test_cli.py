@@ -125,6 +125,8 @@ def test_unwritable_output_and_bad_encoder(setup, capsys):
         (tmp / "x.gif", [], "Unsupported output type"),
         (tmp / "x.mp4", ["--codec", "nosuchcodec"], "nosuchcodec"),
         (tmp / "x.mp4", ["--preset", "ludicrous"], "Invalid preset"),
+        (tmp / "x.mp4", ["--encoder-option", "rc_lookahead=0"], "has no option 'rc_lookahead'"),
+        (tmp / "x.mp4", ["--encoder-option", "threads=many"], "threads"),
     ]:
         code, out, err = _run(capsys, *base, "-o", output, *extra)
         assert code == 1 and err.count("\n") == 1 and message in err, (output, err)
@@ -142,6 +144,19 @@ def test_tail_segments_from_the_command_line(setup, capsys):
         with pytest.raises(SystemExit) as exit_info:
             _run(capsys, *base, "-o", tmp / "u.mp4", "--segment-frames", bad)
         assert exit_info.value.code == 2 and "'tail'" in capsys.readouterr().err
+    assert not (tmp / "u.mp4").exists()
+
+
+def test_encoder_options_from_the_command_line(setup, capsys):
+    tmp, _, _ = setup
+    base = ["decode", tmp / "latents.safetensors", "--vae", tmp / "vae", "--preset", "ultrafast", "--quiet"]
+    code, out, err = _run(capsys, *base, "-o", tmp / "k.mp4", "--encoder-option", "g=1", "--encoder-option", "bf=0")
+    assert code == 0, err
+    with av.open(str(tmp / "k.mp4")) as c:
+        assert [p.is_keyframe for p in c.demux(video=0) if p.size] == [True] * 13
+    with pytest.raises(SystemExit) as exit_info:
+        _run(capsys, *base, "-o", tmp / "u.mp4", "--encoder-option", "threads")
+    assert exit_info.value.code == 2 and "KEY=VALUE" in capsys.readouterr().err
     assert not (tmp / "u.mp4").exists()
 
 

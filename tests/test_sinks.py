@@ -96,7 +96,22 @@ def test_bad_encoder_settings(tmp_path):
         VideoFileSink(tmp_path / "v.mp4", codec="nosuchcodec").open(frames=1, height=32, width=48)
     with pytest.raises(EncoderError, match="even"):
         VideoFileSink(tmp_path / "v.mp4").open(frames=1, height=33, width=48)
+    with pytest.raises(EncoderError, match=r"Encoder 'libx264' has no option 'lookahead', 'thread'; `ffmpeg -h"):
+        VideoFileSink(tmp_path / "v.mp4", options={"thread": "2", "lookahead": "0", "g": "4"}).open(
+            frames=1, height=32, width=48
+        )
     assert list(tmp_path.iterdir()) == []
+
+
+def test_encoder_options_reach_the_encoder(tmp_path):
+    frames = _frames(n=6)
+    for name, options in [("default", {}), ("g1", {"g": "1"})]:
+        _write(VideoFileSink(tmp_path / f"{name}.mp4", preset="ultrafast", options=options), frames)
+    keyframes = {}
+    for name in ("default", "g1"):
+        with av.open(str(tmp_path / f"{name}.mp4")) as c:
+            keyframes[name] = [p.is_keyframe for p in c.demux(video=0) if p.size]
+    assert keyframes == {"default": [True] + [False] * 5, "g1": [True] * 6}
 
 
 def test_unwritable_outputs(tmp_path):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -63,6 +63,7 @@ def decode(
     crf: int | None = 18,
     preset: str | None = "medium",
     codec: str = "libx264",
+    encoder_options: Mapping[str, str] | None = None,
     segment_frames: int | str | None = None,
     device_yuv: bool = False,
     slots: int = 2,
@@ -85,6 +86,7 @@ def decode(
         latent_format: ``"pipeline"`` for latents as ``WanPipeline(output_type="latent")`` returns
             them (de-normalized here with the VAE's ``latents_mean``/``latents_std``), or ``"raw"``.
         fps, crf, preset, codec: video encoder settings (see ``VideoFileSink``).
+        encoder_options: further FFmpeg encoder options, as strings (``{"threads": "4"}``).
         segment_frames: opt-in: encode video files as independent segments of this many frames, or
             ``"tail"`` for segments that halve towards the end, several at once, joined into one
             file (a different bitstream; see ``SegmentedVideoSink``).
@@ -118,7 +120,8 @@ def decode(
     g = geometry(vae, tuple(latents.shape), latent_frames_per_chunk=latent_frames_per_chunk)
     frame_format = "yuv420p" if device_yuv else "rgb24"
     sinks, outputs = _make_sinks(output, g.batch, fps=fps, crf=crf, preset=preset, codec=codec,
-                                 segment_frames=segment_frames, frame_format=frame_format)  # fmt: skip
+                                 options=dict(encoder_options or {}), segment_frames=segment_frames,
+                                 frame_format=frame_format)  # fmt: skip
 
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
@@ -174,6 +177,7 @@ def decode_many(
     crf: int | None = 18,
     preset: str | None = "medium",
     codec: str = "libx264",
+    encoder_options: Mapping[str, str] | None = None,
     segment_frames: int | str | None = None,
     device_yuv: bool = False,
     slots: int = 2,
@@ -198,8 +202,8 @@ def decode_many(
     param = next(vae.parameters())
     torch_device, torch_dtype = param.device, param.dtype
     frame_format = "yuv420p" if device_yuv else "rgb24"
-    video_options = dict(fps=fps, crf=crf, preset=preset, codec=codec, segment_frames=segment_frames,
-                         frame_format=frame_format)  # fmt: skip
+    video_options = dict(fps=fps, crf=crf, preset=preset, codec=codec, options=dict(encoder_options or {}),
+                         segment_frames=segment_frames, frame_format=frame_format)  # fmt: skip
     opened: list[Sink] = []
     chunk_sources: list[Iterator[torch.Tensor]] = []
     outputs: list[str] = []

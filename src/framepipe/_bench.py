@@ -50,6 +50,7 @@ class EncoderSettings:
     fps: float = 16.0
     segment_frames: int | str | None = None  # opt-in segment-parallel encoding (SegmentedVideoSink)
     device_yuv: bool = False  # opt-in yuv420p conversion on the device
+    options: dict[str, str] = field(default_factory=dict)  # further FFmpeg encoder options
 
     @property
     def frame_format(self) -> str:
@@ -58,7 +59,8 @@ class EncoderSettings:
     def sink(self, path: Path, frame_format: str | None = None) -> Sink:
         frame_format = frame_format or self.frame_format
         return open_sink(path, fps=self.fps, codec=self.codec, preset=self.preset, crf=self.crf,
-                         segment_frames=self.segment_frames, frame_format=frame_format)  # fmt: skip
+                         options=self.options, segment_frames=self.segment_frames,
+                         frame_format=frame_format)  # fmt: skip
 
 
 @dataclass

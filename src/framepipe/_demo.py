@@ -8,6 +8,7 @@ into one video, measuring the reconstruction's PSNR on the way. No file, GPU or 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,12 +83,15 @@ def run_demo(
     crf: int | None = 18,
     preset: str | None = "medium",
     codec: str = "libx264",
+    encoder_options: Mapping[str, str] | None = None,
     segment_frames: int | str | None = None,
     **decode_options,
 ) -> DemoResult:
     """Encode a procedural ``frames`` x ``size`` x ``size`` clip with ``vae``, decode it through
     ``decode`` (async by default) and write original | reconstruction to ``output``."""
-    video = dict(fps=fps, crf=crf, preset=preset, codec=codec, segment_frames=segment_frames)
+    video = dict(
+        fps=fps, crf=crf, preset=preset, codec=codec, options=dict(encoder_options or {}), segment_frames=segment_frames
+    )
     inner = open_sink(output, **video)  # a bad output path fails here, before any work
     clip = synth_clips(1, frames, size, size, seed=seed)
     sink = SideBySideSink(inner, to_uint8_frames(clip)[0].numpy())

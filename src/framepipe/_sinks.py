@@ -104,7 +104,8 @@ class VideoFileSink:
         preset: encoder speed preset (default ``medium``).
         pix_fmt: encoded pixel format (default ``yuv420p``, playable everywhere). RGB -> YUV uses
             FFmpeg's swscale with BT.601 limited-range coefficients.
-        options: extra encoder options passed to FFmpeg as strings.
+        options: extra encoder options passed to FFmpeg as strings (``{"threads": "4"}``); one the
+            encoder does not know fails ``open`` with an ``EncoderError``.
         frame_format: what ``write`` receives: ``"rgb24"`` frames [t, H, W, 3] (default), or
             ``"yuv420p"`` planes [t, H * 3 / 2, W] already converted (``to_yuv420p_frames``),
             which go to a yuv420p encoder as they are.
@@ -181,6 +182,13 @@ class VideoFileSink:
             ) from e
         finally:
             av.logging.set_level(level)
+        unused = sorted(self._stream.codec_context.options)  # FFmpeg hands back what no one took
+        if unused:
+            self.abort()
+            raise EncoderError(
+                f"Encoder {self.codec!r} has no option {', '.join(map(repr, unused))}; "
+                f"`ffmpeg -h encoder={self.codec}` lists its options."
+            )
 
     def write(self, frames: np.ndarray) -> None:
         import av

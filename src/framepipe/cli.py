@@ -34,6 +34,13 @@ def _segment_frames(text: str) -> int | str:
     return value
 
 
+def _encoder_option(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (e.g. threads=4), got {text!r}")
+    return key.strip(), value.strip()
+
+
 def _add_decode_options(p: argparse.ArgumentParser, *, demo: bool, mode: bool = True) -> None:
     if mode:
         p.add_argument(
@@ -52,6 +59,14 @@ def _add_decode_options(p: argparse.ArgumentParser, *, demo: bool, mode: bool = 
     p.add_argument("--crf", type=int, default=18, help="x264/x265 constant rate factor (default 18)")
     p.add_argument("--preset", default="medium", help="encoder preset (default medium)")
     p.add_argument("--codec", default="libx264", help="FFmpeg video encoder (default libx264)")
+    p.add_argument(
+        "--encoder-option",
+        type=_encoder_option,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a further FFmpeg encoder option, e.g. threads=4 or rc-lookahead=20 (repeat for more)",
+    )
     p.add_argument(
         "--segment-frames",
         type=_segment_frames,
@@ -211,7 +226,8 @@ def _bench(args: argparse.Namespace) -> int:
     report = run_bench(
         vae, latents, modes=modes,
         encoder=EncoderSettings(codec=args.codec, preset=args.preset, crf=args.crf, fps=args.fps,
-                                segment_frames=args.segment_frames, device_yuv=args.device_yuv),  # fmt: skip
+                                segment_frames=args.segment_frames, device_yuv=args.device_yuv,
+                                options=dict(args.encoder_option)),  # fmt: skip
         warmup=args.warmup, runs=args.runs, slots=args.slots, profile=args.profile == "on",
         timeline_dir=timeline_dir, video_fps=args.video_fps, price_per_hour=args.price_per_hour, on_mode=announce,
         stream_videos=args.stream_videos, model=describe_vae(args.vae, args.arch, args.seed),
@@ -371,7 +387,7 @@ def _run(args: argparse.Namespace) -> int:
 
     common = dict(
         mode=args.mode, fps=args.fps, crf=args.crf, preset=args.preset, codec=args.codec, slots=args.slots,
-        segment_frames=args.segment_frames,
+        encoder_options=dict(args.encoder_option), segment_frames=args.segment_frames,
         progress=not args.quiet and not args.json,
     )  # fmt: skip
     if args.command == "demo":
