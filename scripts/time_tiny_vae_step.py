@@ -27,6 +27,9 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=9)
     p.add_argument("--size", type=int, default=128)
     p.add_argument("--steps", type=int, default=8)
+    p.add_argument(
+        "--decoder-width", type=int, default=train_tiny_vae.CONFIG["decoder_base_dim"], help="decoder_base_dim"
+    )
     p.add_argument("--no-graphs", action="store_true", help="run the step eagerly instead of as a CUDA graph")
     p.add_argument("--cudnn-benchmark", action="store_true")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -36,7 +39,8 @@ def main() -> None:
     device = torch.device(args.device)
     torch.backends.cudnn.benchmark = args.cudnn_benchmark
     torch.manual_seed(0)
-    vae = AutoencoderKLWan(**train_tiny_vae.CONFIG, latents_mean=[0.0] * 16, latents_std=[1.0] * 16).to(device).train()
+    config = {**train_tiny_vae.CONFIG, "decoder_base_dim": args.decoder_width}
+    vae = AutoencoderKLWan(**config, latents_mean=[0.0] * 16, latents_std=[1.0] * 16).to(device).train()
     x = synth_clips(args.batch, args.frames, args.size, args.size, seed=1)
     x = x.pin_memory() if device.type == "cuda" else x
     trainer = train_tiny_vae.Trainer(vae, lr=1e-4, kl_weight=1e-6, device=device, graphs=not args.no_graphs)
