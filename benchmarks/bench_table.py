@@ -13,8 +13,10 @@ from pathlib import Path
 def command(settings: dict) -> str:
     enc = settings["encoder"]
     model = settings.get("model") or "random wan2.1"  # reports from before the field: random Wan 2.1
-    if model.startswith("random "):
-        model_option = f"--arch {model.split()[1]}"
+    if model.startswith("random "):  # "random ARCH (seed N)"
+        arch, _, seed = model.removeprefix("random ").partition(" (seed ")
+        seed = seed.rstrip(")")
+        model_option = f"--arch {arch}" + (f" --seed {seed}" if seed not in ("", "0") else "")
     elif model.startswith("checkpoint "):
         model_option = f"--vae {model.removeprefix('checkpoint ')}"
     else:
