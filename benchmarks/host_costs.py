@@ -6,6 +6,11 @@
 2. Does the interpreter lock serialize encoders on Python threads (segments, a stream's writers)?
    Encodes the same clip twice, one after the other and then on two threads at once, with
    libx264 ``threads=1`` so that only Python's threads can run them in parallel.
+3. Do encoders on other threads slow a thread that launches many small operations, as the
+   decode thread launches kernels? Times a loop of tiny torch operations alone, then while
+   encoders run on other threads: one encoder, and five (as tail segments run at once), with
+   libx264 ``threads=1`` or its default thread count, at normal priority or with the encoding
+   threads at nice 10 (the threads x264 creates inherit it from the thread that opens it).
 
     python benchmarks/host_costs.py   # 41 procedural frames of 480x832, libx264 medium crf 18
 """
@@ -13,6 +18,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import tempfile
 import threading
@@ -21,18 +27,52 @@ from pathlib import Path
 
 import av
 import numpy as np
+import torch
 
 from framepipe._postprocess import to_uint8_frames
 from framepipe._sinks import VideoFileSink
 from framepipe._synth import synth_clips
 
 
-def encode(frames: np.ndarray, path: Path, preset: str, crf: int) -> None:
-    sink = VideoFileSink(path, preset=preset, crf=crf, options={"threads": "1"})
+def encode(frames: np.ndarray, path: Path, preset: str, crf: int, threads: str | None = "1") -> None:
+    sink = VideoFileSink(path, preset=preset, crf=crf, options={"threads": threads} if threads else {})
     sink.open(frames=len(frames), height=frames.shape[1], width=frames.shape[2])
     for i in range(0, len(frames), 4):
         sink.write(frames[i : i + 4])
     sink.close()
+
+
+def launch_loop(ops: int = 20_000) -> float:
+    """Seconds for ``ops`` tiny in-place torch operations: Python and dispatch, almost no arithmetic."""
+    t = torch.zeros(16)
+    start = time.perf_counter()
+    for _ in range(ops):
+        t.add_(1)
+    return time.perf_counter() - start
+
+
+def launch_loop_beside_encoders(
+    frames: np.ndarray, folder: Path, preset: str, crf: int, *, encoders: int, threads: str | None, nice: int
+) -> float:
+    """Best of 5 ``launch_loop`` timings while ``encoders`` threads encode ``frames`` over and over."""
+    stop = threading.Event()
+
+    def keep_encoding(i: int) -> None:
+        if nice:  # Linux: a thread's own nice value, which the encoder's threads inherit
+            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        while not stop.is_set():
+            encode(frames, folder / f"bg{i}.mp4", preset, crf, threads)
+
+    workers = [threading.Thread(target=keep_encoding, args=(i,)) for i in range(encoders)]
+    for w in workers:
+        w.start()
+    try:
+        time.sleep(1.0)  # the encoders are under way
+        return min(launch_loop() for _ in range(5))
+    finally:
+        stop.set()
+        for w in workers:
+            w.join()
 
 
 def main() -> None:
@@ -67,12 +107,25 @@ def main() -> None:
         for t in threads:
             t.join()
         parallel = time.perf_counter() - start
+        torch.set_num_threads(1)
+        alone = min(launch_loop() for _ in range(5))
+        cases = [(1, None, 0), *itertools.product((5,), (None, "1"), (0, 10))]
+        beside = {
+            case: launch_loop_beside_encoders(
+                src[:21], tmp, args.preset, args.crf, encoders=case[0], threads=case[1], nice=case[2]
+            )
+            for case in cases
+        }
     print(f"{args.frames} frames of {args.size}, libx264 {args.preset} crf {args.crf} threads=1, "
           f"PyAV {av.__version__}, {os.cpu_count()} CPUs")  # fmt: skip
     print(f"swscale rgb24 -> yuv420p: {1000 * convert:.2f} ms per frame; whole encode: {1000 * one:.1f} ms per frame "
           f"(the conversion is {100 * convert / one:.1f} % of it)")  # fmt: skip
     print(f"two encodes: one after the other {sequential:.2f} s, on two Python threads at once {parallel:.2f} s "
           f"({sequential / parallel:.2f}x)")  # fmt: skip
+    print(f"20,000 tiny torch ops: {1000 * alone:.1f} ms alone; beside encoders on other threads:")
+    for (encoders, threads, nice), seconds in beside.items():
+        print(f"  {encoders} x libx264 threads={threads or 'default'}, nice {nice}: {1000 * seconds:.1f} ms "
+              f"({seconds / alone:.2f}x)")  # fmt: skip
 
 
 if __name__ == "__main__":
