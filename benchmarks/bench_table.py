@@ -37,6 +37,8 @@ def command(settings: dict) -> str:
     if enc.get("segment_frames"):
         parts.append(f"--segment-frames {enc['segment_frames']}")
     parts += [f"--encoder-option {key}={value}" for key, value in enc.get("options", {}).items()]
+    if enc.get("nice"):
+        parts.append(f"--encoder-nice {enc['nice']}")
     if settings.get("price_per_gpu_hour") is not None:
         parts.append(f"--price-per-hour {settings['price_per_gpu_hour']:.2f}")
     return " ".join(parts)

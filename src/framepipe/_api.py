@@ -16,6 +16,7 @@ from ._errors import DeviceError, LatentsError, OutputError
 from ._executors import Job, run_async, run_async_stream, run_sync
 from ._latents import LATENT_FORMATS, LatentFormat, check_latents, denormalize, load_latents
 from ._models import load_vae, resolve_device
+from ._priority import check_nice
 from ._progress import FrameProgress
 from ._sinks import Sink, batch_paths, open_sink
 from ._trace import PipelineTrace, stage
@@ -64,6 +65,7 @@ def decode(
     preset: str | None = "medium",
     codec: str = "libx264",
     encoder_options: Mapping[str, str] | None = None,
+    encoder_nice: int = 0,
     segment_frames: int | str | None = None,
     device_yuv: bool = False,
     slots: int = 2,
@@ -87,6 +89,9 @@ def decode(
             them (de-normalized here with the VAE's ``latents_mean``/``latents_std``), or ``"raw"``.
         fps, crf, preset, codec: video encoder settings (see ``VideoFileSink``).
         encoder_options: further FFmpeg encoder options, as strings (``{"threads": "4"}``).
+        encoder_nice: opt-in (Linux): run the encoding (the writer thread, the encoders' threads)
+            this many nice levels below the decoding, so that it gives way to the thread that
+            launches the GPU's work (0-19; 0: unchanged). The files are the same.
         segment_frames: opt-in: encode video files as independent segments of this many frames, or
             ``"tail"`` for segments that halve towards the end, several at once, joined into one
             file (a different bitstream; see ``SegmentedVideoSink``).
@@ -120,8 +125,8 @@ def decode(
     g = geometry(vae, tuple(latents.shape), latent_frames_per_chunk=latent_frames_per_chunk)
     frame_format = "yuv420p" if device_yuv else "rgb24"
     sinks, outputs = _make_sinks(output, g.batch, fps=fps, crf=crf, preset=preset, codec=codec,
-                                 options=dict(encoder_options or {}), segment_frames=segment_frames,
-                                 frame_format=frame_format)  # fmt: skip
+                                 options=dict(encoder_options or {}), nice=check_nice(encoder_nice),
+                                 segment_frames=segment_frames, frame_format=frame_format)  # fmt: skip
 
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
@@ -137,7 +142,7 @@ def decode(
             run_sync(chunks, sinks, progress=bar.update, trace=trace, frame_format=frame_format)
         else:
             run_async(chunks, sinks, device=torch_device, geometry=g, slots=slots, progress=bar.update, trace=trace,
-                      frame_format=frame_format)  # fmt: skip
+                      frame_format=frame_format, nice=encoder_nice)  # fmt: skip
         with stage("write", "flush", trace):  # the encoder's look-ahead tail
             for sink in sinks:
                 sink.close()
@@ -178,6 +183,7 @@ def decode_many(
     preset: str | None = "medium",
     codec: str = "libx264",
     encoder_options: Mapping[str, str] | None = None,
+    encoder_nice: int = 0,
     segment_frames: int | str | None = None,
     device_yuv: bool = False,
     slots: int = 2,
@@ -203,7 +209,8 @@ def decode_many(
     torch_device, torch_dtype = param.device, param.dtype
     frame_format = "yuv420p" if device_yuv else "rgb24"
     video_options = dict(fps=fps, crf=crf, preset=preset, codec=codec, options=dict(encoder_options or {}),
-                         segment_frames=segment_frames, frame_format=frame_format)  # fmt: skip
+                         nice=check_nice(encoder_nice), segment_frames=segment_frames,
+                         frame_format=frame_format)  # fmt: skip
     opened: list[Sink] = []
     chunk_sources: list[Iterator[torch.Tensor]] = []
     outputs: list[str] = []
@@ -243,7 +250,7 @@ def decode_many(
                 yield prepare(item)[0]
 
         run_async_stream(jobs(), device=torch_device, geometry=first, slots=slots, max_open=max_open, trace=trace,
-                         frame_format=frame_format)  # fmt: skip
+                         frame_format=frame_format, nice=encoder_nice)  # fmt: skip
     except BaseException:
         for sink in opened:
             sink.abort()

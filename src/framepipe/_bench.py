@@ -51,6 +51,7 @@ class EncoderSettings:
     segment_frames: int | str | None = None  # opt-in segment-parallel encoding (SegmentedVideoSink)
     device_yuv: bool = False  # opt-in yuv420p conversion on the device
     options: dict[str, str] = field(default_factory=dict)  # further FFmpeg encoder options
+    nice: int = 0  # opt-in: encoding this many nice levels below the decoding
 
     @property
     def frame_format(self) -> str:
@@ -59,7 +60,7 @@ class EncoderSettings:
     def sink(self, path: Path, frame_format: str | None = None) -> Sink:
         frame_format = frame_format or self.frame_format
         return open_sink(path, fps=self.fps, codec=self.codec, preset=self.preset, crf=self.crf,
-                         options=self.options, segment_frames=self.segment_frames,
+                         options=self.options, nice=self.nice, segment_frames=self.segment_frames,
                          frame_format=frame_format)  # fmt: skip
 
 
@@ -184,11 +185,12 @@ class Bench:
 
     def run_framepipe(self, mode: str, trace: PipelineTrace) -> None:
         decode(self.latents, self._sinks(mode), vae=self.vae, mode=mode, slots=self.slots, trace=trace,
-               device_yuv=self.encoder.device_yuv)  # fmt: skip
+               device_yuv=self.encoder.device_yuv, encoder_nice=self.encoder.nice)  # fmt: skip
 
     def run_stream(self, trace: PipelineTrace) -> None:
         pairs = [(self.latents, self._sinks(f"stream{i}")) for i in range(self.stream_videos)]
-        decode_many(pairs, vae=self.vae, slots=self.slots, trace=trace, device_yuv=self.encoder.device_yuv)
+        decode_many(pairs, vae=self.vae, slots=self.slots, trace=trace, device_yuv=self.encoder.device_yuv,
+                    encoder_nice=self.encoder.nice)  # fmt: skip
 
     def run_gpu_only(self, trace: PipelineTrace) -> None:
         with torch.inference_mode():

@@ -84,17 +84,17 @@ def run_demo(
     preset: str | None = "medium",
     codec: str = "libx264",
     encoder_options: Mapping[str, str] | None = None,
+    encoder_nice: int = 0,
     segment_frames: int | str | None = None,
     **decode_options,
 ) -> DemoResult:
     """Encode a procedural ``frames`` x ``size`` x ``size`` clip with ``vae``, decode it through
     ``decode`` (async by default) and write original | reconstruction to ``output``."""
-    video = dict(
-        fps=fps, crf=crf, preset=preset, codec=codec, options=dict(encoder_options or {}), segment_frames=segment_frames
-    )
+    video = dict(fps=fps, crf=crf, preset=preset, codec=codec, options=dict(encoder_options or {}),
+                 nice=encoder_nice, segment_frames=segment_frames)  # fmt: skip
     inner = open_sink(output, **video)  # a bad output path fails here, before any work
     clip = synth_clips(1, frames, size, size, seed=seed)
     sink = SideBySideSink(inner, to_uint8_frames(clip)[0].numpy())
     latents = clip_latents(vae, clip)
-    result = decode(latents, sink, vae=vae, latent_format="raw", **decode_options)
+    result = decode(latents, sink, vae=vae, latent_format="raw", encoder_nice=encoder_nice, **decode_options)
     return DemoResult(decode=result, psnr_db=sink.psnr_db)

@@ -26,6 +26,7 @@ import torch
 
 from ._decode import VideoGeometry
 from ._postprocess import converter, frame_shape
+from ._priority import lower_thread_priority
 from ._sinks import Sink
 from ._trace import PipelineTrace, stage
 
@@ -82,8 +83,11 @@ class _Writer:
 
     _STOP = object()
 
-    def __init__(self, handle: Callable[[object], None], release: Callable[[object], None], maxsize: int = 0):
+    def __init__(
+        self, handle: Callable[[object], None], release: Callable[[object], None], maxsize: int = 0, nice: int = 0
+    ):
         self.items: queue.Queue = queue.Queue(maxsize=maxsize)
+        self._nice = nice
         self.error: BaseException | None = None
         self._handle = handle
         self._release = release
@@ -92,6 +96,7 @@ class _Writer:
         self._thread.start()
 
     def _run(self) -> None:
+        lower_thread_priority(self._nice)
         while True:
             item = self.items.get()
             if item is self._STOP:
@@ -162,14 +167,16 @@ def run_async(
     progress: ProgressFn = _noop,
     trace: PipelineTrace | None = None,
     frame_format: str = "rgb24",
+    nice: int = 0,
 ) -> None:
     """Asynchronous executor: decode, device-to-host copy and writing overlap; same frames as ``run_sync``.
 
     ``geometry`` sizes the ring: ``slots`` chunks of at most ``geometry.max_chunk_frames`` frames.
-    The sinks are left open for the caller to close.
+    The sinks are left open for the caller to close. ``nice`` lowers the writer thread's priority.
     """
     job = Job(chunks, sinks, progress, close=False)
-    run_async_stream([job], device=device, geometry=geometry, slots=slots, trace=trace, frame_format=frame_format)
+    run_async_stream([job], device=device, geometry=geometry, slots=slots, trace=trace, frame_format=frame_format,
+                     nice=nice)  # fmt: skip
 
 
 def run_async_stream(
@@ -181,13 +188,14 @@ def run_async_stream(
     max_open: int = 2,
     trace: PipelineTrace | None = None,
     frame_format: str = "rgb24",
+    nice: int = 0,
 ) -> None:
     """Run many jobs through one asynchronous pipeline, back to back.
 
     Each job gets its own writer thread, so one video's encoder can finish its look-ahead tail
     while the GPU already decodes the next video. At most ``max_open`` jobs are being written at
     once; starting another one waits for the oldest to finish. Every job must fit ``geometry``
-    (same batch, height and width; any length).
+    (same batch, height and width; any length). ``nice`` lowers the writer threads' priority.
     """
     if slots < 1 or max_open < 1:
         raise ValueError(f"slots and max_open must be >= 1, got {slots} and {max_open}.")
@@ -209,7 +217,7 @@ def run_async_stream(
             else:
                 handle_chunk(item)
 
-        writer = _Writer(handle, release, maxsize=maxsize)
+        writer = _Writer(handle, release, maxsize=maxsize, nice=nice)
         active.append(writer)
         return writer
 

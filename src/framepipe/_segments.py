@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from ._errors import EncoderError, OutputError
+from ._priority import lower_thread_priority
 from ._sinks import VIDEO_SUFFIXES, VideoFileSink, _check_frames, _check_parent, _remove, _temporary_sibling
 
 _DONE = object()
@@ -70,6 +71,7 @@ class _Segment:
         self.thread.start()
 
     def _run(self) -> None:
+        lower_thread_priority(self.sink.nice)  # as low as the encoder's own threads
         ended = False
         try:
             while (frame := self.frames.get()) is not _DONE:
@@ -94,7 +96,8 @@ class SegmentedVideoSink:
             halve in length towards the end (``tail_plan``; needs the frame count at ``open``).
         workers: segments encoding at the same time, at most; the next segment waits for one to
             finish (this bounds host memory to the frames of ``workers`` segments).
-        fps, codec, crf, preset, pix_fmt, options: as for ``VideoFileSink``; every segment uses them.
+        fps, codec, crf, preset, pix_fmt, options, frame_format, nice: as for ``VideoFileSink``; every
+            segment uses them (with ``nice``, the segments' threads are lowered too).
     """
 
     def __init__(

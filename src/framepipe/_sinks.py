@@ -24,6 +24,7 @@ import numpy as np
 
 from ._errors import EncoderError, OutputError
 from ._postprocess import FRAME_FORMATS, frame_shape
+from ._priority import call_at_lower_priority, check_nice
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow",
@@ -109,6 +110,8 @@ class VideoFileSink:
         frame_format: what ``write`` receives: ``"rgb24"`` frames [t, H, W, 3] (default), or
             ``"yuv420p"`` planes [t, H * 3 / 2, W] already converted (``to_yuv420p_frames``),
             which go to a yuv420p encoder as they are.
+        nice: opt-in (Linux): the encoder's own threads run this many nice levels below the thread
+            that opens it, so that they give way to the decoding (``framepipe._priority``).
     """
 
     def __init__(
@@ -122,6 +125,7 @@ class VideoFileSink:
         pix_fmt: str = "yuv420p",
         options: dict[str, str] | None = None,
         frame_format: str = "rgb24",
+        nice: int = 0,
     ) -> None:
         self.path = Path(path)
         if self.path.suffix.lower() not in VIDEO_SUFFIXES:
@@ -131,6 +135,7 @@ class VideoFileSink:
         if frame_format == "yuv420p" and pix_fmt != "yuv420p":
             raise EncoderError(f"yuv420p frames need a yuv420p encoder, not pix_fmt {pix_fmt!r}.")
         self.frame_format = frame_format
+        self.nice = check_nice(nice)
         if not fps > 0:
             raise ValueError(f"fps must be positive, got {fps}.")
         self.fps = Fraction(fps).limit_denominator(1001)
@@ -174,7 +179,7 @@ class VideoFileSink:
             self._stream.width, self._stream.height = width, height
             self._stream.pix_fmt = self.pix_fmt
             self._stream.codec_context.time_base = 1 / self.fps
-            self._stream.codec_context.open()
+            call_at_lower_priority(self._stream.codec_context.open, self.nice)  # its threads start here
         except (av.FFmpegError, ValueError) as e:
             self.abort()
             raise EncoderError(

@@ -68,6 +68,14 @@ def _add_decode_options(p: argparse.ArgumentParser, *, demo: bool, mode: bool = 
         help="a further FFmpeg encoder option, e.g. threads=4 or rc-lookahead=20 (repeat for more)",
     )
     p.add_argument(
+        "--encoder-nice",
+        type=int,
+        default=0,
+        metavar="N",
+        help="opt-in (Linux): encode N nice levels (1-19) below the decoding, so that encoders give way to the "
+        "thread that launches the GPU's work (same files)",
+    )
+    p.add_argument(
         "--segment-frames",
         type=_segment_frames,
         default=None,
@@ -227,7 +235,7 @@ def _bench(args: argparse.Namespace) -> int:
         vae, latents, modes=modes,
         encoder=EncoderSettings(codec=args.codec, preset=args.preset, crf=args.crf, fps=args.fps,
                                 segment_frames=args.segment_frames, device_yuv=args.device_yuv,
-                                options=dict(args.encoder_option)),  # fmt: skip
+                                options=dict(args.encoder_option), nice=args.encoder_nice),  # fmt: skip
         warmup=args.warmup, runs=args.runs, slots=args.slots, profile=args.profile == "on",
         timeline_dir=timeline_dir, video_fps=args.video_fps, price_per_hour=args.price_per_hour, on_mode=announce,
         stream_videos=args.stream_videos, model=describe_vae(args.vae, args.arch, args.seed),
@@ -387,7 +395,7 @@ def _run(args: argparse.Namespace) -> int:
 
     common = dict(
         mode=args.mode, fps=args.fps, crf=args.crf, preset=args.preset, codec=args.codec, slots=args.slots,
-        encoder_options=dict(args.encoder_option), segment_frames=args.segment_frames,
+        encoder_options=dict(args.encoder_option), encoder_nice=args.encoder_nice, segment_frames=args.segment_frames,
         progress=not args.quiet and not args.json,
     )  # fmt: skip
     if args.command == "demo":
