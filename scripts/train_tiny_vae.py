@@ -4,8 +4,8 @@ The model is diffusers' ``AutoencoderKLWan`` at reduced width (encoder 16, decod
 the first level; Wan 2.1 uses 96), with the same causal structure (4x temporal, 8x spatial, 16
 latent channels, 1 + 4 (T - 1) frames). Training data comes from ``framepipe._synth``: moving and
 scaling shapes, gradients, textures, text and camera pans, all drawn from seeds, as crops of
-256x256 scenes. Losses: L1 + 0.2 (1 - SSIM) on pixels, and a KL term (weight 1e-6) on the latent
-posterior.
+256x256 scenes. Losses: L1 + 0.2 (1 - SSIM) on pixels (``--ssim-weight``; ``--mse-weight`` adds a
+squared error), and a KL term (weight 1e-6) on the latent posterior.
 
 On CUDA every training step (forward, backward, gradient clipping, AdamW) is captured once per
 clip shape as a CUDA graph and replayed: diffusers' Wan VAE runs one latent frame at a time and
@@ -124,8 +124,20 @@ class Trainer:
     """One optimizer step per call. On CUDA each input shape is captured as a CUDA graph the first
     time it comes (after three eager warm-up steps on a side stream) and replayed from then on."""
 
-    def __init__(self, vae, *, lr: float, kl_weight: float, device: torch.device, graphs: bool, ema_decay: float = 0.0):
+    def __init__(
+        self,
+        vae,
+        *,
+        lr: float,
+        kl_weight: float,
+        device: torch.device,
+        graphs: bool,
+        ema_decay: float = 0.0,
+        ssim_weight: float = 0.2,
+        mse_weight: float = 0.0,
+    ):
         self.vae, self.kl_weight, self.device, self.ema_decay = vae, kl_weight, device, ema_decay
+        self.ssim_weight, self.mse_weight = ssim_weight, mse_weight
         self.graphs = graphs and device.type == "cuda"
         # A tensor learning rate lets the schedule change it without recapturing the graphs.
         self.lr = torch.tensor(lr, device=device) if self.graphs else lr
@@ -157,10 +169,14 @@ class Trainer:
         with self.autocast:
             posterior = self.vae.encode(x).latent_dist
             rec = reconstruct(self.vae, posterior.sample())
-        l1 = (rec.float() - x).abs().mean()
+        error = rec.float() - x
+        l1 = error.abs().mean()
         structural = ssim_loss(rec, x)
         kl = posterior.kl().mean() / x[0].numel()
-        (l1 + 0.2 * structural + self.kl_weight * kl).backward()
+        loss = l1 + self.ssim_weight * structural + self.kl_weight * kl
+        if self.mse_weight:  # closer to what PSNR measures
+            loss = loss + self.mse_weight * error.pow(2).mean()
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(self.vae.parameters(), 1.0, foreach=self.device.type == "cuda")
         self.opt.step()
         if self.ema:
@@ -284,6 +300,8 @@ def main() -> None:
     p.add_argument("--no-graphs", action="store_true", help="on CUDA, run eagerly instead of replaying CUDA graphs")
     p.add_argument("--lr", type=float, default=4e-4)
     p.add_argument("--kl", type=float, default=1e-6)
+    p.add_argument("--ssim-weight", type=float, default=0.2, help="weight of 1 - SSIM in the loss (L1 has weight 1)")
+    p.add_argument("--mse-weight", type=float, default=0.0, help="weight of a squared-error term in the loss")
     p.add_argument(
         "--ema",
         type=float,
@@ -323,7 +341,8 @@ def main() -> None:
     vae.to(device).train()
     with torch.no_grad():
         vae.quant_conv.bias[vae.config.z_dim :].fill_(args.logvar_init)
-    trainer = Trainer(vae, lr=args.lr, kl_weight=args.kl, device=device, graphs=not args.no_graphs, ema_decay=args.ema)
+    trainer = Trainer(vae, lr=args.lr, kl_weight=args.kl, device=device, graphs=not args.no_graphs, ema_decay=args.ema,
+                      ssim_weight=args.ssim_weight, mse_weight=args.mse_weight)  # fmt: skip
     opt = trainer.opt
     step, trained, log = 0, 0.0, []
     state_path = args.out / "train_state.pt"
@@ -402,6 +421,7 @@ def main() -> None:
     vae.register_to_config(latents_mean=mean, latents_std=std)
     metrics = {"steps": step, "train_seconds": round(trained, 1), "batch": args.batch,
                "frames": args.frames, "size": args.size, "crop": crop, "lr": args.lr, "kl_weight": args.kl,
+               "ssim_weight": args.ssim_weight, "mse_weight": args.mse_weight,
                "encoder_width": args.encoder_width, "decoder_width": args.decoder_width,
                "parameters": sum(p.numel() for p in vae.parameters()), "ema_decay": args.ema,
                "validation_psnr_db": scores, "weights": max(scores, key=scores.get), "cuda_graphs": trainer.graphs,

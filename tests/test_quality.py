@@ -81,11 +81,12 @@ def test_training_script_smoke(tmp_path):
     script = ROOT / "scripts" / "train_tiny_vae.py"
     cmd = [sys.executable, str(script), "--steps", "2", "--size", "32", "--crop", "16", "--batch", "2",
            "--out", str(out), "--device", "cpu", "--workers", "0", "--eval-size", "32",
-           "--eval-clips", "1"]  # fmt: skip
+           "--eval-clips", "1", "--mse-weight", "0.5"]  # fmt: skip
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["steps"] == 2 and metrics["held_out"]["psnr_db"] > 0
+    assert (metrics["ssim_weight"], metrics["mse_weight"]) == (0.2, 0.5)
     from framepipe import load_vae
 
     vae = load_vae(out / "model", device="cpu")
@@ -137,6 +138,25 @@ def test_training_keeps_a_moving_average_of_the_weights():
     with trainer.ema_weights():
         assert all(torch.equal(p, e) for p, e in zip(vae.parameters(), trainer.ema, strict=True))
     assert all(torch.equal(p, t) for p, t in zip(vae.parameters(), trained, strict=True))  # restored
+
+
+def test_loss_weights_change_the_step():
+    from diffusers import AutoencoderKLWan
+
+    train = _train_module()
+    x = synth_clips(1, 5, 32, 32, seed=3)
+    grads = {}
+    for weights in [(0.2, 0.0), (0.0, 0.0), (0.2, 1.0)]:
+        torch.manual_seed(0)
+        vae = AutoencoderKLWan(**train.CONFIG)
+        train.init_weights(vae)
+        trainer = train.Trainer(vae, lr=1e-3, kl_weight=1e-6, device=torch.device("cpu"), graphs=False,
+                                ssim_weight=weights[0], mse_weight=weights[1])  # fmt: skip
+        torch.manual_seed(1)  # the same posterior sample
+        trainer.step(x, 1e-3)
+        grads[weights] = torch.cat([p.grad.flatten() for p in vae.parameters() if p.grad is not None])
+    assert not torch.allclose(grads[(0.2, 0.0)], grads[(0.0, 0.0)])
+    assert not torch.allclose(grads[(0.2, 0.0)], grads[(0.2, 1.0)])
 
 
 @pytest.mark.needs_cuda
