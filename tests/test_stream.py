@@ -23,6 +23,17 @@ def test_stream_writes_what_decode_writes(tmp_path, version, max_open, no_thread
             np.testing.assert_array_equal(np.load(tmp_path / f"s{i}_{b}.npy"), np.load(tmp_path / f"ref{i}_{b}.npy"))
 
 
+def test_stream_of_tail_segmented_videos_writes_what_decode_writes(tmp_path, no_thread_leak):
+    vae = small_vae("wan2.1")
+    inputs = [small_latents("wan2.1", frames=f, height=8, width=8, seed=f) for f in (5, 3)]
+    options = dict(vae=vae, preset="ultrafast", segment_frames="tail", encoder_nice=2)
+    decode_many([(z, tmp_path / f"s{i}.mp4") for i, z in enumerate(inputs)], **options)
+    for i, z in enumerate(inputs):
+        decode(z, tmp_path / f"ref{i}.mp4", mode="sync", **options)
+        assert (tmp_path / f"s{i}.mp4").read_bytes() == (tmp_path / f"ref{i}.mp4").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ref0.mp4", "ref1.mp4", "s0.mp4", "s1.mp4"]
+
+
 def test_bad_input_midway_keeps_finished_videos_only(tmp_path, no_thread_leak):
     vae = small_vae("wan2.1")
     bad = small_latents("wan2.1")
