@@ -10,7 +10,8 @@ return once every frame has been written. They differ only in what overlaps what
   memory and gives backpressure. On the CPU there are no streams: the main thread decodes and the
   writer thread encodes, through a bounded queue.
 
-This module owns every thread and stream of the pipeline; decoders and sinks own none.
+This module owns the pipeline's threads and streams; decoders own none, and a sink owns only
+the encoder threads it runs (``SegmentedVideoSink``'s segments).
 """
 
 from __future__ import annotations
