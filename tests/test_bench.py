@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,6 +98,9 @@ def test_bench_cli_json(tmp_path, capsys):
     assert report["settings"]["latents_shape"] == [1, 16, 2, 4, 4]
     assert report["settings"]["model"] == "random tiny-wan2.1 (seed 0)"
     assert report["settings"]["encoder"]["options"] == {"threads": "2"}
+    if sys.platform.startswith("linux"):  # where the kernel reports a thread's schedstat
+        for row in report["modes"]:
+            assert row["main_thread_cpu_s"] > 0 and row["main_thread_wait_s"] >= 0, row
     script = Path(__file__).parents[1] / "benchmarks" / "bench_table.py"
     spec = importlib.util.spec_from_file_location("bench_table", script)
     bench_table = importlib.util.module_from_spec(spec)

@@ -78,6 +78,7 @@ class ModeResult:
     d2h_gb: float
     kernel_utilization: float | None = None
     timeline_png: str | None = None
+    main_thread: list[tuple[float, float]] = field(default_factory=list)  # per run: (CPU s, run-queue wait s)
     extra: dict[str, Any] = field(default_factory=dict)
     units: int = 1  # decodes of the latent tensor per run (async-stream runs several back to back)
 
@@ -87,6 +88,20 @@ class ModeResult:
         s = np.asarray(self.seconds) / self.units
         return {"min": float(s.min()), "mean": float(s.mean()), "p99": float(np.percentile(s, 99)),
                 "max": float(s.max()), "std": float(s.std())}  # fmt: skip
+
+
+def thread_schedstat() -> tuple[float, float] | None:
+    """The calling thread's CPU seconds so far and its seconds spent runnable but waiting for a
+    core (Linux's schedstat); None where the kernel does not say.
+
+    The wait is the sign of core contention: a decode thread that waits for a core launches late
+    and the GPU idles."""
+    try:
+        with open("/proc/thread-self/schedstat") as f:
+            on_cpu, waiting = f.read().split()[:2]
+        return int(on_cpu) / 1e9, int(waiting) / 1e9
+    except (OSError, ValueError):
+        return None
 
 
 class HostMemorySampler:
@@ -246,17 +261,20 @@ class Bench:
             self.prepare_frames()
         for _ in range(warmup):
             run(PipelineTrace())
-        seconds, peaks_vram, peaks_host, d2h = [], [], [], 0
+        seconds, peaks_vram, peaks_host, d2h, main_thread = [], [], [], 0, []
         for _ in range(runs):
             trace = PipelineTrace()
             self._sync()
             if self.device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(self.device)
             with HostMemorySampler() as host:
+                sched = thread_schedstat()
                 start = time.perf_counter()
                 run(trace)
                 self._sync()
                 seconds.append(time.perf_counter() - start)
+                if sched is not None and (after := thread_schedstat()) is not None:
+                    main_thread.append((after[0] - sched[0], after[1] - sched[1]))
             peaks_host.append(host.extra_bytes)
             if self.device.type == "cuda":
                 peaks_vram.append(torch.cuda.max_memory_allocated(self.device))
@@ -271,6 +289,7 @@ class Bench:
             peak_vram_gib=max(peaks_vram) / 2**30 if peaks_vram else None,
             peak_host_extra_gib=max(peaks_host) / 2**30,
             d2h_gb=d2h / 1e9 / units,
+            main_thread=main_thread,
         )
         if profile:
             timeline = profile_run(run, device=self.device)
@@ -282,6 +301,10 @@ class Bench:
                 png = draw_timeline(timeline, timeline_dir / f"timeline-{mode}.png", title=mode)
                 result.timeline_png = str(png)
         return result
+
+
+def _mean_per_unit(values: list[float], units: int) -> float | None:
+    return float(np.mean(values)) / units if values else None
 
 
 def summarize(
@@ -307,6 +330,8 @@ def summarize(
             "peak_host_extra_gib": r.peak_host_extra_gib,
             "d2h_gb": r.d2h_gb,
             "gpu_s_per_video_s": ratio,
+            "main_thread_cpu_s": _mean_per_unit([cpu for cpu, _ in r.main_thread], r.units),
+            "main_thread_wait_s": _mean_per_unit([wait for _, wait in r.main_thread], r.units),
             "timeline_png": r.timeline_png,
         }
         if price_per_hour is not None:
@@ -443,6 +468,9 @@ def run_bench(
             if profile and bench.device.type == "cuda"
             else "not measured: " + ("no CUDA device (CPU run)" if bench.device.type != "cuda" else "profiling off"),
             "cost_formula": FORMULA,
+            "main_thread": "the calling thread (the one that decodes and launches the GPU's work) per decode, "
+            "mean over timed runs: main_thread_cpu_s on a core, main_thread_wait_s runnable but waiting for one "
+            "(Linux schedstat; null elsewhere)",
         },
         "modes": rows,
     }
