@@ -123,10 +123,11 @@ def decode(
     latents = _prepare(latents, vae, latent_format)
 
     g = geometry(vae, tuple(latents.shape), latent_frames_per_chunk=latent_frames_per_chunk)
-    frame_format = "yuv420p" if device_yuv else "rgb24"
-    sinks, outputs = _make_sinks(output, g.batch, fps=fps, crf=crf, preset=preset, codec=codec,
-                                 options=dict(encoder_options or {}), nice=check_nice(encoder_nice),
-                                 segment_frames=segment_frames, frame_format=frame_format)  # fmt: skip
+    video_options = _video_options(fps=fps, crf=crf, preset=preset, codec=codec, encoder_options=encoder_options,
+                                   encoder_nice=encoder_nice, segment_frames=segment_frames,
+                                   device_yuv=device_yuv)  # fmt: skip
+    frame_format = video_options["frame_format"]
+    sinks, outputs = _make_sinks(output, g.batch, **video_options)
 
     if torch_device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(torch_device)
@@ -207,10 +208,10 @@ def decode_many(
         vae = load_vae(vae, arch=arch, dtype=dtype, device=device, seed=seed)
     param = next(vae.parameters())
     torch_device, torch_dtype = param.device, param.dtype
-    frame_format = "yuv420p" if device_yuv else "rgb24"
-    video_options = dict(fps=fps, crf=crf, preset=preset, codec=codec, options=dict(encoder_options or {}),
-                         nice=check_nice(encoder_nice), segment_frames=segment_frames,
-                         frame_format=frame_format)  # fmt: skip
+    video_options = _video_options(fps=fps, crf=crf, preset=preset, codec=codec, encoder_options=encoder_options,
+                                   encoder_nice=encoder_nice, segment_frames=segment_frames,
+                                   device_yuv=device_yuv)  # fmt: skip
+    frame_format = video_options["frame_format"]
     opened: list[Sink] = []
     chunk_sources: list[Iterator[torch.Tensor]] = []
     outputs: list[str] = []
@@ -282,6 +283,15 @@ def _prepare(latents: torch.Tensor, vae, latent_format: str) -> torch.Tensor:
     if latent_format == "pipeline":
         return denormalize(latents, vae.config.latents_mean, vae.config.latents_std, dtype=param.dtype)
     return latents.to(param.dtype)
+
+
+def _video_options(
+    *, fps, crf, preset, codec, encoder_options, encoder_nice: int, segment_frames, device_yuv: bool
+) -> dict[str, Any]:
+    """The sinks' settings from ``decode``'s arguments (checked here, before any work)."""
+    return dict(fps=fps, crf=crf, preset=preset, codec=codec, options=dict(encoder_options or {}),
+                nice=check_nice(encoder_nice), segment_frames=segment_frames,
+                frame_format="yuv420p" if device_yuv else "rgb24")  # fmt: skip
 
 
 def _make_sinks(output, batch: int, **video_options) -> tuple[list[Sink], list[str]]:

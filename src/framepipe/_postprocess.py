@@ -74,8 +74,13 @@ def frame_shape(frame_format: str, height: int, width: int) -> tuple[int, ...]:
     return (height, width, 3) if frame_format == "rgb24" else (height * 3 // 2, width)
 
 
+def check_frame_format(frame_format: str) -> str:
+    """``frame_format`` if it is one of ``FRAME_FORMATS``; a ``ValueError`` otherwise."""
+    if frame_format not in FRAME_FORMATS:
+        raise ValueError(f"Invalid frame_format {frame_format!r}. Supported: {', '.join(FRAME_FORMATS)}.")
+    return frame_format
+
+
 def converter(frame_format: str):
     """The chunk -> frames conversion for ``frame_format``."""
-    if frame_format not in FRAME_FORMATS:
-        raise ValueError(f"Invalid frame format {frame_format!r}. Supported: {', '.join(FRAME_FORMATS)}.")
-    return to_uint8_frames if frame_format == "rgb24" else to_yuv420p_frames
+    return to_uint8_frames if check_frame_format(frame_format) == "rgb24" else to_yuv420p_frames

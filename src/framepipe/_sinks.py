@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ._errors import EncoderError, OutputError
-from ._postprocess import FRAME_FORMATS, frame_shape
+from ._postprocess import check_frame_format, frame_shape
 from ._priority import call_at_lower_priority, check_nice
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
@@ -130,9 +130,7 @@ class VideoFileSink:
         self.path = Path(path)
         if self.path.suffix.lower() not in VIDEO_SUFFIXES:
             raise OutputError(f"Unsupported video file type {self.path.suffix!r}; use {', '.join(VIDEO_SUFFIXES)}.")
-        if frame_format not in FRAME_FORMATS:
-            raise ValueError(f"Invalid frame_format {frame_format!r}. Supported: {', '.join(FRAME_FORMATS)}.")
-        if frame_format == "yuv420p" and pix_fmt != "yuv420p":
+        if check_frame_format(frame_format) == "yuv420p" and pix_fmt != "yuv420p":
             raise EncoderError(f"yuv420p frames need a yuv420p encoder, not pix_fmt {pix_fmt!r}.")
         self.frame_format = frame_format
         self.nice = check_nice(nice)
