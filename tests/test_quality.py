@@ -93,6 +93,17 @@ def test_training_script_smoke(tmp_path):
     assert vae.config.base_dim == 16 and len(vae.config.latents_std) == 16
 
 
+def test_training_script_refuses_to_resume_without_a_state(tmp_path):
+    """A --resume that finds nothing to resume must not quietly train from scratch."""
+    out = tmp_path / "run"
+    script = ROOT / "scripts" / "train_tiny_vae.py"
+    cmd = [sys.executable, str(script), "--resume", "--out", str(out), "--device", "cpu"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2
+    assert "train_state.pt does not exist" in proc.stderr and "Traceback" not in proc.stderr
+    assert not out.exists()
+
+
 def _train_module():
     import importlib.util
 
