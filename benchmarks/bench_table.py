@@ -10,7 +10,8 @@ import sys
 from pathlib import Path
 
 
-def command(settings: dict) -> str:
+def command(settings: dict, modes: list[str] | None = None) -> str:
+    """The `framepipe bench` command line that reproduces a report with these settings (and modes)."""
     enc = settings["encoder"]
     model = settings.get("model") or "random wan2.1"  # reports from before the field: random Wan 2.1
     if model.startswith("random "):  # "random ARCH (seed N)"
@@ -32,6 +33,20 @@ def command(settings: dict) -> str:
         f"--runs {settings['runs']}",
         f"--warmup {settings['warmup']}",
     ]
+    if modes:
+        parts.append(f"--modes {','.join(modes)}")
+    if settings.get("stream_videos"):
+        parts.append(f"--stream-videos {settings['stream_videos']}")
+    if settings.get("device", "cuda").startswith("cpu"):
+        parts.append("--device cpu")
+    if settings.get("profile") is False:
+        parts.append("--profile off")
+    if settings.get("slots", 2) != 2:
+        parts.append(f"--slots {settings['slots']}")
+    if enc.get("codec", "libx264") != "libx264":
+        parts.append(f"--codec {enc['codec']}")
+    if enc.get("fps", 16.0) != 16.0:
+        parts.append(f"--fps {enc['fps']:g}")
     if enc.get("device_yuv"):
         parts.append("--device-yuv")
     if enc.get("segment_frames"):
@@ -52,7 +67,7 @@ def table(report: dict) -> str:
         f"{s['encoder']['codec']} `{s['encoder']['preset']}` crf {s['encoder']['crf']}**: "
         f"{env['gpu']}, {s['warmup']} warm-up + {s['runs']} timed runs per mode, {env['date']}",
         "",
-        f"`{command(s)}`",
+        f"`{command(s, [r['mode'] for r in report['modes']])}`",
         "",
         "| mode | min s | mean s | P99 s | max s | frames/s | x gpu-only | kernel util | peak VRAM GiB "
         "| host+ GiB | D2H GB | GPU-s / video-s | $ / 1000 h | saving vs diffusers |",

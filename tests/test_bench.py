@@ -105,7 +105,9 @@ def test_bench_cli_json(tmp_path, capsys):
     spec = importlib.util.spec_from_file_location("bench_table", script)
     bench_table = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench_table)
-    assert "--encoder-option threads=2" in bench_table.command(report["settings"])
+    line = bench_table.command(report["settings"], [r["mode"] for r in report["modes"]])
+    assert "--encoder-option threads=2" in line and "--modes sync,async,gpu-only" in line
+    assert "--device cpu" in line and "--profile off" in line and "--stream-videos" not in line
 
 
 def test_bench_defaults_to_the_embedded_vae(capsys):

@@ -461,6 +461,7 @@ def run_bench(
             "stream_videos": stream_videos if "async-stream" in modes else None,
             "warmup": warmup,
             "runs": runs,
+            "profile": profile,
             "video_fps": video_fps or encoder.fps,
             "price_per_gpu_hour": price_per_hour,
             "baseline": baseline,
