@@ -26,7 +26,8 @@ from dataclasses import dataclass
 import torch
 
 from ._decode import VideoGeometry
-from ._postprocess import converter, frame_shape
+from ._frames import frame_shape
+from ._postprocess import converter
 from ._priority import lower_thread_priority
 from ._sinks import Sink
 from ._trace import PipelineTrace, stage

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import torch
 
+from ._frames import check_frame_format
+
 
 def to_uint8_frames(chunk: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
     """Convert a decoded chunk to frames, on whatever device ``chunk`` lives.
@@ -64,21 +66,6 @@ def to_yuv420p_frames(chunk: torch.Tensor, out: torch.Tensor | None = None) -> t
         return planes.to(torch.uint8)
     out.copy_(planes)
     return out
-
-
-FRAME_FORMATS = ("rgb24", "yuv420p")
-
-
-def frame_shape(frame_format: str, height: int, width: int) -> tuple[int, ...]:
-    """Shape of one frame as the sinks receive it: [H, W, 3] for rgb24, [H * 3 / 2, W] for yuv420p."""
-    return (height, width, 3) if frame_format == "rgb24" else (height * 3 // 2, width)
-
-
-def check_frame_format(frame_format: str) -> str:
-    """``frame_format`` if it is one of ``FRAME_FORMATS``; a ``ValueError`` otherwise."""
-    if frame_format not in FRAME_FORMATS:
-        raise ValueError(f"Invalid frame_format {frame_format!r}. Supported: {', '.join(FRAME_FORMATS)}.")
-    return frame_format
 
 
 def converter(frame_format: str):
