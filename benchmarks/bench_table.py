@@ -54,6 +54,8 @@ def command(settings: dict, modes: list[str] | None = None) -> str:
     parts += [f"--encoder-option {key}={value}" for key, value in enc.get("options", {}).items()]
     if enc.get("nice"):
         parts.append(f"--encoder-nice {enc['nice']}")
+    if enc.get("processes"):
+        parts.append("--encoder-processes")
     if settings.get("price_per_gpu_hour") is not None:
         parts.append(f"--price-per-hour {settings['price_per_gpu_hour']:.2f}")
     return " ".join(parts)

@@ -66,6 +66,7 @@ def decode(
     codec: str = "libx264",
     encoder_options: Mapping[str, str] | None = None,
     encoder_nice: int = 0,
+    encoder_processes: bool = False,
     segment_frames: int | str | None = None,
     device_yuv: bool = False,
     slots: int = 2,
@@ -92,6 +93,9 @@ def decode(
         encoder_nice: opt-in (Linux): run the encoding (the writer thread, the encoders' threads)
             this many nice levels below the decoding, so that it gives way to the thread that
             launches the GPU's work (0-19; 0: unchanged). The files are the same.
+        encoder_processes: opt-in: run each video file's encoder in a worker process, fed through
+            shared memory, so that encoding never holds this interpreter's lock while the decoding
+            thread needs it (``ProcessVideoSink``). The files are the same. Video file outputs only.
         segment_frames: opt-in: encode video files as independent segments of this many frames, or
             ``"tail"`` for segments that halve towards the end, several at once, joined into one
             file (a different bitstream; see ``SegmentedVideoSink``).
@@ -124,8 +128,8 @@ def decode(
 
     g = geometry(vae, tuple(latents.shape), latent_frames_per_chunk=latent_frames_per_chunk)
     video_options = _video_options(fps=fps, crf=crf, preset=preset, codec=codec, encoder_options=encoder_options,
-                                   encoder_nice=encoder_nice, segment_frames=segment_frames,
-                                   device_yuv=device_yuv)  # fmt: skip
+                                   encoder_nice=encoder_nice, encoder_processes=encoder_processes,
+                                   segment_frames=segment_frames, device_yuv=device_yuv)  # fmt: skip
     frame_format = video_options["frame_format"]
     sinks, outputs = _make_sinks(output, g.batch, **video_options)
 
@@ -185,6 +189,7 @@ def decode_many(
     codec: str = "libx264",
     encoder_options: Mapping[str, str] | None = None,
     encoder_nice: int = 0,
+    encoder_processes: bool = False,
     segment_frames: int | str | None = None,
     device_yuv: bool = False,
     slots: int = 2,
@@ -209,8 +214,8 @@ def decode_many(
     param = next(vae.parameters())
     torch_device, torch_dtype = param.device, param.dtype
     video_options = _video_options(fps=fps, crf=crf, preset=preset, codec=codec, encoder_options=encoder_options,
-                                   encoder_nice=encoder_nice, segment_frames=segment_frames,
-                                   device_yuv=device_yuv)  # fmt: skip
+                                   encoder_nice=encoder_nice, encoder_processes=encoder_processes,
+                                   segment_frames=segment_frames, device_yuv=device_yuv)  # fmt: skip
     frame_format = video_options["frame_format"]
     opened: list[Sink] = []
     chunk_sources: list[Iterator[torch.Tensor]] = []
@@ -286,11 +291,20 @@ def _prepare(latents: torch.Tensor, vae, latent_format: str) -> torch.Tensor:
 
 
 def _video_options(
-    *, fps, crf, preset, codec, encoder_options, encoder_nice: int, segment_frames, device_yuv: bool
+    *,
+    fps,
+    crf,
+    preset,
+    codec,
+    encoder_options,
+    encoder_nice: int,
+    encoder_processes: bool,
+    segment_frames,
+    device_yuv: bool,
 ) -> dict[str, Any]:
     """The sinks' settings from ``decode``'s arguments (checked here, before any work)."""
     return dict(fps=fps, crf=crf, preset=preset, codec=codec, options=dict(encoder_options or {}),
-                nice=check_nice(encoder_nice), segment_frames=segment_frames,
+                nice=check_nice(encoder_nice), processes=bool(encoder_processes), segment_frames=segment_frames,
                 frame_format="yuv420p" if device_yuv else "rgb24")  # fmt: skip
 
 

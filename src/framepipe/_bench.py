@@ -52,6 +52,7 @@ class EncoderSettings:
     device_yuv: bool = False  # opt-in yuv420p conversion on the device
     options: dict[str, str] = field(default_factory=dict)  # further FFmpeg encoder options
     nice: int = 0  # opt-in: encoding this many nice levels below the decoding
+    processes: bool = False  # opt-in: each encoder in a worker process
 
     @property
     def frame_format(self) -> str:
@@ -60,7 +61,8 @@ class EncoderSettings:
     def sink(self, path: Path, frame_format: str | None = None) -> Sink:
         frame_format = frame_format or self.frame_format
         return open_sink(path, fps=self.fps, codec=self.codec, preset=self.preset, crf=self.crf,
-                         options=self.options, nice=self.nice, segment_frames=self.segment_frames,
+                         options=self.options, nice=self.nice, processes=self.processes,
+                         segment_frames=self.segment_frames,
                          frame_format=frame_format)  # fmt: skip
 
 

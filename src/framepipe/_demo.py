@@ -85,13 +85,14 @@ def run_demo(
     codec: str = "libx264",
     encoder_options: Mapping[str, str] | None = None,
     encoder_nice: int = 0,
+    encoder_processes: bool = False,
     segment_frames: int | str | None = None,
     **decode_options,
 ) -> DemoResult:
     """Encode a procedural ``frames`` x ``size`` x ``size`` clip with ``vae``, decode it through
     ``decode`` (async by default) and write original | reconstruction to ``output``."""
     video = dict(fps=fps, crf=crf, preset=preset, codec=codec, options=dict(encoder_options or {}),
-                 nice=encoder_nice, segment_frames=segment_frames)  # fmt: skip
+                 nice=encoder_nice, processes=encoder_processes, segment_frames=segment_frames)  # fmt: skip
     inner = open_sink(output, **video)  # a bad output path fails here, before any work
     clip = synth_clips(1, frames, size, size, seed=seed)
     sink = SideBySideSink(inner, to_uint8_frames(clip)[0].numpy())

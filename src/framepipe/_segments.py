@@ -32,7 +32,7 @@ import numpy as np
 
 from ._errors import EncoderError, OutputError
 from ._priority import lower_thread_priority
-from ._sinks import VIDEO_SUFFIXES, VideoFileSink, _check_frames, _check_parent, _remove, _temporary_sibling
+from ._sinks import VIDEO_SUFFIXES, Sink, VideoFileSink, _check_frames, _check_parent, _remove, _temporary_sibling
 
 _DONE = object()
 TAIL = "tail"
@@ -63,7 +63,7 @@ def tail_plan(frames: int, last: int = 4) -> list[int]:
 class _Segment:
     """One encoder on its own thread, fed frames (copies) through a queue."""
 
-    def __init__(self, sink: VideoFileSink, height: int, width: int) -> None:
+    def __init__(self, sink: Sink, height: int, width: int) -> None:
         self.sink, self.frames = sink, queue.Queue()
         self.error: BaseException | None = None
         sink.open(frames=0, height=height, width=width)  # bad settings fail here, in the caller's thread
@@ -96,6 +96,8 @@ class SegmentedVideoSink:
             halve in length towards the end (``tail_plan``; needs the frame count at ``open``).
         workers: segments encoding at the same time, at most; the next segment waits for one to
             finish (this bounds host memory to the frames of ``workers`` segments).
+        processes: opt-in: each segment's encoder runs in a worker process (``ProcessVideoSink``;
+            the same segment files).
         fps, codec, crf, preset, pix_fmt, options, frame_format, nice: as for ``VideoFileSink``; every
             segment uses them (with ``nice``, the segments' threads are lowered too).
     """
@@ -106,6 +108,7 @@ class SegmentedVideoSink:
         *,
         segment_frames: int | str = 20,
         workers: int | None = None,
+        processes: bool = False,
         **video_options,
     ) -> None:
         self.path = Path(path)
@@ -116,6 +119,7 @@ class SegmentedVideoSink:
         self.segment_frames = segment_frames
         self.workers = max(1, workers or min(8, os.cpu_count() or 1))
         self.video_options = video_options
+        self.processes = processes
         probe = VideoFileSink(self.path, **video_options)  # validates the settings now
         self.fps, self.frame_format = probe.fps, probe.frame_format
         self._dir: Path | None = None
@@ -148,7 +152,13 @@ class SegmentedVideoSink:
         if len(running) >= self.workers:
             running[0].thread.join()  # backpressure: the oldest running segment finishes first
         self._raise_errors()
-        sink = VideoFileSink(self._dir / f"{len(self._segments):05d}{self.path.suffix}", **self.video_options)
+        path = self._dir / f"{len(self._segments):05d}{self.path.suffix}"
+        if self.processes:
+            from ._encoder_process import ProcessVideoSink
+
+            sink = ProcessVideoSink(path, **self.video_options)
+        else:
+            sink = VideoFileSink(path, **self.video_options)
         self._segments.append(_Segment(sink, self._height, self._width))
         self._lengths.append(0)
 

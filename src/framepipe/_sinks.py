@@ -23,7 +23,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from ._errors import EncoderError, OutputError
-from ._postprocess import check_frame_format, frame_shape
+from ._frames import check_frame_format, frame_shape
 from ._priority import call_at_lower_priority, check_nice
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
@@ -363,19 +363,31 @@ class ArraySink:
         self.frames = None
 
 
-def open_sink(path: str | os.PathLike[str], *, segment_frames: int | str | None = None, **video_options) -> Sink:
+def open_sink(
+    path: str | os.PathLike[str], *, segment_frames: int | str | None = None, processes: bool = False, **video_options
+) -> Sink:
     """Pick a sink by the output path: a video file by suffix, ``.npy``, or a folder for PNGs.
 
-    ``segment_frames`` (video files only, opt-in) encodes independent segments in parallel and
-    joins them: a different bitstream, see ``SegmentedVideoSink``."""
+    For video files (opt-in): ``segment_frames`` encodes independent segments in parallel and joins
+    them, a different bitstream (``SegmentedVideoSink``); ``processes`` runs each encoder in a worker
+    process, the same file (``ProcessVideoSink``)."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix in VIDEO_SUFFIXES:
         if segment_frames:
             from ._segments import SegmentedVideoSink
 
-            return SegmentedVideoSink(path, segment_frames=segment_frames, **video_options)
+            return SegmentedVideoSink(path, segment_frames=segment_frames, processes=processes, **video_options)
+        if processes:
+            from ._encoder_process import ProcessVideoSink
+
+            return ProcessVideoSink(path, **video_options)
         return VideoFileSink(path, **video_options)
+    if processes:
+        raise OutputError(
+            f"Encoder processes serve only video files ({', '.join(VIDEO_SUFFIXES)}), not {path}; "
+            "drop --encoder-processes for .npy or PNG output."
+        )
     if video_options.get("frame_format", "rgb24") != "rgb24":
         raise OutputError(
             f"yuv420p frames from the device go only to video files ({', '.join(VIDEO_SUFFIXES)}), not {path}; "

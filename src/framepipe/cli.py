@@ -76,6 +76,12 @@ def _add_decode_options(p: argparse.ArgumentParser, *, demo: bool, mode: bool = 
         "thread that launches the GPU's work (same files)",
     )
     p.add_argument(
+        "--encoder-processes",
+        action="store_true",
+        help="opt-in: run each encoder in a worker process fed through shared memory, so that encoding never "
+        "holds the interpreter lock the decoding thread needs (same files; video files only)",
+    )
+    p.add_argument(
         "--segment-frames",
         type=_segment_frames,
         default=None,
@@ -235,7 +241,8 @@ def _bench(args: argparse.Namespace) -> int:
         vae, latents, modes=modes,
         encoder=EncoderSettings(codec=args.codec, preset=args.preset, crf=args.crf, fps=args.fps,
                                 segment_frames=args.segment_frames, device_yuv=args.device_yuv,
-                                options=dict(args.encoder_option), nice=args.encoder_nice),  # fmt: skip
+                                options=dict(args.encoder_option), nice=args.encoder_nice,
+                                processes=args.encoder_processes),  # fmt: skip
         warmup=args.warmup, runs=args.runs, slots=args.slots, profile=args.profile == "on",
         timeline_dir=timeline_dir, video_fps=args.video_fps, price_per_hour=args.price_per_hour, on_mode=announce,
         stream_videos=args.stream_videos, model=describe_vae(args.vae, args.arch, args.seed),
@@ -395,7 +402,8 @@ def _run(args: argparse.Namespace) -> int:
 
     common = dict(
         mode=args.mode, fps=args.fps, crf=args.crf, preset=args.preset, codec=args.codec, slots=args.slots,
-        encoder_options=dict(args.encoder_option), encoder_nice=args.encoder_nice, segment_frames=args.segment_frames,
+        encoder_options=dict(args.encoder_option), encoder_nice=args.encoder_nice,
+        encoder_processes=args.encoder_processes, segment_frames=args.segment_frames,
         progress=not args.quiet and not args.json,
     )  # fmt: skip
     if args.command == "demo":

@@ -1,0 +1,125 @@
+"""Encoders in worker processes (--encoder-processes): the same files, and nothing left behind."""
+
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from conftest import small_latents, small_vae
+from framepipe import EncoderError, OutputError, decode, decode_many
+from framepipe._encoder_process import ProcessVideoSink, _ring_folder
+from framepipe._postprocess import to_uint8_frames
+from framepipe._sinks import VideoFileSink, open_sink
+from framepipe._synth import synth_clips
+from framepipe.cli import main
+
+# 128x128: libx264 (PyAV 18.1) wrote the same bytes run after run at this size; at some others
+# (160 wide, 64x64) its output changed between runs even in one process.
+FRAMES = to_uint8_frames(synth_clips(1, 13, 128, 128, seed=3))[0].numpy()
+
+
+def _write(sink, frames=FRAMES, chunk=4):
+    sink.open(frames=len(frames), height=128, width=128)
+    for i in range(0, len(frames), chunk):
+        sink.write(frames[i : i + chunk])
+    sink.close()
+
+
+def _rings() -> set[str]:
+    folder = _ring_folder()
+    return {n for n in os.listdir(folder) if n.startswith("framepipe-ring-")} if folder else set()
+
+
+def _leftovers(folder) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_a_process_writes_the_same_file_as_a_thread(tmp_path):
+    rings = _rings()
+    _write(VideoFileSink(tmp_path / "thread.mp4", preset="fast"))
+    sink = ProcessVideoSink(tmp_path / "process.mp4", preset="fast", slots=3)  # fewer slots than a chunk
+    _write(sink, chunk=5)
+    assert (tmp_path / "thread.mp4").read_bytes() == (tmp_path / "process.mp4").read_bytes()
+    assert sink._process.returncode == 0 and _leftovers(tmp_path) == [] and _rings() == rings
+
+
+def test_yuv420p_frames_and_a_lowered_process(tmp_path):
+    from framepipe._postprocess import to_yuv420p_frames
+
+    planes = to_yuv420p_frames(synth_clips(1, 5, 128, 128, seed=4))[0].numpy()
+    _write(VideoFileSink(tmp_path / "a.mp4", frame_format="yuv420p"), planes)
+    _write(ProcessVideoSink(tmp_path / "b.mp4", frame_format="yuv420p", nice=3), planes)
+    assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
+
+
+def test_an_option_the_encoder_rejects_fails_cleanly(tmp_path):
+    rings = _rings()
+    sink = ProcessVideoSink(tmp_path / "v.mp4", options={"no-such-option": "1"})
+    with pytest.raises(EncoderError, match="no option 'no-such-option'"):
+        _write(sink)
+    assert sink._process.poll() is not None
+    assert not (tmp_path / "v.mp4").exists() and _leftovers(tmp_path) == [] and _rings() == rings
+
+
+def test_a_dead_encoder_process_is_an_error_not_a_hang(tmp_path):
+    sink = ProcessVideoSink(tmp_path / "v.mp4")
+    sink.open(frames=13, height=128, width=128)
+    sink.write(FRAMES[:4])
+    os.kill(sink._process.pid, signal.SIGKILL)
+    sink._process.wait()
+    with pytest.raises(EncoderError, match="ended unexpectedly"):
+        for _ in range(3):  # the loss shows on the next message to it
+            sink.write(FRAMES[4:8])
+        sink.close()
+    assert not (tmp_path / "v.mp4").exists() and _leftovers(tmp_path) == []
+
+
+def test_abort_stops_the_process_and_removes_everything(tmp_path):
+    (tmp_path / "v.mp4").write_bytes(b"keep me")
+    sink = ProcessVideoSink(tmp_path / "v.mp4")
+    sink.open(frames=13, height=128, width=128)
+    sink.write(FRAMES[:4])
+    sink.abort()
+    assert sink._process.poll() is not None
+    assert (tmp_path / "v.mp4").read_bytes() == b"keep me" and _leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize("segment_frames", [None, "tail"])
+def test_decode_with_encoder_processes_writes_the_same_file(tmp_path, segment_frames):
+    vae = small_vae("wan2.1")
+    latents = small_latents("wan2.1", frames=4, height=16, width=16)
+    for processes in (False, True):
+        decode(latents, tmp_path / f"p{processes}.mp4", vae=vae, preset="ultrafast", device="cpu",
+               encoder_processes=processes, segment_frames=segment_frames)  # fmt: skip
+    assert (tmp_path / "pFalse.mp4").read_bytes() == (tmp_path / "pTrue.mp4").read_bytes()
+    assert _leftovers(tmp_path) == []
+
+
+def test_a_stream_with_encoder_processes(tmp_path):
+    vae = small_vae("wan2.1")
+    videos = [small_latents("wan2.1", frames=f, height=16, width=16, seed=f) for f in (2, 3, 4)]
+    decode_many([(z, tmp_path / f"s{i}.mp4") for i, z in enumerate(videos)], vae=vae, preset="ultrafast",
+                device="cpu", encoder_processes=True, encoder_nice=2)  # fmt: skip
+    for i, z in enumerate(videos):
+        decode(z, tmp_path / f"d{i}.mp4", vae=vae, preset="ultrafast", device="cpu")
+        assert (tmp_path / f"s{i}.mp4").read_bytes() == (tmp_path / f"d{i}.mp4").read_bytes()
+
+
+def test_encoder_processes_serve_video_files_only(tmp_path):
+    with pytest.raises(OutputError, match="drop --encoder-processes"):
+        open_sink(tmp_path / "f.npy", processes=True)
+
+
+def test_encoder_processes_from_the_command_line(tmp_path, capsys):
+    z = tmp_path / "z.npy"
+    np.save(z, small_latents("wan2.1", frames=2, height=16, width=16).numpy())
+    code = main(["decode", str(z), "-o", str(tmp_path / "v.mp4"), "--arch", "tiny-wan2.1", "--device", "cpu",
+                 "--encoder-processes", "--quiet"])  # fmt: skip
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "v.mp4").stat().st_size > 0
+    code = main(["decode", str(z), "-o", str(tmp_path / "w.mp4"), "--arch", "tiny-wan2.1", "--device", "cpu",
+                 "--encoder-processes", "--encoder-option", "no-such-option=1", "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and "no option 'no-such-option'" in err.strip().splitlines()[-1]
+    assert not (tmp_path / "w.mp4").exists() and _leftovers(tmp_path) == []
