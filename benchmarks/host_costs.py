@@ -1,4 +1,4 @@
-"""Two host-side questions behind the "keep the GPU busy" directions, answered on the CPU alone.
+"""Three host-side questions behind the "keep the GPU busy" directions, answered on the CPU alone.
 
 1. How much of the encoder thread's work is FFmpeg's RGB -> yuv420p conversion, which
    ``--device-yuv`` moves to the GPU? Times swscale's conversion per frame against a whole
@@ -10,7 +10,11 @@
    decode thread launches kernels? Times a loop of tiny torch operations alone, then while
    encoders run on other threads: one encoder, and five (as tail segments run at once), with
    libx264 ``threads=1`` or its default thread count, at normal priority or with the encoding
-   threads at nice 10 (the threads x264 creates inherit it from the thread that opens it).
+   threads at nice 10 or 19 (the threads x264 creates inherit it from the thread that opens it).
+   The same five encoders in worker processes (``ProcessVideoSink``, ``--encoder-processes``)
+   take the interpreter lock out of the picture and leave only the competition for cores.
+   Reports the median, mean and worst of 20 loops against the median alone: the worst cases are
+   the delays that leave a GPU waiting.
 
     python benchmarks/host_costs.py   # 41 procedural frames of 480x832, libx264 medium crf 18
 """
@@ -20,6 +24,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import os
+import statistics
 import tempfile
 import threading
 import time
@@ -29,20 +34,34 @@ import av
 import numpy as np
 import torch
 
+from framepipe._encoder_process import ProcessVideoSink
 from framepipe._postprocess import to_uint8_frames
 from framepipe._sinks import VideoFileSink
 from framepipe._synth import synth_clips
 
 
-def encode(frames: np.ndarray, path: Path, preset: str, crf: int, threads: str | None = "1") -> None:
-    sink = VideoFileSink(path, preset=preset, crf=crf, options={"threads": threads} if threads else {})
+def encode(
+    frames: np.ndarray,
+    path: Path,
+    preset: str,
+    crf: int,
+    threads: str | None = "1",
+    *,
+    nice: int = 0,
+    processes: bool = False,
+) -> None:
+    options = {"threads": threads} if threads else {}
+    if processes:  # nice applies to the whole worker process
+        sink = ProcessVideoSink(path, preset=preset, crf=crf, options=options, nice=nice)
+    else:
+        sink = VideoFileSink(path, preset=preset, crf=crf, options=options)
     sink.open(frames=len(frames), height=frames.shape[1], width=frames.shape[2])
     for i in range(0, len(frames), 4):
         sink.write(frames[i : i + 4])
     sink.close()
 
 
-def launch_loop(ops: int = 20_000) -> float:
+def launch_loop(ops: int = 5_000) -> float:
     """Seconds for ``ops`` tiny in-place torch operations: Python and dispatch, almost no arithmetic."""
     t = torch.zeros(16)
     start = time.perf_counter()
@@ -52,23 +71,31 @@ def launch_loop(ops: int = 20_000) -> float:
 
 
 def launch_loop_beside_encoders(
-    frames: np.ndarray, folder: Path, preset: str, crf: int, *, encoders: int, threads: str | None, nice: int
-) -> float:
-    """Best of 5 ``launch_loop`` timings while ``encoders`` threads encode ``frames`` over and over."""
+    frames: np.ndarray,
+    folder: Path,
+    preset: str,
+    crf: int,
+    *,
+    encoders: int,
+    threads: str | None,
+    nice: int,
+    processes: bool = False,
+) -> list[float]:
+    """20 ``launch_loop`` timings while ``encoders`` threads encode ``frames`` over and over."""
     stop = threading.Event()
 
     def keep_encoding(i: int) -> None:
-        if nice:  # Linux: a thread's own nice value, which the encoder's threads inherit
+        if nice and not processes:  # Linux: a thread's own nice value, which the encoder's threads inherit
             os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
         while not stop.is_set():
-            encode(frames, folder / f"bg{i}.mp4", preset, crf, threads)
+            encode(frames, folder / f"bg{i}.mp4", preset, crf, threads, nice=nice, processes=processes)
 
     workers = [threading.Thread(target=keep_encoding, args=(i,)) for i in range(encoders)]
     for w in workers:
         w.start()
     try:
         time.sleep(1.0)  # the encoders are under way
-        return min(launch_loop() for _ in range(5))
+        return [launch_loop() for _ in range(20)]
     finally:
         stop.set()
         for w in workers:
@@ -108,24 +135,29 @@ def main() -> None:
             t.join()
         parallel = time.perf_counter() - start
         torch.set_num_threads(1)
-        alone = min(launch_loop() for _ in range(5))
-        cases = [(1, None, 0), *itertools.product((5,), (None, "1"), (0, 10))]
+        alone = statistics.median(launch_loop() for _ in range(20))
+        cases = [(1, None, 0, False), *itertools.product((5,), (None, "1"), (0, 10, 19), (False,))]
+        cases += [(5, None, 0, True), (5, None, 19, True)]
         beside = {
             case: launch_loop_beside_encoders(
-                src[:21], tmp, args.preset, args.crf, encoders=case[0], threads=case[1], nice=case[2]
+                src[:21], tmp, args.preset, args.crf, encoders=case[0], threads=case[1], nice=case[2],
+                processes=case[3],
             )
             for case in cases
-        }
+        }  # fmt: skip
     print(f"{args.frames} frames of {args.size}, libx264 {args.preset} crf {args.crf} threads=1, "
           f"PyAV {av.__version__}, {os.cpu_count()} CPUs")  # fmt: skip
     print(f"swscale rgb24 -> yuv420p: {1000 * convert:.2f} ms per frame; whole encode: {1000 * one:.1f} ms per frame "
           f"(the conversion is {100 * convert / one:.1f} % of it)")  # fmt: skip
     print(f"two encodes: one after the other {sequential:.2f} s, on two Python threads at once {parallel:.2f} s "
           f"({sequential / parallel:.2f}x)")  # fmt: skip
-    print(f"20,000 tiny torch ops: {1000 * alone:.1f} ms alone; beside encoders on other threads:")
-    for (encoders, threads, nice), seconds in beside.items():
-        print(f"  {encoders} x libx264 threads={threads or 'default'}, nice {nice}: {1000 * seconds:.1f} ms "
-              f"({seconds / alone:.2f}x)")  # fmt: skip
+    print(f"5,000 tiny torch ops: {1000 * alone:.1f} ms alone (median of 20); beside encoders on other threads, "
+          "median / mean / worst of 20 against that:")  # fmt: skip
+    for (encoders, threads, nice, processes), times in beside.items():
+        where = "worker processes" if processes else "threads"
+        print(f"  {encoders} x libx264 threads={threads or 'default'} in {where}, nice {nice}: "
+              f"{statistics.median(times) / alone:.2f}x / {statistics.mean(times) / alone:.2f}x / "
+              f"{max(times) / alone:.2f}x")  # fmt: skip
 
 
 if __name__ == "__main__":
