@@ -40,7 +40,7 @@ def _ring_folder() -> str | None:
 
 
 class ProcessVideoSink:
-    """``VideoFileSink`` run in a worker process; same arguments, same file (opt-in).
+    """``VideoFileSink`` run in a worker process; same arguments, same file (opt-in; POSIX systems).
 
     Args:
         path, fps, codec, crf, preset, pix_fmt, options, frame_format, nice: as for ``VideoFileSink``
