@@ -53,6 +53,22 @@ def test_yuv420p_frames_and_a_lowered_process(tmp_path):
     assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads Linux's per-thread nice values")
+def test_a_lowered_worker_runs_all_its_threads_n_levels_down_once(tmp_path):
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    sink = ProcessVideoSink(tmp_path / "v.mp4", preset="ultrafast", options={"threads": "3"}, nice=4)
+    sink.open(frames=2, height=256, width=256)
+    try:
+        sink.write(np.zeros((1, 256, 256, 3), np.uint8))  # waits for the worker's answer to open
+        sink._receive(block=True)  # and for its first frame: x264's threads exist by then
+        tasks = f"/proc/{sink._process.pid}/task"
+        nices = {os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(tasks)}
+        assert len(os.listdir(tasks)) >= 4 and nices == {min(19, base + 4)}, nices
+        assert os.getpriority(os.PRIO_PROCESS, 0) == base
+    finally:
+        sink.abort()
+
+
 def test_an_option_the_encoder_rejects_fails_cleanly(tmp_path):
     rings = _rings()
     sink = ProcessVideoSink(tmp_path / "v.mp4", options={"no-such-option": "1"})

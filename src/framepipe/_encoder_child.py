@@ -30,13 +30,13 @@ def _load_sinks():
 
 def serve(commands: Connection, replies: Connection) -> None:
     """Open, encode and close one video as told; any failure is sent back as ("error", type, message)."""
-    import numpy as np
-
     sink = ring = None
     try:
         _, settings = commands.recv()  # ("open", settings)
-        if settings["nice"] and hasattr(os, "setpriority"):
+        if settings["nice"] and hasattr(os, "setpriority"):  # before any thread starts: they inherit it
             os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + settings["nice"]))
+        import numpy as np
+
         with open(settings["ring"], "r+b") as f:
             ring = mmap.mmap(f.fileno(), settings["slots"] * settings["slot_bytes"])
         shape = tuple(settings["frame_shape"])

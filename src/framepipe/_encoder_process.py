@@ -86,7 +86,7 @@ class ProcessVideoSink:
             self._start_child(
                 {
                     "path": str(self._dir / f"out{self.path.suffix}"),
-                    "options": self.video_options,
+                    "options": {k: v for k, v in self.video_options.items() if k != "nice"},  # the process is lowered
                     "nice": self.nice,
                     "ring": self._ring_path,
                     "slots": self.slots,
@@ -95,7 +95,7 @@ class ProcessVideoSink:
                     "frames": frames,
                     "height": height,
                     "width": width,
-                }  # fmt: skip
+                }
             )
         except BaseException:
             self.abort()
@@ -109,6 +109,7 @@ class ProcessVideoSink:
             self._process = subprocess.Popen(
                 [sys.executable, "-P", str(_CHILD), str(command_read), str(reply_write)],
                 pass_fds=(command_read, reply_write), stdin=subprocess.DEVNULL, close_fds=True,
+                env={**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"},  # NumPy needs no pool here
             )  # fmt: skip
         except BaseException:
             for fd in (command_write, reply_read):
