@@ -101,6 +101,15 @@ def test_abort_stops_the_process_and_removes_everything(tmp_path):
     assert (tmp_path / "v.mp4").read_bytes() == b"keep me" and _leftovers(tmp_path) == []
 
 
+def test_a_worker_whose_parent_vanishes_cleans_up_itself(tmp_path):
+    sink = ProcessVideoSink(tmp_path / "v.mp4")
+    sink.open(frames=13, height=128, width=128)
+    sink.write(FRAMES[:4])
+    sink._commands.close()  # as if this process had been killed: the worker reads end-of-file
+    assert sink._process.wait(timeout=30) == 0
+    assert not (tmp_path / "v.mp4").exists() and _leftovers(tmp_path) == []
+
+
 @pytest.mark.parametrize("segment_frames", [None, "tail"])
 def test_decode_with_encoder_processes_writes_the_same_file(tmp_path, segment_frames):
     vae = small_vae("wan2.1")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import mmap
 import os
+import shutil
 import sys
 import types
 from multiprocessing.connection import Connection
@@ -30,7 +31,7 @@ def _load_sinks():
 
 def serve(commands: Connection, replies: Connection) -> None:
     """Open, encode and close one video as told; any failure is sent back as ("error", type, message)."""
-    sink = ring = None
+    sink = ring = settings = None
     try:
         _, settings = commands.recv()  # ("open", settings)
         if settings["nice"] and hasattr(os, "setpriority"):  # before any thread starts: they inherit it
@@ -39,6 +40,7 @@ def serve(commands: Connection, replies: Connection) -> None:
 
         with open(settings["ring"], "r+b") as f:
             ring = mmap.mmap(f.fileno(), settings["slots"] * settings["slot_bytes"])
+        os.unlink(settings["ring"])  # mapped on both sides now: nothing is left to clean up if either dies
         shape = tuple(settings["frame_shape"])
         size = settings["slot_bytes"]
         slots = [np.ndarray(shape, np.uint8, buffer=ring, offset=i * size) for i in range(settings["slots"])]
@@ -58,9 +60,11 @@ def serve(commands: Connection, replies: Connection) -> None:
             else:  # "abort"
                 sink.abort()
                 return
-    except EOFError:  # the parent went away: drop the output
+    except EOFError:  # the parent went away without a word: drop the output and its private folder
         if sink is not None:
             sink.abort()
+        if settings is not None:
+            shutil.rmtree(Path(settings["path"]).parent, ignore_errors=True)
     except BaseException as e:
         if sink is not None:
             sink.abort()

@@ -8,8 +8,9 @@ encoder and its settings are the same as ``VideoFileSink``'s, so the file is the
 
 Note [Process sinks clean up after themselves]: the child encodes into a private folder beside the
 output, and only ``close`` moves the finished file into place. If the child fails or dies, or
-``abort`` is called, the folder, the ring and the process are removed here, so nothing is left
-half-written and no process outlives the sink.
+``abort`` is called, the folder and the process are removed here; if this process dies, the child
+sees its commands end and removes the folder itself. The ring's name is unlinked as soon as both
+sides have mapped it. So nothing is left half-written and no process outlives the sink.
 """
 
 from __future__ import annotations
