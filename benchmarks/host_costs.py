@@ -137,7 +137,7 @@ def main() -> None:
         torch.set_num_threads(1)
         alone = statistics.median(launch_loop() for _ in range(20))
         cases = [(1, None, 0, False), *itertools.product((5,), (None, "1"), (0, 10, 19), (False,))]
-        cases += [(5, None, 0, True), (5, None, 19, True)]
+        cases += [(1, None, 19, True), (5, None, 0, True), (5, None, 19, True)]
         beside = {
             case: launch_loop_beside_encoders(
                 src[:21], tmp, args.preset, args.crf, encoders=case[0], threads=case[1], nice=case[2],
