@@ -56,6 +56,7 @@ def command(settings: dict, modes: list[str] | None = None) -> str:
         parts.append(f"--encoder-nice {enc['nice']}")
     if enc.get("processes"):
         parts.append("--encoder-processes")
+    parts += [f"--encoder-variant '{spec}'" for spec in settings.get("encoder_variants") or {}]
     if settings.get("price_per_gpu_hour") is not None:
         parts.append(f"--price-per-hour {settings['price_per_gpu_hour']:.2f}")
     return " ".join(parts)

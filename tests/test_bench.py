@@ -16,6 +16,15 @@ from framepipe._trace import PipelineTrace
 from framepipe.cli import main
 
 
+def _bench_table():
+    """benchmarks/bench_table.py, a script rather than a module of the package."""
+    script = Path(__file__).parents[1] / "benchmarks" / "bench_table.py"
+    spec = importlib.util.spec_from_file_location("bench_table", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_union_length_counts_overlaps_once_and_clips():
     assert union_length([(0, 1), (0.5, 2), (3, 4)], 0, 10) == pytest.approx(3.0)
     assert union_length([(0, 1), (0.5, 2), (3, 4)], 0.5, 3.5) == pytest.approx(2.0)
@@ -101,11 +110,7 @@ def test_bench_cli_json(tmp_path, capsys):
     if sys.platform.startswith("linux"):  # where the kernel reports a thread's schedstat
         for row in report["modes"]:
             assert row["main_thread_cpu_s"] > 0 and row["main_thread_wait_s"] >= 0, row
-    script = Path(__file__).parents[1] / "benchmarks" / "bench_table.py"
-    spec = importlib.util.spec_from_file_location("bench_table", script)
-    bench_table = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_table)
-    line = bench_table.command(report["settings"], [r["mode"] for r in report["modes"]])
+    line = _bench_table().command(report["settings"], [r["mode"] for r in report["modes"]])
     assert "--encoder-option threads=2" in line and "--modes sync,async,gpu-only" in line
     assert "--device cpu" in line and "--profile off" in line and "--stream-videos" not in line
 
@@ -146,3 +151,39 @@ def test_bench_cuda_reports_utilization(tmp_path):
     # async copies uint8 frames, sync and diffusers copy float32: four times the bytes.
     assert rows["sync"]["d2h_gb"] == pytest.approx(4 * rows["async"]["d2h_gb"])
     torch.cuda.synchronize()
+
+
+def test_encoder_variants_change_only_what_they_name():
+    from framepipe._bench import EncoderSettings, encoder_variant
+
+    base = EncoderSettings(preset="fast", options={"threads": "2"})
+    v = encoder_variant("processes, nice=19, rc-lookahead=10, segment-frames=tail", base)
+    assert (v.processes, v.nice, v.segment_frames, v.preset) == (True, 19, "tail", "fast")
+    assert v.options == {"threads": "2", "rc-lookahead": "10"} and base.options == {"threads": "2"}
+    assert encoder_variant("segment-frames=20", base).segment_frames == 20
+    for bad in ("", "nice", "nice=x", "nice=40", "segment-frames=0", "fast", "=3"):
+        with pytest.raises(ValueError):
+            encoder_variant(bad, base)
+
+
+def test_bench_runs_encoder_variants_side_by_side(tmp_path, capsys):
+    code = main(["bench", "--arch", "tiny-wan2.1", "--shape", "1x2x4x4", "--runs", "1", "--warmup", "0",
+                 "--modes", "async,gpu-only,encode-only", "--profile", "off", "--json", "--device", "cpu",
+                 "--encoder-variant", "processes,nice=3", "--encoder-variant", "threads=1"])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    report = json.loads(out)
+    assert [r["mode"] for r in report["modes"]] == [
+        "async", "async [processes,nice=3]", "async [threads=1]", "gpu-only",
+        "encode-only", "encode-only [processes,nice=3]", "encode-only [threads=1]",
+    ]  # fmt: skip
+    variants = report["settings"]["encoder_variants"]
+    assert variants["processes,nice=3"]["processes"] and variants["threads=1"]["options"] == {"threads": "1"}
+    assert all(r["vs_gpu_only"] > 0 for r in report["modes"])
+    line = _bench_table().command(report["settings"], ["async", "gpu-only", "encode-only"])
+    assert "--encoder-variant 'processes,nice=3' --encoder-variant 'threads=1'" in line
+    code = main(
+        ["bench", "--arch", "tiny-wan2.1", "--shape", "1x2x4x4", "--device", "cpu", "--encoder-variant", "nice"]
+    )
+    err = capsys.readouterr().err
+    assert code == 1 and "Traceback" not in err and "Invalid encoder variant 'nice'" in err.strip().splitlines()[-1]

@@ -21,7 +21,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,12 +34,14 @@ from ._decode import decode_chunks, geometry
 from ._executors import numbered_chunks
 from ._latents import denormalize
 from ._postprocess import converter, to_uint8_frames
+from ._priority import check_nice
 from ._profile import profile_run
 from ._sinks import Sink, open_sink
 from ._trace import PipelineTrace, stage
 
 BENCH_MODES: tuple[str, ...] = ("diffusers", "sync", "async", "gpu-only", "encode-only", "async-stream")
 DEFAULT_MODES: tuple[str, ...] = BENCH_MODES[:5]
+VARIANT_MODES: tuple[str, ...] = ("sync", "async", "encode-only", "async-stream")  # framepipe's encoding modes
 
 
 @dataclass
@@ -64,6 +66,29 @@ class EncoderSettings:
                          options=self.options, nice=self.nice, processes=self.processes,
                          segment_frames=self.segment_frames,
                          frame_format=frame_format)  # fmt: skip
+
+
+def encoder_variant(spec: str, base: EncoderSettings) -> EncoderSettings:
+    """``base`` changed as ``spec`` says: comma-separated ``processes``, ``nice=N``,
+    ``segment-frames=N|tail``, or any other ``KEY=VALUE`` as an FFmpeg encoder option."""
+    changes: dict[str, Any] = {}
+    options = dict(base.options)
+    for token in (t.strip() for t in spec.split(",")):
+        key, has_value, value = token.partition("=")
+        if token == "processes":
+            changes["processes"] = True
+        elif key == "nice" and value.isdigit():
+            changes["nice"] = check_nice(int(value))
+        elif key == "segment-frames" and (value == "tail" or value.isdigit() and int(value) > 0):
+            changes["segment_frames"] = value if value == "tail" else int(value)
+        elif has_value and key and value and key not in ("nice", "segment-frames"):
+            options[key] = value
+        else:
+            raise ValueError(
+                f"Invalid encoder variant {spec!r} (at {token!r}): use comma-separated processes, nice=N, "
+                "segment-frames=N|tail or an encoder option KEY=VALUE, e.g. 'processes,nice=19'."
+            )
+    return replace(base, options=options, **changes)
 
 
 @dataclass
@@ -257,7 +282,11 @@ class Bench:
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
-    def run_mode(self, mode: str, *, warmup: int, runs: int, profile: bool, timeline_dir: Path | None) -> ModeResult:
+    def run_mode(
+        self, mode: str, *, warmup: int, runs: int, profile: bool, timeline_dir: Path | None, name: str | None = None
+    ) -> ModeResult:
+        """Measure ``mode`` with the current encoder settings; ``name`` labels the row (default: ``mode``)."""
+        name = name or mode
         run = self.runner(mode)
         if mode == "encode-only" and self._frames is None:
             self.prepare_frames()
@@ -283,7 +312,7 @@ class Bench:
             d2h = trace.d2h_bytes
         units = self.stream_videos if mode == "async-stream" else 1
         result = ModeResult(
-            mode=mode,
+            mode=name,
             seconds=seconds,
             frames=self.geometry.frames,
             videos=self.geometry.batch,
@@ -300,7 +329,8 @@ class Bench:
             if timeline_dir is not None:
                 from ._timeline import draw_timeline
 
-                png = draw_timeline(timeline, timeline_dir / f"timeline-{mode}.png", title=mode)
+                slug = "".join(c if c.isalnum() or c in "-_" else "_" for c in name.replace(" [", "-").rstrip("]"))
+                png = draw_timeline(timeline, timeline_dir / f"timeline-{slug}.png", title=name)
                 result.timeline_png = str(png)
         return result
 
@@ -423,11 +453,16 @@ def run_bench(
     on_mode: Callable[[str], None] | None = None,
     stream_videos: int = 4,
     model: str | None = None,
+    encoder_variants: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Measure ``modes`` on ``latents`` (pipeline format) and return the report as a dict.
 
-    ``model`` says in the report which VAE ``vae`` is (e.g. ``"random wan2.1"``), for the record."""
+    ``model`` says in the report which VAE ``vae`` is (e.g. ``"random wan2.1"``), for the record.
+    Each of ``encoder_variants`` (see ``encoder_variant``) runs framepipe's encoding modes again
+    with changed encoder settings, as rows named ``"async [processes,nice=19]"``, side by side with
+    the others in this process and against the same ``gpu-only``."""
     encoder = encoder or EncoderSettings()
+    variants = [(spec, encoder_variant(spec, encoder)) for spec in encoder_variants]
     bad = [m for m in modes if m not in BENCH_MODES]
     if bad:
         raise ValueError(f"Invalid mode(s) {', '.join(bad)}. Supported values are {', '.join(BENCH_MODES)}.")
@@ -439,11 +474,15 @@ def run_bench(
         bench = Bench(vae, latents, encoder=encoder, slots=slots, workdir=Path(tmp), stream_videos=stream_videos)
         results = []
         for mode in modes:
-            if on_mode:
-                on_mode(mode)
-            results.append(bench.run_mode(mode, warmup=warmup, runs=runs, profile=profile, timeline_dir=timeline_dir))
-            if bench.device.type == "cuda":
-                torch.cuda.empty_cache()
+            for spec, settings in [("", encoder), *(variants if mode in VARIANT_MODES else [])]:
+                name = f"{mode} [{spec}]" if spec else mode
+                if on_mode:
+                    on_mode(name)
+                bench.encoder = settings
+                results.append(bench.run_mode(mode, warmup=warmup, runs=runs, profile=profile,
+                                              timeline_dir=timeline_dir, name=name))  # fmt: skip
+                if bench.device.type == "cuda":
+                    torch.cuda.empty_cache()
         g = bench.geometry
     baseline = "diffusers" if "diffusers" in modes else ("sync" if "sync" in modes else None)
     rows = summarize(results, video_fps=video_fps or encoder.fps, price_per_hour=price_per_hour, baseline=baseline)
@@ -459,6 +498,7 @@ def run_bench(
             "height": g.height,
             "width": g.width,
             "encoder": asdict(encoder),
+            "encoder_variants": {spec: asdict(settings) for spec, settings in variants},
             "slots": slots,
             "stream_videos": stream_videos if "async-stream" in modes else None,
             "warmup": warmup,

@@ -162,6 +162,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated modes (default: all but async-stream); async-stream decodes "
                         "--stream-videos copies back to back in one pipeline, reported per video")  # fmt: skip
     b.add_argument("--stream-videos", type=int, default=4, help="videos per async-stream run (default 4)")
+    b.add_argument("--encoder-variant", action="append", default=[], metavar="SPEC",
+                   help="also run sync/async/encode-only/async-stream with these encoder changes, side by side "
+                        "(repeatable): comma-separated processes, nice=N, segment-frames=N|tail or an encoder "
+                        "option KEY=VALUE, e.g. 'processes,nice=19'")  # fmt: skip
     b.add_argument("--warmup", type=int, default=1, help="untimed runs per mode (default 1)")
     b.add_argument("--runs", type=int, default=10, help="timed runs per mode (default 10)")
     b.add_argument("--profile", choices=("on", "off"), default="on",
@@ -246,6 +250,7 @@ def _bench(args: argparse.Namespace) -> int:
         warmup=args.warmup, runs=args.runs, slots=args.slots, profile=args.profile == "on",
         timeline_dir=timeline_dir, video_fps=args.video_fps, price_per_hour=args.price_per_hour, on_mode=announce,
         stream_videos=args.stream_videos, model=describe_vae(args.vae, args.arch, args.seed),
+        encoder_variants=args.encoder_variant,
     )  # fmt: skip
     if args.json:
         print(json.dumps(report, indent=2))
