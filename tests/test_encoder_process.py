@@ -8,7 +8,7 @@ import pytest
 
 from conftest import small_latents, small_vae
 from framepipe import EncoderError, OutputError, decode, decode_many
-from framepipe._encoder_process import ProcessVideoSink, _ring_folder
+from framepipe._encoder_process import SPARES, ProcessVideoSink, _ring_folder
 from framepipe._postprocess import to_uint8_frames
 from framepipe._sinks import VideoFileSink, open_sink
 from framepipe._synth import synth_clips
@@ -41,7 +41,28 @@ def test_a_process_writes_the_same_file_as_a_thread(tmp_path):
     sink = ProcessVideoSink(tmp_path / "process.mp4", preset="fast", slots=3)  # fewer slots than a chunk
     _write(sink, chunk=5)
     assert (tmp_path / "thread.mp4").read_bytes() == (tmp_path / "process.mp4").read_bytes()
-    assert sink._process.returncode == 0 and _leftovers(tmp_path) == [] and _rings() == rings
+    assert _leftovers(tmp_path) == [] and _rings() == rings
+
+
+def test_a_worker_encodes_one_video_after_another(tmp_path):
+    SPARES.close()
+    workers = set()
+    for i in range(3):
+        sink = ProcessVideoSink(tmp_path / f"v{i}.mp4", preset="fast")
+        sink.open(frames=len(FRAMES), height=128, width=128)
+        workers.add(sink._process.pid)
+        for j in range(0, len(FRAMES), 4):
+            sink.write(FRAMES[j : j + 4])
+        sink.close()
+    assert len(workers) == 1  # the finished worker went back to the pool and took the next video
+    assert (tmp_path / "v0.mp4").read_bytes() == (tmp_path / "v2.mp4").read_bytes()
+    lowered = ProcessVideoSink(tmp_path / "low.mp4", preset="fast", nice=2)
+    _write(lowered)
+    plain = ProcessVideoSink(tmp_path / "plain.mp4", preset="fast")
+    plain.open(frames=len(FRAMES), height=128, width=128)
+    # the lowered worker is never given a video that asks for a higher priority: it could not rise again
+    assert os.getpriority(os.PRIO_PROCESS, plain._process.pid) == os.getpriority(os.PRIO_PROCESS, 0)
+    plain.abort()
 
 
 def test_yuv420p_frames_and_a_lowered_process(tmp_path):
@@ -72,9 +93,12 @@ def test_a_lowered_worker_runs_all_its_threads_n_levels_down_once(tmp_path):
 def test_an_option_the_encoder_rejects_fails_cleanly(tmp_path):
     rings = _rings()
     sink = ProcessVideoSink(tmp_path / "v.mp4", options={"no-such-option": "1"})
+    sink.open(frames=len(FRAMES), height=128, width=128)
+    worker = sink._process
     with pytest.raises(EncoderError, match="no option 'no-such-option'"):
-        _write(sink)
-    assert sink._process.poll() is not None
+        sink.write(FRAMES[:4])
+        sink.close()
+    assert worker.poll() is not None
     assert not (tmp_path / "v.mp4").exists() and _leftovers(tmp_path) == [] and _rings() == rings
 
 
@@ -96,8 +120,9 @@ def test_abort_stops_the_process_and_removes_everything(tmp_path):
     sink = ProcessVideoSink(tmp_path / "v.mp4")
     sink.open(frames=13, height=128, width=128)
     sink.write(FRAMES[:4])
+    worker = sink._process
     sink.abort()
-    assert sink._process.poll() is not None
+    assert worker.poll() is not None
     assert (tmp_path / "v.mp4").read_bytes() == b"keep me" and _leftovers(tmp_path) == []
 
 
@@ -105,7 +130,7 @@ def test_a_worker_whose_parent_vanishes_cleans_up_itself(tmp_path):
     sink = ProcessVideoSink(tmp_path / "v.mp4")
     sink.open(frames=13, height=128, width=128)
     sink.write(FRAMES[:4])
-    sink._commands.close()  # as if this process had been killed: the worker reads end-of-file
+    sink._worker.commands.close()  # as if this process had been killed: the worker reads end-of-file
     assert sink._process.wait(timeout=30) == 0
     assert not (tmp_path / "v.mp4").exists() and _leftovers(tmp_path) == []
 

@@ -3,7 +3,8 @@
 It loads ``framepipe._sinks`` without the package's ``__init__`` (which imports torch), so it
 starts in a fraction of a second with PyAV and NumPy alone. Commands come on one pipe, replies go
 on another (``multiprocessing.connection`` framing); frames arrive in a shared ring of frame
-slots (a memory-mapped file), and each ``write`` command names the slots that hold them.
+slots (a memory-mapped file), and each ``write`` command names the slots that hold them. A worker
+encodes one video after another until its commands end.
 
     python _encoder_child.py COMMAND_FD REPLY_FD
 """
@@ -30,21 +31,37 @@ def _load_sinks():
 
 
 def serve(commands: Connection, replies: Connection) -> None:
-    """Open, encode and close one video as told; any failure is sent back as ("error", type, message)."""
+    """Encode videos as told until the commands end or one fails.
+
+    The imports come first, so that a worker started ahead of need is ready the moment it is told
+    to open a video."""
+    import av  # noqa: F401  (now rather than at the first open)
+
+    video_file_sink = _load_sinks()
+    base = os.getpriority(os.PRIO_PROCESS, 0) if hasattr(os, "getpriority") else 0
+    while _one_video(commands, replies, video_file_sink, base):
+        pass
+
+
+def _one_video(commands: Connection, replies: Connection, video_file_sink, base: int) -> bool:
+    """Open, encode and close one video; True if this worker can take another. Any failure is sent
+    back as ("error", type, message) and ends the worker."""
+    import numpy as np
+
     sink = ring = settings = None
+    slots: list = []
     try:
         _, settings = commands.recv()  # ("open", settings)
-        if settings["nice"] and hasattr(os, "setpriority"):  # before any thread starts: they inherit it
-            os.setpriority(os.PRIO_PROCESS, 0, min(19, os.getpriority(os.PRIO_PROCESS, 0) + settings["nice"]))
-        import numpy as np
-
+        if hasattr(os, "setpriority"):  # before the encoder starts its threads: they inherit it
+            target = min(19, base + settings["nice"])
+            if target != os.getpriority(os.PRIO_PROCESS, 0):
+                os.setpriority(os.PRIO_PROCESS, 0, target)
         with open(settings["ring"], "r+b") as f:
             ring = mmap.mmap(f.fileno(), settings["slots"] * settings["slot_bytes"])
         os.unlink(settings["ring"])  # mapped on both sides now: nothing is left to clean up if either dies
-        shape = tuple(settings["frame_shape"])
-        size = settings["slot_bytes"]
+        shape, size = tuple(settings["frame_shape"]), settings["slot_bytes"]
         slots = [np.ndarray(shape, np.uint8, buffer=ring, offset=i * size) for i in range(settings["slots"])]
-        sink = _load_sinks()(settings["path"], **settings["options"])
+        sink = video_file_sink(settings["path"], **settings["options"])
         sink.open(frames=settings["frames"], height=settings["height"], width=settings["width"])
         replies.send(("opened",))
         while True:
@@ -56,20 +73,27 @@ def serve(commands: Connection, replies: Connection) -> None:
             elif kind == "close":
                 sink.close()
                 replies.send(("closed",))
-                return
+                return True
             else:  # "abort"
                 sink.abort()
-                return
-    except EOFError:  # the parent went away without a word: drop the output and its private folder
+                return True
+    except EOFError:  # no more work; mid-video, the parent went away: drop the output and its folder
         if sink is not None:
             sink.abort()
         if settings is not None:
             shutil.rmtree(Path(settings["path"]).parent, ignore_errors=True)
+        return False
     except BaseException as e:
         if sink is not None:
             sink.abort()
         with contextlib.suppress(OSError):  # the parent may be gone too
             replies.send(("error", type(e).__name__, str(e)))
+        return False
+    finally:
+        slots.clear()  # the views go before the map they look into
+        if ring is not None:
+            with contextlib.suppress(BufferError):
+                ring.close()
 
 
 if __name__ == "__main__":

@@ -136,6 +136,11 @@ class SegmentedVideoSink:
             self._plan = tail_plan(frames)
         else:
             self._plan = [self.segment_frames]
+        if self.processes:  # one started worker for each segment that may encode at once
+            from ._encoder_process import SPARES
+
+            count = len(self._plan) if self.segment_frames == TAIL else -(-max(frames, 1) // self.segment_frames)
+            SPARES.reserve(min(self.workers, count))
         self._height, self._width = height, width
         try:
             self._dir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".segments", dir=self.path.parent))
