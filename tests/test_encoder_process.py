@@ -14,8 +14,8 @@ from framepipe._sinks import VideoFileSink, open_sink
 from framepipe._synth import synth_clips
 from framepipe.cli import main
 
-# 128x128: libx264 (PyAV 18.1) wrote the same bytes run after run at this size; at some others
-# (160 wide, 64x64) its output changed between runs even in one process.
+# Byte comparisons use ultrafast at 128x128: libx264's own assembly made other presets and sizes
+# write different bytes run after run, even in one process (README, "Same frames in").
 FRAMES = to_uint8_frames(synth_clips(1, 13, 128, 128, seed=3))[0].numpy()
 
 
@@ -37,8 +37,8 @@ def _leftovers(folder) -> list[str]:
 
 def test_a_process_writes_the_same_file_as_a_thread(tmp_path):
     rings = _rings()
-    _write(VideoFileSink(tmp_path / "thread.mp4", preset="fast"))
-    sink = ProcessVideoSink(tmp_path / "process.mp4", preset="fast", slots=3)  # fewer slots than a chunk
+    _write(VideoFileSink(tmp_path / "thread.mp4", preset="ultrafast"))
+    sink = ProcessVideoSink(tmp_path / "process.mp4", preset="ultrafast", slots=3)  # fewer slots than a chunk
     _write(sink, chunk=5)
     assert (tmp_path / "thread.mp4").read_bytes() == (tmp_path / "process.mp4").read_bytes()
     assert _leftovers(tmp_path) == [] and _rings() == rings
@@ -48,7 +48,7 @@ def test_a_worker_encodes_one_video_after_another(tmp_path):
     SPARES.close()
     workers = set()
     for i in range(3):
-        sink = ProcessVideoSink(tmp_path / f"v{i}.mp4", preset="fast")
+        sink = ProcessVideoSink(tmp_path / f"v{i}.mp4", preset="ultrafast")
         sink.open(frames=len(FRAMES), height=128, width=128)
         workers.add(sink._process.pid)
         for j in range(0, len(FRAMES), 4):
@@ -56,9 +56,9 @@ def test_a_worker_encodes_one_video_after_another(tmp_path):
         sink.close()
     assert len(workers) == 1  # the finished worker went back to the pool and took the next video
     assert (tmp_path / "v0.mp4").read_bytes() == (tmp_path / "v2.mp4").read_bytes()
-    lowered = ProcessVideoSink(tmp_path / "low.mp4", preset="fast", nice=2)
+    lowered = ProcessVideoSink(tmp_path / "low.mp4", preset="ultrafast", nice=2)
     _write(lowered)
-    plain = ProcessVideoSink(tmp_path / "plain.mp4", preset="fast")
+    plain = ProcessVideoSink(tmp_path / "plain.mp4", preset="ultrafast")
     plain.open(frames=len(FRAMES), height=128, width=128)
     # the lowered worker is never given a video that asks for a higher priority: it could not rise again
     assert os.getpriority(os.PRIO_PROCESS, plain._process.pid) == os.getpriority(os.PRIO_PROCESS, 0)
@@ -69,8 +69,8 @@ def test_yuv420p_frames_and_a_lowered_process(tmp_path):
     from framepipe._postprocess import to_yuv420p_frames
 
     planes = to_yuv420p_frames(synth_clips(1, 5, 128, 128, seed=4))[0].numpy()
-    _write(VideoFileSink(tmp_path / "a.mp4", frame_format="yuv420p"), planes)
-    _write(ProcessVideoSink(tmp_path / "b.mp4", frame_format="yuv420p", nice=3), planes)
+    _write(VideoFileSink(tmp_path / "a.mp4", preset="ultrafast", frame_format="yuv420p"), planes)
+    _write(ProcessVideoSink(tmp_path / "b.mp4", preset="ultrafast", frame_format="yuv420p", nice=3), planes)
     assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
 
 
