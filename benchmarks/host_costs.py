@@ -36,6 +36,7 @@ import torch
 
 from framepipe._encoder_process import ProcessVideoSink
 from framepipe._postprocess import to_uint8_frames
+from framepipe._priority import lower_thread_priority
 from framepipe._sinks import VideoFileSink
 from framepipe._synth import synth_clips
 
@@ -85,8 +86,8 @@ def launch_loop_beside_encoders(
     stop = threading.Event()
 
     def keep_encoding(i: int) -> None:
-        if nice and not processes:  # Linux: a thread's own nice value, which the encoder's threads inherit
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), nice)
+        if not processes:  # as the pipeline's writer: the encoder's threads inherit this thread's nice value
+            lower_thread_priority(nice)
         while not stop.is_set():
             encode(frames, folder / f"bg{i}.mp4", preset, crf, threads, nice=nice, processes=processes)
 

@@ -50,7 +50,7 @@ def test_a_worker_encodes_one_video_after_another(tmp_path):
     for i in range(3):
         sink = ProcessVideoSink(tmp_path / f"v{i}.mp4", preset="ultrafast")
         sink.open(frames=len(FRAMES), height=128, width=128)
-        workers.add(sink._process.pid)
+        workers.add(sink._worker.process.pid)
         for j in range(0, len(FRAMES), 4):
             sink.write(FRAMES[j : j + 4])
         sink.close()
@@ -61,7 +61,7 @@ def test_a_worker_encodes_one_video_after_another(tmp_path):
     plain = ProcessVideoSink(tmp_path / "plain.mp4", preset="ultrafast")
     plain.open(frames=len(FRAMES), height=128, width=128)
     # the lowered worker is never given a video that asks for a higher priority: it could not rise again
-    assert os.getpriority(os.PRIO_PROCESS, plain._process.pid) == os.getpriority(os.PRIO_PROCESS, 0)
+    assert os.getpriority(os.PRIO_PROCESS, plain._worker.process.pid) == os.getpriority(os.PRIO_PROCESS, 0)
     plain.abort()
 
 
@@ -82,7 +82,7 @@ def test_a_lowered_worker_runs_all_its_threads_n_levels_down_once(tmp_path):
     try:
         sink.write(np.zeros((1, 256, 256, 3), np.uint8))  # waits for the worker's answer to open
         sink._receive(block=True)  # and for its first frame: x264's threads exist by then
-        tasks = f"/proc/{sink._process.pid}/task"
+        tasks = f"/proc/{sink._worker.process.pid}/task"
         nices = {os.getpriority(os.PRIO_PROCESS, int(t)) for t in os.listdir(tasks)}
         assert len(os.listdir(tasks)) >= 4 and nices == {min(19, base + 4)}, nices
         assert os.getpriority(os.PRIO_PROCESS, 0) == base
@@ -94,7 +94,7 @@ def test_an_option_the_encoder_rejects_fails_cleanly(tmp_path):
     rings = _rings()
     sink = ProcessVideoSink(tmp_path / "v.mp4", options={"no-such-option": "1"})
     sink.open(frames=len(FRAMES), height=128, width=128)
-    worker = sink._process
+    worker = sink._worker.process
     with pytest.raises(EncoderError, match="no option 'no-such-option'"):
         sink.write(FRAMES[:4])
         sink.close()
@@ -106,8 +106,8 @@ def test_a_dead_encoder_process_is_an_error_not_a_hang(tmp_path):
     sink = ProcessVideoSink(tmp_path / "v.mp4")
     sink.open(frames=13, height=128, width=128)
     sink.write(FRAMES[:4])
-    os.kill(sink._process.pid, signal.SIGKILL)
-    sink._process.wait()
+    os.kill(sink._worker.process.pid, signal.SIGKILL)
+    sink._worker.process.wait()
     with pytest.raises(EncoderError, match="ended unexpectedly"):
         for _ in range(3):  # the loss shows on the next message to it
             sink.write(FRAMES[4:8])
@@ -120,7 +120,7 @@ def test_abort_stops_the_process_and_removes_everything(tmp_path):
     sink = ProcessVideoSink(tmp_path / "v.mp4")
     sink.open(frames=13, height=128, width=128)
     sink.write(FRAMES[:4])
-    worker = sink._process
+    worker = sink._worker.process
     sink.abort()
     assert worker.poll() is not None
     assert (tmp_path / "v.mp4").read_bytes() == b"keep me" and _leftovers(tmp_path) == []
@@ -131,7 +131,7 @@ def test_a_worker_whose_parent_vanishes_cleans_up_itself(tmp_path):
     sink.open(frames=13, height=128, width=128)
     sink.write(FRAMES[:4])
     sink._worker.commands.close()  # as if this process had been killed: the worker reads end-of-file
-    assert sink._process.wait(timeout=30) == 0
+    assert sink._worker.process.wait(timeout=30) == 0
     assert not (tmp_path / "v.mp4").exists() and _leftovers(tmp_path) == []
 
 

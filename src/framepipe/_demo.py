@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ._api import DecodeResult, decode
+from ._api import DecodeResult, _video_options, decode
 from ._postprocess import to_uint8_frames
 from ._quality import psnr_from_mse
 from ._sinks import Sink, open_sink
@@ -91,8 +91,9 @@ def run_demo(
 ) -> DemoResult:
     """Encode a procedural ``frames`` x ``size`` x ``size`` clip with ``vae``, decode it through
     ``decode`` (async by default) and write original | reconstruction to ``output``."""
-    video = dict(fps=fps, crf=crf, preset=preset, codec=codec, options=dict(encoder_options or {}),
-                 nice=encoder_nice, processes=encoder_processes, segment_frames=segment_frames)  # fmt: skip
+    video = _video_options(fps=fps, crf=crf, preset=preset, codec=codec, encoder_options=encoder_options,
+                           encoder_nice=encoder_nice, encoder_processes=encoder_processes,
+                           segment_frames=segment_frames, device_yuv=False)  # fmt: skip
     inner = open_sink(output, **video)  # a bad output path fails here, before any work
     clip = synth_clips(1, frames, size, size, seed=seed)
     sink = SideBySideSink(inner, to_uint8_frames(clip)[0].numpy())

@@ -20,6 +20,8 @@ import types
 from multiprocessing.connection import Connection
 from pathlib import Path
 
+import numpy as np
+
 
 def _load_sinks():
     package = types.ModuleType("framepipe")
@@ -46,8 +48,6 @@ def serve(commands: Connection, replies: Connection) -> None:
 def _one_video(commands: Connection, replies: Connection, video_file_sink, base: int) -> bool:
     """Open, encode and close one video; True if this worker can take another. Any failure is sent
     back as ("error", type, message) and ends the worker."""
-    import numpy as np
-
     sink = ring = settings = None
     slots: list = []
     try:

@@ -151,10 +151,6 @@ class ProcessVideoSink:
         self._free: list[int] = []
         self._closed = False
 
-    @property
-    def _process(self) -> subprocess.Popen | None:
-        return self._worker.process if self._worker else None
-
     def open(self, *, frames: int, height: int, width: int) -> None:
         _check_parent(self.path)
         self._height, self._width = height, width

@@ -3,7 +3,7 @@
 When several encoders share the host's cores with the thread that launches the GPU's kernels,
 that thread waits for a core and the GPU idles between kernels. Encoding threads at a higher nice
 value still take every idle cycle, but give way to it. Priority changes only when work runs,
-never what is written: x264 writes the same bytes whatever its threads' timing.
+never which frames reach the encoder or with which settings.
 
 A thread's nice value is inherited by the threads it creates, so an encoder opened on a lowered
 thread runs all its own threads lowered too. An unprivileged process cannot raise a priority

@@ -120,6 +120,12 @@ class SegmentedVideoSink:
         self.workers = max(1, workers or min(8, os.cpu_count() or 1))
         self.video_options = video_options
         self.processes = processes
+        if processes:
+            from ._encoder_process import SPARES, ProcessVideoSink
+
+            self._sink_type, self._spares = ProcessVideoSink, SPARES
+        else:
+            self._sink_type, self._spares = VideoFileSink, None
         probe = VideoFileSink(self.path, **video_options)  # validates the settings now
         self.fps, self.frame_format = probe.fps, probe.frame_format
         self._dir: Path | None = None
@@ -136,11 +142,9 @@ class SegmentedVideoSink:
             self._plan = tail_plan(frames)
         else:
             self._plan = [self.segment_frames]
-        if self.processes:  # one started worker for each segment that may encode at once
-            from ._encoder_process import SPARES
-
+        if self._spares is not None:  # one started worker for each segment that may encode at once
             count = len(self._plan) if self.segment_frames == TAIL else -(-max(frames, 1) // self.segment_frames)
-            SPARES.reserve(min(self.workers, count))
+            self._spares.reserve(min(self.workers, count))
         self._height, self._width = height, width
         try:
             self._dir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".segments", dir=self.path.parent))
@@ -157,13 +161,7 @@ class SegmentedVideoSink:
         if len(running) >= self.workers:
             running[0].thread.join()  # backpressure: the oldest running segment finishes first
         self._raise_errors()
-        path = self._dir / f"{len(self._segments):05d}{self.path.suffix}"
-        if self.processes:
-            from ._encoder_process import ProcessVideoSink
-
-            sink = ProcessVideoSink(path, **self.video_options)
-        else:
-            sink = VideoFileSink(path, **self.video_options)
+        sink = self._sink_type(self._dir / f"{len(self._segments):05d}{self.path.suffix}", **self.video_options)
         self._segments.append(_Segment(sink, self._height, self._width))
         self._lengths.append(0)
 
