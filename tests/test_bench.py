@@ -45,6 +45,9 @@ def test_utilization_and_alignment_from_a_chrome_trace():
     t = _timeline(events, trace, 10.0, cuda=True)
     assert t.window_s == pytest.approx(1.0)
     assert t.kernel_utilization == pytest.approx(0.6)
+    assert t.last_kernel_end_s == pytest.approx(0.6)  # the late kernel starts after the window
+    assert t.after_last_kernel_s == pytest.approx(0.4)
+    assert t.utilization_to_last_kernel == pytest.approx(1.0)
     assert t.d2h_copies == [pytest.approx((0.6, 0.61))]
     assert t.host["write"] == [pytest.approx((0.25, 0.5))]
     assert Timeline(window_s=1.0, cuda=False).kernel_utilization is None
@@ -92,8 +95,10 @@ def test_bench_stream_mode_is_reported_per_video():
                        profile=False, stream_videos=3)  # fmt: skip
     rows = {r["mode"]: r for r in report["modes"]}
     assert rows["async-stream"]["decodes_per_run"] == 3 and report["settings"]["stream_videos"] == 3
-    # per video, the stream costs about what one decode costs, not three times as much
-    assert rows["async-stream"]["vs_gpu_only"] < 2.5
+    # a run of the stream decodes the latents 3 times; its figures are per decode
+    three = ModeResult(mode="async-stream", seconds=[3.0, 6.0], frames=5, videos=1, peak_vram_gib=None,
+                       peak_host_extra_gib=0.0, d2h_gb=0.0, units=3)  # fmt: skip
+    assert three.stats["mean"] == pytest.approx(1.5) and three.stats["max"] == pytest.approx(2.0)
 
 
 def test_bench_cli_json(tmp_path, capsys):
@@ -144,7 +149,8 @@ def test_bench_cuda_reports_utilization(tmp_path):
         if row["mode"] == "encode-only":
             assert row["kernel_utilization"] == pytest.approx(0.0, abs=0.05)
         else:
-            assert 0 < row["kernel_utilization"] <= 1
+            assert 0 < row["kernel_utilization"] <= row["utilization_to_last_kernel"] <= 1
+            assert row["after_last_kernel_s"] >= 0
             assert row["peak_vram_gib"] > 0
     rows = {r["mode"]: r for r in report["modes"]}
     assert rows["gpu-only"]["d2h_gb"] == 0 and rows["async"]["d2h_gb"] > 0
@@ -161,7 +167,8 @@ def test_encoder_variants_change_only_what_they_name():
     assert (v.processes, v.nice, v.segment_frames, v.preset) == (True, 19, "tail", "fast")
     assert v.options == {"threads": "2", "rc-lookahead": "10"} and base.options == {"threads": "2"}
     assert encoder_variant("segment-frames=20", base).segment_frames == 20
-    for bad in ("", "nice", "nice=x", "nice=40", "segment-frames=0", "fast", "=3"):
+    assert encoder_variant("segment-frames=tail:1.5", base).segment_frames == "tail:1.5"
+    for bad in ("", "nice", "nice=x", "nice=40", "segment-frames=0", "segment-frames=tail:0.5", "fast", "=3"):
         with pytest.raises(ValueError):
             encoder_variant(bad, base)
 

@@ -8,7 +8,7 @@ from conftest import small_latents, small_vae
 from framepipe import decode
 from framepipe._errors import EncoderError
 from framepipe._postprocess import to_uint8_frames
-from framepipe._segments import SegmentedVideoSink, tail_plan
+from framepipe._segments import SegmentedVideoSink, parse_segment_frames, tail_plan
 from framepipe._sinks import VideoFileSink
 from framepipe._synth import synth_clips
 
@@ -70,8 +70,9 @@ def test_abort_and_a_failed_join_leave_nothing(tmp_path, monkeypatch, no_thread_
 def test_bad_settings_fail_before_any_frame(tmp_path):
     with pytest.raises(EncoderError, match="preset"):
         SegmentedVideoSink(tmp_path / "x.mp4", segment_frames=4, preset="warp-speed")
-    with pytest.raises(ValueError, match="segment_frames"):
-        SegmentedVideoSink(tmp_path / "x.mp4", segment_frames=0)
+    for bad in (0, True, "tail:", "tail:1", "tail:17", "head", "4"):
+        with pytest.raises(ValueError, match="segment_frames"):
+            SegmentedVideoSink(tmp_path / "x.mp4", segment_frames=bad)
 
 
 def test_decode_with_segments_writes_every_frame(tmp_path):
@@ -110,6 +111,18 @@ def test_tail_plan_halves_towards_the_end(frames):
     assert len(plan) == 1 or plan[-1] == 4
     assert all(a == 2 * b for a, b in zip(plan[1:-1], plan[2:], strict=False))  # doubling away from the end
     assert len(plan) == 1 or plan[0] >= 4  # no first segment shorter than the last
+
+
+@pytest.mark.parametrize("growth", [1.25, 1.5, 3.0])
+@pytest.mark.parametrize("frames", [1, 5, 33, 81, 161])
+def test_tail_plan_grows_by_the_given_factor(frames, growth):
+    plan = tail_plan(frames, growth=growth)
+    assert sum(plan) == frames and (len(plan) == 1 or plan[-1] == 4)
+    assert all(a >= b for a, b in zip(plan[1:-1], plan[2:], strict=False))  # never shorter away from the end
+    full = plan[1:]  # the first segment takes what is left over
+    assert all(abs(n - round(4 * growth**k)) <= 1 for k, n in enumerate(reversed(full)) if n > 4)
+    assert tail_plan(81, growth=1.5) == [28, 20, 14, 9, 6, 4]
+    assert parse_segment_frames("tail:1.5") == "tail:1.5" and parse_segment_frames("12") == 12
 
 
 def test_tail_segments_follow_the_plan(tmp_path, monkeypatch):

@@ -36,6 +36,7 @@ from ._latents import denormalize
 from ._postprocess import converter, to_uint8_frames
 from ._priority import check_nice
 from ._profile import profile_run
+from ._segments import parse_segment_frames
 from ._sinks import Sink, open_sink
 from ._trace import PipelineTrace, stage
 
@@ -68,9 +69,16 @@ class EncoderSettings:
                          frame_format=frame_format)  # fmt: skip
 
 
+def _segment_plan(text: str) -> int | str | None:
+    try:
+        return parse_segment_frames(text)
+    except ValueError:
+        return None
+
+
 def encoder_variant(spec: str, base: EncoderSettings) -> EncoderSettings:
     """``base`` changed as ``spec`` says: comma-separated ``processes``, ``nice=N``,
-    ``segment-frames=N|tail``, or any other ``KEY=VALUE`` as an FFmpeg encoder option."""
+    ``segment-frames=N|tail[:G]``, or any other ``KEY=VALUE`` as an FFmpeg encoder option."""
     changes: dict[str, Any] = {}
     options = dict(base.options)
     for token in (t.strip() for t in spec.split(",")):
@@ -79,14 +87,14 @@ def encoder_variant(spec: str, base: EncoderSettings) -> EncoderSettings:
             changes["processes"] = True
         elif key == "nice" and value.isdigit():
             changes["nice"] = check_nice(int(value))
-        elif key == "segment-frames" and (value == "tail" or value.isdigit() and int(value) > 0):
-            changes["segment_frames"] = value if value == "tail" else int(value)
+        elif key == "segment-frames" and _segment_plan(value) is not None:
+            changes["segment_frames"] = _segment_plan(value)
         elif has_value and key and value and key not in ("nice", "segment-frames"):
             options[key] = value
         else:
             raise ValueError(
                 f"Invalid encoder variant {spec!r} (at {token!r}): use comma-separated processes, nice=N, "
-                "segment-frames=N|tail or an encoder option KEY=VALUE, e.g. 'processes,nice=19'."
+                "segment-frames=N|tail[:G] or an encoder option KEY=VALUE, e.g. 'processes,nice=19'."
             )
     return replace(base, options=options, **changes)
 
@@ -104,6 +112,8 @@ class ModeResult:
     peak_host_extra_gib: float
     d2h_gb: float
     kernel_utilization: float | None = None
+    utilization_to_last_kernel: float | None = None
+    after_last_kernel_s: float | None = None
     timeline_png: str | None = None
     main_thread: list[tuple[float, float]] = field(default_factory=list)  # per run: (CPU s, run-queue wait s)
     extra: dict[str, Any] = field(default_factory=dict)
@@ -325,6 +335,8 @@ class Bench:
         if profile:
             timeline = profile_run(run, device=self.device)
             result.kernel_utilization = timeline.kernel_utilization
+            result.utilization_to_last_kernel = timeline.utilization_to_last_kernel
+            result.after_last_kernel_s = timeline.after_last_kernel_s
             result.extra["profiled_run_s"] = timeline.window_s
             if timeline_dir is not None:
                 from ._timeline import draw_timeline
@@ -358,6 +370,8 @@ def summarize(
             "frames_per_s": r.frames * r.videos / st["mean"],
             "vs_gpu_only": per_video / floor if floor else None,
             "kernel_utilization": r.kernel_utilization,
+            "utilization_to_last_kernel": r.utilization_to_last_kernel,
+            "after_last_kernel_s": r.after_last_kernel_s,
             "peak_vram_gib": r.peak_vram_gib,
             "peak_host_extra_gib": r.peak_host_extra_gib,
             "d2h_gb": r.d2h_gb,
@@ -510,6 +524,8 @@ def run_bench(
             "kernel_utilization": "union of CUDA kernel intervals in the profiled run's window / its wall time"
             if profile and bench.device.type == "cuda"
             else "not measured: " + ("no CUDA device (CPU run)" if bench.device.type != "cuda" else "profiling off"),
+            "after_last_kernel_s": "the profiled run's wall time after its last CUDA kernel ended (the host's tail); "
+            "utilization_to_last_kernel: kernel union / the time up to that end",
             "cost_formula": FORMULA,
             "main_thread": "the calling thread (the one that decodes and launches the GPU's work) per decode, "
             "mean over timed runs: main_thread_cpu_s on a core, main_thread_wait_s runnable but waiting for one "

@@ -45,6 +45,25 @@ class Timeline:
             return None
         return union_length(self.kernels, 0.0, self.window_s) / self.window_s if self.window_s > 0 else 0.0
 
+    @property
+    def last_kernel_end_s(self) -> float | None:
+        """When the GPU's last kernel in the window ended; None without CUDA activity."""
+        ends = [min(stop, self.window_s) for start, stop in self.kernels if start < self.window_s]
+        return max(ends) if self.cuda and ends else None
+
+    @property
+    def after_last_kernel_s(self) -> float | None:
+        """Wall time of the window after the last kernel: the host's tail (encoding, closing files)."""
+        end = self.last_kernel_end_s
+        return None if end is None else self.window_s - end
+
+    @property
+    def utilization_to_last_kernel(self) -> float | None:
+        """Busy share of the window up to the last kernel's end: how well the GPU was fed while
+        there was still GPU work, apart from the tail."""
+        end = self.last_kernel_end_s
+        return None if not end else union_length(self.kernels, 0.0, end) / end
+
 
 def union_length(intervals: list[Interval], lo: float, hi: float) -> float:
     """Total length covered by ``intervals`` clipped to [lo, hi]; overlaps count once."""

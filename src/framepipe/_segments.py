@@ -38,26 +38,55 @@ _DONE = object()
 TAIL = "tail"
 
 
-def tail_plan(frames: int, last: int = 4) -> list[int]:
-    """Segment lengths for ``frames`` frames that double from the end: ..., 4 * last, 2 * last, last.
+def tail_plan(frames: int, last: int = 4, growth: float = 2.0) -> list[int]:
+    """Segment lengths for ``frames`` frames that grow by ``growth`` away from the end:
+    ..., last * growth**2, last * growth, last (rounded).
 
-    The encoding a segment still has to do once its last frame arrives grows with its length, and
-    the time left until the decoding ends grows with its distance from the end, so lengths that
-    grow away from the end keep every segment's remaining work behind the decoding. Frames left
-    over at the start form a first segment of their own (joined to the next if shorter than
-    ``last``: every segment costs a keyframe)."""
-    if frames < 1 or last < 1:
-        raise ValueError(f"tail_plan needs frames >= 1 and last >= 1, got {frames} and {last}.")
-    lengths, length, left = [], last, frames
+    With x264's look-ahead, a segment's encoding is mostly still ahead when its last frame arrives,
+    and it must finish while the segments after it are decoded. So a segment may be about as long
+    as those after it, times its encoder's speed over the decoder's: ``growth`` = 1 + that ratio
+    (2: as fast as the decoder; lower when the decoder is faster or the encoders share few cores).
+    Frames left over at the start form a first segment of their own (joined to the next if shorter
+    than ``last``: every segment costs a keyframe)."""
+    if frames < 1 or last < 1 or not growth > 1:
+        raise ValueError(f"tail_plan needs frames >= 1, last >= 1 and growth > 1, got {frames}, {last} and {growth}.")
+    lengths, left, k = [], frames, 0
     while left > 0:
+        length = max(lengths[-1] if lengths else last, round(last * growth**k))
         lengths.append(min(length, left))
         left -= lengths[-1]
-        length *= 2
+        k += 1
     lengths.reverse()
     if len(lengths) > 1 and lengths[0] < last:
         first = lengths.pop(0)
         lengths[0] += first
     return lengths
+
+
+def parse_segment_frames(text: str) -> int | str:
+    """``segment_frames`` from its command-line spelling: ``N``, ``tail`` or ``tail:G``; ValueError otherwise."""
+    value: int | str = int(text) if text.strip().isdigit() else text
+    tail_growth(value)
+    return value
+
+
+def tail_growth(segment_frames: int | str) -> float | None:
+    """The growth of a ``"tail"`` or ``"tail:G"`` segment plan; None for fixed-length segments.
+
+    Raises ValueError for anything that is neither a whole number >= 1 nor such a plan."""
+    if isinstance(segment_frames, str) and segment_frames.partition(":")[0] == TAIL:
+        _, colon, text = segment_frames.partition(":")
+        try:
+            growth = float(text) if colon else 2.0
+        except ValueError:
+            growth = 0.0
+        if 1 < growth <= 16:
+            return growth
+    elif isinstance(segment_frames, int) and not isinstance(segment_frames, bool) and segment_frames >= 1:
+        return None
+    raise ValueError(
+        f"segment_frames must be a whole number >= 1, {TAIL!r} or '{TAIL}:G' with 1 < G <= 16, got {segment_frames!r}."
+    )
 
 
 class _Segment:
@@ -93,7 +122,8 @@ class SegmentedVideoSink:
     Args:
         path: output ``.mp4``, ``.mov`` or ``.mkv``.
         segment_frames: frames per independently encoded segment, or ``"tail"`` for segments that
-            halve in length towards the end (``tail_plan``; needs the frame count at ``open``).
+            halve in length towards the end (``tail_plan``; needs the frame count at ``open``), or
+            ``"tail:G"`` for segments that shrink by a factor G (> 1) towards the end instead of 2.
         workers: segments encoding at the same time, at most; the next segment waits for one to
             finish (this bounds host memory to the frames of ``workers`` segments).
         processes: opt-in: each segment's encoder runs in a worker process (``ProcessVideoSink``;
@@ -114,8 +144,7 @@ class SegmentedVideoSink:
         self.path = Path(path)
         if self.path.suffix.lower() not in VIDEO_SUFFIXES:
             raise OutputError(f"Unsupported video file type {self.path.suffix!r}; use {', '.join(VIDEO_SUFFIXES)}.")
-        if segment_frames != TAIL and (not isinstance(segment_frames, int) or segment_frames < 1):
-            raise ValueError(f"segment_frames must be a whole number >= 1 or {TAIL!r}, got {segment_frames!r}.")
+        self._growth = tail_growth(segment_frames)
         self.segment_frames = segment_frames
         self.workers = max(1, workers or min(8, os.cpu_count() or 1))
         self.video_options = video_options
@@ -136,14 +165,16 @@ class SegmentedVideoSink:
 
     def open(self, *, frames: int, height: int, width: int) -> None:
         _check_parent(self.path)
-        if self.segment_frames == TAIL:
+        if self._growth is not None:
             if frames < 1:
-                raise ValueError(f"segment_frames={TAIL!r} needs the video's frame count when the sink opens.")
-            self._plan = tail_plan(frames)
+                raise ValueError(
+                    f"segment_frames={self.segment_frames!r} needs the video's frame count when the sink opens."
+                )
+            self._plan = tail_plan(frames, growth=self._growth)
         else:
             self._plan = [self.segment_frames]
         if self._spares is not None:  # one started worker for each segment that may encode at once
-            count = len(self._plan) if self.segment_frames == TAIL else -(-max(frames, 1) // self.segment_frames)
+            count = len(self._plan) if self._growth is not None else -(-max(frames, 1) // self.segment_frames)
             self._spares.reserve(min(self.workers, count))
         self._height, self._width = height, width
         try:

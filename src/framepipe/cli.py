@@ -23,15 +23,14 @@ ARCH_HELP = (
 
 
 def _segment_frames(text: str) -> int | str:
-    if text == "tail":
-        return text
+    from ._segments import parse_segment_frames
+
     try:
-        value = int(text)
+        return parse_segment_frames(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a number of frames >= 1 or 'tail', got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(
+            f"expected a number of frames >= 1, 'tail' or 'tail:G' (1 < G <= 16), got {text!r}"
+        ) from None
 
 
 def _encoder_option(text: str) -> tuple[str, str]:
@@ -85,10 +84,11 @@ def _add_decode_options(p: argparse.ArgumentParser, *, demo: bool, mode: bool = 
         "--segment-frames",
         type=_segment_frames,
         default=None,
-        metavar="N|tail",
+        metavar="N|tail[:G]",
         help="opt-in: encode independent segments of N frames in parallel and join them into one file; "
         "'tail': segments that halve in length towards the end, so little encoding is left after the "
-        "last chunk (same frames in, a different bitstream: more keyframes, a larger file)",
+        "last chunk; 'tail:G': that shrink by G instead of 2 (same frames in, a different bitstream: "
+        "more keyframes, a larger file)",
     )
     if not demo:
         p.add_argument(
@@ -164,7 +164,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--stream-videos", type=int, default=4, help="videos per async-stream run (default 4)")
     b.add_argument("--encoder-variant", action="append", default=[], metavar="SPEC",
                    help="also run sync/async/encode-only/async-stream with these encoder changes, side by side "
-                        "(repeatable): comma-separated processes, nice=N, segment-frames=N|tail or an encoder "
+                        "(repeatable): comma-separated processes, nice=N, segment-frames=N|tail[:G] or an encoder "
                         "option KEY=VALUE, e.g. 'processes,nice=19'")  # fmt: skip
     b.add_argument("--warmup", type=int, default=1, help="untimed runs per mode (default 1)")
     b.add_argument("--runs", type=int, default=10, help="timed runs per mode (default 10)")
