@@ -18,7 +18,7 @@ import av
 import numpy as np
 
 from framepipe._postprocess import to_uint8_frames
-from framepipe._segments import TAIL, SegmentedVideoSink, tail_plan
+from framepipe._segments import SegmentedVideoSink, parse_segment_frames, tail_growth, tail_plan
 from framepipe._sinks import VideoFileSink
 from framepipe._synth import synth_clips
 
@@ -29,19 +29,21 @@ def main() -> None:
     p.add_argument("--size", default="480x832")
     p.add_argument("--preset", default="medium")
     p.add_argument("--crf", type=int, default=18)
-    p.add_argument("--segments", default="41,20,11,tail", help="segment lengths to try; 'tail': tail_plan")
+    p.add_argument("--segments", default="41,20,11,tail,tail:1.5,tail:1.25",
+                   help="segment lengths to try; 'tail' or 'tail:G': tail_plan growing by 2 or G")  # fmt: skip
     p.add_argument("--seed", type=int, default=11)
     args = p.parse_args()
     height, width = (int(v) for v in args.size.split("x"))
     src = to_uint8_frames(synth_clips(1, args.frames, height, width, seed=args.seed))[0].numpy()
     settings = dict(codec="libx264", preset=args.preset, crf=args.crf)
     sinks = {"one encoder": lambda path: VideoFileSink(path, **settings)}
-    for n in (v if v == TAIL else int(v) for v in args.segments.split(",")):
-        name = f"tail {tail_plan(args.frames)}" if n == TAIL else f"segments of {n}"
+    for n in map(parse_segment_frames, args.segments.split(",")):
+        growth = tail_growth(n)
+        name = f"segments of {n}" if growth is None else f"{n} {tail_plan(args.frames, growth=growth)}"
         sinks[name] = lambda path, n=n: SegmentedVideoSink(path, segment_frames=n, **settings)
     print(f"{args.frames} frames of {args.size}, synth seed {args.seed}, libx264 {args.preset} crf {args.crf}, "
           f"PyAV {av.__version__}")  # fmt: skip
-    print(f"{'encoding':<28} {'bytes':>9} {'vs one':>7} {'PSNR dB':>8} {'max err':>8} {'s (CPU)':>8}")
+    print(f"{'encoding':<44} {'bytes':>9} {'vs one':>7} {'PSNR dB':>8} {'max err':>8} {'s (CPU)':>8}")
     baseline = None
     with tempfile.TemporaryDirectory() as tmp:
         for name, make in sinks.items():
@@ -59,7 +61,7 @@ def main() -> None:
             baseline = baseline or size
             err = got.astype(np.float64) - src
             psnr = 10 * np.log10(255**2 / (err**2).mean())
-            print(f"{name:<28} {size:>9} {size / baseline:>7.2f} {psnr:>8.2f} {int(np.abs(err).max()):>8} "
+            print(f"{name:<44} {size:>9} {size / baseline:>7.2f} {psnr:>8.2f} {int(np.abs(err).max()):>8} "
                   f"{seconds:>8.2f}")  # fmt: skip
 
 

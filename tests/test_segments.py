@@ -61,7 +61,7 @@ def test_abort_and_a_failed_join_leave_nothing(tmp_path, monkeypatch, no_thread_
     def broken(*args, **kwargs):
         raise EncoderError("join failed")
 
-    monkeypatch.setattr(segments, "join_segments", broken)
+    monkeypatch.setattr(segments._Joiner, "_append", broken)
     with pytest.raises(EncoderError, match="join failed"):
         _write(SegmentedVideoSink(tmp_path / "b.mp4", segment_frames=4), src)
     assert list(tmp_path.iterdir()) == []
@@ -129,13 +129,13 @@ def test_tail_segments_follow_the_plan(tmp_path, monkeypatch):
     lengths = {}
     import framepipe._segments as segments
 
-    original = segments.join_segments
+    original = segments._Joiner._append
 
-    def record(paths, output, fps, got):
-        lengths["got"] = list(got)
-        original(paths, output, fps, got)
+    def record(self, path, length):
+        lengths.setdefault("got", []).append(length)
+        original(self, path, length)
 
-    monkeypatch.setattr(segments, "join_segments", record)
+    monkeypatch.setattr(segments._Joiner, "_append", record)
     _write(SegmentedVideoSink(tmp_path / "t.mp4", segment_frames="tail"), _frames(33))
     assert lengths["got"] == tail_plan(33) == [5, 16, 8, 4]
     assert len(_read(tmp_path / "t.mp4")) == 33

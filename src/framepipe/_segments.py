@@ -19,7 +19,6 @@ error is measured in the tests and docs/benchmarks.md.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import queue
 import shutil
@@ -94,6 +93,7 @@ class _Segment:
 
     def __init__(self, sink: Sink, height: int, width: int) -> None:
         self.sink, self.frames = sink, queue.Queue()
+        self.length = 0  # frames sent so far (by the pipeline's thread)
         self.error: BaseException | None = None
         sink.open(frames=0, height=height, width=width)  # bad settings fail here, in the caller's thread
         self.thread = threading.Thread(target=self._run, name="framepipe-segment", daemon=True)
@@ -159,7 +159,7 @@ class SegmentedVideoSink:
         self.fps, self.frame_format = probe.fps, probe.frame_format
         self._dir: Path | None = None
         self._segments: list[_Segment] = []
-        self._lengths: list[int] = []  # frames sent to each segment so far
+        self._joiner: _Joiner | None = None
         self._plan: list[int] = []  # segment lengths; past its end, the last one repeats
         self._closed = False
 
@@ -181,6 +181,7 @@ class SegmentedVideoSink:
             self._dir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".segments", dir=self.path.parent))
         except OSError as e:
             raise OutputError(f"Cannot write {self.path}: {e.strerror or e}.") from e
+        self._joiner = _Joiner(_temporary_sibling(self.path), self.fps)
         try:
             self._start_segment()
         except BaseException:
@@ -194,39 +195,42 @@ class SegmentedVideoSink:
         self._raise_errors()
         sink = self._sink_type(self._dir / f"{len(self._segments):05d}{self.path.suffix}", **self.video_options)
         self._segments.append(_Segment(sink, self._height, self._width))
-        self._lengths.append(0)
+        self._joiner.pending.put(self._segments[-1])
 
     def _raise_errors(self) -> None:
         for i, segment in enumerate(self._segments):
             if segment.error is not None:
                 raise EncoderError(f"Segment {i} of {self.path} failed: {segment.error}") from segment.error
+        if self._joiner is not None and self._joiner.error is not None:
+            raise self._joiner.error
 
     def write(self, frames: np.ndarray) -> None:
         if self._dir is None:
             raise RuntimeError("This sink is not open; call open() first.")
         _check_frames(frames, self._height, self._width, self.frame_format)
-        self._raise_errors()
-        for frame in frames:
-            planned = self._plan[min(len(self._lengths), len(self._plan)) - 1]
-            if self._lengths[-1] == planned:
-                self._segments[-1].frames.put(_DONE)
-                self._start_segment()
-            self._segments[-1].frames.put(np.array(frame))  # a copy: see Note [Sinks do not keep frames]
-            self._lengths[-1] += 1
+        try:
+            self._raise_errors()
+            for frame in frames:
+                planned = self._plan[min(len(self._segments), len(self._plan)) - 1]
+                if self._segments[-1].length == planned:
+                    self._segments[-1].frames.put(_DONE)
+                    self._start_segment()
+                self._segments[-1].frames.put(np.array(frame))  # a copy: see Note [Sinks do not keep frames]
+                self._segments[-1].length += 1
+        except BaseException:
+            self.abort()  # a failed encoder or join: nothing more can be written
+            raise
 
     def close(self) -> None:
         if self._closed or self._dir is None:
             return
         self._segments[-1].frames.put(_DONE)
-        for segment in self._segments:
-            segment.thread.join()
-        tmp = _temporary_sibling(self.path)
+        self._joiner.pending.put(_DONE)
+        self._joiner.thread.join()
         try:
             self._raise_errors()
-            join_segments([s.sink.path for s in self._segments], tmp, self.fps, self._lengths)
-            os.replace(tmp, self.path)
+            os.replace(self._joiner.output, self.path)
         except BaseException:
-            _remove(tmp)
             self.abort()
             raise
         shutil.rmtree(self._dir, ignore_errors=True)
@@ -239,6 +243,9 @@ class SegmentedVideoSink:
                 segment.error = segment.error or EncoderError("aborted")
                 segment.frames.put(_DONE)
                 segment.thread.join()
+        if self._joiner is not None:
+            self._joiner.abort()
+        for segment in self._segments:
             segment.sink.abort()
         self._segments = []
         if self._dir is not None:
@@ -247,33 +254,76 @@ class SegmentedVideoSink:
         self._closed = True
 
 
-def join_segments(paths: list[Path], output: Path, fps: Fraction, lengths: list[int]) -> None:
-    """Remux closed-GOP segments of ``lengths`` frames, in order, into one file: timestamps shift
-    by each segment's first frame."""
-    import av
+class _Joiner:
+    """Remuxes the segments, in order and with shifted timestamps, into one file on its own thread,
+    each as soon as its encoder is done: only the last segments are left to join at ``close``.
 
-    inputs = [av.open(str(p)) for p in paths]
-    try:
-        streams = [c.streams.video[0] for c in inputs]
-        headers = {bytes(s.codec_context.extradata or b"") for s in streams}
-        if len(headers) > 1:
-            raise EncoderError("The segments' encoder headers differ, so they cannot share one stream.")
-        with av.open(str(output), mode="w") as out:
-            target = out.add_stream_from_template(streams[0])
-            start = 0
-            for container, stream, length in zip(inputs, streams, lengths, strict=True):
-                shift = int(Fraction(start) / fps / stream.time_base)
-                start += length
+    ``pending`` takes the segments in order, then ``_DONE``. ``error`` holds the first failure;
+    after it, the remaining segments are taken but not joined."""
+
+    def __init__(self, output: Path, fps: Fraction) -> None:
+        self.output, self.fps = output, fps
+        self.pending: queue.Queue = queue.Queue()
+        self.error: BaseException | None = None
+        self._aborted = False
+        self._out = self._target = self._header = None
+        self._start = 0  # the next segment's first frame
+        self.thread = threading.Thread(target=self._run, name="framepipe-join", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        segment = None
+        try:
+            while (segment := self.pending.get()) is not _DONE:
+                segment.thread.join()
+                if self.error is None and not self._aborted and segment.error is None:
+                    self._append(segment.sink.path, segment.length)
+                    segment.sink.path.unlink(missing_ok=True)
+        except BaseException as e:  # reported to the pipeline's thread by SegmentedVideoSink
+            self.error = e
+            while segment is not _DONE:  # drain up to the end marker
+                segment = self.pending.get()
+        finally:
+            self._finish()
+
+    def _append(self, path: Path, length: int) -> None:
+        """Remux the closed segment at ``path`` (``length`` frames) onto the end of the output."""
+        import av
+
+        try:
+            with av.open(str(path)) as container:
+                stream = container.streams.video[0]
+                header = bytes(stream.codec_context.extradata or b"")
+                if self._out is None:
+                    self._out = av.open(str(self.output), mode="w")
+                    self._target, self._header = self._out.add_stream_from_template(stream), header
+                elif header != self._header:
+                    raise EncoderError("The segments' encoder headers differ, so they cannot share one stream.")
+                shift = int(Fraction(self._start) / self.fps / stream.time_base)
                 for packet in container.demux(stream):
                     if packet.dts is None:  # the demuxer's end-of-stream marker
                         continue
                     packet.pts += shift
                     packet.dts += shift
-                    packet.stream = target
-                    out.mux(packet)
-    except av.FFmpegError as e:
-        raise EncoderError(f"Could not join the encoded segments into {output}: {e}") from e
-    finally:
-        for c in inputs:
-            with contextlib.suppress(Exception):
-                c.close()
+                    packet.stream = self._target
+                    self._out.mux(packet)
+        except av.FFmpegError as e:
+            raise EncoderError(f"Could not join the encoded segments into one file: {e}") from e
+        self._start += length
+
+    def _finish(self) -> None:
+        if self._out is not None:
+            try:
+                self._out.close()
+            except Exception as e:
+                self.error = self.error or EncoderError(f"Could not finish the joined file: {e}")
+        elif self.error is None and not self._aborted:
+            self.error = EncoderError("No segment was encoded, so there is nothing to join.")
+
+    def abort(self) -> None:
+        """Stop joining (the segments' threads must have ended) and remove the partial file."""
+        self._aborted = True
+        if self.thread.is_alive():
+            self.pending.put(_DONE)
+            self.thread.join()
+        _remove(self.output)
