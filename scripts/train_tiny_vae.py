@@ -17,7 +17,7 @@ GPU, sets the pace at this width.
 
 The defaults are the best settings measured so far (docs/tiny-vae.md): batches of 32 and the
 squared-error term. The shipped model (src/framepipe/models/tiny-wan2.1/README.md) was trained
-before them; ``--batch 16 --mse-weight 0`` repeats its run.
+with them; ``--batch 16 --mse-weight 0`` repeats the run of the model shipped before it.
 Writes to --out: the diffusers folder (config.json + fp16 safetensors, with latents_mean/std
 measured on training clips), metrics.json (held-out PSNR/SSIM at 256x256), and train_state.pt for
 --resume (--stop-after splits a run across several calls; the schedule follows the total).
