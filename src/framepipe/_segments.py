@@ -3,14 +3,14 @@
 The plain MP4 sink has one encoder, and x264 keeps tens of frames in flight. So when the last
 chunk is decoded, a second or more of encoding is still ahead. Here the frames go, as they
 arrive, to a fresh encoder per segment, each on its own thread. Each segment starts with a
-keyframe and references nothing outside itself. On ``close`` the segments' packets are remuxed, in
-order and with shifted timestamps, into one file with the same frame count and order. Only the
-last segment's encoding is left once the frames are in.
+keyframe and references nothing outside itself. As each segment's encoder finishes, a joining
+thread remuxes its packets, in order and with shifted timestamps, onto one file with the same
+frame count and order. Only the last segments' encoding and joining are left once the frames are in.
 
-Segments are either all ``segment_frames`` long, or, with ``segment_frames="tail"``, they halve
-in length towards the end of the video (``tail_plan``): long segments early, while there is still
-decoding to hide their encoding behind, and a last one of a few frames, so the encoding left after
-the last chunk is short.
+Segments are either all ``segment_frames`` long, or, with ``segment_frames="tail"`` (or
+``"tail:G"``), they halve (shrink by G) towards the end of the video (``tail_plan``): long segments
+early, while there is still decoding to hide their encoding behind, and a last one of a few
+frames, so the encoding left after the last chunk is short.
 
 This changes the bitstream (more keyframes, rate control restarted per segment), not the frames
 handed to the encoder: it is opt-in (``segment_frames``), and its effect on size and decoded
