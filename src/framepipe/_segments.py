@@ -276,7 +276,9 @@ class _Joiner:
         try:
             while (segment := self.pending.get()) is not _DONE:
                 segment.thread.join()
-                if self.error is None and not self._aborted and segment.error is None:
+                if segment.error is not None:
+                    self._aborted = True  # the file cannot be whole; the sink reports the segment's error
+                if self.error is None and not self._aborted:
                     self._append(segment.sink.path, segment.length)
                     segment.sink.path.unlink(missing_ok=True)
         except BaseException as e:  # reported to the pipeline's thread by SegmentedVideoSink
