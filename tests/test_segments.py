@@ -121,8 +121,15 @@ def test_tail_plan_grows_by_the_given_factor(frames, growth):
     assert all(a >= b for a, b in zip(plan[1:-1], plan[2:], strict=False))  # never shorter away from the end
     full = plan[1:]  # the first segment takes what is left over
     assert all(abs(n - round(4 * growth**k)) <= 1 for k, n in enumerate(reversed(full)) if n > 4)
+
+
+def test_tail_plans_by_name():
     assert tail_plan(81, growth=1.5) == [28, 20, 14, 9, 6, 4]
+    assert tail_plan(81, growth=1.25) == [21, 15, 12, 10, 8, 6, 5, 4]
     assert parse_segment_frames("tail:1.5") == "tail:1.5" and parse_segment_frames("12") == 12
+    for bad in ("0", "tail:", "tail:1", "tail:abc", "head"):
+        with pytest.raises(ValueError, match="segment_frames"):
+            parse_segment_frames(bad)
 
 
 def test_tail_segments_follow_the_plan(tmp_path, monkeypatch):
