@@ -34,10 +34,9 @@ import av
 import numpy as np
 import torch
 
-from framepipe._encoder_process import ProcessVideoSink
 from framepipe._postprocess import to_uint8_frames
 from framepipe._priority import lower_thread_priority
-from framepipe._sinks import VideoFileSink
+from framepipe._sinks import open_sink
 from framepipe._synth import synth_clips
 
 
@@ -52,10 +51,8 @@ def encode(
     processes: bool = False,
 ) -> None:
     options = {"threads": threads} if threads else {}
-    if processes:  # nice applies to the whole worker process
-        sink = ProcessVideoSink(path, preset=preset, crf=crf, options=options, nice=nice)
-    else:
-        sink = VideoFileSink(path, preset=preset, crf=crf, options=options)
+    # in a worker process, nice lowers the whole process; on a thread, the caller has lowered the thread
+    sink = open_sink(path, preset=preset, crf=crf, options=options, nice=nice if processes else 0, processes=processes)
     sink.open(frames=len(frames), height=frames.shape[1], width=frames.shape[2])
     for i in range(0, len(frames), 4):
         sink.write(frames[i : i + 4])

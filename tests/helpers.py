@@ -7,6 +7,15 @@ import torch
 from framepipe import to_uint8_frames
 
 
+def write_all(sink, frames, chunk=4, *, height=None, width=None):
+    """Open ``sink``, write ``frames`` ([N, H, W, 3], or planes with ``height``/``width`` given) in
+    chunks of ``chunk`` frames as the pipeline does, and close it."""
+    sink.open(frames=len(frames), height=height or frames.shape[1], width=width or frames.shape[2])
+    for i in range(0, len(frames), chunk):
+        sink.write(frames[i : i + chunk])
+    sink.close()
+
+
 def diffusers_frames(vae, latents: torch.Tensor, *, latent_format="pipeline") -> torch.Tensor:
     """What diffusers gives: WanPipeline's de-normalization, ``vae.decode``, framepipe's uint8 rule.
 

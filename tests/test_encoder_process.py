@@ -13,17 +13,11 @@ from framepipe._postprocess import to_uint8_frames
 from framepipe._sinks import VideoFileSink, open_sink
 from framepipe._synth import synth_clips
 from framepipe.cli import main
+from helpers import write_all
 
 # Byte comparisons use ultrafast at 128x128: libx264's own assembly made other presets and sizes
 # write different bytes run after run, even in one process (README, "Same frames in").
 FRAMES = to_uint8_frames(synth_clips(1, 13, 128, 128, seed=3))[0].numpy()
-
-
-def _write(sink, frames=FRAMES, chunk=4):
-    sink.open(frames=len(frames), height=128, width=128)
-    for i in range(0, len(frames), chunk):
-        sink.write(frames[i : i + chunk])
-    sink.close()
 
 
 def _rings() -> set[str]:
@@ -37,9 +31,9 @@ def _leftovers(folder) -> list[str]:
 
 def test_a_process_writes_the_same_file_as_a_thread(tmp_path):
     rings = _rings()
-    _write(VideoFileSink(tmp_path / "thread.mp4", preset="ultrafast"))
+    write_all(VideoFileSink(tmp_path / "thread.mp4", preset="ultrafast"), FRAMES)
     sink = ProcessVideoSink(tmp_path / "process.mp4", preset="ultrafast", slots=3)  # fewer slots than a chunk
-    _write(sink, chunk=5)
+    write_all(sink, FRAMES, chunk=5)
     assert (tmp_path / "thread.mp4").read_bytes() == (tmp_path / "process.mp4").read_bytes()
     assert _leftovers(tmp_path) == [] and _rings() == rings
 
@@ -57,7 +51,7 @@ def test_a_worker_encodes_one_video_after_another(tmp_path):
     assert len(workers) == 1  # the finished worker went back to the pool and took the next video
     assert (tmp_path / "v0.mp4").read_bytes() == (tmp_path / "v2.mp4").read_bytes()
     lowered = ProcessVideoSink(tmp_path / "low.mp4", preset="ultrafast", nice=2)
-    _write(lowered)
+    write_all(lowered, FRAMES)
     plain = ProcessVideoSink(tmp_path / "plain.mp4", preset="ultrafast")
     plain.open(frames=len(FRAMES), height=128, width=128)
     # the lowered worker is never given a video that asks for a higher priority: it could not rise again
@@ -69,8 +63,15 @@ def test_yuv420p_frames_and_a_lowered_process(tmp_path):
     from framepipe._postprocess import to_yuv420p_frames
 
     planes = to_yuv420p_frames(synth_clips(1, 5, 128, 128, seed=4))[0].numpy()
-    _write(VideoFileSink(tmp_path / "a.mp4", preset="ultrafast", frame_format="yuv420p"), planes)
-    _write(ProcessVideoSink(tmp_path / "b.mp4", preset="ultrafast", frame_format="yuv420p", nice=3), planes)
+    write_all(
+        VideoFileSink(tmp_path / "a.mp4", preset="ultrafast", frame_format="yuv420p"), planes, height=128, width=128
+    )
+    write_all(
+        ProcessVideoSink(tmp_path / "b.mp4", preset="ultrafast", frame_format="yuv420p", nice=3),
+        planes,
+        height=128,
+        width=128,
+    )
     assert (tmp_path / "a.mp4").read_bytes() == (tmp_path / "b.mp4").read_bytes()
 
 

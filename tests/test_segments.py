@@ -11,6 +11,7 @@ from framepipe._postprocess import to_uint8_frames
 from framepipe._segments import SegmentedVideoSink, parse_segment_frames, tail_plan
 from framepipe._sinks import VideoFileSink
 from framepipe._synth import synth_clips
+from helpers import write_all
 
 
 def _frames(n=33, h=96, w=128):
@@ -26,18 +27,11 @@ def _psnr(a, b):
     return 10 * np.log10(255**2 / ((a.astype(np.float64) - b) ** 2).mean())
 
 
-def _write(sink, frames, chunk=4):
-    sink.open(frames=len(frames), height=frames.shape[1], width=frames.shape[2])
-    for i in range(0, len(frames), chunk):
-        sink.write(frames[i : i + chunk])
-    sink.close()
-
-
 @pytest.mark.parametrize("segment", [1, 10, 33, 50, "tail"])
 def test_segments_join_into_one_file_with_every_frame_in_order(tmp_path, segment, no_thread_leak):
     src = _frames()
-    _write(VideoFileSink(tmp_path / "one.mp4"), src)
-    _write(SegmentedVideoSink(tmp_path / "seg.mp4", segment_frames=segment, workers=3), src)
+    write_all(VideoFileSink(tmp_path / "one.mp4"), src)
+    write_all(SegmentedVideoSink(tmp_path / "seg.mp4", segment_frames=segment, workers=3), src)
     one, seg = _read(tmp_path / "one.mp4"), _read(tmp_path / "seg.mp4")
     assert seg.shape == src.shape
     # Each decoded frame is nearest to its own source frame: nothing dropped, doubled or reordered.
@@ -63,7 +57,7 @@ def test_abort_and_a_failed_join_leave_nothing(tmp_path, monkeypatch, no_thread_
 
     monkeypatch.setattr(segments._Joiner, "_append", broken)
     with pytest.raises(EncoderError, match="join failed"):
-        _write(SegmentedVideoSink(tmp_path / "b.mp4", segment_frames=4), src)
+        write_all(SegmentedVideoSink(tmp_path / "b.mp4", segment_frames=4), src)
     assert list(tmp_path.iterdir()) == []
 
 
@@ -97,7 +91,7 @@ def test_an_encoder_failure_in_a_segment_is_reported_and_cleaned_up(tmp_path, mo
     sink = SegmentedVideoSink(tmp_path / "c.mp4", segment_frames=4, workers=1)
     with pytest.raises(EncoderError, match="disk full"):
         try:
-            _write(sink, _frames(12))
+            write_all(sink, _frames(12))
         except EncoderError:
             sink.abort()  # as the pipeline does when a sink fails
             raise
@@ -143,7 +137,7 @@ def test_tail_segments_follow_the_plan(tmp_path, monkeypatch):
         original(self, path, length)
 
     monkeypatch.setattr(segments._Joiner, "_append", record)
-    _write(SegmentedVideoSink(tmp_path / "t.mp4", segment_frames="tail"), _frames(33))
+    write_all(SegmentedVideoSink(tmp_path / "t.mp4", segment_frames="tail"), _frames(33))
     assert lengths["got"] == tail_plan(33) == [5, 16, 8, 4]
     assert len(_read(tmp_path / "t.mp4")) == 33
 

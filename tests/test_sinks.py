@@ -7,6 +7,7 @@ from PIL import Image
 
 from framepipe import EncoderError, NpySink, OutputError, PngFolderSink, VideoFileSink, open_sink
 from framepipe._sinks import batch_paths
+from helpers import write_all
 
 
 def _frames(n=9, h=32, w=48):
@@ -21,16 +22,9 @@ def _frames(n=9, h=32, w=48):
     return np.round(np.stack(out)).astype(np.uint8)
 
 
-def _write(sink, frames, chunk=4):
-    sink.open(frames=len(frames), height=frames.shape[1], width=frames.shape[2])
-    for i in range(0, len(frames), chunk):
-        sink.write(frames[i : i + chunk])
-    sink.close()
-
-
 def test_mp4_round_trip(tmp_path):
     frames = _frames()
-    _write(VideoFileSink(tmp_path / "v.mp4", fps=16, crf=10, preset="ultrafast"), frames)
+    write_all(VideoFileSink(tmp_path / "v.mp4", fps=16, crf=10, preset="ultrafast"), frames)
     with av.open(str(tmp_path / "v.mp4")) as c:
         stream = c.streams.video[0]
         assert stream.codec_context.name == "h264"
@@ -46,8 +40,8 @@ def test_mp4_round_trip(tmp_path):
 
 def test_png_and_npy_are_lossless(tmp_path):
     frames = _frames(n=5)
-    _write(PngFolderSink(tmp_path / "pngs"), frames)
-    _write(NpySink(tmp_path / "f.npy"), frames)
+    write_all(PngFolderSink(tmp_path / "pngs"), frames)
+    write_all(NpySink(tmp_path / "f.npy"), frames)
     pngs = sorted((tmp_path / "pngs").iterdir())
     assert [p.name for p in pngs] == [f"frame_{i:06d}.png" for i in range(5)]
     np.testing.assert_array_equal(np.stack([np.asarray(Image.open(p)) for p in pngs]), frames)
@@ -74,14 +68,14 @@ def test_lifecycle_and_abort_leave_nothing(tmp_path, make):
 
 def test_close_twice_is_a_no_op(tmp_path):
     sink = NpySink(tmp_path / "f.npy")
-    _write(sink, _frames(n=2))
+    write_all(sink, _frames(n=2))
     sink.close()
     assert (tmp_path / "f.npy").exists()
 
 
 def test_overwrite_replaces_file_atomically(tmp_path):
     (tmp_path / "v.mp4").write_bytes(b"old")
-    _write(VideoFileSink(tmp_path / "v.mp4", preset="ultrafast"), _frames(n=2))
+    write_all(VideoFileSink(tmp_path / "v.mp4", preset="ultrafast"), _frames(n=2))
     assert (tmp_path / "v.mp4").read_bytes()[:3] != b"old"
 
 
@@ -106,7 +100,7 @@ def test_bad_encoder_settings(tmp_path):
 def test_encoder_options_reach_the_encoder(tmp_path):
     frames = _frames(n=6)
     for name, options in [("default", {}), ("g1", {"g": "1"})]:
-        _write(VideoFileSink(tmp_path / f"{name}.mp4", preset="ultrafast", options=options), frames)
+        write_all(VideoFileSink(tmp_path / f"{name}.mp4", preset="ultrafast", options=options), frames)
     keyframes = {}
     for name in ("default", "g1"):
         with av.open(str(tmp_path / f"{name}.mp4")) as c:

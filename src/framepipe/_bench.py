@@ -87,8 +87,8 @@ def encoder_variant(spec: str, base: EncoderSettings) -> EncoderSettings:
             changes["processes"] = True
         elif key == "nice" and value.isdigit():
             changes["nice"] = check_nice(int(value))
-        elif key == "segment-frames" and _segment_plan(value) is not None:
-            changes["segment_frames"] = _segment_plan(value)
+        elif key == "segment-frames" and (plan := _segment_plan(value)) is not None:
+            changes["segment_frames"] = plan
         elif has_value and key and value and key not in ("nice", "segment-frames"):
             options[key] = value
         else:

@@ -34,7 +34,7 @@ import numpy as np
 
 from ._errors import EncoderError, OutputError
 from ._frames import frame_shape
-from ._sinks import VideoFileSink, _check_frames, _check_parent
+from ._sinks import VideoFileSink, _check_frames, _check_parent, _sibling_folder
 
 _CHILD = Path(__file__).with_name("_encoder_child.py")
 _ERRORS = {"EncoderError": EncoderError, "OutputError": OutputError}
@@ -156,10 +156,7 @@ class ProcessVideoSink:
         self._height, self._width = height, width
         shape = frame_shape(self.frame_format, height, width)
         slot_bytes = int(np.prod(shape))
-        try:
-            self._dir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".encoding", dir=self.path.parent))
-        except OSError as e:
-            raise OutputError(f"Cannot write {self.path}: {e.strerror or e}.") from e
+        self._dir = _sibling_folder(self.path, ".encoding")
         try:
             fd, self._ring_path = tempfile.mkstemp(prefix="framepipe-ring-", dir=_ring_folder())
             with os.fdopen(fd, "r+b") as f:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import queue
 import shutil
-import tempfile
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -31,7 +30,16 @@ import numpy as np
 
 from ._errors import EncoderError, OutputError
 from ._priority import lower_thread_priority
-from ._sinks import VIDEO_SUFFIXES, Sink, VideoFileSink, _check_frames, _check_parent, _remove, _temporary_sibling
+from ._sinks import (
+    VIDEO_SUFFIXES,
+    Sink,
+    VideoFileSink,
+    _check_frames,
+    _check_parent,
+    _remove,
+    _sibling_folder,
+    _temporary_sibling,
+)
 
 _DONE = object()
 TAIL = "tail"
@@ -148,7 +156,6 @@ class SegmentedVideoSink:
         self.segment_frames = segment_frames
         self.workers = max(1, workers or min(8, os.cpu_count() or 1))
         self.video_options = video_options
-        self.processes = processes
         if processes:
             from ._encoder_process import SPARES, ProcessVideoSink
 
@@ -177,10 +184,7 @@ class SegmentedVideoSink:
             count = len(self._plan) if self._growth is not None else -(-max(frames, 1) // self.segment_frames)
             self._spares.reserve(min(self.workers, count))
         self._height, self._width = height, width
-        try:
-            self._dir = Path(tempfile.mkdtemp(prefix=f".{self.path.name}.", suffix=".segments", dir=self.path.parent))
-        except OSError as e:
-            raise OutputError(f"Cannot write {self.path}: {e.strerror or e}.") from e
+        self._dir = _sibling_folder(self.path, ".segments")
         self._joiner = _Joiner(_temporary_sibling(self.path), self.fps)
         try:
             self._start_segment()

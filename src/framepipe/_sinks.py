@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import tempfile
 import uuid
 from fractions import Fraction
 from pathlib import Path
@@ -50,6 +51,14 @@ class Sink(Protocol):
 
 def _temporary_sibling(path: Path) -> Path:
     return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+
+
+def _sibling_folder(path: Path, suffix: str) -> Path:
+    """A new hidden folder beside ``path`` for its work in progress (same file system: ``os.replace`` works)."""
+    try:
+        return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent))
+    except OSError as e:
+        raise OutputError(f"Cannot write {path}: {e.strerror or e}.") from e
 
 
 def _check_parent(path: Path) -> None:
