@@ -18,7 +18,7 @@ import av
 import numpy as np
 
 from framepipe._postprocess import to_uint8_frames
-from framepipe._segments import SegmentedVideoSink, parse_segment_frames, tail_growth, tail_plan
+from framepipe._segments import SegmentedVideoSink, parse_segment_frames, tail_plan, tail_spec
 from framepipe._sinks import VideoFileSink
 from framepipe._synth import synth_clips
 
@@ -30,7 +30,7 @@ def main() -> None:
     p.add_argument("--preset", default="medium")
     p.add_argument("--crf", type=int, default=18)
     p.add_argument("--segments", default="41,20,11,tail,tail:1.5,tail:1.25",
-                   help="segment lengths to try; 'tail' or 'tail:G': tail_plan growing by 2 or G")  # fmt: skip
+                   help="segment lengths to try; 'tail[:G[:L]]': tail_plan growing by 2 (G) from 4 (L)")  # fmt: skip
     p.add_argument("--seed", type=int, default=11)
     args = p.parse_args()
     height, width = (int(v) for v in args.size.split("x"))
@@ -38,8 +38,8 @@ def main() -> None:
     settings = dict(codec="libx264", preset=args.preset, crf=args.crf)
     sinks = {"one encoder": lambda path: VideoFileSink(path, **settings)}
     for n in map(parse_segment_frames, args.segments.split(",")):
-        growth = tail_growth(n)
-        name = f"segments of {n}" if growth is None else f"{n} {tail_plan(args.frames, growth=growth)}"
+        spec = tail_spec(n)
+        name = f"segments of {n}" if spec is None else f"{n} {tail_plan(args.frames, last=spec[1], growth=spec[0])}"
         sinks[name] = lambda path, n=n: SegmentedVideoSink(path, segment_frames=n, **settings)
     print(f"{args.frames} frames of {args.size}, synth seed {args.seed}, libx264 {args.preset} crf {args.crf}, "
           f"PyAV {av.__version__}")  # fmt: skip

@@ -24,10 +24,17 @@ from framepipe import decode, load_vae
 
 def instrument(events: list[tuple[str, str, float]]) -> None:
     """Record (kind, segment file, perf_counter) for segment starts, last frames, ends, joins and close."""
-    run, append, close = segments._Segment._run, segments._Joiner._append, segments.SegmentedVideoSink.close
+    init, run = segments._Segment.__init__, segments._Segment._run
+    append, close = segments._Joiner._append, segments.SegmentedVideoSink.close
+    names: dict[int, str] = {}  # segment sink -> its number in the video, from the order they are made
+
+    def named_init(self, sink, *args, **kwargs):
+        names[id(sink)] = f"{sum(1 for kind, _, _ in events if kind == 'start'):05d}"
+        events.append(("start", names[id(sink)], time.perf_counter()))
+        init(self, sink, *args, **kwargs)
 
     def timed_run(self):
-        name, get = self.sink.path.name, self.frames.get
+        name, get = names[id(self.sink)], self.frames.get
 
         def timed_get(*args, **kwargs):
             item = get(*args, **kwargs)
@@ -39,9 +46,9 @@ def instrument(events: list[tuple[str, str, float]]) -> None:
         run(self)
         events.append(("encoded", name, time.perf_counter()))
 
-    def timed_append(self, path, length):
-        append(self, path, length)
-        events.append(("joined", path.name, time.perf_counter()))
+    def timed_append(self, sink, length):
+        append(self, sink, length)
+        events.append(("joined", names[id(sink)], time.perf_counter()))
 
     def timed_close(self):
         if torch.cuda.is_available():
@@ -50,6 +57,7 @@ def instrument(events: list[tuple[str, str, float]]) -> None:
         close(self)
         events.append(("closed", "", time.perf_counter()))
 
+    segments._Segment.__init__ = named_init
     segments._Segment._run = timed_run
     segments._Joiner._append = timed_append
     segments.SegmentedVideoSink.close = timed_close

@@ -140,9 +140,10 @@ def test_tail_segments_from_the_command_line(setup, capsys):
     assert code == 0, err
     with av.open(str(tmp / "t.mp4")) as c:
         assert sum(1 for _ in c.decode(video=0)) == 13
-    code, out, err = _run(capsys, *base, "-o", tmp / "t15.mp4", "--segment-frames", "tail:1.5")
-    assert code == 0, err
-    for bad in ("0", "head", "tail:1", "tail:x"):
+    for plan in ("tail:1.5", "tail:1.5:2"):
+        code, out, err = _run(capsys, *base, "-o", tmp / "t15.mp4", "--segment-frames", plan)
+        assert code == 0, err
+    for bad in ("0", "head", "tail:1", "tail:x", "tail:1.5:0"):
         with pytest.raises(SystemExit) as exit_info:
             _run(capsys, *base, "-o", tmp / "u.mp4", "--segment-frames", bad)
         assert exit_info.value.code == 2 and "'tail'" in capsys.readouterr().err

@@ -8,7 +8,7 @@ from conftest import small_latents, small_vae
 from framepipe import decode
 from framepipe._errors import EncoderError
 from framepipe._postprocess import to_uint8_frames
-from framepipe._segments import SegmentedVideoSink, parse_segment_frames, tail_plan
+from framepipe._segments import SegmentedVideoSink, parse_segment_frames, tail_plan, tail_spec
 from framepipe._sinks import VideoFileSink
 from framepipe._synth import synth_clips
 from helpers import write_all
@@ -40,6 +40,34 @@ def test_segments_join_into_one_file_with_every_frame_in_order(tmp_path, segment
     # Same encoder settings: quality within a fraction of a dB of the single encoder's.
     assert _psnr(seg, src) > _psnr(one, src) - 0.5
     assert sorted(p.name for p in tmp_path.iterdir()) == ["one.mp4", "seg.mp4"]  # no segment files left
+
+
+def _stream_and_packets(path):
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        meta = (v.width, v.height, v.codec_context.pix_fmt, v.time_base, v.average_rate, v.frames, v.duration,
+                bytes(v.codec_context.extradata))  # fmt: skip
+        return meta, [(p.pts, p.dts, p.is_keyframe, bytes(p)) for p in c.demux(v) if p.dts is not None]
+
+
+def test_one_segment_is_the_plain_encoders_file(tmp_path):
+    # The segments' encoders are set up as VideoFileSink's, and joining keeps every packet as it is.
+    src = _frames(12)
+    write_all(VideoFileSink(tmp_path / "one.mp4"), src)
+    write_all(SegmentedVideoSink(tmp_path / "seg.mp4", segment_frames=12), src)
+    assert _stream_and_packets(tmp_path / "seg.mp4") == _stream_and_packets(tmp_path / "one.mp4")
+
+
+def test_a_segment_ends_as_soon_as_its_last_frame_is_in(tmp_path, no_thread_leak):
+    # Its encoder flushes its look-ahead then, not when the next frame arrives.
+    sink = SegmentedVideoSink(tmp_path / "e.mp4", segment_frames=4)
+    sink.open(frames=12, height=96, width=128)
+    sink.write(_frames(8)[:4])
+    first = sink._segments[0]
+    first.thread.join(timeout=60)
+    assert not first.thread.is_alive() and len(first.sink.packets) == 4 and len(sink._segments) == 1
+    sink.abort()
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_abort_and_a_failed_join_leave_nothing(tmp_path, monkeypatch, no_thread_leak):
@@ -78,18 +106,20 @@ def test_decode_with_segments_writes_every_frame(tmp_path):
 
 
 def test_an_encoder_failure_in_a_segment_is_reported_and_cleaned_up(tmp_path, monkeypatch, no_thread_leak):
+    import framepipe._segments as segments
+
     calls = {"n": 0}
-    original = VideoFileSink.close
+    original = segments._PacketSink.close
 
     def close_fails_on_second_segment(self):
         calls["n"] += 1
         if calls["n"] == 2:
-            raise EncoderError("disk full")
+            raise EncoderError("encoder failed")
         original(self)
 
-    monkeypatch.setattr(VideoFileSink, "close", close_fails_on_second_segment)
+    monkeypatch.setattr(segments._PacketSink, "close", close_fails_on_second_segment)
     sink = SegmentedVideoSink(tmp_path / "c.mp4", segment_frames=4, workers=1)
-    with pytest.raises(EncoderError, match="disk full"):
+    with pytest.raises(EncoderError, match="encoder failed"):
         try:
             write_all(sink, _frames(12))
         except EncoderError:
@@ -120,25 +150,29 @@ def test_tail_plan_grows_by_the_given_factor(frames, growth):
 def test_tail_plans_by_name():
     assert tail_plan(81, growth=1.5) == [28, 20, 14, 9, 6, 4]
     assert tail_plan(81, growth=1.25) == [21, 15, 12, 10, 8, 6, 5, 4]
+    assert tail_plan(81, last=2, growth=1.5) == [17, 23, 15, 10, 7, 4, 3, 2]
     assert parse_segment_frames("tail:1.5") == "tail:1.5" and parse_segment_frames("12") == 12
-    for bad in ("0", "tail:", "tail:1", "tail:abc", "head"):
+    assert tail_spec("tail") == (2.0, 4) and tail_spec("tail:1.5:2") == (1.5, 2) and tail_spec(7) is None
+    for bad in ("0", "tail:", "tail:1", "tail:abc", "head", "tail::2", "tail:1.5:0", "tail:1.5:2.5", "tail:2:2:1"):
         with pytest.raises(ValueError, match="segment_frames"):
             parse_segment_frames(bad)
 
 
-def test_tail_segments_follow_the_plan(tmp_path, monkeypatch):
-    lengths = {}
+@pytest.mark.parametrize("plan, lengths", [("tail", [5, 16, 8, 4]), ("tail:1.5:2", [7, 10, 7, 4, 3, 2])])
+def test_tail_segments_follow_the_plan(tmp_path, monkeypatch, plan, lengths):
+    got = []
     import framepipe._segments as segments
 
     original = segments._Joiner._append
 
-    def record(self, path, length):
-        lengths.setdefault("got", []).append(length)
-        original(self, path, length)
+    def record(self, sink, length):
+        got.append(length)
+        original(self, sink, length)
 
     monkeypatch.setattr(segments._Joiner, "_append", record)
-    write_all(SegmentedVideoSink(tmp_path / "t.mp4", segment_frames="tail"), _frames(33))
-    assert lengths["got"] == tail_plan(33) == [5, 16, 8, 4]
+    write_all(SegmentedVideoSink(tmp_path / "t.mp4", segment_frames=plan), _frames(33))
+    growth, last = tail_spec(plan)
+    assert got == tail_plan(33, last=last, growth=growth) == lengths
     assert len(_read(tmp_path / "t.mp4")) == 33
 
 

@@ -97,8 +97,9 @@ def decode(
             shared memory, so that encoding never holds this interpreter's lock while the decoding
             thread needs it (``ProcessVideoSink``). The files are the same. Video file outputs only.
         segment_frames: opt-in: encode video files as independent segments of this many frames, or
-            ``"tail"`` for segments that halve towards the end (``"tail:G"``: shrink by G), several
-            at once, joined into one file (a different bitstream; see ``SegmentedVideoSink``).
+            ``"tail"`` for segments that halve towards the end (``"tail:G"``: shrink by G;
+            ``"tail:G:L"``: down to L frames, not 4), several at once, joined into one file (a
+            different bitstream; see ``SegmentedVideoSink``).
         device_yuv: opt-in: convert frames to yuv420p on the decoding device, so half the bytes
             cross to the host and the encoder gets its planes as they are. The RGB frames are the
             same; the chroma differs from FFmpeg's default conversion (``to_yuv420p_frames``).

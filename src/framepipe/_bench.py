@@ -78,7 +78,7 @@ def _segment_plan(text: str) -> int | str | None:
 
 def encoder_variant(spec: str, base: EncoderSettings) -> EncoderSettings:
     """``base`` changed as ``spec`` says: comma-separated ``processes``, ``nice=N``,
-    ``segment-frames=N|tail[:G]``, or any other ``KEY=VALUE`` as an FFmpeg encoder option."""
+    ``segment-frames=N|tail[:G[:L]]``, or any other ``KEY=VALUE`` as an FFmpeg encoder option."""
     changes: dict[str, Any] = {}
     options = dict(base.options)
     for token in (t.strip() for t in spec.split(",")):
@@ -94,7 +94,7 @@ def encoder_variant(spec: str, base: EncoderSettings) -> EncoderSettings:
         else:
             raise ValueError(
                 f"Invalid encoder variant {spec!r} (at {token!r}): use comma-separated processes, nice=N, "
-                "segment-frames=N|tail[:G] or an encoder option KEY=VALUE, e.g. 'processes,nice=19'."
+                "segment-frames=N|tail[:G[:L]] or an encoder option KEY=VALUE, e.g. 'processes,nice=19'."
             )
     return replace(base, options=options, **changes)
 

@@ -213,8 +213,7 @@ class VideoFileSink:
                 video_frame = av.VideoFrame.from_ndarray(frame, format=self.frame_format)
                 video_frame.pts = self._count
                 self._count += 1
-                for packet in self._stream.encode(video_frame):
-                    self._container.mux(packet)
+                self._mux(self._stream.encode(video_frame))
         except (av.FFmpegError, OSError) as e:
             raise EncoderError(f"Encoder {self.codec!r} failed at frame {self._count} of {self.path}: {e}") from e
 
@@ -224,8 +223,7 @@ class VideoFileSink:
         if self._closed or self._container is None:
             return
         try:
-            for packet in self._stream.encode(None):
-                self._container.mux(packet)
+            self._mux(self._stream.encode(None))
             self._container.close()
             os.replace(self._tmp, self.path)
         except (av.FFmpegError, OSError) as e:
@@ -234,6 +232,9 @@ class VideoFileSink:
         self._container = None
         self._tmp = None
         self._closed = True
+
+    def _mux(self, packets: list) -> None:
+        self._container.mux(packets)
 
     def abort(self) -> None:
         container, self._container = self._container, None

@@ -29,7 +29,8 @@ def _segment_frames(text: str) -> int | str:
         return parse_segment_frames(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected a number of frames >= 1, 'tail' or 'tail:G' (1 < G <= 16), got {text!r}"
+            f"expected a number of frames >= 1, 'tail', 'tail:G' or 'tail:G:L' (1 < G <= 16, 1 <= L <= 64), "
+            f"got {text!r}"
         ) from None
 
 
@@ -84,11 +85,11 @@ def _add_decode_options(p: argparse.ArgumentParser, *, demo: bool, mode: bool = 
         "--segment-frames",
         type=_segment_frames,
         default=None,
-        metavar="N|tail[:G]",
+        metavar="N|tail[:G[:L]]",
         help="opt-in: encode independent segments of N frames in parallel and join them into one file; "
         "'tail': segments that halve in length towards the end, so little encoding is left after the "
-        "last chunk; 'tail:G': that shrink by G instead of 2 (same frames in, a different bitstream: "
-        "more keyframes, a larger file)",
+        "last chunk; 'tail:G': that shrink by G instead of 2; 'tail:G:L': down to a last segment of L "
+        "frames instead of 4 (same frames in, a different bitstream: more keyframes, a larger file)",
     )
     if not demo:
         p.add_argument(
@@ -164,7 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--stream-videos", type=int, default=4, help="videos per async-stream run (default 4)")
     b.add_argument("--encoder-variant", action="append", default=[], metavar="SPEC",
                    help="also run sync/async/encode-only/async-stream with these encoder changes, side by side "
-                        "(repeatable): comma-separated processes, nice=N, segment-frames=N|tail[:G] or an encoder "
+                        "(repeatable): comma-separated processes, nice=N, segment-frames=N|tail[:G[:L]] or an encoder "
                         "option KEY=VALUE, e.g. 'processes,nice=19'")  # fmt: skip
     b.add_argument("--warmup", type=int, default=1, help="untimed runs per mode (default 1)")
     b.add_argument("--runs", type=int, default=10, help="timed runs per mode (default 10)")
