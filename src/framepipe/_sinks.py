@@ -229,7 +229,7 @@ class VideoFileSink:
         except (av.FFmpegError, OSError) as e:
             self.abort()
             raise EncoderError(f"Could not finish {self.path}: {e}") from e
-        self._container = None
+        self._container = self._stream = None  # the encoder and its buffers go with the stream
         self._tmp = None
         self._closed = True
 
@@ -237,7 +237,7 @@ class VideoFileSink:
         self._container.mux(packets)
 
     def abort(self) -> None:
-        container, self._container = self._container, None
+        container, self._container, self._stream = self._container, None, None
         if container is not None:
             with contextlib.suppress(Exception):  # the file is being discarded; its close errors do not matter
                 container.close()
