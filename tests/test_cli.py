@@ -197,8 +197,15 @@ def test_real_process_error_has_no_traceback(tmp_path):
 
 def test_ctrl_c_ends_cleanly(tmp_path):
     save_file({"latents": torch.randn(1, 16, 40, 8, 8)}, tmp_path / "z.safetensors")
-    proc = _subprocess(["decode", "z.safetensors", "-o", "out.mp4", "--arch", "tiny-wan2.1", "--device", "cpu"],
-                       tmp_path)  # fmt: skip
+    # A process started in the background by a non-interactive shell inherits SIGINT ignored, and
+    # Python then keeps it ignored; the child takes it back so the test does not depend on that.
+    interruptible = "import signal, runpy; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    proc = subprocess.Popen(
+        [sys.executable, "-c", interruptible + "runpy.run_module('framepipe', run_name='__main__')",
+         "decode", "z.safetensors", "-o", "out.mp4", "--arch", "tiny-wan2.1", "--device", "cpu"],
+        cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list(tmp_path.glob(".out.mp4.*")):
         time.sleep(0.05)  # wait until encoding has started
