@@ -50,12 +50,13 @@ def _stream_and_packets(path):
         return meta, [(p.pts, p.dts, p.is_keyframe, bytes(p)) for p in c.demux(v) if p.dts is not None]
 
 
-def test_one_segment_is_the_plain_encoders_file(tmp_path):
+@pytest.mark.parametrize("suffix", [".mp4", ".mov", ".mkv"])
+def test_one_segment_is_the_plain_encoders_file(tmp_path, suffix):
     # The segments' encoders are set up as VideoFileSink's, and joining keeps every packet as it is.
     src = _frames(12)
-    write_all(VideoFileSink(tmp_path / "one.mp4"), src)
-    write_all(SegmentedVideoSink(tmp_path / "seg.mp4", segment_frames=12), src)
-    assert _stream_and_packets(tmp_path / "seg.mp4") == _stream_and_packets(tmp_path / "one.mp4")
+    write_all(VideoFileSink(tmp_path / f"one{suffix}"), src)
+    write_all(SegmentedVideoSink(tmp_path / f"seg{suffix}", segment_frames=12), src)
+    assert _stream_and_packets(tmp_path / f"seg{suffix}") == _stream_and_packets(tmp_path / f"one{suffix}")
 
 
 def test_a_segment_ends_as_soon_as_its_last_frame_is_in(tmp_path, no_thread_leak):
