@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import os
 import queue
-import shutil
 import threading
 from fractions import Fraction
 from pathlib import Path
@@ -47,6 +46,7 @@ from ._sinks import (
 
 _DONE = object()
 TAIL = "tail"
+SPELLING = "a number of frames >= 1, 'tail', 'tail:G' or 'tail:G:L' (1 < G <= 16, 1 <= L <= 64)"
 
 
 def tail_plan(frames: int, last: int = 4, growth: float = 2.0) -> list[int]:
@@ -98,10 +98,7 @@ def tail_spec(segment_frames: int | str) -> tuple[float, int] | None:
             return growth, last
     elif isinstance(segment_frames, int) and not isinstance(segment_frames, bool) and segment_frames >= 1:
         return None
-    raise ValueError(
-        f"segment_frames must be a whole number >= 1, {TAIL!r}, '{TAIL}:G' or '{TAIL}:G:L' with 1 < G <= 16 "
-        f"and 1 <= L <= 64, got {segment_frames!r}."
-    )
+    raise ValueError(f"segment_frames must be {SPELLING}, got {segment_frames!r}.")
 
 
 class _PacketSink(VideoFileSink):
@@ -239,10 +236,9 @@ class SegmentedVideoSink:
         if len(running) >= self.workers:
             running[0].thread.join()  # backpressure: the oldest running segment finishes first
         self._raise_errors()
-        if self._dir is None:
-            sink = self._sink_type(self.path, **self.video_options)
-        else:
-            sink = self._sink_type(self._dir / f"{len(self._segments):05d}{self.path.suffix}", **self.video_options)
+        # a worker process writes its segment to a file; a packet sink writes nothing under its path
+        path = self.path if self._dir is None else self._dir / f"{len(self._segments):05d}{self.path.suffix}"
+        sink = self._sink_type(path, **self.video_options)
         planned = self._plan[min(len(self._segments), len(self._plan) - 1)]
         self._segments.append(_Segment(sink, self._height, self._width, planned))
         self._joiner.pending.put(self._segments[-1])
@@ -286,8 +282,7 @@ class SegmentedVideoSink:
             self.abort()
             raise
         self._segments = []
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
+        _remove(self._dir)
         self._dir = None
         self._closed = True
 
@@ -302,8 +297,7 @@ class SegmentedVideoSink:
         for segment in self._segments:
             segment.sink.abort()
         self._segments = []
-        if self._dir is not None:
-            shutil.rmtree(self._dir, ignore_errors=True)
+        _remove(self._dir)
         self._dir = None
         self._closed = True
 
@@ -349,24 +343,25 @@ class _Joiner:
         try:
             if isinstance(sink, _PacketSink):
                 stream, packets, sink.stream, sink.packets = sink.stream, sink.packets, None, []
-                self._mux(stream, packets)
+                self._mux(stream, packets, encoded=True)
             else:
                 with av.open(str(sink.path)) as container:
                     stream = container.streams.video[0]
-                    self._mux(stream, container.demux(stream))
+                    self._mux(stream, container.demux(stream), encoded=False)
                 sink.path.unlink(missing_ok=True)
         except av.FFmpegError as e:
             raise EncoderError(f"Could not join the encoded segments into one file: {e}") from e
         self._start += length
 
-    def _mux(self, stream, packets) -> None:
+    def _mux(self, stream, packets, *, encoded: bool) -> None:
+        """Mux ``packets`` of ``stream`` (an encoder's stream if ``encoded``, else a demuxed one)."""
         import av
 
         header = bytes(stream.codec_context.extradata or b"")
         if self._out is None:
             self._out = av.open(str(self.output), mode="w")
             self._target, self._header = self._out.add_stream_from_template(stream), header
-            if isinstance(stream.container, av.container.OutputContainer):  # an encoder's: settings on its context
+            if encoded:  # an encoder's stream has its settings on its codec context, not yet on the stream
                 target, source = self._target.codec_context, stream.codec_context
                 target.width, target.height, target.pix_fmt = source.width, source.height, source.pix_fmt
                 target.time_base, target.framerate, target.extradata = source.time_base, source.framerate, header

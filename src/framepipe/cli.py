@@ -23,15 +23,12 @@ ARCH_HELP = (
 
 
 def _segment_frames(text: str) -> int | str:
-    from ._segments import parse_segment_frames
+    from ._segments import SPELLING, parse_segment_frames
 
     try:
         return parse_segment_frames(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of frames >= 1, 'tail', 'tail:G' or 'tail:G:L' (1 < G <= 16, 1 <= L <= 64), "
-            f"got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"expected {SPELLING}, got {text!r}") from None
 
 
 def _encoder_option(text: str) -> tuple[str, str]:
