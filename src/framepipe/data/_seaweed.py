@@ -20,6 +20,10 @@ from pathlib import Path
 from .._errors import DataError
 
 ACCESS_KEY, SECRET_KEY = "framepipe", "framepipe-local"  # no identities are configured: any key works
+# SeaweedFS grows 7 volumes for each new bucket. Volumes are not preallocated, so the count only caps
+# how many may exist; "-volume.max=0" would size it from free disk (1 GiB a volume), and a machine with
+# less free disk than its buckets' volumes need then fails a new bucket's first write with InternalError.
+MAX_VOLUMES = 512
 
 
 def _weed() -> str:
@@ -69,7 +73,7 @@ class LocalS3:
         args = [_weed(), "server", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", f"-dir={self.dir}",
                 f"-master.port={base}", f"-volume.port={base + 1}", f"-filer.port={base + 2}",
                 "-s3", f"-s3.port={base + 3}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                "-master.volumeSizeLimitMB=1024", "-volume.max=0"]  # fmt: skip
+                "-master.volumeSizeLimitMB=1024", f"-volume.max={MAX_VOLUMES}"]  # fmt: skip
         self._log = open(Path(self.dir) / "weed.log", "wb")  # noqa: SIM115 (closed in __exit__)
         self.process = subprocess.Popen(args, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
                                         preexec_fn=_die_with_parent)  # fmt: skip
