@@ -39,18 +39,23 @@ def test_utilization_and_alignment_from_a_chrome_trace():
         {"ph": "X", "name": "conv", "cat": "kernel", "ts": 201_000.0, "dur": 400_000.0},  # overlaps the first
         {"ph": "X", "name": "late", "cat": "kernel", "ts": 1_001_000.0, "dur": 50_000.0},  # after the window
         {"ph": "X", "name": "Memcpy DtoH (Device -> Pinned)", "cat": "gpu_memcpy", "ts": 601_000.0, "dur": 10_000.0},
+        # Device-side work that is not a kernel: busy time, not kernel time. One overlaps a kernel.
+        {"ph": "X", "name": "Memcpy DtoD (Device -> Device)", "cat": "gpu_memcpy", "ts": 501_000.0, "dur": 200_000.0},
+        {"ph": "X", "name": "Memset (Device)", "cat": "gpu_memset", "ts": 801_000.0, "dur": 50_000.0},
     ]
     trace = PipelineTrace()
     trace.add_span("write", 10.25, 10.5)  # perf_counter clock; the window started at 10.0
     t = _timeline(events, trace, 10.0, cuda=True)
     assert t.window_s == pytest.approx(1.0)
     assert t.kernel_utilization == pytest.approx(0.6)
+    assert t.gpu_busy == pytest.approx(0.75)  # + 0.6-0.7 of the copy, + the memset; the DtoH copy is a transfer
     assert t.last_kernel_end_s == pytest.approx(0.6)  # the late kernel starts after the window
     assert t.after_last_kernel_s == pytest.approx(0.4)
     assert t.utilization_to_last_kernel == pytest.approx(1.0)
     assert t.d2h_copies == [pytest.approx((0.6, 0.61))]
     assert t.host["write"] == [pytest.approx((0.25, 0.5))]
     assert Timeline(window_s=1.0, cuda=False).kernel_utilization is None
+    assert Timeline(window_s=1.0, cuda=False).gpu_busy is None
 
 
 def test_cost_formula():
@@ -150,6 +155,7 @@ def test_bench_cuda_reports_utilization(tmp_path):
             assert row["kernel_utilization"] == pytest.approx(0.0, abs=0.05)
         else:
             assert 0 < row["kernel_utilization"] <= row["utilization_to_last_kernel"] <= 1
+            assert row["kernel_utilization"] <= row["gpu_busy"] <= 1
             assert row["after_last_kernel_s"] >= 0
             assert row["peak_vram_gib"] > 0
     rows = {r["mode"]: r for r in report["modes"]}

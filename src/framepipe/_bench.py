@@ -112,6 +112,7 @@ class ModeResult:
     peak_host_extra_gib: float
     d2h_gb: float
     kernel_utilization: float | None = None
+    gpu_busy: float | None = None
     utilization_to_last_kernel: float | None = None
     after_last_kernel_s: float | None = None
     timeline_png: str | None = None
@@ -335,6 +336,7 @@ class Bench:
         if profile:
             timeline = profile_run(run, device=self.device)
             result.kernel_utilization = timeline.kernel_utilization
+            result.gpu_busy = timeline.gpu_busy
             result.utilization_to_last_kernel = timeline.utilization_to_last_kernel
             result.after_last_kernel_s = timeline.after_last_kernel_s
             result.extra["profiled_run_s"] = timeline.window_s
@@ -370,6 +372,7 @@ def summarize(
             "frames_per_s": r.frames * r.videos / st["mean"],
             "vs_gpu_only": per_video / floor if floor else None,
             "kernel_utilization": r.kernel_utilization,
+            "gpu_busy": r.gpu_busy,
             "utilization_to_last_kernel": r.utilization_to_last_kernel,
             "after_last_kernel_s": r.after_last_kernel_s,
             "peak_vram_gib": r.peak_vram_gib,
@@ -394,16 +397,18 @@ def format_table(rows: list[dict[str, Any]], *, price_per_hour: float | None, ba
     def f(value, fmt):
         return "-" if value is None else format(value, fmt)
 
-    head = ["mode", "min s", "mean s", "P99 s", "max s", "frames/s", "x gpu-only", "kernel util", "VRAM GiB",
-            "host+ GiB", "D2H GB", "GPU-s/video-s"]  # fmt: skip
+    def percent(share):
+        return "-" if share is None else f"{100 * share:.1f}%"
+
+    head = ["mode", "min s", "mean s", "P99 s", "max s", "frames/s", "x gpu-only", "kernel util", "GPU busy",
+            "VRAM GiB", "host+ GiB", "D2H GB", "GPU-s/video-s"]  # fmt: skip
     if price_per_hour is not None:
         head += ["$/1000h", f"saving vs {baseline}"]
     lines = [head]
     for r in rows:
         line = [r["mode"], f(r["min_s"], ".3f"), f(r["mean_s"], ".3f"), f(r["p99_s"], ".3f"), f(r["max_s"], ".3f"),
                 f(r["frames_per_s"], ".1f"), f(r["vs_gpu_only"], ".3f"),
-                f(None if r["kernel_utilization"] is None else 100 * r["kernel_utilization"], ".1f") + (
-                    "%" if r["kernel_utilization"] is not None else ""),
+                percent(r["kernel_utilization"]), percent(r["gpu_busy"]),
                 f(r["peak_vram_gib"], ".2f"), f(r["peak_host_extra_gib"], ".2f"), f(r["d2h_gb"], ".3f"),
                 f(r["gpu_s_per_video_s"], ".3f")]  # fmt: skip
         if price_per_hour is not None:
@@ -524,6 +529,8 @@ def run_bench(
             "kernel_utilization": "union of CUDA kernel intervals in the profiled run's window / its wall time"
             if profile and bench.device.type == "cuda"
             else "not measured: " + ("no CUDA device (CPU run)" if bench.device.type != "cuda" else "profiling off"),
+            "gpu_busy": "as kernel_utilization, also counting device-to-device copies and memsets, GPU work that "
+            "is not a kernel",
             "after_last_kernel_s": "the profiled run's wall time after its last CUDA kernel ended (the host's tail); "
             "utilization_to_last_kernel: kernel union / the time up to that end",
             "cost_formula": FORMULA,

@@ -1,5 +1,6 @@
 """Kernel utilization from a torch.profiler trace: the union of CUDA kernel intervals inside the
-measured window, divided by the window's wall time.
+measured window, divided by the window's wall time. GPU busy time also counts the device's own
+copies and memsets (a decoder's ``clone`` and ``cat``), which are GPU work but not kernels.
 
 The profiled run is separate from the timed runs, so profiling overhead never enters the timings.
 Host spans recorded on the ``perf_counter`` clock (``PipelineTrace``) are moved onto the trace's
@@ -35,6 +36,7 @@ class Timeline:
     kernels: list[Interval] = field(default_factory=list)
     d2h_copies: list[Interval] = field(default_factory=list)
     h2d_copies: list[Interval] = field(default_factory=list)
+    device_copies: list[Interval] = field(default_factory=list)  # device-to-device copies and memsets
     host: dict[str, list[Interval]] = field(default_factory=dict)
     cuda: bool = False
 
@@ -44,6 +46,14 @@ class Timeline:
         if not self.cuda:
             return None
         return union_length(self.kernels, 0.0, self.window_s) / self.window_s if self.window_s > 0 else 0.0
+
+    @property
+    def gpu_busy(self) -> float | None:
+        """Share of the window with a kernel or a device-side copy or memset running; None without CUDA."""
+        if not self.cuda:
+            return None
+        busy = union_length(self.kernels + self.device_copies, 0.0, self.window_s)
+        return busy / self.window_s if self.window_s > 0 else 0.0
 
     @property
     def last_kernel_end_s(self) -> float | None:
@@ -148,6 +158,8 @@ def _timeline(events: list[dict], trace: PipelineTrace, t0: float, *, cuda: bool
             timeline.d2h_copies.append(rel(e))
         elif cat == "gpu_memcpy" and "HtoD" in name:
             timeline.h2d_copies.append(rel(e))
+        elif cat == "gpu_memset" or (cat == "gpu_memcpy" and "DtoD" in name):
+            timeline.device_copies.append(rel(e))
     for lane, start, stop in trace.spans:
         timeline.host.setdefault(lane, []).append((start - t0, stop - t0))
     return timeline
