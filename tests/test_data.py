@@ -10,7 +10,7 @@ import tarfile
 import pytest
 import torch
 
-from framepipe import ShardError
+from framepipe import DataError, ShardError
 from framepipe.cli import main
 from framepipe.data import Loader, ShardedDataset, open_store, pack, restore, snapshot
 from framepipe.data._shards import INDEX_NAME, DatasetIndex
@@ -244,6 +244,24 @@ def test_cli_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err
     assert not (tmp_path / "out").exists()
+
+
+def test_s3_errors_name_the_object_the_code_and_the_servers_words():
+    from botocore.exceptions import ClientError
+
+    from framepipe.data._store import S3Store
+
+    def refuse(code, message=None):
+        error = {"Code": code, **({"Message": message} if message else {})}
+        raise ClientError({"Error": error}, "PutObject")
+
+    store = S3Store("b", "p")
+    with pytest.raises(DataError, match=r"^s3://b/p/k: InternalError \(We encountered an internal error\)$"):
+        store._call("k", refuse, "InternalError", "We encountered an internal error.")
+    with pytest.raises(DataError, match=r"^s3://b/p/k: AccessDenied$"):
+        store._call("k", refuse, "AccessDenied")
+    with pytest.raises(DataError, match=r"^s3://b/p/k: not found$"):
+        store._call("k", refuse, "NoSuchKey", "The specified key does not exist.")
 
 
 def test_feed_bench_smoke(s3_endpoint, capsys):

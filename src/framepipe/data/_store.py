@@ -172,7 +172,9 @@ class S3Store:
                 raise DataError(f"{self.url}/{what}: not found") from None
             if code == "NoSuchBucket":
                 raise DataError(f"s3://{self.bucket}: no such bucket") from None
-            raise DataError(f"{self.url}/{what}: {code or e}") from None
+            message = e.response.get("Error", {}).get("Message", "")
+            detail = f"{code} ({message.rstrip('.')})" if code and message else code or str(e)
+            raise DataError(f"{self.url}/{what}: {detail}") from None
         except BotoCoreError as e:
             raise DataError(f"{self.url}/{what}: {e}") from None
 
