@@ -90,6 +90,7 @@ def test_bench_smoke_all_modes(tmp_path):
         assert (tmp_path / f"timeline-{mode}.png").stat().st_size > 1000
     assert rows["gpu-only"]["vs_gpu_only"] == 1.0
     assert "no CUDA device" in report["settings"]["kernel_utilization"]
+    assert "no CUDA device" in report["settings"]["gpu_busy"]
     assert report["settings"]["frames_per_video"] == 9
     json.dumps(report)
 

@@ -505,6 +505,8 @@ def run_bench(
         g = bench.geometry
     baseline = "diffusers" if "diffusers" in modes else ("sync" if "sync" in modes else None)
     rows = summarize(results, video_fps=video_fps or encoder.fps, price_per_hour=price_per_hour, baseline=baseline)
+    measured = profile and bench.device.type == "cuda"
+    not_measured = "not measured: " + ("no CUDA device (CPU run)" if bench.device.type != "cuda" else "profiling off")
     return {
         "environment": environment(bench.device),
         "settings": {
@@ -527,10 +529,12 @@ def run_bench(
             "price_per_gpu_hour": price_per_hour,
             "baseline": baseline,
             "kernel_utilization": "union of CUDA kernel intervals in the profiled run's window / its wall time"
-            if profile and bench.device.type == "cuda"
-            else "not measured: " + ("no CUDA device (CPU run)" if bench.device.type != "cuda" else "profiling off"),
+            if measured
+            else not_measured,
             "gpu_busy": "as kernel_utilization, also counting device-to-device copies and memsets, GPU work that "
-            "is not a kernel",
+            "is not a kernel"
+            if measured
+            else not_measured,
             "after_last_kernel_s": "the profiled run's wall time after its last CUDA kernel ended (the host's tail); "
             "utilization_to_last_kernel: kernel union / the time up to that end",
             "cost_formula": FORMULA,

@@ -260,6 +260,7 @@ def _bench(args: argparse.Namespace) -> int:
           f"diffusers {env['diffusers']}, libavcodec {env['libavcodec']} | {env['date']}")  # fmt: skip
     print(format_table(report["modes"], price_per_hour=st["price_per_gpu_hour"], baseline=st["baseline"]))
     print(f"kernel utilization: {st['kernel_utilization']}")
+    print(f"GPU busy: {st['gpu_busy']}")
     if st["price_per_gpu_hour"] is not None:
         print(f"cost: {st['cost_formula']}")
     pngs = [r["timeline_png"] for r in report["modes"] if r["timeline_png"]]
