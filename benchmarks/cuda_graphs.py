@@ -12,8 +12,9 @@ architecture (random weights):
   stream case); each video still runs its first three chunks eagerly and copies their cache in.
 
 Every mode's frames are compared with ``eager``'s for equality. One profiled run each of
-``eager`` and ``graph-reused`` reports kernel utilization (kernels only, as ``framepipe bench``)
-and GPU busy time including device-side copies and memsets, and sums the idle gaps by length.
+``eager`` and ``graph-reused`` reports, over the span from its first GPU operation to its last,
+the share with a kernel running and the share with a kernel or a device-side copy or memset
+running, and sums the idle gaps by length.
 
     python benchmarks/cuda_graphs.py --out results.json   # one CUDA GPU; 81 frames, bf16 and fp32
 """
@@ -22,9 +23,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from collections.abc import Callable, Iterator
+from itertools import pairwise
 from pathlib import Path
 
 import torch
@@ -32,6 +33,7 @@ import torch
 from framepipe._decode import _causal_conv_count, decode_chunks
 from framepipe._models import move_vae, random_vae
 from framepipe._postprocess import converter
+from framepipe._profile import Interval, merge, profile_run, union_length
 
 EAGER_CHUNKS = 3  # chunk 0 has no cache, chunk 1 a one-frame cache; from chunk 2 on all shapes repeat
 GAP_BUCKETS_US = ((5, "<5us"), (20, "5-20us"), (100, "20-100us"), (1000, "100us-1ms"), (float("inf"), ">1ms"))
@@ -93,45 +95,23 @@ def decode_all(source: Iterator[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def gpu_busy(run: Callable[[], object]) -> dict:
-    """Profile one run: kernel-only and kernel+device-copy busy shares of the span from the first
-    GPU operation to the last, and the idle time between them summed by gap length."""
-    from torch.profiler import ProfilerActivity, profile
-
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-        run()
-    with tempfile.TemporaryDirectory() as tmp:
-        prof.export_chrome_trace(f"{tmp}/trace.json")
-        events = json.loads(Path(f"{tmp}/trace.json").read_text())["traceEvents"]
-    return busy_figures(events)
+    """Profile one run (``framepipe._profile.profile_run``) and report ``busy_figures`` of it."""
+    timeline = profile_run(lambda trace: run(), device=torch.device("cuda"))
+    return busy_figures(timeline.kernels, timeline.device_copies)
 
 
-def busy_figures(events: list[dict]) -> dict:
-    def intervals(categories: tuple[str, ...]) -> list[tuple[float, float]]:
-        return sorted((e["ts"], e["ts"] + e["dur"]) for e in events
-                      if e.get("ph") == "X" and "dur" in e and e.get("cat") in categories)  # fmt: skip
-
-    kernels = intervals(("kernel",))
-    everything = intervals(("kernel", "gpu_memcpy", "gpu_memset"))
-    lo, hi = everything[0][0], max(b for _, b in everything)
-
-    def covered(spans: list[tuple[float, float]]) -> float:
-        total, end = 0.0, lo
-        for a, b in spans:
-            a = max(a, end)
-            if b > a:
-                total, end = total + b - a, b
-        return total
-
+def busy_figures(kernels: list[Interval], copies: list[Interval]) -> dict:
+    """Kernel-only and kernel+device-copy busy shares of the span from the first GPU operation to
+    the last, and the idle time between them summed by gap length (intervals in seconds)."""
+    busy = merge(kernels + copies)
+    lo, hi = busy[0][0], busy[-1][1]
     gaps = {label: 0.0 for _, label in GAP_BUCKETS_US}
-    end = lo
-    for a, b in everything:
-        if a > end:
-            gaps[next(label for limit, label in GAP_BUCKETS_US if a - end < limit)] += (a - end) / 1e3
-        end = max(end, b)
-    return {"span_ms": round((hi - lo) / 1e3, 2), "kernels": len(kernels), "copies": len(everything) - len(kernels),
-            "kernel_utilization": round(covered(kernels) / (hi - lo), 4),
-            "busy_with_copies": round(covered(everything) / (hi - lo), 4),
+    for (_, end), (start, _) in pairwise(busy):
+        gap_us = (start - end) * 1e6
+        gaps[next(label for limit, label in GAP_BUCKETS_US if gap_us < limit)] += gap_us / 1e3
+    return {"span_ms": round((hi - lo) * 1e3, 2), "kernels": len(kernels), "copies": len(copies),
+            "kernel_utilization": round(union_length(kernels, lo, hi) / (hi - lo), 4),
+            "busy_with_copies": round(union_length(kernels + copies, lo, hi) / (hi - lo), 4),
             "idle_ms_by_gap": {k: round(v, 2) for k, v in gaps.items()}}  # fmt: skip
 
 

@@ -43,17 +43,17 @@ class Timeline:
     @property
     def kernel_utilization(self) -> float | None:
         """Busy share of the window, or None when the run had no CUDA activity to measure."""
-        if not self.cuda:
-            return None
-        return union_length(self.kernels, 0.0, self.window_s) / self.window_s if self.window_s > 0 else 0.0
+        return self._busy_share(self.kernels)
 
     @property
     def gpu_busy(self) -> float | None:
         """Share of the window with a kernel or a device-side copy or memset running; None without CUDA."""
+        return self._busy_share(self.kernels + self.device_copies)
+
+    def _busy_share(self, intervals: list[Interval]) -> float | None:
         if not self.cuda:
             return None
-        busy = union_length(self.kernels + self.device_copies, 0.0, self.window_s)
-        return busy / self.window_s if self.window_s > 0 else 0.0
+        return union_length(intervals, 0.0, self.window_s) / self.window_s if self.window_s > 0 else 0.0
 
     @property
     def last_kernel_end_s(self) -> float | None:
