@@ -37,6 +37,8 @@ def command(settings: dict, modes: list[str] | None = None) -> str:
         parts.append(f"--modes {','.join(modes)}")
     if settings.get("stream_videos"):
         parts.append(f"--stream-videos {settings['stream_videos']}")
+    if (settings.get("concurrent_videos") or [1]) != [1]:
+        parts.append(f"--concurrent-videos {','.join(map(str, settings['concurrent_videos']))}")
     if settings.get("device", "cuda").startswith("cpu"):
         parts.append("--device cpu")
     if settings.get("profile") is False:

@@ -98,9 +98,16 @@ def test_bench_smoke_all_modes(tmp_path):
 def test_bench_stream_mode_is_reported_per_video():
     vae = small_vae("wan2.1")
     report = run_bench(vae, small_latents("wan2.1", frames=3), modes=["gpu-only", "async-stream"], warmup=0, runs=1,
-                       profile=False, stream_videos=3)  # fmt: skip
+                       profile=False, stream_videos=3, concurrent_videos=[1, 2])  # fmt: skip
     rows = {r["mode"]: r for r in report["modes"]}
+    assert list(rows) == ["gpu-only", "async-stream", "async-stream [2 at once]"]
     assert rows["async-stream"]["decodes_per_run"] == 3 and report["settings"]["stream_videos"] == 3
+    assert rows["async-stream [2 at once]"]["decodes_per_run"] == 3
+    assert report["settings"]["concurrent_videos"] == [1, 2]
+    line = _bench_table().command(report["settings"], ["gpu-only", "async-stream"])
+    assert "--stream-videos 3 --concurrent-videos 1,2" in line
+    with pytest.raises(ValueError, match="concurrent_videos >= 1"):
+        run_bench(vae, small_latents("wan2.1"), modes=["async-stream"], concurrent_videos=0)
     # a run of the stream decodes the latents 3 times; its figures are per decode
     three = ModeResult(mode="async-stream", seconds=[3.0, 6.0], frames=5, videos=1, peak_vram_gib=None,
                        peak_host_extra_gib=0.0, d2h_gb=0.0, units=3)  # fmt: skip
@@ -201,3 +208,11 @@ def test_bench_runs_encoder_variants_side_by_side(tmp_path, capsys):
     )
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and "Invalid encoder variant 'nice'" in err.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("value", ["0", "2,x", ""])
+def test_bench_cli_refuses_bad_concurrent_videos(value, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--modes", "async-stream", "--concurrent-videos", value])
+    assert exit_info.value.code == 2
+    assert "expected one or more whole numbers >= 1" in capsys.readouterr().err

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import small_latents, small_vae
-from framepipe import decode, random_vae
+from framepipe import decode, decode_many, random_vae
 from framepipe._executors import _Ring
 from helpers import diffusers_frames
 
@@ -72,6 +72,25 @@ def test_pinned_ring_is_not_overwritten_while_a_sink_reads_it(monkeypatch):
     decode(z, [sink], vae=vae, latent_format="raw", slots=2)
     assert sink.changed_during_write == 0
     np.testing.assert_array_equal(sink.video(), reference)
+
+
+def test_concurrent_videos_share_the_ring_safely(monkeypatch):
+    vae = small_vae("wan2.1").cuda()
+    inputs = [small_latents("wan2.1", frames=f, height=8, width=8, seed=f).cuda() for f in (6, 3, 5)]
+    references = [diffusers_frames(vae, z, latent_format="raw").numpy()[0] for z in inputs]
+    import framepipe._api as api
+
+    monkeypatch.setattr(api, "decode_chunks", lambda vae, z, **kw: _stalling_chunks(vae, z))
+    sinks = [MemorySink(delay=0.03) for _ in inputs]
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    decode_many([(z, [s]) for z, s in zip(inputs, sinks, strict=True)], vae=vae, latent_format="raw",
+                concurrent_videos=2, slots=1)  # fmt: skip
+    torch.cuda.synchronize()
+    assert torch.cuda.memory_allocated() == before
+    for sink, reference in zip(sinks, references, strict=True):
+        assert sink.changed_during_write == 0
+        np.testing.assert_array_equal(sink.video(), reference)
 
 
 def test_pinned_ring_guard_corruption_happens_without_slot_release(monkeypatch):

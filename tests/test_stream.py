@@ -1,5 +1,7 @@
 """Many videos through one pipeline: same frames as one at a time, clean failures, the CLI."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,17 +12,57 @@ from framepipe import EncoderError, LatentsError, NpySink, decode, decode_many
 from framepipe.cli import main
 
 
-@pytest.mark.parametrize("max_open", [1, 2])
-def test_stream_writes_what_decode_writes(tmp_path, version, max_open, no_thread_leak):
+@pytest.mark.parametrize(("max_open", "concurrent"), [(1, 1), (2, 1), (2, 2), (None, 3)])
+def test_stream_writes_what_decode_writes(tmp_path, version, max_open, concurrent, no_thread_leak):
     vae = small_vae(version)
     inputs = [small_latents(version, batch=2, frames=f, seed=f) for f in (3, 1, 4)]
     pairs = [(z, tmp_path / f"s{i}.npy") for i, z in enumerate(inputs)]
-    result = decode_many(pairs, vae=vae, max_open=max_open, slots=1)
+    result = decode_many(pairs, vae=vae, max_open=max_open, concurrent_videos=concurrent, slots=1)
     assert result.videos == 6 and result.total_frames == 2 * (9 + 1 + 13)
     for i, z in enumerate(inputs):
         decode(z, tmp_path / f"ref{i}.npy", vae=vae, mode="sync")
         for b in range(2):
             np.testing.assert_array_equal(np.load(tmp_path / f"s{i}_{b}.npy"), np.load(tmp_path / f"ref{i}_{b}.npy"))
+
+
+def _recording_pulls(monkeypatch, pulls: list, fail_at: tuple[int, int] | None = None, error=KeyboardInterrupt):
+    """Make decode_many's chunk source record (video, chunk) as each chunk is pulled, and raise at ``fail_at``."""
+    import framepipe._api as api
+
+    original, started = api.decode_chunks, []
+
+    def recording(vae, z, **kw):
+        video = len(started)
+        started.append(video)
+        for index, chunk in enumerate(original(vae, z, **kw)):
+            if (video, index) == fail_at:
+                raise error
+            pulls.append((video, index))
+            yield chunk
+
+    monkeypatch.setattr(api, "decode_chunks", recording)
+
+
+def test_concurrent_videos_take_turns_and_the_next_starts_when_one_ends(tmp_path, monkeypatch, no_thread_leak):
+    pulls: list[tuple[int, int]] = []
+    _recording_pulls(monkeypatch, pulls)
+    vae = small_vae("wan2.1")
+    pairs = [(small_latents("wan2.1", frames=f, seed=f), tmp_path / f"{i}.npy") for i, f in enumerate((3, 1, 2))]
+    decode_many(pairs, vae=vae, concurrent_videos=2, max_open=2)
+    # videos 0 and 1 alternate; video 1 has one chunk, so video 2 takes its place beside video 0
+    assert pulls == [(0, 0), (1, 0), (0, 1), (0, 2), (2, 0), (2, 1)]
+    for i, (z, _) in enumerate(pairs):
+        decode(z, tmp_path / f"ref{i}.npy", vae=vae, mode="sync")
+        np.testing.assert_array_equal(np.load(tmp_path / f"{i}.npy"), np.load(tmp_path / f"ref{i}.npy"))
+
+
+def test_concurrent_videos_are_checked(tmp_path):
+    pairs = [(small_latents("wan2.1"), tmp_path / "a.npy")]
+    with pytest.raises(ValueError, match="concurrent_videos must be >= 1"):
+        decode_many(pairs, vae=small_vae("wan2.1"), concurrent_videos=0)
+    with pytest.raises(ValueError, match=r"max_open \(1\) must be at least concurrent \(2\)"):
+        decode_many(pairs, vae=small_vae("wan2.1"), concurrent_videos=2, max_open=1)
+    assert not any(tmp_path.iterdir())
 
 
 def test_stream_of_tail_segmented_videos_writes_what_decode_writes(tmp_path, no_thread_leak):
@@ -56,7 +98,8 @@ def test_mismatched_frame_size_is_refused(tmp_path):
     assert not (tmp_path / "b.npy").exists()
 
 
-def test_writer_failure_in_a_later_video_stops_the_stream(tmp_path, monkeypatch, no_thread_leak):
+@pytest.mark.parametrize("concurrent", [1, 2])
+def test_writer_failure_in_a_later_video_stops_the_stream(tmp_path, monkeypatch, concurrent, no_thread_leak):
     vae = small_vae("wan2.1")
     pulled = []
 
@@ -79,8 +122,8 @@ def test_writer_failure_in_a_later_video_stops_the_stream(tmp_path, monkeypatch,
 
     monkeypatch.setattr(api, "decode_chunks", counting)
     with pytest.raises(EncoderError, match="disk full"):
-        decode_many(pairs, vae=vae)
-    assert len(pulled) < 6 * 3  # stopped during the second or third video, not after all five
+        decode_many(pairs, vae=vae, concurrent_videos=concurrent)
+    assert len(pulled) < 6 * (2 + concurrent)  # stopped soon after the second video began, not after all five
     assert not (tmp_path / "1.npy").exists()
 
 
@@ -98,35 +141,35 @@ def test_cli_several_inputs(tmp_path, capsys):
     assert np.load(tmp_path / "second.npy").shape[0] == 9
     assert main([*args, "-o", str(tmp_path / "x.mp4")]) == 1
     assert "must be an existing folder or contain {name}" in capsys.readouterr().err
+    (tmp_path / "two").mkdir()
+    assert main([*args, "-o", str(tmp_path / "two"), "--concurrent-videos", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["total_frames"] == 14
+    assert main([*args, "-o", str(tmp_path / "two"), "--concurrent-videos", "2", "--mode", "sync"]) == 1
+    assert capsys.readouterr().err.strip() == (
+        "framepipe: error: --concurrent-videos needs --mode async; the sync reference decodes one video at a time."
+    )
 
 
 @pytest.mark.needs_cuda
-def test_stream_on_cuda_equals_decode(tmp_path):
+@pytest.mark.parametrize("concurrent", [1, 2, 3])
+def test_stream_on_cuda_equals_decode(tmp_path, concurrent):
     vae = small_vae("wan2.2").cuda()
-    inputs = [small_latents("wan2.2", frames=f, seed=f) for f in (4, 2, 3)]
-    decode_many([(z, tmp_path / f"s{i}.npy") for i, z in enumerate(inputs)], vae=vae)
+    inputs = [small_latents("wan2.2", frames=f, seed=f) for f in (4, 2, 3, 5)]
+    decode_many([(z, tmp_path / f"s{i}.npy") for i, z in enumerate(inputs)], vae=vae, concurrent_videos=concurrent,
+                slots=1)  # fmt: skip
     for i, z in enumerate(inputs):
         decode(z, tmp_path / f"r{i}.npy", vae=vae, mode="sync")
         np.testing.assert_array_equal(np.load(tmp_path / f"s{i}.npy"), np.load(tmp_path / f"r{i}.npy"))
     torch.cuda.synchronize()
 
 
-def test_interrupt_in_the_second_video_ends_cleanly(tmp_path, monkeypatch, no_thread_leak):
-    import framepipe._api as api
-
-    original, calls = api.decode_chunks, []
-
-    def interrupted(vae, z, **kw):
-        calls.append(1)
-        for i, chunk in enumerate(original(vae, z, **kw)):
-            if len(calls) == 2 and i == 1:
-                raise KeyboardInterrupt
-            yield chunk
-
-    monkeypatch.setattr(api, "decode_chunks", interrupted)
+@pytest.mark.parametrize("concurrent", [1, 2])
+def test_interrupt_in_the_second_video_ends_cleanly(tmp_path, monkeypatch, concurrent, no_thread_leak):
+    _recording_pulls(monkeypatch, [], fail_at=(1, 1))
     vae = small_vae("wan2.1")
     pairs = [(small_latents("wan2.1", frames=3), tmp_path / f"{i}.mp4") for i in range(3)]
     with pytest.raises(KeyboardInterrupt):
-        decode_many(pairs, vae=vae, preset="ultrafast")
+        decode_many(pairs, vae=vae, preset="ultrafast", concurrent_videos=concurrent)
     names = sorted(p.name for p in tmp_path.iterdir())
-    assert names in (["0.mp4"], [])  # the first video may have finished; nothing partial anywhere
+    # one at a time, the first video may have finished; two at once, it was still decoding
+    assert names in ((["0.mp4"], []) if concurrent == 1 else ([],))  # nothing partial anywhere

@@ -194,7 +194,8 @@ def decode_many(
     segment_frames: int | str | None = None,
     device_yuv: bool = False,
     slots: int = 2,
-    max_open: int = 2,
+    concurrent_videos: int = 1,
+    max_open: int | None = None,
     progress: bool = False,
     seed: int = 0,
     trace: PipelineTrace | None = None,
@@ -204,8 +205,15 @@ def decode_many(
     ``inputs`` is a sequence of ``(latents, output)`` pairs, each as in ``decode``. The next video
     decodes while the previous video's encoder drains its look-ahead, so the GPU does not idle
     between videos. Every video writes the same frames as ``decode`` would. All inputs must share
-    batch size and frame size (their lengths may differ). Inputs are loaded one at a time.
+    batch size and frame size (their lengths may differ). Inputs are loaded as they are reached.
+
+    ``concurrent_videos`` (CUDA): decode this many videos at once, each on its own stream, so the
+    kernels of one fill the GPU's idle moments between another's (same frames; each video decoding
+    at once adds its own activations and causal cache to peak VRAM). ``max_open``: at most this
+    many videos are being encoded at once (default ``concurrent_videos + 1``).
     """
+    if concurrent_videos < 1:
+        raise ValueError(f"concurrent_videos must be >= 1, got {concurrent_videos}.")
     if latent_format not in LATENT_FORMATS:
         raise ValueError(f"Invalid latent_format ({latent_format!r}). Supported: {', '.join(LATENT_FORMATS)}.")
     if not inputs:
@@ -256,8 +264,9 @@ def decode_many(
             for item in inputs[1:]:
                 yield prepare(item)[0]
 
-        run_async_stream(jobs(), device=torch_device, geometry=first, slots=slots, max_open=max_open, trace=trace,
-                         frame_format=frame_format, nice=encoder_nice)  # fmt: skip
+        run_async_stream(jobs(), device=torch_device, geometry=first, slots=slots, max_open=max_open,
+                         concurrent=concurrent_videos, trace=trace, frame_format=frame_format,
+                         nice=encoder_nice)  # fmt: skip
     except BaseException:
         for sink in opened:
             sink.abort()

@@ -8,7 +8,8 @@ Modes:
                  ``device_yuv``); nothing is copied out or encoded. This is the floor for the decoder.
     encode-only  host encoding of the same frames (decoded beforehand); no GPU work.
     async-stream ``stream_videos`` copies of the video back to back through one pipeline
-                 (``decode_many``); figures are per video, comparable with the others.
+                 (``decode_many``), ``concurrent_videos`` of them decoding at once; figures are
+                 per video, comparable with the others.
 
 Each mode gets ``warmup`` untimed runs, then ``runs`` timed runs, then one profiled run on its own
 (for kernel utilization and the timeline).
@@ -191,6 +192,7 @@ class Bench:
         slots: int = 2,
         workdir: Path,
         stream_videos: int = 4,
+        concurrent_videos: int = 1,
     ):
         self.vae = vae
         param = next(vae.parameters())
@@ -201,6 +203,7 @@ class Bench:
         self.slots = slots
         self.workdir = workdir
         self.stream_videos = stream_videos
+        self.concurrent_videos = concurrent_videos
         self._frames: list[np.ndarray] | None = None  # decoded chunks for encode-only
 
     # -- the modes: each does one whole run and returns once the device is idle ------------------
@@ -243,7 +246,7 @@ class Bench:
     def run_stream(self, trace: PipelineTrace) -> None:
         pairs = [(self.latents, self._sinks(f"stream{i}")) for i in range(self.stream_videos)]
         decode_many(pairs, vae=self.vae, slots=self.slots, trace=trace, device_yuv=self.encoder.device_yuv,
-                    encoder_nice=self.encoder.nice)  # fmt: skip
+                    encoder_nice=self.encoder.nice, concurrent_videos=self.concurrent_videos)  # fmt: skip
 
     def run_gpu_only(self, trace: PipelineTrace) -> None:
         with torch.inference_mode():
@@ -471,6 +474,7 @@ def run_bench(
     price_per_hour: float | None = None,
     on_mode: Callable[[str], None] | None = None,
     stream_videos: int = 4,
+    concurrent_videos: int | Sequence[int] = 1,
     model: str | None = None,
     encoder_variants: Sequence[str] = (),
 ) -> dict[str, Any]:
@@ -479,7 +483,8 @@ def run_bench(
     ``model`` says in the report which VAE ``vae`` is (e.g. ``"random wan2.1"``), for the record.
     Each of ``encoder_variants`` (see ``encoder_variant``) runs framepipe's encoding modes again
     with changed encoder settings, as rows named ``"async [processes,nice=19]"``, side by side with
-    the others in this process and against the same ``gpu-only``."""
+    the others in this process and against the same ``gpu-only``. ``async-stream`` runs once for
+    each of ``concurrent_videos`` (videos decoding at once), as ``"async-stream [2 at once]"``."""
     encoder = encoder or EncoderSettings()
     variants = [(spec, encoder_variant(spec, encoder)) for spec in encoder_variants]
     bad = [m for m in modes if m not in BENCH_MODES]
@@ -487,6 +492,11 @@ def run_bench(
         raise ValueError(f"Invalid mode(s) {', '.join(bad)}. Supported values are {', '.join(BENCH_MODES)}.")
     if runs < 1 or warmup < 0:
         raise ValueError(f"Need runs >= 1 and warmup >= 0, got runs={runs}, warmup={warmup}.")
+    concurrent = [concurrent_videos] if isinstance(concurrent_videos, int) else list(concurrent_videos)
+    if stream_videos < 1 or not concurrent or min(concurrent) < 1:
+        raise ValueError(
+            f"Need stream_videos >= 1 and concurrent_videos >= 1, got {stream_videos} and {concurrent_videos}."
+        )
     if timeline_dir is not None:
         timeline_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="framepipe-bench-") as tmp:
@@ -494,14 +504,16 @@ def run_bench(
         results = []
         for mode in modes:
             for spec, settings in [("", encoder), *(variants if mode in VARIANT_MODES else [])]:
-                name = f"{mode} [{spec}]" if spec else mode
-                if on_mode:
-                    on_mode(name)
-                bench.encoder = settings
-                results.append(bench.run_mode(mode, warmup=warmup, runs=runs, profile=profile,
-                                              timeline_dir=timeline_dir, name=name))  # fmt: skip
-                if bench.device.type == "cuda":
-                    torch.cuda.empty_cache()
+                for at_once in concurrent if mode == "async-stream" else [1]:
+                    labels = [f"{at_once} at once"] * (at_once > 1) + [spec] * bool(spec)
+                    name = f"{mode} [{'; '.join(labels)}]" if labels else mode
+                    if on_mode:
+                        on_mode(name)
+                    bench.encoder, bench.concurrent_videos = settings, at_once
+                    results.append(bench.run_mode(mode, warmup=warmup, runs=runs, profile=profile,
+                                                  timeline_dir=timeline_dir, name=name))  # fmt: skip
+                    if bench.device.type == "cuda":
+                        torch.cuda.empty_cache()
         g = bench.geometry
     baseline = "diffusers" if "diffusers" in modes else ("sync" if "sync" in modes else None)
     rows = summarize(results, video_fps=video_fps or encoder.fps, price_per_hour=price_per_hour, baseline=baseline)
@@ -522,6 +534,7 @@ def run_bench(
             "encoder_variants": {spec: asdict(settings) for spec, settings in variants},
             "slots": slots,
             "stream_videos": stream_videos if "async-stream" in modes else None,
+            "concurrent_videos": concurrent if "async-stream" in modes else None,
             "warmup": warmup,
             "runs": runs,
             "profile": profile,

@@ -66,6 +66,8 @@ def decode_chunks(
     try:
         # As diffusers: the 1x1x1 post-quant conv runs once over the whole (small) latent video.
         x = vae.post_quant_conv(latents)
+        if latents.is_cuda:  # made on another stream: its memory must not be reused before this read
+            latents.record_stream(torch.cuda.current_stream(latents.device))
         num_latent = x.shape[2]
         step = 0
         while step < num_latent:

@@ -10,6 +10,10 @@ return once every frame has been written. They differ only in what overlaps what
   memory and gives backpressure. On the CPU there are no streams: the main thread decodes and the
   writer thread encodes, through a bounded queue.
 
+``run_async_stream`` runs many videos through the same machinery; with ``concurrent > 1`` it
+decodes that many videos at once, each on its own compute stream, launching their chunks in turn
+from one thread, so one video's kernels fill the gaps between another's.
+
 This module owns the pipeline's threads and streams; decoders own none, and a sink owns only
 the encoder threads it runs (``SegmentedVideoSink``'s segments).
 """
@@ -94,6 +98,7 @@ class _Writer:
         self._handle = handle
         self._release = release
         self._cancel = threading.Event()
+        self.ended = False
         self._thread = threading.Thread(target=self._run, name="framepipe-writer", daemon=True)
         self._thread.start()
 
@@ -127,6 +132,7 @@ class _Writer:
 
     def end(self) -> None:
         """No more items will come; the thread exits once the queued ones are done."""
+        self.ended = True
         self.items.put(self._STOP)
 
     def join(self) -> None:
@@ -187,7 +193,8 @@ def run_async_stream(
     device: torch.device,
     geometry: VideoGeometry,
     slots: int = 2,
-    max_open: int = 2,
+    max_open: int | None = None,
+    concurrent: int = 1,
     trace: PipelineTrace | None = None,
     frame_format: str = "rgb24",
     nice: int = 0,
@@ -195,12 +202,18 @@ def run_async_stream(
     """Run many jobs through one asynchronous pipeline, back to back.
 
     Each job gets its own writer thread, so one video's encoder can finish its look-ahead tail
-    while the GPU already decodes the next video. At most ``max_open`` jobs are being written at
-    once; starting another one waits for the oldest to finish. Every job must fit ``geometry``
-    (same batch, height and width; any length). ``nice`` lowers the writer threads' priority.
+    while the GPU already decodes the next video. ``concurrent`` jobs decode at once, their chunks
+    taken in turn; on CUDA each has its own stream and ``slots`` ring slots (on the CPU this only
+    interleaves them). At most ``max_open`` jobs are being written
+    at once (default ``concurrent + 1``); starting another one waits for the oldest whose decoding
+    has ended. Every job must fit ``geometry`` (same batch, height and width; any length).
+    ``nice`` lowers the writer threads' priority.
     """
-    if slots < 1 or max_open < 1:
-        raise ValueError(f"slots and max_open must be >= 1, got {slots} and {max_open}.")
+    max_open = concurrent + 1 if max_open is None else max_open
+    if slots < 1 or concurrent < 1:
+        raise ValueError(f"slots and concurrent must be >= 1, got {slots} and {concurrent}.")
+    if max_open < concurrent:
+        raise ValueError(f"max_open ({max_open}) must be at least concurrent ({concurrent}).")
     active: deque[_Writer] = deque()
 
     def check() -> None:
@@ -208,8 +221,10 @@ def run_async_stream(
             writer.raise_if_failed()
 
     def start(job: Job, handle_chunk: Callable[[object], None], release: Callable[[object], None], maxsize: int):
-        while len(active) >= max_open:
-            active.popleft().join()
+        while len(active) >= max_open:  # fewer than `concurrent` jobs are decoding, so one has ended
+            oldest = next(w for w in active if w.ended)
+            active.remove(oldest)
+            oldest.join()
 
         def handle(item: object) -> None:
             if item is _CLOSE:
@@ -235,35 +250,74 @@ def run_async_stream(
     if device.type == "cuda":
         frame = frame_shape(frame_format, geometry.height, geometry.width)
         _stream_cuda(jobs, start, check, finish_all, cancel_all, device=device, geometry=geometry, slots=slots,
-                     trace=trace, convert=convert, frame=frame)  # fmt: skip
+                     concurrent=concurrent, trace=trace, convert=convert, frame=frame)  # fmt: skip
     else:
-        _stream_host(jobs, start, check, finish_all, cancel_all, slots=slots, trace=trace, convert=convert)
+        _stream_host(jobs, start, check, finish_all, cancel_all, slots=slots, concurrent=concurrent, trace=trace,
+                     convert=convert)  # fmt: skip
+
+
+@dataclass
+class _Lane:
+    """One job being decoded: its numbered chunks, its writer, and its compute stream (CUDA)."""
+
+    job: Job
+    chunks: Iterator[tuple[int, torch.Tensor]]
+    writer: _Writer
+    stream: torch.cuda.Stream | None = None
+
+    def finish(self) -> None:
+        """The job has no more chunks: queue its closing and let its writer drain."""
+        if self.job.close:
+            self.writer.put(_CLOSE)
+        self.writer.end()
+
+
+def _take_turns(jobs: Iterable[Job], concurrent: int, open_lane: Callable[[Job], _Lane],
+                step: Callable[[_Lane], bool]) -> None:  # fmt: skip
+    """Keep up to ``concurrent`` jobs open, in order, and advance each by one chunk in turn.
+
+    ``step(lane)`` handles the lane's next chunk and returns False once the lane has finished.
+    """
+    pending = iter(jobs)
+    lanes: list[_Lane] = []
+    while True:
+        while len(lanes) < concurrent and (job := next(pending, None)) is not None:
+            lanes.append(open_lane(job))
+        if not lanes:
+            return
+        for lane in list(lanes):
+            if not step(lane):
+                lanes.remove(lane)
 
 
 def _stream_host(
-    jobs, start, check, finish_all, cancel_all, *, slots: int, trace: PipelineTrace | None, convert
+    jobs, start, check, finish_all, cancel_all, *, slots: int, concurrent: int, trace: PipelineTrace | None, convert
 ) -> None:
+    def open_lane(job: Job) -> _Lane:
+        def handle(item: object) -> None:
+            index, frames = item
+            with stage("write", index, trace):
+                for video, sink in enumerate(job.sinks):
+                    sink.write(frames[video].numpy())
+            job.progress(frames.shape[1])
+
+        # A slot here is a place in the queue: at most `slots` converted chunks wait per writer.
+        return _Lane(job, numbered_chunks(job.chunks, trace), start(job, handle, lambda _: None, slots))
+
+    def step(lane: _Lane) -> bool:
+        item = next(lane.chunks, None)
+        if item is None:
+            lane.finish()
+            return False
+        check()
+        index, chunk = item
+        frames = convert(chunk)
+        del chunk, item
+        lane.writer.put((index, frames))
+        return True
+
     try:
-        for job in jobs:
-
-            def handle(item: object, job: Job = job) -> None:
-                index, frames = item
-                with stage("write", index, trace):
-                    for video, sink in enumerate(job.sinks):
-                        sink.write(frames[video].numpy())
-                job.progress(frames.shape[1])
-
-            # A slot here is a place in the queue: at most `slots` converted chunks wait per writer.
-            writer = start(job, handle, lambda _: None, slots)
-            for index, chunk in numbered_chunks(job.chunks, trace):
-                check()
-                frames = convert(chunk)
-                del chunk
-                writer.put((index, frames))
-                del frames
-            if job.close:
-                writer.put(_CLOSE)
-            writer.end()
+        _take_turns(jobs, concurrent, open_lane, step)
     except BaseException:
         cancel_all()
         raise
@@ -310,61 +364,71 @@ def _stream_cuda(
     device: torch.device,
     geometry: VideoGeometry,
     slots: int,
+    concurrent: int,
     trace: PipelineTrace | None,
     convert,
     frame: tuple[int, ...],
 ) -> None:
-    compute = torch.cuda.Stream(device)
+    streams = [torch.cuda.Stream(device) for _ in range(concurrent)]
+    idle_streams = list(streams)
     copy = torch.cuda.Stream(device)
     g = geometry
-    ring = _Ring(slots, (g.batch, g.max_chunk_frames, *frame), device)
+    ring = _Ring(slots * concurrent, (g.batch, g.max_chunk_frames, *frame), device)
 
     def release(item: object) -> None:
         if item is not _CLOSE:
             ring.free.put(item[0])
 
+    def open_lane(job: Job) -> _Lane:
+        stream = idle_streams.pop()
+        stream.wait_stream(torch.cuda.default_stream(device))  # latents were made on the default stream
+
+        def handle(item: object) -> None:
+            k, t, index = item
+            with stage("write", index, trace):
+                ring.copied[k].synchronize()  # D2H into ring.host[k] has landed
+                for video, sink in enumerate(job.sinks):
+                    sink.write(ring.host[k][video, :t].numpy())
+            job.progress(t)
+
+        return _Lane(job, numbered_chunks(job.chunks, trace), start(job, handle, release, 0), stream)
+
+    def step(lane: _Lane) -> bool:
+        with torch.cuda.stream(lane.stream):  # the source enqueues one chunk's decode kernels here
+            item = next(lane.chunks, None)
+            if item is None:
+                lane.finish()
+                idle_streams.append(lane.stream)
+                return False
+            index, chunk = item  # chunk: [B, 3, t, H, W] on the device
+            del item
+            b, _, t, h, w = chunk.shape
+            if (b, h, w) != (g.batch, g.height, g.width) or t > g.max_chunk_frames:
+                raise ValueError(
+                    f"A chunk of shape {tuple(chunk.shape)} does not fit this stream's ring "
+                    f"({g.batch} videos of {g.height}x{g.width}, at most {g.max_chunk_frames} frames)."
+                )
+            k = ring.acquire(check)
+            lane.stream.wait_event(ring.copied[k])  # Note [Slot reuse]
+            convert(chunk, out=ring.device[k][:, :t])
+            ring.converted[k].record(lane.stream)
+            del chunk
+        with stage("copy", index, trace), torch.cuda.stream(copy):
+            copy.wait_event(ring.converted[k])
+            for video in range(b):
+                ring.host[k][video, :t].copy_(ring.device[k][video, :t], non_blocking=True)
+            ring.copied[k].record(copy)
+        if trace is not None:
+            trace.add_d2h(ring.host[k][:, :t].nbytes)
+        lane.writer.put((k, t, index))
+        return True
+
     try:
-        with torch.cuda.device(device), torch.cuda.stream(compute):
-            for job in jobs:
-                compute.wait_stream(torch.cuda.default_stream(device))  # latents were made on the default stream
-
-                def handle(item: object, job: Job = job) -> None:
-                    k, t, index = item
-                    with stage("write", index, trace):
-                        ring.copied[k].synchronize()  # D2H into ring.host[k] has landed
-                        for video, sink in enumerate(job.sinks):
-                            sink.write(ring.host[k][video, :t].numpy())
-                    job.progress(t)
-
-                writer = start(job, handle, release, 0)
-                # Each step of the source enqueues one chunk's decode kernels on `compute`.
-                for index, chunk in numbered_chunks(job.chunks, trace):
-                    # chunk: [B, 3, t, H, W] on the device
-                    b, _, t, h, w = chunk.shape
-                    if (b, h, w) != (g.batch, g.height, g.width) or t > g.max_chunk_frames:
-                        raise ValueError(
-                            f"A chunk of shape {tuple(chunk.shape)} does not fit this stream's ring "
-                            f"({g.batch} videos of {g.height}x{g.width}, at most {g.max_chunk_frames} frames)."
-                        )
-                    k = ring.acquire(check)
-                    compute.wait_event(ring.copied[k])  # Note [Slot reuse]
-                    convert(chunk, out=ring.device[k][:, :t])
-                    ring.converted[k].record(compute)
-                    del chunk
-                    with stage("copy", index, trace), torch.cuda.stream(copy):
-                        copy.wait_event(ring.converted[k])
-                        for video in range(b):
-                            ring.host[k][video, :t].copy_(ring.device[k][video, :t], non_blocking=True)
-                        ring.copied[k].record(copy)
-                    if trace is not None:
-                        trace.add_d2h(ring.host[k][:, :t].nbytes)
-                    writer.put((k, t, index))
-                if job.close:
-                    writer.put(_CLOSE)
-                writer.end()
+        with torch.cuda.device(device):
+            _take_turns(jobs, concurrent, open_lane, step)
     except BaseException:
         cancel_all()
-        _quiet_synchronize(compute, copy)
+        _quiet_synchronize(*streams, copy)
         raise
     finish_all()
     copy.synchronize()

@@ -38,6 +38,16 @@ def _encoder_option(text: str) -> tuple[str, str]:
     return key.strip(), value.strip()
 
 
+def _counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",")]
+    except ValueError:
+        counts = []
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"expected one or more whole numbers >= 1 separated by commas, got {text!r}")
+    return counts
+
+
 def _add_decode_options(p: argparse.ArgumentParser, *, demo: bool, mode: bool = True) -> None:
     if mode:
         p.add_argument(
@@ -141,6 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
         "(default); raw: already de-normalized",
     )
     d.add_argument("--seed", type=int, default=0, help="seed for random VAE weights (default 0)")
+    d.add_argument(
+        "--concurrent-videos",
+        type=int,
+        default=1,
+        metavar="N",
+        help="with several inputs on CUDA: decode N of them at once, each on its own stream, so that one "
+        "video's kernels fill the GPU's idle moments between another's (same frames; more peak VRAM: each "
+        "adds its own activations and cache; default 1)",
+    )
     _add_decode_options(d, demo=False)
 
     b = sub.add_parser(
@@ -160,6 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated modes (default: all but async-stream); async-stream decodes "
                         "--stream-videos copies back to back in one pipeline, reported per video")  # fmt: skip
     b.add_argument("--stream-videos", type=int, default=4, help="videos per async-stream run (default 4)")
+    b.add_argument("--concurrent-videos", type=_counts, default=[1], metavar="N[,N...]",
+                   help="async-stream: decode N of its videos at once, each on its own CUDA stream (as decode "
+                        "--concurrent-videos); several values give one async-stream row each (default 1)")  # fmt: skip
     b.add_argument("--encoder-variant", action="append", default=[], metavar="SPEC",
                    help="also run sync/async/encode-only/async-stream with these encoder changes, side by side "
                         "(repeatable): comma-separated processes, nice=N, segment-frames=N|tail[:G[:L]] or an encoder "
@@ -247,7 +269,8 @@ def _bench(args: argparse.Namespace) -> int:
                                 processes=args.encoder_processes),  # fmt: skip
         warmup=args.warmup, runs=args.runs, slots=args.slots, profile=args.profile == "on",
         timeline_dir=timeline_dir, video_fps=args.video_fps, price_per_hour=args.price_per_hour, on_mode=announce,
-        stream_videos=args.stream_videos, model=describe_vae(args.vae, args.arch, args.seed),
+        stream_videos=args.stream_videos, concurrent_videos=args.concurrent_videos,
+        model=describe_vae(args.vae, args.arch, args.seed),
         encoder_variants=args.encoder_variant,
     )  # fmt: skip
     if args.json:
@@ -426,6 +449,8 @@ def _run(args: argparse.Namespace) -> int:
             vae=args.vae, arch=args.arch, device=args.device, dtype=args.dtype, latent_format=args.latent_format,
             seed=args.seed, **common,
         )  # fmt: skip
+        if args.mode == "sync" and args.concurrent_videos > 1:
+            raise ValueError("--concurrent-videos needs --mode async; the sync reference decodes one video at a time.")
         if args.mode == "sync":  # the reference: one video after the other
             from ._models import load_vae
 
@@ -440,7 +465,7 @@ def _run(args: argparse.Namespace) -> int:
             )
         else:
             options.pop("mode")
-            result = decode_many(pairs, **options)
+            result = decode_many(pairs, concurrent_videos=args.concurrent_videos, **options)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     elif not args.quiet:
