@@ -144,6 +144,9 @@ def test_cli_several_inputs(tmp_path, capsys):
     (tmp_path / "two").mkdir()
     assert main([*args, "-o", str(tmp_path / "two"), "--concurrent-videos", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["total_frames"] == 14
+    with pytest.raises(SystemExit):
+        main([*args, "-o", str(tmp_path / "two"), "--concurrent-videos", "0"])
+    assert "--concurrent-videos: expected a whole number >= 1, got '0'" in capsys.readouterr().err
     assert main([*args, "-o", str(tmp_path / "two"), "--concurrent-videos", "2", "--mode", "sync"]) == 1
     assert capsys.readouterr().err.strip() == (
         "framepipe: error: --concurrent-videos needs --mode async; the sync reference decodes one video at a time."

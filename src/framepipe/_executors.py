@@ -204,10 +204,10 @@ def run_async_stream(
     Each job gets its own writer thread, so one video's encoder can finish its look-ahead tail
     while the GPU already decodes the next video. ``concurrent`` jobs decode at once, their chunks
     taken in turn; on CUDA each has its own stream and ``slots`` ring slots (on the CPU this only
-    interleaves them). At most ``max_open`` jobs are being written
-    at once (default ``concurrent + 1``); starting another one waits for the oldest whose decoding
-    has ended. Every job must fit ``geometry`` (same batch, height and width; any length).
-    ``nice`` lowers the writer threads' priority.
+    interleaves them). At most ``max_open`` jobs are being written at once (default
+    ``concurrent + 1``); starting another one waits for the oldest whose decoding has ended. Every
+    job must fit ``geometry`` (same batch, height and width; any length). ``nice`` lowers the
+    writer threads' priority.
     """
     max_open = concurrent + 1 if max_open is None else max_open
     if slots < 1 or concurrent < 1:

@@ -48,6 +48,16 @@ def _counts(text: str) -> list[int]:
     return counts
 
 
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return value
+
+
 def _add_decode_options(p: argparse.ArgumentParser, *, demo: bool, mode: bool = True) -> None:
     if mode:
         p.add_argument(
@@ -153,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--seed", type=int, default=0, help="seed for random VAE weights (default 0)")
     d.add_argument(
         "--concurrent-videos",
-        type=int,
+        type=_count,
         default=1,
         metavar="N",
         help="with several inputs on CUDA: decode N of them at once, each on its own stream, so that one "
