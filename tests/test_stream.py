@@ -111,16 +111,7 @@ def test_writer_failure_in_a_later_video_stops_the_stream(tmp_path, monkeypatch,
         return [Failing(tmp_path / f"{i}.npy")] if i == 1 else [NpySink(tmp_path / f"{i}.npy")]
 
     pairs = [(small_latents("wan2.1", frames=6), sinks(i)) for i in range(5)]
-    import framepipe._api as api
-
-    original = api.decode_chunks
-
-    def counting(vae, z, **kw):
-        for chunk in original(vae, z, **kw):
-            pulled.append(1)
-            yield chunk
-
-    monkeypatch.setattr(api, "decode_chunks", counting)
+    _recording_pulls(monkeypatch, pulled)
     with pytest.raises(EncoderError, match="disk full"):
         decode_many(pairs, vae=vae, concurrent_videos=concurrent)
     assert len(pulled) < 6 * (2 + concurrent)  # stopped soon after the second video began, not after all five
