@@ -20,17 +20,15 @@ once) and with a kernel or a device-side copy running.
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import torch
-from cuda_graphs import busy_figures
+from cuda_graphs import gpu_busy, run_cases, wan_case
 
 from framepipe._decode import decode_chunks
-from framepipe._models import move_vae, random_vae
 from framepipe._postprocess import converter
-from framepipe._profile import profile_run
 
 
 def decode_lanes(vae, latents: torch.Tensor, videos: int, lanes: int) -> list[list[torch.Tensor]]:
@@ -58,10 +56,7 @@ def decode_lanes(vae, latents: torch.Tensor, videos: int, lanes: int) -> list[li
 
 
 def measure(dtype: torch.dtype, height: int, width: int, frames: int, videos: int, lanes: list[int], runs: int) -> dict:
-    vae = move_vae(random_vae("wan2.1", seed=0), device=torch.device("cuda"), dtype=dtype)
-    g = torch.Generator("cuda").manual_seed(0)
-    shape = (1, 16, (frames - 1) // 4 + 1, height // 8, width // 8)
-    latents = torch.randn(shape, device="cuda", dtype=dtype, generator=g)
+    vae, latents = wan_case(dtype, height, width, frames)
     modes = {"one-stream": 1, **{f"lanes-{n}": n for n in lanes}}
     reference = decode_lanes(vae, latents, videos, 1)
     row: dict = {"dtype": str(dtype).removeprefix("torch."), "size": f"{height}x{width}", "frames": frames,
@@ -86,9 +81,8 @@ def measure(dtype: torch.dtype, height: int, width: int, frames: int, videos: in
     for name, n in modes.items():
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-        timeline = profile_run(lambda trace, n=n: decode_lanes(vae, latents, videos, n), device=torch.device("cuda"))
+        profile[name] = gpu_busy(lambda n=n: decode_lanes(vae, latents, videos, n))
         peak[name] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
-        profile[name] = busy_figures(timeline.kernels, timeline.device_copies)
     row.update(seconds=seconds, peak_gib=peak, profile=profile)
     return row
 
@@ -100,22 +94,13 @@ def main() -> None:
     parser.add_argument("--videos", type=int, default=4)
     parser.add_argument("--lanes", default="2", help="comma-separated lane counts to measure beside one stream")
     parser.add_argument("--runs", type=int, default=1)
-    parser.add_argument("--out")
+    parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("concurrent_decode.py needs a CUDA GPU")
     lanes = [int(n) for n in args.lanes.split(",")]
-    rows = []
-    for case in args.cases.split(","):
-        dtype, size = case.split(":")
-        height, width = map(int, size.split("x"))
-        rows.append(measure(getattr(torch, dtype), height, width, args.frames, args.videos, lanes, args.runs))
-        torch.cuda.empty_cache()
-        print(json.dumps(rows[-1]), flush=True)
-    report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(report, f, indent=1)
+    rows = run_cases(args.cases, lambda dtype, h, w: measure(dtype, h, w, args.frames, args.videos, lanes, args.runs),
+                     args.out)  # fmt: skip
     print(f"{'case':18} {'mode':10} {'same':5} {'s/video':>8} {'x one':>6} {'kernels':>8} {'+copies':>8} "
           f"{'peak GiB':>9}")  # fmt: skip
     for r in rows:

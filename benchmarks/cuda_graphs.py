@@ -115,11 +115,32 @@ def busy_figures(kernels: list[Interval], copies: list[Interval]) -> dict:
             "idle_ms_by_gap": {k: round(v, 2) for k, v in gaps.items()}}  # fmt: skip
 
 
-def measure(dtype: torch.dtype, height: int, width: int, frames: int, runs: int) -> dict:
+def wan_case(dtype: torch.dtype, height: int, width: int, frames: int) -> tuple[torch.nn.Module, torch.Tensor]:
+    """The Wan 2.1 VAE with seeded random weights on the GPU, and seeded random latents for one video."""
     vae = move_vae(random_vae("wan2.1", seed=0), device=torch.device("cuda"), dtype=dtype)
     g = torch.Generator("cuda").manual_seed(0)
     shape = (1, 16, (frames - 1) // 4 + 1, height // 8, width // 8)
-    latents = torch.randn(shape, device="cuda", dtype=dtype, generator=g)
+    return vae, torch.randn(shape, device="cuda", dtype=dtype, generator=g)
+
+
+def run_cases(cases: str, measure_case: Callable[[torch.dtype, int, int], dict], out: Path | None) -> list[dict]:
+    """``measure_case(dtype, height, width)`` for each ``dtype:HxW`` of ``cases``; each row is printed
+    as it comes, and all of them are written to ``out`` with the GPU's name and torch's version."""
+    rows = []
+    for case in cases.split(","):
+        dtype, size = case.split(":")
+        height, width = map(int, size.split("x"))
+        rows.append(measure_case(getattr(torch, dtype), height, width))
+        torch.cuda.empty_cache()
+        print(json.dumps(rows[-1]), flush=True)
+    if out:
+        report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
+        out.write_text(json.dumps(report, indent=1))
+    return rows
+
+
+def measure(dtype: torch.dtype, height: int, width: int, frames: int, runs: int) -> dict:
+    vae, latents = wan_case(dtype, height, width, frames)
     reused = GraphedDecoder(vae)
     modes = {
         "eager": lambda: decode_chunks(vae, latents),
@@ -158,16 +179,7 @@ def main() -> None:
     args = parser.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("cuda_graphs.py needs a CUDA GPU")
-    rows = []
-    for case in args.cases.split(","):
-        dtype, size = case.split(":")
-        height, width = map(int, size.split("x"))
-        rows.append(measure(getattr(torch, dtype), height, width, args.frames, args.runs))
-        torch.cuda.empty_cache()
-        print(json.dumps(rows[-1]), flush=True)
-    report = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "rows": rows}
-    if args.out:
-        args.out.write_text(json.dumps(report, indent=1))
+    rows = run_cases(args.cases, lambda dtype, h, w: measure(dtype, h, w, args.frames, args.runs), args.out)
     print(f"{'case':18} {'same':5} {'eager s':>8} {'per-video':>10} {'reused':>8} "
           f"{'util eager':>11} {'util reused':>12}")  # fmt: skip
     for r in rows:

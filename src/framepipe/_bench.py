@@ -192,7 +192,6 @@ class Bench:
         slots: int = 2,
         workdir: Path,
         stream_videos: int = 4,
-        concurrent_videos: int = 1,
     ):
         self.vae = vae
         param = next(vae.parameters())
@@ -203,7 +202,7 @@ class Bench:
         self.slots = slots
         self.workdir = workdir
         self.stream_videos = stream_videos
-        self.concurrent_videos = concurrent_videos
+        self.concurrent_videos = 1  # async-stream's videos decoding at once; run_bench sets it per row
         self._frames: list[np.ndarray] | None = None  # decoded chunks for encode-only
 
     # -- the modes: each does one whole run and returns once the device is idle ------------------

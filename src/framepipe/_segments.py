@@ -367,10 +367,12 @@ class _Joiner:
                 target.time_base, target.framerate, target.extradata = source.time_base, source.framerate, header
         elif header != self._header:
             raise EncoderError("The segments' encoder headers differ, so they cannot share one stream.")
+        shift = None  # the segment's start in its packets' time base, which they all share
         for packet in packets:
             if packet.dts is None:  # a demuxer's end-of-stream marker
                 continue
-            shift = int(Fraction(self._start) / self.fps / packet.time_base)
+            if shift is None:
+                shift = int(Fraction(self._start) / self.fps / packet.time_base)
             packet.pts += shift
             packet.dts += shift
             packet.stream = self._target
