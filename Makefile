@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test test-lowest lint clean
 
 $(STAMP): pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -22,5 +22,12 @@ lint: $(STAMP)
 test: lint
 	$(BIN)/python -m pytest
 
+# The tests on the lowest release of every dependency pyproject.toml admits (requirements-lowest.txt).
+test-lowest:
+	$(PYTHON) -m venv .venv-lowest
+	.venv-lowest/bin/python -m pip install --quiet -r requirements-lowest.txt
+	.venv-lowest/bin/python -m pip install --quiet --no-deps -e .
+	.venv-lowest/bin/python -m pytest
+
 clean:
-	rm -rf $(VENV) framepipe-demo.mp4
+	rm -rf $(VENV) .venv-lowest framepipe-demo.mp4

@@ -180,6 +180,28 @@ def test_encoder_failing_mid_video(setup, capsys, monkeypatch, no_thread_leak):
     assert sorted(p.name for p in tmp.iterdir()) == ["latents.safetensors", "v.mp4", "vae"]
 
 
+@pytest.mark.parametrize("where", ["join", "encode"])
+def test_a_failure_inside_pyav_is_one_line(setup, capsys, monkeypatch, where, no_thread_leak):
+    # PyAV 19 raised a bare AssertionError ("Container is not open") from inside the joiner: whatever
+    # PyAV raises reaches the user as one EncoderError line, and nothing is left at the output path.
+    import framepipe._segments as segments
+
+    def assertion(*args, **kwargs):
+        raise AssertionError("Container is not open")
+
+    if where == "join":
+        monkeypatch.setattr(segments._Joiner, "_mux", assertion)
+    else:
+        monkeypatch.setattr(VideoFileSink, "_mux", assertion)
+    tmp, _, _ = setup
+    segments_args = ["--segment-frames", "tail"] if where == "join" else []
+    code, out, err = _run(capsys, "decode", tmp / "latents.safetensors", "-o", tmp / "j.mp4", "--vae", tmp / "vae",
+                          "--preset", "ultrafast", "--quiet", *segments_args)  # fmt: skip
+    assert code == 1 and err.count("\n") == 1 and "AssertionError: Container is not open" in err, err
+    assert err.startswith("framepipe: error: ") and "Traceback" not in err
+    assert sorted(p.name for p in tmp.iterdir()) == ["latents.safetensors", "vae"]
+
+
 def _subprocess(args, cwd, **kw):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "framepipe", *map(str, args)], cwd=cwd, env=env,

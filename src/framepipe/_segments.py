@@ -119,17 +119,20 @@ class _PacketSink(VideoFileSink):
         self.packets.extend(packets)
 
     def close(self) -> None:
-        import av
-
         if self._closed or self._container is None:
             return
         try:
             self._mux(self._stream.encode(None))
-            self.stream = self._stream
-        except av.FFmpegError as e:
-            raise EncoderError(f"Encoder {self.codec!r} failed to finish a segment of {self.path}: {e}") from e
-        finally:
-            self.abort()  # frees the encoder; the packets stay
+        except Exception as e:  # inside PyAV: whatever it raises, the segment is lost
+            self.abort()
+            raise EncoderError(
+                f"Encoder {self.codec!r} failed to finish a segment of {self.path}: {type(e).__name__}: {e}"
+            ) from e
+        # Note [Segment containers stay open]: PyAV 19 copies a stream as a template only while
+        # the stream's container is open, so the container stays open (unstarted, no file) until
+        # the joiner has muxed the packets; the joiner then calls ``abort``, which frees the encoder.
+        self.stream = self._stream
+        self._closed = True
 
 
 class _Segment:
@@ -343,14 +346,19 @@ class _Joiner:
         try:
             if isinstance(sink, _PacketSink):
                 stream, packets, sink.stream, sink.packets = sink.stream, sink.packets, None, []
-                self._mux(stream, packets, encoded=True)
+                try:
+                    self._mux(stream, packets, encoded=True)
+                finally:
+                    sink.abort()  # Note [Segment containers stay open]
             else:
                 with av.open(str(sink.path)) as container:
                     stream = container.streams.video[0]
                     self._mux(stream, container.demux(stream), encoded=False)
                 sink.path.unlink(missing_ok=True)
-        except av.FFmpegError as e:
-            raise EncoderError(f"Could not join the encoded segments into one file: {e}") from e
+        except EncoderError:
+            raise
+        except Exception as e:  # inside PyAV: one line for the user, the cause chained
+            raise EncoderError(f"Could not join the encoded segments into one file: {type(e).__name__}: {e}") from e
         self._start += length
 
     def _mux(self, stream, packets, *, encoded: bool) -> None:

@@ -214,21 +214,21 @@ class VideoFileSink:
                 video_frame.pts = self._count
                 self._count += 1
                 self._mux(self._stream.encode(video_frame))
-        except (av.FFmpegError, OSError) as e:
-            raise EncoderError(f"Encoder {self.codec!r} failed at frame {self._count} of {self.path}: {e}") from e
+        except Exception as e:  # inside PyAV: one line for the user, the cause chained
+            raise EncoderError(
+                f"Encoder {self.codec!r} failed at frame {self._count} of {self.path}: {type(e).__name__}: {e}"
+            ) from e
 
     def close(self) -> None:
-        import av
-
         if self._closed or self._container is None:
             return
         try:
             self._mux(self._stream.encode(None))
             self._container.close()
             os.replace(self._tmp, self.path)
-        except (av.FFmpegError, OSError) as e:
+        except Exception as e:  # inside PyAV or the rename: the output stays as it was
             self.abort()
-            raise EncoderError(f"Could not finish {self.path}: {e}") from e
+            raise EncoderError(f"Could not finish {self.path}: {type(e).__name__}: {e}") from e
         self._container = self._stream = None  # the encoder and its buffers go with the stream
         self._tmp = None
         self._closed = True
