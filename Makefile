@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-lowest lint clean
+.PHONY: demo test test-slow test-lowest lint clean
 
 $(STAMP): pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ lint: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest
+
+# The tiny-VAE training script's tests (marked slow, deselected by `make test`).
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow
 
 # The tests on the lowest release of every dependency pyproject.toml admits (requirements-lowest.txt).
 test-lowest:

@@ -49,15 +49,9 @@ def command(settings: dict, modes: list[str] | None = None) -> str:
         parts.append(f"--codec {enc['codec']}")
     if enc.get("fps", 16.0) != 16.0:
         parts.append(f"--fps {enc['fps']:g}")
-    if enc.get("device_yuv"):
-        parts.append("--device-yuv")
     if enc.get("segment_frames"):
         parts.append(f"--segment-frames {enc['segment_frames']}")
-    parts += [f"--encoder-option {key}={value}" for key, value in enc.get("options", {}).items()]
-    if enc.get("nice"):
-        parts.append(f"--encoder-nice {enc['nice']}")
-    if enc.get("processes"):
-        parts.append("--encoder-processes")
+    parts += [f"--encoder-option {key}={value}" for key, value in enc.get("encoder_options", {}).items()]
     parts += [f"--encoder-variant '{spec}'" for spec in settings.get("encoder_variants") or {}]
     if settings.get("price_per_gpu_hour") is not None:
         parts.append(f"--price-per-hour {settings['price_per_gpu_hour']:.2f}")

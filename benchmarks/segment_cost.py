@@ -12,15 +12,15 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import av
 import numpy as np
 
 from framepipe._postprocess import to_uint8_frames
-from framepipe._segments import SegmentedVideoSink, parse_segment_frames, tail_plan, tail_spec
-from framepipe._sinks import VideoFileSink
 from framepipe._synth import synth_clips
+from framepipe.sinks import SegmentedVideoSink, VideoFileSink, VideoSettings, parse_segment_frames, tail_plan, tail_spec
 
 
 def main() -> None:
@@ -35,12 +35,12 @@ def main() -> None:
     args = p.parse_args()
     height, width = (int(v) for v in args.size.split("x"))
     src = to_uint8_frames(synth_clips(1, args.frames, height, width, seed=args.seed))[0].numpy()
-    settings = dict(codec="libx264", preset=args.preset, crf=args.crf)
-    sinks = {"one encoder": lambda path: VideoFileSink(path, **settings)}
+    settings = VideoSettings(codec="libx264", preset=args.preset, crf=args.crf)
+    sinks = {"one encoder": lambda path: VideoFileSink(path, settings)}
     for n in map(parse_segment_frames, args.segments.split(",")):
         spec = tail_spec(n)
         name = f"segments of {n}" if spec is None else f"{n} {tail_plan(args.frames, last=spec[1], growth=spec[0])}"
-        sinks[name] = lambda path, n=n: SegmentedVideoSink(path, segment_frames=n, **settings)
+        sinks[name] = lambda path, n=n: SegmentedVideoSink(path, replace(settings, segment_frames=n))
     print(f"{args.frames} frames of {args.size}, synth seed {args.seed}, libx264 {args.preset} crf {args.crf}, "
           f"PyAV {av.__version__}")  # fmt: skip
     print(f"{'encoding':<44} {'bytes':>9} {'vs one':>7} {'PSNR dB':>8} {'max err':>8} {'s (CPU)':>8}")

@@ -35,9 +35,9 @@ from pathlib import Path
 
 import torch
 
-from framepipe._decode import _causal_conv_count
 from framepipe._postprocess import to_uint8_frames
 from framepipe._quality import psnr, ssim, ssim_map
+from framepipe._source import causal_conv_count
 from framepipe._synth import synth_clips
 
 CONFIG = dict(base_dim=16, decoder_base_dim=32, z_dim=16)
@@ -105,7 +105,7 @@ def init_weights(vae) -> None:
 def reconstruct(vae, latents: torch.Tensor) -> torch.Tensor:
     """Decode ``latents`` frame by frame like ``vae.decode``, but with gradients and without its
     final clamp, so saturated pixels still get a gradient."""
-    cache = [None] * _causal_conv_count(vae)
+    cache = [None] * causal_conv_count(vae)
     z = vae.post_quant_conv(latents)
     frames = [
         vae.decoder(z[:, :, i : i + 1], feat_cache=cache, feat_idx=[0], first_chunk=i == 0) for i in range(z.shape[2])

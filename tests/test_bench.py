@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from conftest import small_latents, small_vae
-from framepipe._bench import ModeResult, run_bench, summarize
-from framepipe._cost import gpu_seconds_per_video_second, usd_per_1000_hours
-from framepipe._profile import Timeline, _timeline, merge, union_length
+from framepipe import SettingsError, VideoSettings
 from framepipe._trace import PipelineTrace
+from framepipe.bench import ModeResult, run_bench, summarize
+from framepipe.bench._cost import gpu_seconds_per_video_second, usd_per_1000_hours
+from framepipe.bench._profile import Timeline, merge, timeline_from_events, union_length
 from framepipe.cli import main
 
 
@@ -45,7 +46,7 @@ def test_utilization_and_alignment_from_a_chrome_trace():
     ]
     trace = PipelineTrace()
     trace.add_span("write", 10.25, 10.5)  # perf_counter clock; the window started at 10.0
-    t = _timeline(events, trace, 10.0, cuda=True)
+    t = timeline_from_events(events, trace, 10.0, cuda=True)
     assert t.window_s == pytest.approx(1.0)
     assert t.kernel_utilization == pytest.approx(0.6)
     assert t.gpu_busy == pytest.approx(0.75)  # + 0.6-0.7 of the copy, + the memset; the DtoH copy is a transfer
@@ -106,7 +107,7 @@ def test_bench_stream_mode_is_reported_per_video():
     assert report["settings"]["concurrent_videos"] == [1, 2]
     line = _bench_table().command(report["settings"], ["gpu-only", "async-stream"])
     assert "--stream-videos 3 --concurrent-videos 1,2" in line
-    with pytest.raises(ValueError, match="concurrent_videos >= 1"):
+    with pytest.raises(SettingsError, match="concurrent_videos >= 1"):
         run_bench(vae, small_latents("wan2.1"), modes=["async-stream"], concurrent_videos=0)
     # a run of the stream decodes the latents 3 times; its figures are per decode
     three = ModeResult(mode="async-stream", seconds=[3.0, 6.0], frames=5, videos=1, peak_vram_gib=None,
@@ -124,7 +125,7 @@ def test_bench_cli_json(tmp_path, capsys):
     assert [r["mode"] for r in report["modes"]] == ["sync", "async", "gpu-only"]
     assert report["settings"]["latents_shape"] == [1, 16, 2, 4, 4]
     assert report["settings"]["model"] == "random tiny-wan2.1 (seed 0)"
-    assert report["settings"]["encoder"]["options"] == {"threads": "2"}
+    assert report["settings"]["encoder"]["encoder_options"] == {"threads": "2"}
     if sys.platform.startswith("linux"):  # where the kernel reports a thread's schedstat
         for row in report["modes"]:
             assert row["main_thread_cpu_s"] > 0 and row["main_thread_wait_s"] >= 0, row
@@ -144,7 +145,7 @@ def test_bench_defaults_to_the_embedded_vae(capsys):
 @pytest.mark.parametrize(
     "args, message",
     [(["--modes", "sync,turbo"], "Invalid mode(s) turbo"), (["--size", "480x830"], "multiples of 8"),
-     (["--shape", "1x2x3"], "Invalid --shape"), (["--runs", "0"], "runs >= 1")],
+     (["--runs", "0"], "runs >= 1")],
 )  # fmt: skip
 def test_bench_cli_errors(capsys, args, message):
     code = main(["bench", "--arch", "tiny-wan2.1", "--device", "cpu", "--frames", "5", *args])
@@ -174,40 +175,47 @@ def test_bench_cuda_reports_utilization(tmp_path):
 
 
 def test_encoder_variants_change_only_what_they_name():
-    from framepipe._bench import EncoderSettings, encoder_variant
+    from framepipe.bench import encoder_variant
 
-    base = EncoderSettings(preset="fast", options={"threads": "2"})
-    v = encoder_variant("processes, nice=19, rc-lookahead=10, segment-frames=tail", base)
-    assert (v.processes, v.nice, v.segment_frames, v.preset) == (True, 19, "tail", "fast")
-    assert v.options == {"threads": "2", "rc-lookahead": "10"} and base.options == {"threads": "2"}
+    base = VideoSettings(preset="fast", encoder_options={"threads": "2"})
+    v = encoder_variant("rc-lookahead=10, segment-frames=tail", base)
+    assert (v.segment_frames, v.preset) == ("tail", "fast")
+    assert v.encoder_options == {"threads": "2", "rc-lookahead": "10"} and base.encoder_options == {"threads": "2"}
     assert encoder_variant("segment-frames=20", base).segment_frames == 20
     assert encoder_variant("segment-frames=tail:1.5", base).segment_frames == "tail:1.5"
-    for bad in ("", "nice", "nice=x", "nice=40", "segment-frames=0", "segment-frames=tail:0.5", "fast", "=3"):
-        with pytest.raises(ValueError):
+    for bad in ("", "nice", "processes", "segment-frames=0", "segment-frames=tail:0.5", "fast", "=3"):
+        with pytest.raises(SettingsError):
             encoder_variant(bad, base)
 
 
 def test_bench_runs_encoder_variants_side_by_side(tmp_path, capsys):
     code = main(["bench", "--arch", "tiny-wan2.1", "--shape", "1x2x4x4", "--runs", "1", "--warmup", "0",
                  "--modes", "async,gpu-only,encode-only", "--profile", "off", "--json", "--device", "cpu",
-                 "--encoder-variant", "processes,nice=3", "--encoder-variant", "threads=1"])  # fmt: skip
+                 "--encoder-variant", "segment-frames=4", "--encoder-variant", "threads=1"])  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 0, err
     report = json.loads(out)
     assert [r["mode"] for r in report["modes"]] == [
-        "async", "async [processes,nice=3]", "async [threads=1]", "gpu-only",
-        "encode-only", "encode-only [processes,nice=3]", "encode-only [threads=1]",
+        "async", "async [segment-frames=4]", "async [threads=1]", "gpu-only",
+        "encode-only", "encode-only [segment-frames=4]", "encode-only [threads=1]",
     ]  # fmt: skip
     variants = report["settings"]["encoder_variants"]
-    assert variants["processes,nice=3"]["processes"] and variants["threads=1"]["options"] == {"threads": "1"}
+    assert variants["segment-frames=4"]["segment_frames"] == 4
+    assert variants["threads=1"]["encoder_options"] == {"threads": "1"}
     assert all(r["vs_gpu_only"] > 0 for r in report["modes"])
     line = _bench_table().command(report["settings"], ["async", "gpu-only", "encode-only"])
-    assert "--encoder-variant 'processes,nice=3' --encoder-variant 'threads=1'" in line
+    assert "--encoder-variant 'segment-frames=4' --encoder-variant 'threads=1'" in line
     code = main(
         ["bench", "--arch", "tiny-wan2.1", "--shape", "1x2x4x4", "--device", "cpu", "--encoder-variant", "nice"]
     )
     err = capsys.readouterr().err
     assert code == 1 and "Traceback" not in err and "Invalid encoder variant 'nice'" in err.strip().splitlines()[-1]
+
+
+def test_bench_cli_refuses_a_bad_shape(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--shape", "1x2x3"])
+    assert exit_info.value.code == 2 and "expected 4 whole numbers like 1x21x60x104" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value", ["0", "2,x", ""])

@@ -184,7 +184,7 @@ def test_encoder_failing_mid_video(setup, capsys, monkeypatch, no_thread_leak):
 def test_a_failure_inside_pyav_is_one_line(setup, capsys, monkeypatch, where, no_thread_leak):
     # PyAV 19 raised a bare AssertionError ("Container is not open") from inside the joiner: whatever
     # PyAV raises reaches the user as one EncoderError line, and nothing is left at the output path.
-    import framepipe._segments as segments
+    import framepipe.sinks._segments as segments
 
     def assertion(*args, **kwargs):
         raise AssertionError("Container is not open")
@@ -255,5 +255,5 @@ def test_demo(tmp_path):
 def test_demo_rejects_bad_sizes(tmp_path):
     proc = _subprocess(["demo", "--frames", "10", "-o", "x.mp4"], tmp_path)
     _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 1 and "--frames must be 1 + 4k" in err and "Traceback" not in err
+    assert proc.returncode == 1 and "decodes 1 + 4k frames" in err and "Traceback" not in err
     assert not (tmp_path / "x.mp4").exists()

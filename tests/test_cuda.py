@@ -8,7 +8,7 @@ import torch
 
 from conftest import small_latents, small_vae
 from framepipe import decode, decode_many, random_vae
-from framepipe._executors import _Ring
+from framepipe._pipeline import _Ring
 from helpers import diffusers_frames
 
 pytestmark = pytest.mark.needs_cuda

@@ -9,8 +9,8 @@ import torch
 
 from conftest import small_latents, small_vae
 from framepipe import EncoderError, NpySink, decode
-from framepipe._decode import VideoGeometry
-from framepipe._executors import run_async, run_sync
+from framepipe._pipeline import Job, run_async, run_sync
+from framepipe._source import VideoGeometry
 
 GEOMETRY = VideoGeometry(batch=1, frames=1 + 4 * 19, height=8, width=8, max_chunk_frames=4)
 
@@ -24,6 +24,10 @@ def _chunks(n, counter, delay=0.0, fail_at=None):
         counter.append(i)
         t = 1 if i == 0 else 4
         yield torch.full((1, 3, t, 8, 8), (i % 100) / 100.0)
+
+
+def _async(chunks, sink, **options):
+    run_async([Job(chunks, [sink])], device=torch.device("cpu"), geometry=GEOMETRY, **options)
 
 
 class RecordingSink:
@@ -52,7 +56,7 @@ def test_writer_failure_stops_decode_promptly(slots, no_thread_leak):
     produced = []
     sink = RecordingSink(fail_after=5)
     with pytest.raises(EncoderError, match="disk full"):
-        run_async(_chunks(20, produced), [sink], device=torch.device("cpu"), geometry=GEOMETRY, slots=slots)
+        _async(_chunks(20, produced), sink, slots=slots)
     # The failing write is noticed within the ring's depth, not after the whole video.
     assert len(produced) <= 3 + slots + 2
 
@@ -61,7 +65,7 @@ def test_interrupt_in_source_ends_cleanly(no_thread_leak):
     produced = []
     sink = RecordingSink(delay=0.01)
     with pytest.raises(KeyboardInterrupt):
-        run_async(_chunks(20, produced, fail_at=6), [sink], device=torch.device("cpu"), geometry=GEOMETRY)
+        _async(_chunks(20, produced, fail_at=6), sink)
     assert len(produced) == 6
 
 
@@ -75,7 +79,7 @@ def test_backpressure_bounds_work_in_flight(no_thread_leak):
         original_write(frames)
 
     sink.write = write
-    run_async(_chunks(12, produced), [sink], device=torch.device("cpu"), geometry=GEOMETRY, slots=2)
+    _async(_chunks(12, produced), sink, slots=2)
     # When chunk i starts being written, the producer is at most slots + 2 chunks ahead
     # (slots queued, one being converted, one being decoded).
     assert all(ahead - i <= 2 + 2 for i, ahead in enumerate(written_at))
@@ -84,9 +88,10 @@ def test_backpressure_bounds_work_in_flight(no_thread_leak):
 
 def test_sync_and_async_same_frames_from_any_source():
     a, b = RecordingSink(), RecordingSink(delay=0.001)
-    run_sync(_chunks(6, []), [a])
-    run_async(_chunks(6, []), [b], device=torch.device("cpu"), geometry=GEOMETRY, slots=1)
+    run_sync([Job(_chunks(6, []), [a])])
+    _async(_chunks(6, []), b, slots=1)
     np.testing.assert_array_equal(np.stack(a.frames), np.stack(b.frames))
+    assert a.closed and b.closed  # the executors close the sinks of each job they finish
 
 
 def test_decode_aborts_every_sink_on_failure(tmp_path, no_thread_leak):

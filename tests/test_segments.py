@@ -5,12 +5,10 @@ import numpy as np
 import pytest
 
 from conftest import small_latents, small_vae
-from framepipe import decode
-from framepipe._errors import EncoderError
+from framepipe import EncoderError, SettingsError, VideoSettings, decode
 from framepipe._postprocess import to_uint8_frames
-from framepipe._segments import SegmentedVideoSink, parse_segment_frames, tail_plan, tail_spec
-from framepipe._sinks import VideoFileSink
 from framepipe._synth import synth_clips
+from framepipe.sinks import SegmentedVideoSink, VideoFileSink, parse_segment_frames, tail_plan, tail_spec
 from helpers import write_all
 
 
@@ -31,7 +29,7 @@ def _psnr(a, b):
 def test_segments_join_into_one_file_with_every_frame_in_order(tmp_path, segment, no_thread_leak):
     src = _frames()
     write_all(VideoFileSink(tmp_path / "one.mp4"), src)
-    write_all(SegmentedVideoSink(tmp_path / "seg.mp4", segment_frames=segment, workers=3), src)
+    write_all(SegmentedVideoSink(tmp_path / "seg.mp4", VideoSettings(segment_frames=segment), workers=3), src)
     one, seg = _read(tmp_path / "one.mp4"), _read(tmp_path / "seg.mp4")
     assert seg.shape == src.shape
     # Each decoded frame is nearest to its own source frame: nothing dropped, doubled or reordered.
@@ -55,13 +53,13 @@ def test_one_segment_is_the_plain_encoders_file(tmp_path, suffix):
     # The segments' encoders are set up as VideoFileSink's, and joining keeps every packet as it is.
     src = _frames(12)
     write_all(VideoFileSink(tmp_path / f"one{suffix}"), src)
-    write_all(SegmentedVideoSink(tmp_path / f"seg{suffix}", segment_frames=12), src)
+    write_all(SegmentedVideoSink(tmp_path / f"seg{suffix}", VideoSettings(segment_frames=12)), src)
     assert _stream_and_packets(tmp_path / f"seg{suffix}") == _stream_and_packets(tmp_path / f"one{suffix}")
 
 
 def test_a_segment_ends_as_soon_as_its_last_frame_is_in(tmp_path, no_thread_leak):
     # Its encoder flushes its look-ahead then, not when the next frame arrives.
-    sink = SegmentedVideoSink(tmp_path / "e.mp4", segment_frames=4)
+    sink = SegmentedVideoSink(tmp_path / "e.mp4", VideoSettings(segment_frames=4))
     sink.open(frames=12, height=96, width=128)
     sink.write(_frames(8)[:4])
     first = sink._segments[0]
@@ -77,7 +75,7 @@ def test_closed_sinks_let_go_of_their_encoders(tmp_path):
     src = _frames(12)
     plain = VideoFileSink(tmp_path / "p.mp4")
     write_all(plain, src)
-    sink = SegmentedVideoSink(tmp_path / "s.mp4", segment_frames=4)
+    sink = SegmentedVideoSink(tmp_path / "s.mp4", VideoSettings(segment_frames=4))
     sink.open(frames=12, height=96, width=128)
     sink.write(src)
     segments = [s.sink for s in sink._segments]
@@ -88,41 +86,43 @@ def test_closed_sinks_let_go_of_their_encoders(tmp_path):
 
 def test_abort_and_a_failed_join_leave_nothing(tmp_path, monkeypatch, no_thread_leak):
     src = _frames(12)
-    sink = SegmentedVideoSink(tmp_path / "a.mp4", segment_frames=4)
+    sink = SegmentedVideoSink(tmp_path / "a.mp4", VideoSettings(segment_frames=4))
     sink.open(frames=12, height=96, width=128)
     sink.write(src[:9])
     sink.abort()
     assert list(tmp_path.iterdir()) == []
 
-    import framepipe._segments as segments
+    import framepipe.sinks._segments as segments
 
     def broken(*args, **kwargs):
         raise EncoderError("join failed")
 
     monkeypatch.setattr(segments._Joiner, "_append", broken)
     with pytest.raises(EncoderError, match="join failed"):
-        write_all(SegmentedVideoSink(tmp_path / "b.mp4", segment_frames=4), src)
+        write_all(SegmentedVideoSink(tmp_path / "b.mp4", VideoSettings(segment_frames=4)), src)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_bad_settings_fail_before_any_frame(tmp_path):
-    with pytest.raises(EncoderError, match="preset"):
-        SegmentedVideoSink(tmp_path / "x.mp4", segment_frames=4, preset="warp-speed")
+    with pytest.raises(SettingsError, match="preset"):
+        SegmentedVideoSink(tmp_path / "x.mp4", VideoSettings(segment_frames=4, preset="warp-speed"))
     for bad in (0, True, "tail:", "tail:1", "tail:17", "head", "4"):
         with pytest.raises(ValueError, match="segment_frames"):
-            SegmentedVideoSink(tmp_path / "x.mp4", segment_frames=bad)
+            SegmentedVideoSink(tmp_path / "x.mp4", VideoSettings(segment_frames=bad))
 
 
 def test_decode_with_segments_writes_every_frame(tmp_path):
     vae, z = small_vae("wan2.1"), small_latents("wan2.1", frames=5, height=6, width=8)
-    decode(z, tmp_path / "plain.mp4", vae=vae, latent_format="raw", preset="veryfast")
-    decode(z, tmp_path / "seg.mp4", vae=vae, latent_format="raw", preset="veryfast", segment_frames=4)
+    decode(z, tmp_path / "plain.mp4", vae=vae, latent_format="raw", video=VideoSettings(preset="veryfast"))
+    decode(
+        z, tmp_path / "seg.mp4", vae=vae, latent_format="raw", video=VideoSettings(preset="veryfast", segment_frames=4)
+    )
     plain, seg = _read(tmp_path / "plain.mp4"), _read(tmp_path / "seg.mp4")
     assert seg.shape == plain.shape == (17, 48, 64, 3)
 
 
 def test_an_encoder_failure_in_a_segment_is_reported_and_cleaned_up(tmp_path, monkeypatch, no_thread_leak):
-    import framepipe._segments as segments
+    import framepipe.sinks._segments as segments
 
     calls = {"n": 0}
     original = segments._PacketSink.close
@@ -134,7 +134,7 @@ def test_an_encoder_failure_in_a_segment_is_reported_and_cleaned_up(tmp_path, mo
         original(self)
 
     monkeypatch.setattr(segments._PacketSink, "close", close_fails_on_second_segment)
-    sink = SegmentedVideoSink(tmp_path / "c.mp4", segment_frames=4, workers=1)
+    sink = SegmentedVideoSink(tmp_path / "c.mp4", VideoSettings(segment_frames=4), workers=1)
     with pytest.raises(EncoderError, match="encoder failed"):
         try:
             write_all(sink, _frames(12))
@@ -177,7 +177,7 @@ def test_tail_plans_by_name():
 @pytest.mark.parametrize("plan, lengths", [("tail", [5, 16, 8, 4]), ("tail:1.5:2", [7, 10, 7, 4, 3, 2])])
 def test_tail_segments_follow_the_plan(tmp_path, monkeypatch, plan, lengths):
     got = []
-    import framepipe._segments as segments
+    import framepipe.sinks._segments as segments
 
     original = segments._Joiner._append
 
@@ -186,7 +186,7 @@ def test_tail_segments_follow_the_plan(tmp_path, monkeypatch, plan, lengths):
         original(self, sink, length)
 
     monkeypatch.setattr(segments._Joiner, "_append", record)
-    write_all(SegmentedVideoSink(tmp_path / "t.mp4", segment_frames=plan), _frames(33))
+    write_all(SegmentedVideoSink(tmp_path / "t.mp4", VideoSettings(segment_frames=plan)), _frames(33))
     growth, last = tail_spec(plan)
     assert got == tail_plan(33, last=last, growth=growth) == lengths
     assert len(_read(tmp_path / "t.mp4")) == 33
@@ -194,6 +194,6 @@ def test_tail_segments_follow_the_plan(tmp_path, monkeypatch, plan, lengths):
 
 def test_tail_needs_the_frame_count(tmp_path):
     with pytest.raises(ValueError, match="frame count"):
-        SegmentedVideoSink(tmp_path / "t.mp4", segment_frames="tail").open(frames=0, height=16, width=16)
+        SegmentedVideoSink(tmp_path / "t.mp4", VideoSettings(segment_frames="tail")).open(frames=0, height=16, width=16)
     with pytest.raises(ValueError, match="segment_frames"):
-        SegmentedVideoSink(tmp_path / "t.mp4", segment_frames="head")
+        SegmentedVideoSink(tmp_path / "t.mp4", VideoSettings(segment_frames="head"))

@@ -1,12 +1,23 @@
 """Sinks: round trips through a trusted decoder, lifecycle, and nothing half-written."""
 
+from fractions import Fraction
+
 import av
 import numpy as np
 import pytest
 from PIL import Image
 
-from framepipe import EncoderError, NpySink, OutputError, PngFolderSink, VideoFileSink, open_sink
-from framepipe._sinks import batch_paths
+from framepipe import (
+    EncoderError,
+    NpySink,
+    OutputError,
+    PngFolderSink,
+    SettingsError,
+    VideoFileSink,
+    VideoSettings,
+    open_sink,
+)
+from framepipe.sinks import batch_paths
 from helpers import write_all
 
 
@@ -24,7 +35,7 @@ def _frames(n=9, h=32, w=48):
 
 def test_mp4_round_trip(tmp_path):
     frames = _frames()
-    write_all(VideoFileSink(tmp_path / "v.mp4", fps=16, crf=10, preset="ultrafast"), frames)
+    write_all(VideoFileSink(tmp_path / "v.mp4", VideoSettings(fps=16, crf=10, preset="ultrafast")), frames)
     with av.open(str(tmp_path / "v.mp4")) as c:
         stream = c.streams.video[0]
         assert stream.codec_context.name == "h264"
@@ -75,32 +86,36 @@ def test_close_twice_is_a_no_op(tmp_path):
 
 def test_overwrite_replaces_file_atomically(tmp_path):
     (tmp_path / "v.mp4").write_bytes(b"old")
-    write_all(VideoFileSink(tmp_path / "v.mp4", preset="ultrafast"), _frames(n=2))
+    write_all(VideoFileSink(tmp_path / "v.mp4", VideoSettings(preset="ultrafast")), _frames(n=2))
     assert (tmp_path / "v.mp4").read_bytes()[:3] != b"old"
 
 
 def test_bad_encoder_settings(tmp_path):
-    with pytest.raises(EncoderError, match="Invalid preset 'warp-speed' for libx264. Supported: ultrafast"):
-        VideoFileSink(tmp_path / "v.mp4", preset="warp-speed")
-    with pytest.raises(EncoderError, match="Invalid crf 99"):
-        VideoFileSink(tmp_path / "v.mp4", crf=99)
+    with pytest.raises(SettingsError, match="Invalid preset 'warp-speed' for libx264. Supported: ultrafast"):
+        VideoFileSink(tmp_path / "v.mp4", VideoSettings(preset="warp-speed"))
+    with pytest.raises(SettingsError, match="Invalid crf 99"):
+        VideoFileSink(tmp_path / "v.mp4", VideoSettings(crf=99))
     with pytest.raises(EncoderError, match="Cannot start encoder 'libx264'.*bogus"):
-        VideoFileSink(tmp_path / "v.mp4", options={"profile": "bogus"}).open(frames=1, height=32, width=48)
+        VideoFileSink(tmp_path / "v.mp4", VideoSettings(encoder_options={"profile": "bogus"})).open(
+            frames=1, height=32, width=48
+        )
     with pytest.raises(EncoderError, match="nosuchcodec"):
-        VideoFileSink(tmp_path / "v.mp4", codec="nosuchcodec").open(frames=1, height=32, width=48)
+        VideoFileSink(tmp_path / "v.mp4", VideoSettings(codec="nosuchcodec")).open(frames=1, height=32, width=48)
     with pytest.raises(EncoderError, match="even"):
         VideoFileSink(tmp_path / "v.mp4").open(frames=1, height=33, width=48)
     with pytest.raises(EncoderError, match=r"Encoder 'libx264' has no option 'lookahead', 'thread'; `ffmpeg -h"):
-        VideoFileSink(tmp_path / "v.mp4", options={"thread": "2", "lookahead": "0", "g": "4"}).open(
-            frames=1, height=32, width=48
-        )
+        VideoFileSink(
+            tmp_path / "v.mp4", VideoSettings(encoder_options={"thread": "2", "lookahead": "0", "g": "4"})
+        ).open(frames=1, height=32, width=48)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_encoder_options_reach_the_encoder(tmp_path):
     frames = _frames(n=6)
     for name, options in [("default", {}), ("g1", {"g": "1"})]:
-        write_all(VideoFileSink(tmp_path / f"{name}.mp4", preset="ultrafast", options=options), frames)
+        write_all(
+            VideoFileSink(tmp_path / f"{name}.mp4", VideoSettings(preset="ultrafast", encoder_options=options)), frames
+        )
     keyframes = {}
     for name in ("default", "g1"):
         with av.open(str(tmp_path / f"{name}.mp4")) as c:
@@ -139,3 +154,33 @@ def test_batch_paths(tmp_path):
     assert batch_paths(tmp_path / "v.mp4", 1) == [tmp_path / "v.mp4"]
     assert batch_paths(tmp_path / "v.mp4", 2) == [tmp_path / "v_0.mp4", tmp_path / "v_1.mp4"]
     assert batch_paths(tmp_path / "clip{index}.mp4", 2) == [tmp_path / "clip0.mp4", tmp_path / "clip1.mp4"]
+
+
+def test_video_settings_are_checked_when_made():
+    assert VideoSettings().codec_options == {"crf": "18", "preset": "medium"}
+    assert VideoSettings(crf=None, preset=None).codec_options == {}
+    assert VideoSettings(encoder_options={"crf": "30"}).codec_options["crf"] == "30"  # an explicit option wins
+    assert VideoSettings(codec="h264_nvenc", crf=99).codec_options == {"preset": "medium"}  # crf is x264/x265's
+    assert VideoSettings(fps=30000 / 1001).rate == Fraction(30000, 1001) and VideoSettings().rate == 16
+    for bad, message in [
+        (dict(fps=0), "fps must be a positive number"),
+        (dict(fps=float("nan")), "fps must be a positive number"),
+        (dict(crf=18.5), "Invalid crf 18.5"),
+        (dict(preset="fastest"), "Invalid preset 'fastest'"),
+        (dict(encoder_options={"threads": 4}), "map names to strings"),
+        (dict(segment_frames=0), "segment_frames must be"),
+        (dict(codec=""), "codec must be"),
+    ]:
+        with pytest.raises(SettingsError, match=message):
+            VideoSettings(**bad)
+    settings = VideoSettings()
+    with pytest.raises(AttributeError):
+        settings.crf = 10  # frozen: one object, passed down whole
+
+
+def test_sinks_and_video_settings_together_are_refused(tmp_path):
+    from conftest import small_latents, small_vae
+    from framepipe import ArraySink, decode
+
+    with pytest.raises(SettingsError, match="give video settings or sinks, not both"):
+        decode(small_latents("wan2.1"), [ArraySink()], vae=small_vae("wan2.1"), video=VideoSettings(crf=10))

@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import save_file
 
 from conftest import small_latents, small_vae
-from framepipe import EncoderError, LatentsError, NpySink, decode, decode_many
+from framepipe import EncoderError, LatentsError, NpySink, SettingsError, VideoSettings, decode, decode_many
 from framepipe.cli import main
 
 
@@ -58,17 +58,19 @@ def test_concurrent_videos_take_turns_and_the_next_starts_when_one_ends(tmp_path
 
 def test_concurrent_videos_are_checked(tmp_path):
     pairs = [(small_latents("wan2.1"), tmp_path / "a.npy")]
-    with pytest.raises(ValueError, match="concurrent_videos must be >= 1"):
+    with pytest.raises(SettingsError, match="concurrent_videos must be a whole number >= 1"):
         decode_many(pairs, vae=small_vae("wan2.1"), concurrent_videos=0)
-    with pytest.raises(ValueError, match=r"max_open \(1\) must be at least concurrent \(2\)"):
+    with pytest.raises(SettingsError, match=r"max_open \(1\) must be at least concurrent_videos \(2\)"):
         decode_many(pairs, vae=small_vae("wan2.1"), concurrent_videos=2, max_open=1)
+    with pytest.raises(SettingsError, match="concurrent_videos needs mode 'async'"):
+        decode_many(pairs, vae=small_vae("wan2.1"), concurrent_videos=2, mode="sync")
     assert not any(tmp_path.iterdir())
 
 
 def test_stream_of_tail_segmented_videos_writes_what_decode_writes(tmp_path, no_thread_leak):
     vae = small_vae("wan2.1")
     inputs = [small_latents("wan2.1", frames=f, height=8, width=8, seed=f) for f in (5, 3)]
-    options = dict(vae=vae, preset="ultrafast", segment_frames="tail", encoder_nice=2)
+    options = dict(vae=vae, video=VideoSettings(preset="ultrafast", segment_frames="tail"))
     decode_many([(z, tmp_path / f"s{i}.mp4") for i, z in enumerate(inputs)], **options)
     for i, z in enumerate(inputs):
         decode(z, tmp_path / f"ref{i}.mp4", mode="sync", **options)
@@ -140,7 +142,7 @@ def test_cli_several_inputs(tmp_path, capsys):
     assert "--concurrent-videos: expected a whole number >= 1, got '0'" in capsys.readouterr().err
     assert main([*args, "-o", str(tmp_path / "two"), "--concurrent-videos", "2", "--mode", "sync"]) == 1
     assert capsys.readouterr().err.strip() == (
-        "framepipe: error: --concurrent-videos needs --mode async; the sync reference decodes one video at a time."
+        "framepipe: error: concurrent_videos needs mode 'async'; the sync reference decodes one video at a time."
     )
 
 
@@ -163,7 +165,7 @@ def test_interrupt_in_the_second_video_ends_cleanly(tmp_path, monkeypatch, concu
     vae = small_vae("wan2.1")
     pairs = [(small_latents("wan2.1", frames=3), tmp_path / f"{i}.mp4") for i in range(3)]
     with pytest.raises(KeyboardInterrupt):
-        decode_many(pairs, vae=vae, preset="ultrafast", concurrent_videos=concurrent)
+        decode_many(pairs, vae=vae, video=VideoSettings(preset="ultrafast"), concurrent_videos=concurrent)
     names = sorted(p.name for p in tmp_path.iterdir())
     # one at a time, the first video may have finished; two at once, it was still decoding
     assert names in ((["0.mp4"], []) if concurrent == 1 else ([],))  # nothing partial anywhere

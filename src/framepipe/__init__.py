@@ -2,11 +2,11 @@
 
 Decode a Wan latent video one chunk at a time and write each chunk on the host while the GPU
 already decodes the next one: same pixels as ``AutoencoderKLWan.decode``, constant GPU memory.
-The training side's data loading lives in ``framepipe.data``.
+Decoding needs ``framepipe[video]``; the training side's data loading lives in ``framepipe.data``
+and needs neither diffusers nor PyAV.
 """
 
 from ._api import DecodeResult, decode, decode_many
-from ._decode import decode_chunks
 from ._errors import (
     CheckpointError,
     DataError,
@@ -14,13 +14,25 @@ from ._errors import (
     EncoderError,
     FramepipeError,
     LatentsError,
+    MissingDependencyError,
     OutputError,
+    SettingsError,
     ShardError,
 )
-from ._latents import check_latents, denormalize, load_latents
+from ._latents import check_latents, denormalize, latent_shape, load_latents, random_latents
 from ._models import ARCHITECTURES, EMBEDDED_VAE, embedded_vae, load_vae, random_vae
-from ._postprocess import to_uint8_frames, to_yuv420p_frames
-from ._sinks import ArraySink, NpySink, PngFolderSink, Sink, VideoFileSink, open_sink
+from ._postprocess import to_uint8_frames
+from ._source import decode_chunks
+from .sinks import (
+    ArraySink,
+    NpySink,
+    PngFolderSink,
+    SegmentedVideoSink,
+    Sink,
+    VideoFileSink,
+    VideoSettings,
+    open_sink,
+)
 
 __version__ = "0.1.0"
 
@@ -35,22 +47,27 @@ __all__ = [
     "EncoderError",
     "FramepipeError",
     "LatentsError",
+    "MissingDependencyError",
     "NpySink",
     "OutputError",
     "PngFolderSink",
+    "SegmentedVideoSink",
+    "SettingsError",
     "ShardError",
     "Sink",
     "VideoFileSink",
+    "VideoSettings",
     "check_latents",
     "decode",
-    "decode_many",
     "decode_chunks",
+    "decode_many",
     "denormalize",
     "embedded_vae",
+    "latent_shape",
     "load_latents",
     "load_vae",
     "open_sink",
+    "random_latents",
     "random_vae",
     "to_uint8_frames",
-    "to_yuv420p_frames",
 ]

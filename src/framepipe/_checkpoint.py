@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ._errors import CheckpointError
+from ._optional import require
 
 _WRAPPER_KEYS = ("state_dict", "model", "vae")
 _PREFIXES = ("first_stage_model.", "vae.", "model.")
@@ -25,13 +26,11 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load the tensors of a single-file checkpoint on the CPU (``weights_only`` for pickles)."""
     if path.stat().st_size == 0:
         raise CheckpointError(f"VAE checkpoint is empty: {path}.")
-    from safetensors import SafetensorError
+    SafetensorError = require("safetensors", "video").SafetensorError
 
     try:
         if path.suffix.lower() == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
+            state = require("safetensors.torch", "video").load_file(str(path), device="cpu")
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except SafetensorError as e:
@@ -115,9 +114,8 @@ def to_diffusers(state: dict[str, torch.Tensor], layout: str, *, residual: bool)
     if layout == "diffusers":
         return state
     if not residual:
-        from diffusers.loaders.single_file_utils import convert_wan_vae_to_diffusers
-
-        return convert_wan_vae_to_diffusers(state)
+        single_file = require("diffusers.loaders.single_file_utils", "video")
+        return single_file.convert_wan_vae_to_diffusers(state)
     return {_rename_wan22(k): v for k, v in state.items()}
 
 

@@ -19,7 +19,7 @@ from ._latents import check_latents, denormalize
 from ._models import move_vae, resolve_dtype
 from ._postprocess import to_uint8_frames
 from ._quality import frame_error
-from ._sinks import ArraySink
+from .sinks import ArraySink
 
 
 @torch.inference_mode()

@@ -8,17 +8,17 @@ into one video, measuring the reconstruction's PSNR on the way. No file, GPU or 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from ._api import DecodeResult, _video_options, decode
+from ._api import DecodeResult, decode
+from ._latents import latent_shape
 from ._postprocess import to_uint8_frames
 from ._quality import psnr_from_mse
-from ._sinks import Sink, open_sink
 from ._synth import synth_clips
+from .sinks import Sink, VideoSettings, open_sink
 
 
 @torch.no_grad()
@@ -28,6 +28,14 @@ def clip_latents(vae, clip: torch.Tensor) -> torch.Tensor:
     param = next(vae.parameters())
     z = vae.encode(clip.to(param.device, param.dtype)).latent_dist.mode()
     return z.float().cpu()
+
+
+def procedural_latents(vae, frames: int, height: int, width: int, *, seed: int = 0) -> torch.Tensor:
+    """Raw latents of a seeded procedural clip of ``frames`` x ``height`` x ``width`` encoded by ``vae``
+    itself: latents whose decode can be judged against the clip (``SettingsError`` for a size the
+    VAE cannot encode)."""
+    latent_shape(vae, frames=frames, height=height, width=width)  # checks the size
+    return clip_latents(vae, synth_clips(1, frames, height, width, seed=seed))
 
 
 class SideBySideSink:
@@ -79,24 +87,16 @@ def run_demo(
     frames: int = 33,
     size: int = 256,
     seed: int = 0,
-    fps: float = 16,
-    crf: int | None = 18,
-    preset: str | None = "medium",
-    codec: str = "libx264",
-    encoder_options: Mapping[str, str] | None = None,
-    encoder_nice: int = 0,
-    encoder_processes: bool = False,
-    segment_frames: int | str | None = None,
+    video: VideoSettings | None = None,
     **decode_options,
 ) -> DemoResult:
     """Encode a procedural ``frames`` x ``size`` x ``size`` clip with ``vae``, decode it through
-    ``decode`` (async by default) and write original | reconstruction to ``output``."""
-    video = _video_options(fps=fps, crf=crf, preset=preset, codec=codec, encoder_options=encoder_options,
-                           encoder_nice=encoder_nice, encoder_processes=encoder_processes,
-                           segment_frames=segment_frames, device_yuv=False)  # fmt: skip
-    inner = open_sink(output, **video)  # a bad output path fails here, before any work
+    ``decode`` (async by default; ``decode_options`` as ``decode_many`` takes them) and write
+    original | reconstruction to ``output`` with the ``video`` settings."""
+    latent_shape(vae, frames=frames, height=size, width=size)  # checks the size before any work
+    inner = open_sink(output, video)  # a bad output path fails here, before any work
     clip = synth_clips(1, frames, size, size, seed=seed)
     sink = SideBySideSink(inner, to_uint8_frames(clip)[0].numpy())
     latents = clip_latents(vae, clip)
-    result = decode(latents, sink, vae=vae, latent_format="raw", encoder_nice=encoder_nice, **decode_options)
+    result = decode(latents, sink, vae=vae, latent_format="raw", **decode_options)
     return DemoResult(decode=result, psnr_db=sink.psnr_db)

@@ -1,8 +1,21 @@
 """framepipe's exception types. The CLI turns each into a one-line message and a non-zero exit."""
 
+#: What a user can do when the GPU runs out of memory (``DeviceError``'s message).
+GPU_OUT_OF_MEMORY = (
+    "The GPU ran out of memory while decoding; free GPU memory, use --dtype bfloat16, or decode fewer videos at once."
+)
+
 
 class FramepipeError(Exception):
     """Base class: a problem with what the user asked for, reported without a traceback."""
+
+
+class SettingsError(FramepipeError, ValueError):
+    """An option has a value framepipe does not accept (a mode, a preset, a segment plan...)."""
+
+
+class MissingDependencyError(FramepipeError, ImportError):
+    """An optional dependency is not installed; the message gives the install command."""
 
 
 class LatentsError(FramepipeError, ValueError):

@@ -10,7 +10,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ._errors import LatentsError
+from ._errors import LatentsError, SettingsError
+from ._optional import require
 
 LatentFormat = Literal["pipeline", "raw"]
 LATENT_FORMATS: tuple[str, ...] = ("pipeline", "raw")
@@ -52,8 +53,8 @@ def load_latents(path: str | Path) -> torch.Tensor:
 
 
 def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    SafetensorError = require("safetensors", "video").SafetensorError
+    load_file = require("safetensors.torch", "video").load_file
 
     try:
         return load_file(str(path), device="cpu")
@@ -122,3 +123,22 @@ def denormalize(
     mean = torch.tensor(latents_mean).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
     inv_std = 1.0 / torch.tensor(latents_std).view(1, z, 1, 1, 1).to(latents.device, latents.dtype)
     return latents / inv_std + mean
+
+
+def latent_shape(vae, *, frames: int, height: int, width: int, batch: int = 1) -> tuple[int, int, int, int]:
+    """The latent shape (B, T, H, W) that ``vae`` decodes into ``batch`` videos of ``frames`` frames
+    of ``height`` x ``width`` pixels; ``SettingsError`` if it cannot decode that size."""
+    spatial, temporal = vae.config.scale_factor_spatial, vae.config.scale_factor_temporal
+    if min(frames, height, width, batch) < 1 or (frames - 1) % temporal or height % spatial or width % spatial:
+        raise SettingsError(
+            f"This VAE decodes 1 + {temporal}k frames of multiples of {spatial} pixels; "
+            f"got {frames} frames of {height}x{width} (HxW)."
+        )
+    return batch, 1 + (frames - 1) // temporal, height // spatial, width // spatial
+
+
+def random_latents(vae, shape: tuple[int, int, int, int], *, seed: int = 0) -> torch.Tensor:
+    """Seeded standard-normal latents of ``shape`` (B, T, H, W) with ``vae``'s channels, on the CPU
+    (for benchmarks: they decode to noise)."""
+    b, t, h, w = shape
+    return torch.randn(b, vae.config.z_dim, t, h, w, generator=torch.Generator().manual_seed(seed))

@@ -11,6 +11,7 @@ import torch
 
 from ._checkpoint import detect_layout, infer_config, read_state_dict, to_diffusers
 from ._errors import CheckpointError, DeviceError
+from ._optional import require
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKLWan
@@ -92,13 +93,11 @@ def describe_vae(checkpoint: str | Path | None, arch: str | None, seed: int = 0)
 
 def random_vae(arch: str = "wan2.1", *, seed: int = 0) -> AutoencoderKLWan:
     """An ``AutoencoderKLWan`` of a known architecture with seeded random weights (for benchmarks)."""
-    from diffusers import AutoencoderKLWan
-
     if arch not in ARCHITECTURES:
         raise CheckpointError(f"Unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}.")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return AutoencoderKLWan(**ARCHITECTURES[arch]).eval()
+        return require("diffusers", "video").AutoencoderKLWan(**ARCHITECTURES[arch]).eval()
 
 
 def embedded_vae() -> AutoencoderKLWan:
@@ -158,8 +157,7 @@ def _check_arch(vae, arch: str, checkpoint: str | Path) -> None:
 
 
 def _load_checkpoint(path: Path):
-    from diffusers import AutoencoderKLWan
-
+    AutoencoderKLWan = require("diffusers", "video").AutoencoderKLWan
     if not path.exists():
         raise CheckpointError(f"VAE checkpoint not found: {path}.")
     if path.is_dir():

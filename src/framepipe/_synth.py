@@ -16,8 +16,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._optional import require
+
 
 def _text_mask(rng: random.Random, size: int) -> np.ndarray:
+    require("PIL", "video")
     from PIL import Image, ImageDraw, ImageFont
 
     length = rng.randint(4, 10)

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .._errors import DataError
-from .._sinks import _remove, _temporary_sibling
+from .._paths import remove_path, temporary_sibling
 
 
 @dataclass(frozen=True)
@@ -108,12 +108,12 @@ class LocalStore:
         """A temporary path beside ``key``'s file, renamed onto it if the block succeeds."""
         target = self._path(key)
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = _temporary_sibling(target)
+        tmp = temporary_sibling(target)
         try:
             yield tmp
             os.replace(tmp, target)
         finally:
-            _remove(tmp)
+            remove_path(tmp)
 
     def write(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:
         with self._replacing(key) as tmp:

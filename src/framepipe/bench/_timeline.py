@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .._optional import require
 from ._profile import Timeline, merge
 
 _LANES = [  # (label, colour); host lanes come from the run's PipelineTrace
@@ -17,8 +18,7 @@ _LANES = [  # (label, colour); host lanes come from the run's PipelineTrace
 
 def draw_timeline(timeline: Timeline, path: str | Path, *, title: str) -> Path:
     """Write ``path`` (PNG) and return it."""
-    import matplotlib
-
+    matplotlib = require("matplotlib", "bench")
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 

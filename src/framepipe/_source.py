@@ -13,7 +13,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ._errors import DeviceError
+from ._errors import GPU_OUT_OF_MEMORY, DeviceError, SettingsError
+from ._optional import require
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKLWan
@@ -33,6 +34,7 @@ class VideoGeometry:
 def geometry(
     vae: AutoencoderKLWan, latents_shape: tuple[int, ...], *, latent_frames_per_chunk: int = 1
 ) -> VideoGeometry:
+    """What ``vae`` decodes latents of ``latents_shape`` (B, C, T, H, W) into, chunk by chunk."""
     b, _, t, h, w = latents_shape
     spatial = vae.config.scale_factor_spatial
     temporal = vae.config.scale_factor_temporal
@@ -40,10 +42,10 @@ def geometry(
     return VideoGeometry(b, frames, h * spatial, w * spatial, temporal * latent_frames_per_chunk)
 
 
-def _causal_conv_count(vae) -> int:
-    from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
-
-    return sum(isinstance(m, WanCausalConv3d) for m in vae.decoder.modules())
+def causal_conv_count(vae: AutoencoderKLWan) -> int:
+    """How many causal 3D convolutions the decoder has: one cache entry each."""
+    wan = require("diffusers.models.autoencoders.autoencoder_kl_wan", "video")
+    return sum(isinstance(m, wan.WanCausalConv3d) for m in vae.decoder.modules())
 
 
 @torch.inference_mode()
@@ -58,11 +60,10 @@ def decode_chunks(
     synchronizes with the host.
     """
     if latent_frames_per_chunk < 1:
-        raise ValueError(f"latent_frames_per_chunk must be >= 1, got {latent_frames_per_chunk}.")
-    from diffusers.models.autoencoders.autoencoder_kl_wan import unpatchify
-
+        raise SettingsError(f"latent_frames_per_chunk must be >= 1, got {latent_frames_per_chunk}.")
+    unpatchify = require("diffusers.models.autoencoders.autoencoder_kl_wan", "video").unpatchify
     patch = vae.config.patch_size
-    feat_cache: list[torch.Tensor | None] = [None] * _causal_conv_count(vae)
+    feat_cache: list[torch.Tensor | None] = [None] * causal_conv_count(vae)
     try:
         # As diffusers: the 1x1x1 post-quant conv runs once over the whole (small) latent video.
         x = vae.post_quant_conv(latents)
@@ -82,9 +83,6 @@ def decode_chunks(
             yield torch.clamp(out, min=-1.0, max=1.0)
             step += group
     except torch.OutOfMemoryError as e:
-        raise DeviceError(
-            "The GPU ran out of memory while decoding; free GPU memory, use --dtype bfloat16, "
-            "or decode fewer videos at once."
-        ) from e
+        raise DeviceError(GPU_OUT_OF_MEMORY) from e
     finally:
         feat_cache.clear()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from ._trace import PipelineTrace
+from .._trace import PipelineTrace
 
 _MARKER = "framepipe.window"
 
@@ -122,7 +122,7 @@ def profile_run(run: Callable[[PipelineTrace], None], *, device: torch.device) -
         path = Path(tmp) / "trace.json"
         prof.export_chrome_trace(str(path))
         events = json.loads(path.read_text())["traceEvents"]
-    return _timeline(events, trace, t0, cuda=cuda)
+    return timeline_from_events(events, trace, t0, cuda=cuda)
 
 
 @contextlib.contextmanager
@@ -138,7 +138,7 @@ def _stderr_silenced():
         os.close(saved)
 
 
-def _timeline(events: list[dict], trace: PipelineTrace, t0: float, *, cuda: bool) -> Timeline:
+def timeline_from_events(events: list[dict], trace: PipelineTrace, t0: float, *, cuda: bool) -> Timeline:
     marker = next((e for e in events if e.get("name") == _MARKER and e.get("ph") == "X"), None)
     if marker is None:
         raise RuntimeError("The profiler trace has no window marker; cannot measure utilization.")

@@ -1,20 +1,21 @@
 """The two executors: the synchronous reference and the asynchronous frame pipeline.
 
-Both take an iterator of decoded chunks on the device and a list of sinks (one per video) and
-return once every frame has been written. They differ only in what overlaps what:
+Both take jobs (one video, or one batch of videos, each: a source of decoded chunks on the device
+and one sink per video) and return once every frame has been written and every sink closed. They
+differ only in what overlaps what:
 
-* ``run_sync``: per chunk, decode -> copy to host -> convert -> write, in order. The reference.
+* ``run_sync``: per chunk, decode -> copy to host -> convert -> write, in order; one job after the
+  other. The reference.
 * ``run_async``: the decode runs on a compute stream; each chunk is converted to uint8 on the
-  device into a VRAM slot, copied into a pinned host slot on a copy stream, and written by one
-  writer thread, while the compute stream already decodes the next chunk. A ring of slots bounds
-  memory and gives backpressure. On the CPU there are no streams: the main thread decodes and the
-  writer thread encodes, through a bounded queue.
+  device into a VRAM slot, copied into a pinned host slot on a copy stream, and written by the
+  job's writer thread, while the compute stream already decodes the next chunk. A ring of slots
+  bounds memory and gives backpressure. The next job decodes while the last one's encoder drains.
+  With ``concurrent > 1`` that many jobs decode at once, each on its own compute stream, their
+  chunks launched in turn from one thread, so one video's kernels fill the gaps between another's.
+  On the CPU there are no streams: this thread decodes and the writer threads encode, through
+  bounded queues.
 
-``run_async_stream`` runs many videos through the same machinery; with ``concurrent > 1`` it
-decodes that many videos at once, each on its own compute stream, launching their chunks in turn
-from one thread, so one video's kernels fill the gaps between another's.
-
-This module owns the pipeline's threads and streams; decoders own none, and a sink owns only
+This module owns the pipeline's threads and streams; chunk sources own none, and a sink owns only
 the encoder threads it runs (``SegmentedVideoSink``'s segments).
 """
 
@@ -29,12 +30,11 @@ from dataclasses import dataclass
 
 import torch
 
-from ._decode import VideoGeometry
-from ._frames import frame_shape
-from ._postprocess import converter
-from ._priority import lower_thread_priority
-from ._sinks import Sink
+from ._errors import SettingsError
+from ._postprocess import to_uint8_frames
+from ._source import VideoGeometry
 from ._trace import PipelineTrace, stage
+from .sinks import Sink
 
 ProgressFn = Callable[[int], None]
 _POLL_S = 0.05
@@ -56,27 +56,42 @@ def numbered_chunks(chunks: Iterator[torch.Tensor], trace: PipelineTrace | None)
         index += 1
 
 
-def run_sync(
-    chunks: Iterator[torch.Tensor],
-    sinks: Sequence[Sink],
-    *,
-    progress: ProgressFn = _noop,
-    trace: PipelineTrace | None = None,
-    frame_format: str = "rgb24",
-) -> None:
-    """Reference executor: each chunk is decoded, copied to the host, converted and written in turn."""
-    convert = converter(frame_format)
-    for index, chunk in numbered_chunks(chunks, trace):
-        with stage("copy", index, trace):
-            host = chunk.cpu()  # blocks until the decode has finished
-        if trace is not None and chunk.device.type != "cpu":
-            trace.add_d2h(host.nbytes)
-        del chunk
-        with stage("write", index, trace):
-            frames = convert(host)
-            for video, sink in enumerate(sinks):
-                sink.write(frames[video].numpy())
-        progress(frames.shape[1])
+@dataclass
+class Job:
+    """One video (or one batch of videos) to decode: its chunk source and one sink per video, open.
+
+    The executor closes the sinks once the job's last chunk is written; ``progress(t)`` is called
+    with each chunk's frame count per video, from whichever thread wrote it.
+    """
+
+    chunks: Iterator[torch.Tensor]
+    sinks: Sequence[Sink]
+    progress: ProgressFn = _noop
+
+
+def close_sinks(job: Job, trace: PipelineTrace | None) -> None:
+    """Close ``job``'s sinks: each encoder drains its look-ahead and its file moves into place."""
+    with stage("write", "flush", trace):
+        for sink in job.sinks:
+            sink.close()
+
+
+def run_sync(jobs: Iterable[Job], *, trace: PipelineTrace | None = None) -> None:
+    """Reference executor: one job after the other, and in each, chunk by chunk: decode, copy to
+    the host (waiting for the decode), convert, write."""
+    for job in jobs:
+        for index, chunk in numbered_chunks(job.chunks, trace):
+            with stage("copy", index, trace):
+                host = chunk.cpu()  # blocks until the decode has finished
+            if trace is not None and chunk.device.type != "cpu":
+                trace.add_d2h(host.nbytes)
+            del chunk
+            with stage("write", index, trace):
+                frames = to_uint8_frames(host)
+                for video, sink in enumerate(job.sinks):
+                    sink.write(frames[video].numpy())
+            job.progress(frames.shape[1])
+        close_sinks(job, trace)
 
 
 class _Writer:
@@ -89,11 +104,8 @@ class _Writer:
 
     _STOP = object()
 
-    def __init__(
-        self, handle: Callable[[object], None], release: Callable[[object], None], maxsize: int = 0, nice: int = 0
-    ):
+    def __init__(self, handle: Callable[[object], None], release: Callable[[object], None], maxsize: int = 0):
         self.items: queue.Queue = queue.Queue(maxsize=maxsize)
-        self._nice = nice
         self.error: BaseException | None = None
         self._handle = handle
         self._release = release
@@ -103,7 +115,6 @@ class _Writer:
         self._thread.start()
 
     def _run(self) -> None:
-        lower_thread_priority(self._nice)
         while True:
             item = self.items.get()
             if item is self._STOP:
@@ -148,46 +159,10 @@ class _Writer:
         self._thread.join()
 
 
-@dataclass
-class Job:
-    """One video (or one batch of videos) in a stream: its chunk source and one sink per video.
-
-    With ``close=True`` the writer closes the sinks itself once the last chunk is written, so the
-    encoder's tail drains while the next job already decodes.
-    """
-
-    chunks: Iterator[torch.Tensor]
-    sinks: Sequence[Sink]
-    progress: ProgressFn = _noop
-    close: bool = True
-
-
 _CLOSE = ("close",)  # a writer item: flush and close this job's sinks
 
 
 def run_async(
-    chunks: Iterator[torch.Tensor],
-    sinks: Sequence[Sink],
-    *,
-    device: torch.device,
-    geometry: VideoGeometry,
-    slots: int = 2,
-    progress: ProgressFn = _noop,
-    trace: PipelineTrace | None = None,
-    frame_format: str = "rgb24",
-    nice: int = 0,
-) -> None:
-    """Asynchronous executor: decode, device-to-host copy and writing overlap; same frames as ``run_sync``.
-
-    ``geometry`` sizes the ring: ``slots`` chunks of at most ``geometry.max_chunk_frames`` frames.
-    The sinks are left open for the caller to close. ``nice`` lowers the writer thread's priority.
-    """
-    job = Job(chunks, sinks, progress, close=False)
-    run_async_stream([job], device=device, geometry=geometry, slots=slots, trace=trace, frame_format=frame_format,
-                     nice=nice)  # fmt: skip
-
-
-def run_async_stream(
     jobs: Iterable[Job],
     *,
     device: torch.device,
@@ -196,24 +171,23 @@ def run_async_stream(
     max_open: int | None = None,
     concurrent: int = 1,
     trace: PipelineTrace | None = None,
-    frame_format: str = "rgb24",
-    nice: int = 0,
 ) -> None:
-    """Run many jobs through one asynchronous pipeline, back to back.
+    """The asynchronous pipeline: decode, device-to-host copy and writing overlap, within a video
+    and across videos; every job writes the same frames as ``run_sync`` writes.
 
-    Each job gets its own writer thread, so one video's encoder can finish its look-ahead tail
-    while the GPU already decodes the next video. ``concurrent`` jobs decode at once, their chunks
-    taken in turn; on CUDA each has its own stream and ``slots`` ring slots (on the CPU this only
-    interleaves them). At most ``max_open`` jobs are being written at once (default
-    ``concurrent + 1``); starting another one waits for the oldest whose decoding has ended. Every
-    job must fit ``geometry`` (same batch, height and width; any length). ``nice`` lowers the
-    writer threads' priority.
+    Each job gets its own writer thread, which closes its sinks, so one video's encoder finishes
+    its look-ahead tail while the GPU already decodes the next video. ``concurrent`` jobs decode
+    at once, their chunks taken in turn; on CUDA each has its own stream and ``slots`` ring slots
+    of ``geometry.max_chunk_frames`` frames (on the CPU this only interleaves them). At most
+    ``max_open`` jobs are being written at once (default ``concurrent + 1``); starting another one
+    waits for the oldest whose decoding has ended. Every job must fit ``geometry`` (same batch,
+    height and width; any length).
     """
     max_open = concurrent + 1 if max_open is None else max_open
     if slots < 1 or concurrent < 1:
-        raise ValueError(f"slots and concurrent must be >= 1, got {slots} and {concurrent}.")
+        raise SettingsError(f"slots and concurrent videos must be >= 1, got {slots} and {concurrent}.")
     if max_open < concurrent:
-        raise ValueError(f"max_open ({max_open}) must be at least concurrent ({concurrent}).")
+        raise SettingsError(f"max_open ({max_open}) must be at least concurrent_videos ({concurrent}).")
     active: deque[_Writer] = deque()
 
     def check() -> None:
@@ -228,13 +202,11 @@ def run_async_stream(
 
         def handle(item: object) -> None:
             if item is _CLOSE:
-                with stage("write", "flush", trace):
-                    for sink in job.sinks:
-                        sink.close()
+                close_sinks(job, trace)
             else:
                 handle_chunk(item)
 
-        writer = _Writer(handle, release, maxsize=maxsize, nice=nice)
+        writer = _Writer(handle, release, maxsize=maxsize)
         active.append(writer)
         return writer
 
@@ -246,14 +218,11 @@ def run_async_stream(
         while active:
             active.popleft().cancel()
 
-    convert = converter(frame_format)
     if device.type == "cuda":
-        frame = frame_shape(frame_format, geometry.height, geometry.width)
         _stream_cuda(jobs, start, check, finish_all, cancel_all, device=device, geometry=geometry, slots=slots,
-                     concurrent=concurrent, trace=trace, convert=convert, frame=frame)  # fmt: skip
+                     concurrent=concurrent, trace=trace)  # fmt: skip
     else:
-        _stream_host(jobs, start, check, finish_all, cancel_all, slots=slots, concurrent=concurrent, trace=trace,
-                     convert=convert)  # fmt: skip
+        _stream_host(jobs, start, check, finish_all, cancel_all, slots=slots, concurrent=concurrent, trace=trace)
 
 
 @dataclass
@@ -267,8 +236,7 @@ class _Lane:
 
     def finish(self) -> None:
         """The job has no more chunks: queue its closing and let its writer drain."""
-        if self.job.close:
-            self.writer.put(_CLOSE)
+        self.writer.put(_CLOSE)
         self.writer.end()
 
 
@@ -291,7 +259,7 @@ def _take_turns(jobs: Iterable[Job], concurrent: int, open_lane: Callable[[Job],
 
 
 def _stream_host(
-    jobs, start, check, finish_all, cancel_all, *, slots: int, concurrent: int, trace: PipelineTrace | None, convert
+    jobs, start, check, finish_all, cancel_all, *, slots: int, concurrent: int, trace: PipelineTrace | None
 ) -> None:
     def open_lane(job: Job) -> _Lane:
         def handle(item: object) -> None:
@@ -311,7 +279,7 @@ def _stream_host(
             return False
         check()
         index, chunk = item
-        frames = convert(chunk)
+        frames = to_uint8_frames(chunk)
         del chunk, item
         lane.writer.put((index, frames))
         return True
@@ -325,7 +293,7 @@ def _stream_host(
 
 
 class _Ring:
-    """``slots`` pairs of buffers: uint8 frames (RGB or yuv420p) in VRAM and in pinned host memory, with their events.
+    """``slots`` pairs of buffers: uint8 RGB frames in VRAM and in pinned host memory, with their events.
 
     Note [Slot reuse]: a slot is handed out again only after the writer has released it, which it
     does after waiting on ``copied[k]`` and after every sink's ``write`` returned (Note [Sinks do
@@ -366,14 +334,12 @@ def _stream_cuda(
     slots: int,
     concurrent: int,
     trace: PipelineTrace | None,
-    convert,
-    frame: tuple[int, ...],
 ) -> None:
     streams = [torch.cuda.Stream(device) for _ in range(concurrent)]
     idle_streams = list(streams)
     copy = torch.cuda.Stream(device)
     g = geometry
-    ring = _Ring(slots * concurrent, (g.batch, g.max_chunk_frames, *frame), device)
+    ring = _Ring(slots * concurrent, (g.batch, g.max_chunk_frames, g.height, g.width, 3), device)
 
     def release(item: object) -> None:
         if item is not _CLOSE:
@@ -404,13 +370,13 @@ def _stream_cuda(
             del item
             b, _, t, h, w = chunk.shape
             if (b, h, w) != (g.batch, g.height, g.width) or t > g.max_chunk_frames:
-                raise ValueError(
+                raise RuntimeError(
                     f"A chunk of shape {tuple(chunk.shape)} does not fit this stream's ring "
                     f"({g.batch} videos of {g.height}x{g.width}, at most {g.max_chunk_frames} frames)."
                 )
             k = ring.acquire(check)
             lane.stream.wait_event(ring.copied[k])  # Note [Slot reuse]
-            convert(chunk, out=ring.device[k][:, :t])
+            to_uint8_frames(chunk, out=ring.device[k][:, :t])
             ring.converted[k].record(lane.stream)
             del chunk
         with stage("copy", index, trace), torch.cuda.stream(copy):

@@ -1,0 +1,30 @@
+"""Optional dependencies: the decoder's (``framepipe[video]``) and the bench's (``framepipe[bench]``).
+
+``framepipe.data`` needs neither, so they are imported where they are used, through ``require``,
+which names the install command when one is missing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from ._errors import MissingDependencyError
+
+#: The distribution that provides each top-level module, where the names differ.
+_DISTRIBUTIONS = {"av": "av (PyAV)", "PIL": "pillow"}
+
+
+def require(module: str, extra: str) -> ModuleType:
+    """Import ``module`` (dotted names too), or raise ``MissingDependencyError`` naming
+    ``pip install 'framepipe[extra]'``."""
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        top = module.split(".")[0]
+        if e.name is None or e.name.split(".")[0] != top:
+            raise  # the module is there but something it imports is broken: not ours to hide
+        name = _DISTRIBUTIONS.get(top, top)
+        raise MissingDependencyError(
+            f"{name} is not installed; this needs framepipe's {extra!r} extra: pip install 'framepipe[{extra}]'."
+        ) from e
