@@ -26,5 +26,6 @@ def require(module: str, extra: str) -> ModuleType:
             raise  # the module is there but something it imports is broken: not ours to hide
         name = _DISTRIBUTIONS.get(top, top)
         raise MissingDependencyError(
-            f"{name} is not installed; this needs framepipe's {extra!r} extra: pip install 'framepipe[{extra}]'."
+            f"{name} is not installed; this needs framepipe's {extra!r} extra: "
+            f"pip install 'framepipe[{extra}]' (from a clone: pip install -e '.[{extra}]')."
         ) from e
