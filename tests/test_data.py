@@ -289,3 +289,24 @@ def test_stopping_early_stops_the_loader_thread_and_workers(packed, no_thread_le
         if i == 2:
             break
     assert loader.state_dict()["batches"] == 3
+
+
+_CACHE_READER = """
+import sys
+from framepipe.data import Loader, ShardedDataset
+ds = ShardedDataset(sys.argv[1], cache_dir=sys.argv[2], cache_limit=int(sys.argv[3]), transform=lambda s: int(s["cls"]))
+print(sorted(x for b in Loader(ds, batch_size=7, num_workers=2) for x in b.tolist()) == list(range(200)))
+"""
+
+
+def test_a_small_shared_cache_holds_under_eviction(tmp_path):
+    # Two processes with two loader workers each share one cache far smaller than the dataset, so
+    # shards are evicted while other threads and processes list, fetch and read them.
+    import subprocess
+    import sys
+
+    pack(_tree(tmp_path / "src", n=200), tmp_path / "packed", shard_bytes=20_000)
+    args = [sys.executable, "-c", _CACHE_READER, str(tmp_path / "packed"), str(tmp_path / "cache"), "45000"]
+    procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [out.strip() for out, _ in results] == ["True", "True"], [err[-2000:] for _, err in results]

@@ -109,12 +109,7 @@ class ShardCache:
     def _make_room(self, incoming: int) -> None:
         if not self.limit:
             return
-        files = []
-        for entry in os.scandir(self.root):
-            if entry.name.startswith(".") or not entry.is_file():
-                continue
-            st = entry.stat()
-            files.append((st.st_mtime, st.st_size, entry.name))
+        files = [(st.st_mtime, st.st_size, name) for name, st in self._entries()]
         used = sum(size for _, size, _ in files)
         for _, size, name in sorted(files):  # oldest use first
             if used + incoming <= self.limit:
@@ -136,7 +131,20 @@ class ShardCache:
         # Everything left is in use: go over the limit rather than stall the readers.
 
     def used_bytes(self) -> int:
-        return sum(e.stat().st_size for e in os.scandir(self.root) if e.is_file() and not e.name.startswith("."))
+        return sum(st.st_size for _, st in self._entries())
+
+    def _entries(self) -> Iterator[tuple[str, os.stat_result]]:
+        """The cached shards and their ``stat``. Another thread or process may evict any of them at
+        any moment, so one that vanishes between the listing and its ``stat`` is passed over."""
+        for entry in os.scandir(self.root):
+            if entry.name.startswith("."):
+                continue  # lock files and downloads in progress
+            try:
+                st = entry.stat()
+            except FileNotFoundError:
+                continue
+            if entry.is_file():
+                yield entry.name, st
 
 
 class DirectShards:
