@@ -310,3 +310,53 @@ def test_a_small_shared_cache_holds_under_eviction(tmp_path):
     procs = [subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [p.communicate(timeout=300) for p in procs]
     assert [out.strip() for out, _ in results] == ["True", "True"], [err[-2000:] for _, err in results]
+
+
+def _local_copy(packed, tmp_path):
+    import shutil
+
+    shutil.copytree(packed, tmp_path / "ds")
+    return tmp_path / "ds", json.loads((tmp_path / "ds" / INDEX_NAME).read_bytes())
+
+
+def test_a_flipped_byte_in_a_local_shard_is_caught(packed, tmp_path):
+    ds, index = _local_copy(packed, tmp_path)
+    shard = index["shards"][1]
+    ext, offset, size, _ = shard["samples"][3][1][0]
+    data = bytearray((ds / shard["name"]).read_bytes())
+    data[offset + size // 2] ^= 0x01
+    (ds / shard["name"]).write_bytes(bytes(data))
+    with pytest.raises(ShardError, match=rf"{shard['name']}.*{shard['samples'][3][0]}\.{ext} does not match"):
+        _epoch(str(ds), workers=0)
+    assert len(_epoch(str(ds), workers=0, verify=False)) == 300  # what verify=False gives up
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda ix: ix["shards"][0]["samples"][0][1][0].__setitem__(1, 10**9), "lie outside the shard"),
+        (lambda ix: ix["shards"][0]["samples"][0][1][0].__setitem__(1, -100), "malformed member"),
+        (lambda ix: ix["shards"][0]["samples"][0][1][0].__setitem__(2, "12"), "malformed member"),
+        (lambda ix: ix["shards"][0]["samples"].append(ix["shards"][0]["samples"][0]), "listed twice"),
+        (lambda ix: ix["shards"].append(dict(ix["shards"][0])), "listed twice"),
+        (lambda ix: ix["shards"][0].pop("sha256"), "lacks name, size, sha256 or samples"),
+        (lambda ix: ix["shards"][0].__setitem__("name", "../secret.tar"), "not a plain file name"),
+        (lambda ix: ix["shards"][0].__setitem__("name", "/etc/passwd"), "not a plain file name"),
+        (lambda ix: ix.pop("shards"), "no list of shards"),
+    ],
+)
+def test_a_damaged_index_is_a_data_error_naming_the_file(packed, tmp_path, damage, message):
+    ds, index = _local_copy(packed, tmp_path)
+    damage(index)
+    (ds / INDEX_NAME).write_text(json.dumps(index))
+    with pytest.raises(DataError, match=rf"index\.json.*{message}"):
+        ShardedDataset(str(ds))
+
+
+def test_shifted_offsets_give_an_error_not_wrong_bytes(packed, tmp_path):
+    ds, index = _local_copy(packed, tmp_path)
+    member = index["shards"][0]["samples"][2][1][0]
+    member[1] += 7  # still inside the shard: only the content hash can tell
+    (ds / INDEX_NAME).write_text(json.dumps(index))
+    with pytest.raises(ShardError, match="does not match its hash"):
+        _epoch(str(ds), workers=0)

@@ -148,8 +148,8 @@ class ShardCache:
 
 
 class DirectShards:
-    """No cache: read shards in place from a local or network folder (size-checked on read, not
-    hashed: that would read every shard twice per epoch)."""
+    """No cache: read shards in place from a local or network folder. Each shard's size is checked
+    when it is opened; its samples are checked against their hashes as they are read (``verify``)."""
 
     def __init__(self, store: LocalStore) -> None:
         self.store = store

@@ -62,7 +62,10 @@ class ShardedDataset(IterableDataset):
 
     Each sample is a dict ``{"__key__": key, ext: bytes, ...}``, passed through ``transform``
     if given. With ``batch_size`` it yields batches: lists of samples put through ``collate``
-    (default: torch's ``default_collate``).
+    (default: torch's ``default_collate``). The index is checked when the dataset opens (sizes,
+    offsets inside their shard, no name or key twice, shard names inside the dataset); with
+    ``verify`` (default) every byte is checked too: a cached shard against its SHA-256 when it is
+    fetched, a shard read in place sample by sample against the index's hashes.
     """
 
     def __init__(
@@ -104,6 +107,9 @@ class ShardedDataset(IterableDataset):
         self.transform, self.batch_size, self.collate, self.drop_last = transform, batch_size, collate, drop_last
         self.equal_batches = equal_batches
         self.prefetch, self.on_error = prefetch, on_error
+        # A cached shard was checked against its SHA-256 when it was fetched; a shard read in place
+        # is checked sample by sample, against each member's hash in the index, as it is read.
+        self.verify_samples = verify and isinstance(self.shards, DirectShards)
         self.epoch = 0
         self.resume_batches = 0  # batches of this epoch already consumed (set by Loader on resume)
         self.skipped: list[str] = []
@@ -223,7 +229,7 @@ class ShardedDataset(IterableDataset):
                 try:
                     ahead.pop(i).result()
                     with self.shards.open(shard) as path:
-                        for k, sample in enumerate(read_samples(path, shard, start=begin)):
+                        for k, sample in enumerate(read_samples(path, shard, start=begin, verify=self.verify_samples)):
                             if k >= end - begin:
                                 break
                             yield sample

@@ -112,7 +112,7 @@ def pack(
     results: list[ShardInfo | None] = [None] * len(plan)
     for i, name in enumerate(names):
         if name in done and target.exists(name):
-            results[i] = ShardInfo.from_json(done[name])
+            results[i] = ShardInfo.from_json(done[name], f"{target.url}/{PLAN_NAME}")
     todo = [i for i in range(len(plan)) if results[i] is None]
     reused = len(plan) - len(todo)
     # Object-store sources cost a request per file, and boto3 spends most of that under the

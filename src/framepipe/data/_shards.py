@@ -51,8 +51,39 @@ class ShardInfo:
         return {"name": self.name, "size": self.size, "sha256": self.sha256, "samples": self.samples}
 
     @classmethod
-    def from_json(cls, d: dict) -> ShardInfo:
-        return cls(d["name"], int(d["size"]), d["sha256"], d["samples"])
+    def from_json(cls, d: object, where: str) -> ShardInfo:
+        """A shard entry of the index at ``where``, checked: a plain file name, sizes and offsets
+        that are whole numbers inside the shard. ``DataError`` naming the file otherwise."""
+        if not isinstance(d, dict) or not {"name", "size", "sha256", "samples"} <= d.keys():
+            raise DataError(f"{where}: a shard entry lacks name, size, sha256 or samples: {str(d)[:120]}")
+        name, size, sha256, samples = d["name"], d["size"], d["sha256"], d["samples"]
+        if not isinstance(name, str) or not is_plain_name(name):
+            raise DataError(f"{where}: shard name {name!r} is not a plain file name inside the dataset")
+        if not _whole(size) or not isinstance(sha256, str) or not isinstance(samples, list):
+            raise DataError(f"{where}: shard {name} has a malformed size, sha256 or samples")
+        for sample in samples:
+            if not (isinstance(sample, list) and len(sample) == 2 and isinstance(sample[0], str)
+                    and isinstance(sample[1], list)):  # fmt: skip
+                raise DataError(f"{where}: shard {name} has a malformed sample entry: {str(sample)[:120]}")
+            for member in sample[1]:
+                ok = isinstance(member, list) and len(member) == 4 and isinstance(member[0], str)
+                if not (ok and _whole(member[1]) and _whole(member[2]) and isinstance(member[3], str)):
+                    raise DataError(f"{where}: shard {name}, sample {sample[0]}: malformed member {str(member)[:120]}")
+                if member[1] + member[2] > size:
+                    raise DataError(
+                        f"{where}: shard {name}, sample {sample[0]}.{member[0]}: bytes {member[1]}-"
+                        f"{member[1] + member[2]} lie outside the shard's {size} bytes"
+                    )
+        return cls(name, size, sha256, samples)
+
+
+def _whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def is_plain_name(name: str) -> bool:
+    """True for a file name with no folder part that stays inside its folder (no ``..``, no ``/``)."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
 
 
 @dataclass
@@ -81,7 +112,19 @@ class DatasetIndex:
             body = None
         if not isinstance(body, dict) or body.get("format") != FORMAT:
             raise DataError(f"{where}: not a framepipe index (expected JSON with format {FORMAT!r})")
-        return cls([ShardInfo.from_json(s) for s in body["shards"]], body.get("source", ""))
+        if not isinstance(body.get("shards"), list):
+            raise DataError(f"{where}: the index has no list of shards")
+        shards = [ShardInfo.from_json(s, where) for s in body["shards"]]
+        names, keys = set(), set()
+        for shard in shards:
+            if shard.name in names:
+                raise DataError(f"{where}: shard {shard.name} is listed twice")
+            names.add(shard.name)
+            for key, _ in shard.samples:
+                if key in keys:
+                    raise DataError(f"{where}: sample {key} is listed twice (in {shard.name})")
+                keys.add(key)
+        return cls(shards, str(body.get("source", "")))
 
 
 def write_shard(path: Path, name: str, samples: Iterable[tuple[str, list[tuple[str, bytes]]]]) -> ShardInfo:
