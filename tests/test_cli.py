@@ -257,3 +257,18 @@ def test_demo_rejects_bad_sizes(tmp_path):
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 1 and "decodes 1 + 4k frames" in err and "Traceback" not in err
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_an_output_that_is_an_input_is_refused(tmp_path, capsys):
+    z = small_latents("wan2.1").numpy()
+    np.save(tmp_path / "lat.npy", z)
+    np.save(tmp_path / "other.npy", z)
+    before = (tmp_path / "lat.npy").read_bytes()
+    code, out, err = _run(capsys, "decode", tmp_path / "lat.npy", "-o", tmp_path / "lat.npy", "--arch", "tiny-wan2.1")
+    assert code == 1 and "is also an input" in err and err.count("\n") <= 2, err  # the random-weights warning
+    # one input's output is another input of the same stream
+    code, out, err = _run(capsys, "decode", tmp_path / "lat.npy", tmp_path / "other.npy", "-o", tmp_path / "{name}.npy",
+                          "--arch", "tiny-wan2.1")  # fmt: skip
+    assert code == 1 and "is also an input" in err
+    assert (tmp_path / "lat.npy").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lat.npy", "other.npy"]

@@ -133,6 +133,10 @@ def decode_many(
     if video is not None and any(_is_sinks(output) for _, output in inputs):
         raise SettingsError("Sinks carry their own settings: give video settings or sinks, not both.")
     video = video or VideoSettings()
+    sources = {Path(latents).resolve() for latents, _ in inputs if not isinstance(latents, torch.Tensor)}
+    for _, output in inputs:
+        if not _is_sinks(output):
+            _check_not_an_input(Path(output), sources)
 
     if vae is None or isinstance(vae, str | os.PathLike):
         vae = load_vae(vae, arch=arch, dtype=dtype, device=device, seed=seed)
@@ -159,7 +163,7 @@ def decode_many(
                 f"{first.batch} x {first.height}x{first.width}; one stream needs one batch and frame size."
             )
         sizes.append(g)
-        sinks, names = _make_sinks(output, g.batch, video)
+        sinks, names = _make_sinks(output, g.batch, video, sources)
         for sink in sinks:
             sink.open(frames=g.frames, height=g.height, width=g.width)
             opened.append(sink)
@@ -243,7 +247,14 @@ def _is_sinks(output: Output) -> bool:
     return isinstance(output, Sink) or (isinstance(output, Sequence) and not isinstance(output, str))
 
 
-def _make_sinks(output: Output, batch: int, video: VideoSettings) -> tuple[list[Sink], list[str]]:
+def _check_not_an_input(path: Path, sources: set[Path]) -> None:
+    if path.resolve() in sources:
+        raise OutputError(
+            f"The output {path} is also an input; writing it would destroy the latents. Give another path."
+        )
+
+
+def _make_sinks(output: Output, batch: int, video: VideoSettings, sources: set[Path]) -> tuple[list[Sink], list[str]]:
     if _is_sinks(output):
         sinks = [output] if isinstance(output, Sink) else list(output)
         if len(sinks) != batch:
@@ -252,4 +263,6 @@ def _make_sinks(output: Output, batch: int, video: VideoSettings) -> tuple[list[
     paths = batch_paths(Path(output), batch)
     if len(set(paths)) != len(paths):
         raise OutputError(f"Output names for {batch} videos collide: {paths[0]}.")
+    for path in paths:
+        _check_not_an_input(path, sources)
     return [open_sink(p, video) for p in paths], [str(p) for p in paths]
