@@ -217,7 +217,11 @@ def test_real_process_error_has_no_traceback(tmp_path):
     assert "Traceback" not in err
 
 
-def test_ctrl_c_ends_cleanly(tmp_path):
+@pytest.mark.parametrize(
+    ("sig", "code", "words"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
+)
+def test_ctrl_c_and_sigterm_end_cleanly(tmp_path, sig, code, words):
+    # SIGTERM is what timeout, Slurm, Kubernetes and docker stop send: it ends a run as Ctrl-C does.
     save_file({"latents": torch.randn(1, 16, 40, 8, 8)}, tmp_path / "z.safetensors")
     # A process started in the background by a non-interactive shell inherits SIGINT ignored, and
     # Python then keeps it ignored; the child takes it back so the test does not depend on that.
@@ -231,11 +235,26 @@ def test_ctrl_c_ends_cleanly(tmp_path):
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list(tmp_path.glob(".out.mp4.*")):
         time.sleep(0.05)  # wait until encoding has started
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, err
-    assert "interrupted" in err and "Traceback" not in err
+    assert proc.returncode == code, err
+    assert words in err and "Traceback" not in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["z.safetensors"]
+
+
+def test_a_later_run_removes_what_a_killed_run_left(tmp_path):
+    save_file({"latents": torch.randn(1, 16, 60, 8, 8)}, tmp_path / "z.safetensors")
+    args = [sys.executable, "-m", "framepipe", "decode", "z.safetensors", "-o", "out.mp4", "--arch", "tiny-wan2.1",
+            "--device", "cpu", "--quiet"]  # fmt: skip
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not list(tmp_path.glob(".out.mp4.*")):
+        time.sleep(0.05)
+    proc.kill()  # kill -9: nothing can clean up
+    proc.communicate(timeout=60)
+    assert [p.name.startswith(".out.mp4.") for p in tmp_path.iterdir() if p.name != "z.safetensors"] == [True]
+    assert subprocess.run(args, cwd=tmp_path, capture_output=True, timeout=300).returncode == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4", "z.safetensors"]
 
 
 def test_demo(tmp_path):

@@ -360,3 +360,22 @@ def test_shifted_offsets_give_an_error_not_wrong_bytes(packed, tmp_path):
     (ds / INDEX_NAME).write_text(json.dumps(index))
     with pytest.raises(ShardError, match="does not match its hash"):
         _epoch(str(ds), workers=0)
+
+
+def test_pack_removes_work_folders_that_dead_runs_left(tmp_path):
+    import subprocess
+    import sys
+    import tempfile
+
+    from framepipe._paths import _HOST
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tempfile.mkdtemp(prefix=f"framepipe-pack-{_HOST}-{int(dead.stdout)}-")
+    alive = tempfile.mkdtemp(prefix=f"framepipe-pack-{_HOST}-{os.getppid()}-")  # a live process's: kept
+    try:
+        pack(_tree(tmp_path / "src", n=5), tmp_path / "packed")
+        assert not os.path.exists(stale) and os.path.exists(alive)
+    finally:
+        for folder in (stale, alive):
+            if os.path.exists(folder):
+                os.rmdir(folder)

@@ -1,31 +1,85 @@
 """Outputs that appear whole or not at all: work goes to a hidden sibling, then one rename.
 
 Every sink, and the data side's local store, writes beside its destination (so the rename stays
-on one file system and is atomic) and removes what it wrote when it fails.
+on one file system and is atomic) and removes what it wrote when it fails. A process killed
+outright (``kill -9``, a node lost) cannot clean up, so each work-in-progress name carries its
+host and process id, and the next run that writes the same destination, or opens a work folder
+of the same kind, removes what a dead process of this host left.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
+import re
 import shutil
+import socket
 import tempfile
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from ._errors import OutputError
 
+_OWNER = re.compile(r"(?P<host>[A-Za-z0-9_.]+)-(?P<pid>\d+)-")
+
+
+_HOST = re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
+def _owner() -> str:
+    """``host-pid-`` of this process (as it is now: a forked child has its own), as it appears in
+    work-in-progress names."""
+    return f"{_HOST}-{os.getpid()}-"
+
+
+def _left_by_the_dead(name: str) -> bool:
+    """Whether ``name`` (after its known prefix) belongs to a process of this host that is gone."""
+    match = _OWNER.match(name)
+    if match is None or match["host"] != _HOST:
+        return False  # another host's: its process may be alive
+    pid = int(match["pid"])
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # it exists but is not ours to signal
+        return False
+    return False
+
+
+def remove_stale(folder: Path, prefix: str) -> int:
+    """Remove the entries of ``folder`` named ``prefix`` + a dead process's owner tag; return how many."""
+    removed = 0
+    with contextlib.suppress(OSError):
+        for entry in folder.glob(glob.escape(prefix) + "*"):
+            if _left_by_the_dead(entry.name[len(prefix) :]):
+                remove_path(entry)
+                removed += 1
+    return removed
+
 
 def temporary_sibling(path: Path) -> Path:
-    """A new hidden name beside ``path`` (same suffix) for its work in progress."""
-    return path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.partial{path.suffix}")
+    """A new hidden name beside ``path`` (same suffix) for its work in progress. Work in progress
+    that a dead process left for the same ``path`` is removed first."""
+    remove_stale(path.parent, f".{path.name}.")
+    return path.with_name(f".{path.name}.{_owner()}{uuid.uuid4().hex[:8]}.partial{path.suffix}")
 
 
-def sibling_folder(path: Path, suffix: str) -> Path:
-    """A new hidden folder beside ``path`` for its work in progress."""
+@contextlib.contextmanager
+def work_folder(prefix: str) -> Iterator[Path]:
+    """A new folder in the system's temporary directory, removed on exit; folders of the same
+    ``prefix`` left by dead processes are removed first."""
+    root = Path(tempfile.gettempdir())
+    remove_stale(root, prefix)
+    path = Path(tempfile.mkdtemp(prefix=prefix + _owner(), dir=root))
     try:
-        return Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent))
-    except OSError as e:
-        raise OutputError(f"Cannot write {path}: {e.strerror or e}.") from e
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def check_writable(path: Path) -> None:
@@ -45,7 +99,8 @@ def remove_path(path: Path | None) -> None:
     """Remove a file or a folder tree, if there is one; errors are ignored (it is being discarded)."""
     if path is None:
         return
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)
     else:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            path.unlink(missing_ok=True)

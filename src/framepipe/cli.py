@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
 import warnings
 from typing import Any
 
@@ -18,6 +20,7 @@ from ._errors import FramepipeError
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM, as a shell reports it
 ARCH_CHOICES = ("wan2.1", "wan2.2", "tiny-wan2.1", "tiny-wan2.2")
 ARCH_HELP = (
     "random weights of this architecture instead of the embedded trained VAE (noise; for benchmarking "
@@ -501,22 +504,37 @@ def _one_line_warnings() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (sent by timeout, Slurm, Kubernetes, docker stop), raised where Ctrl-C's interrupt
+    would be, so that it ends a run the same way: outputs aborted, threads joined, one line."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _one_line_warnings()
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return _run(args)
     except FramepipeError as e:
         print(f"framepipe: error: {e}", file=sys.stderr)
         return EXIT_ERROR
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         from .data._cli import COMMANDS as DATA_COMMANDS
 
+        how, code = ("terminated", EXIT_TERMINATED) if isinstance(e, Terminated) else ("interrupted", EXIT_INTERRUPTED)
         if args.command in DATA_COMMANDS:
-            print("framepipe: interrupted; run the same command again to resume where it stopped.", file=sys.stderr)
+            print(f"framepipe: {how}; run the same command again to resume where it stopped.", file=sys.stderr)
         else:
-            print("framepipe: interrupted; nothing was written to the output path.", file=sys.stderr)
-        return EXIT_INTERRUPTED
+            print(f"framepipe: {how}; nothing was written to the output path.", file=sys.stderr)
+        return code
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import hashlib
 import itertools
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._errors import DataError
+from .._paths import work_folder
 from ._shards import INDEX_NAME, DatasetIndex, ShardInfo, read_tar_members, split_key, write_shard
 from ._store import S3Store, Store, open_destination, open_store
 
@@ -72,7 +72,7 @@ def _build_shard(source: Store, target: Store, name: str, keys: list[str], from_
         samples = itertools.chain.from_iterable(_samples(read_tar_members(source.read(k), k)) for k in keys)
     else:
         samples = _samples((k, source.read(k)) for k in keys)
-    with tempfile.TemporaryDirectory(prefix="framepipe-pack-") as tmp:
+    with work_folder("framepipe-pack-") as tmp:
         path = Path(tmp) / name
         info = write_shard(path, name, samples)
         target.upload(path, name, metadata={"sha256": info.sha256})

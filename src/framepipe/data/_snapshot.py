@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
@@ -21,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .._errors import DataError
+from .._paths import work_folder
 from ._shards import INDEX_NAME, DatasetIndex, file_sha256
 from ._store import LocalStore, Store, open_destination, open_store
 
@@ -41,7 +41,7 @@ def _copy(src: Store, src_key: str, dst: Store, dst_key: str, sha256: str, size:
     """Copy one object, verified by hash. False when ``dst`` already holds it."""
     if _holds(dst, dst_key, sha256, size):
         return False
-    with tempfile.TemporaryDirectory(prefix="framepipe-copy-") as tmp:
+    with work_folder("framepipe-copy-") as tmp:
         path = Path(tmp) / "object"
         src.download(src_key, path)
         got = file_sha256(path)
