@@ -6,6 +6,7 @@ import json
 import os
 import random
 import tarfile
+from pathlib import Path
 
 import pytest
 import torch
@@ -379,3 +380,47 @@ def test_pack_removes_work_folders_that_dead_runs_left(tmp_path):
         for folder in (stale, alive):
             if os.path.exists(folder):
                 os.rmdir(folder)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda m: m["objects"][1].__setitem__("key", "../escaped.tar"), "not a plain file name"),
+        (lambda m: m["objects"][1].__setitem__("key", "/tmp/escaped.tar"), "not a plain file name"),
+        (lambda m: m.__setitem__("objects", []), "lists no objects"),
+        (lambda m: m.pop("objects"), "lists no objects"),
+        (lambda m: m["objects"][1].pop("sha256"), "malformed object entry"),
+    ],
+)
+def test_restore_refuses_a_manifest_that_leaves_the_destination(packed, tmp_path, damage, message):
+    snap = snapshot(packed, tmp_path / "snap")
+    manifest = json.loads(Path(snap.url).read_text())
+    damage(manifest)
+    bad = tmp_path / "snap" / "manifests" / "bad.json"
+    bad.write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=rf"bad\.json.*{message}"):
+        restore(str(bad), tmp_path / "dest" / "inner")
+    assert not (tmp_path / "dest").exists() and not (tmp_path / "dest" / "escaped.tar").exists()
+    (tmp_path / "snap" / "manifests" / "broken.json").write_text("{not json")
+    with pytest.raises(DataError, match=r"broken\.json: not a framepipe snapshot manifest"):
+        restore(str(tmp_path / "snap" / "manifests" / "broken.json"), tmp_path / "dest")
+
+
+def test_a_local_store_keeps_keys_inside_its_folder(tmp_path):
+    store = open_store(tmp_path / "inside")
+    for key in ("../outside.txt", "/etc/passwd", "a/../../outside.txt"):
+        with pytest.raises(DataError, match="must name a file inside"):
+            store.write(key, b"x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_restore_with_verify_replaces_garbage_under_a_right_hash(s3_endpoint, packed):
+    snap = snapshot(packed, "s3://fp-verify-snap", endpoint_url=s3_endpoint)
+    restore(snap.url, "s3://fp-verify-dest/d", endpoint_url=s3_endpoint)
+    index = DatasetIndex.loads((packed / INDEX_NAME).read_bytes(), "index")
+    victim = index.shards[0]
+    dest = open_store("s3://fp-verify-dest/d", endpoint_url=s3_endpoint)
+    dest.write(victim.name, b"garbage", metadata={"sha256": victim.sha256})  # the stored hash lies
+    assert restore(snap.url, "s3://fp-verify-dest/d", endpoint_url=s3_endpoint).copied == 0  # trusts the metadata
+    again = restore(snap.url, "s3://fp-verify-dest/d", endpoint_url=s3_endpoint, verify=True)
+    assert again.copied == 1 and dest.read(victim.name) == (packed / victim.name).read_bytes()

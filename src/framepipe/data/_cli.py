@@ -47,6 +47,9 @@ def add_parsers(sub) -> None:
     r = sub.add_parser("restore", help="bring a snapshot up in another folder, bucket or endpoint, verified by hash")
     r.add_argument("manifest", help="the manifest: .../manifests/NAME.json")
     r.add_argument("dest", help="folder or s3://bucket/prefix to restore the dataset into")
+    r.add_argument(
+        "--verify", action="store_true", help="check objects already in a bucket by content, not stored SHA-256"
+    )
     _store_options(r, two=True)
 
     f = sub.add_parser("feed-bench", help="samples/s and data-wait share: per-file GETs vs framepipe vs local disk")
@@ -109,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         summary = (f"snapshot {result.url}: {result.objects} objects ({result.bytes / 2**20:.1f} MiB), "
                    f"{result.copied} copied, {result.kept} already there, in {result.seconds:.1f} s")  # fmt: skip
     else:
-        result = restore(args.manifest, args.dest, **common)
+        result = restore(args.manifest, args.dest, verify=args.verify, **common)
         summary = (f"restored {result.objects} objects ({result.bytes / 2**20:.1f} MiB) to {result.url}, "
                    f"verified by SHA-256: {result.copied} copied, {result.kept} already there, "
                    f"in {result.seconds:.1f} s")  # fmt: skip

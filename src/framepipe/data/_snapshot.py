@@ -21,7 +21,7 @@ from pathlib import Path
 
 from .._errors import DataError
 from .._paths import work_folder
-from ._shards import INDEX_NAME, DatasetIndex, file_sha256
+from ._shards import INDEX_NAME, DatasetIndex, file_sha256, is_plain_name
 from ._store import LocalStore, Store, open_destination, open_store
 
 FORMAT = "framepipe-snapshot/1"
@@ -37,9 +37,9 @@ class TransferResult:
     seconds: float
 
 
-def _copy(src: Store, src_key: str, dst: Store, dst_key: str, sha256: str, size: int) -> bool:
-    """Copy one object, verified by hash. False when ``dst`` already holds it."""
-    if _holds(dst, dst_key, sha256, size):
+def _copy(src: Store, src_key: str, dst: Store, dst_key: str, sha256: str, size: int, verify: bool = False) -> bool:
+    """Copy one object, verified by hash. False when ``dst`` already holds it (see ``_holds``)."""
+    if _holds(dst, dst_key, sha256, size, verify):
         return False
     with work_folder("framepipe-copy-") as tmp:
         path = Path(tmp) / "object"
@@ -53,15 +53,24 @@ def _copy(src: Store, src_key: str, dst: Store, dst_key: str, sha256: str, size:
     return True
 
 
-def _holds(store: Store, key: str, sha256: str, size: int) -> bool:
+def _holds(store: Store, key: str, sha256: str, size: int, verify: bool) -> bool:
+    """Whether ``store`` already has the object. A local file is always checked by its content;
+    an object in a bucket by the SHA-256 stored with it, or, with ``verify``, by its content."""
     if isinstance(store, LocalStore):
         path = store.root / key
         return path.is_file() and path.stat().st_size == size and file_sha256(path) == sha256
     meta = store.metadata(key)
-    return meta is not None and meta.get("sha256") == sha256
+    if meta is None or meta.get("sha256") != sha256:
+        return False
+    if not verify:
+        return True
+    with work_folder("framepipe-copy-") as tmp:
+        path = Path(tmp) / "object"
+        return store.download(key, path) == size and file_sha256(path) == sha256
 
 
 def _transfer(jobs: list[tuple], workers: int, progress: Callable[[int, int], None] | None) -> tuple[int, int]:
+    """Run ``_copy`` over ``jobs`` on ``workers`` threads; (copied, kept)."""
     copied = 0
     with ThreadPoolExecutor(max(1, workers)) as pool:
         futures = [pool.submit(_copy, *job) for job in jobs]
@@ -119,22 +128,54 @@ def restore(
     dest_endpoint_url: str | None = None,
     workers: int = 8,
     progress: Callable[[int, int], None] | None = None,
+    verify: bool = False,
 ) -> TransferResult:
-    """Bring the snapshot described by ``manifest`` (URL of its JSON) up at ``dest``, verified."""
+    """Bring the snapshot described by ``manifest`` (URL of its JSON) up at ``dest``, verified.
+
+    Every object copied is checked against the manifest's SHA-256. Objects already at ``dest`` are
+    kept: in a folder after hashing their content, in a bucket when their stored SHA-256 matches,
+    or, with ``verify``, after downloading and hashing them too."""
     start = time.monotonic()
     folder, found, manifest_name = str(manifest).rstrip("/").rpartition("/manifests/")
     if not found or not manifest_name.endswith(".json"):
         raise DataError(f"{manifest}: not a snapshot manifest (expected .../manifests/NAME.json)")
     src = open_store(folder, endpoint_url=endpoint_url)
-    body = json.loads(src.read(f"manifests/{manifest_name}"))
-    if body.get("format") != FORMAT:
-        raise DataError(f"{manifest}: not a framepipe snapshot manifest")
+    body = _read_manifest(src.read(f"manifests/{manifest_name}"), str(manifest))
     dst = open_destination(dest, endpoint_url=dest_endpoint_url or endpoint_url)
     # The index goes last, so the restored dataset is only usable once every shard is in place.
     objects = sorted(body["objects"], key=lambda o: o["key"] == INDEX_NAME)
-    shards = [(src, f"objects/{o['sha256']}", dst, o["key"], o["sha256"], o["size"]) for o in objects[:-1]]
+    shards = [(src, f"objects/{o['sha256']}", dst, o["key"], o["sha256"], o["size"], verify) for o in objects[:-1]]
     copied, kept = _transfer(shards, workers, progress)
     last = objects[-1]
-    copied_index = _copy(src, f"objects/{last['sha256']}", dst, last["key"], last["sha256"], last["size"])
+    copied_index = _copy(src, f"objects/{last['sha256']}", dst, last["key"], last["sha256"], last["size"], verify)
     return TransferResult(dst.url, len(objects), copied + copied_index, kept + (not copied_index),
                           body["bytes"], round(time.monotonic() - start, 2))  # fmt: skip
+
+
+def _read_manifest(data: bytes, where: str) -> dict:
+    """A snapshot manifest, checked: every object a plain file name of the dataset (never a path
+    that leaves the destination), a SHA-256 and a size, the index exactly once. ``DataError``
+    naming ``where`` otherwise."""
+    try:
+        body = json.loads(data)
+    except ValueError:
+        body = None
+    if not isinstance(body, dict) or body.get("format") != FORMAT:
+        raise DataError(f"{where}: not a framepipe snapshot manifest (expected JSON with format {FORMAT!r})")
+    objects = body.get("objects")
+    if not isinstance(objects, list) or not objects:
+        raise DataError(f"{where}: the manifest lists no objects")
+    keys = []
+    for o in objects:
+        if not (isinstance(o, dict) and isinstance(o.get("key"), str) and isinstance(o.get("sha256"), str)
+                and isinstance(o.get("size"), int) and o["size"] >= 0):  # fmt: skip
+            raise DataError(f"{where}: malformed object entry {str(o)[:120]}")
+        if not is_plain_name(o["key"]):
+            raise DataError(f"{where}: object key {o['key']!r} is not a plain file name inside the dataset; refused")
+        if len(o["sha256"]) != 64 or any(c not in "0123456789abcdef" for c in o["sha256"]):
+            raise DataError(f"{where}: object {o['key']} has no valid SHA-256")
+        keys.append(o["key"])
+    if len(set(keys)) != len(keys) or keys.count(INDEX_NAME) != 1:
+        raise DataError(f"{where}: the manifest must list each object once and {INDEX_NAME} exactly once")
+    body.setdefault("bytes", sum(o["size"] for o in objects))
+    return body

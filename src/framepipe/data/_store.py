@@ -73,7 +73,12 @@ class LocalStore:
         self.url = str(self.root)
 
     def _path(self, key: str) -> Path:
-        return self.root / key if key else self.root
+        """``key``'s file, which must lie inside the store's folder (no absolute key, no ``..``)."""
+        if not key:
+            return self.root
+        if key.startswith(("/", "\\")) or ".." in key.replace("\\", "/").split("/"):
+            raise DataError(f"{key!r}: a key must name a file inside {self.root}; refused")
+        return self.root / key
 
     def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
         base = self._path(prefix)
