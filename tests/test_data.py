@@ -149,8 +149,26 @@ def test_missing_or_corrupt_shard_fails_with_its_name_or_is_skipped(tmp_path):
     with pytest.raises(ShardError, match=victim.name):
         _epoch(tmp_path / "out", workers=2)
     with pytest.warns(UserWarning, match=victim.name):
-        got = _epoch(tmp_path / "out", workers=0, on_error="skip")
+        got = _epoch(tmp_path / "out", workers=0, on_error="skip", max_skip_fraction=0.5)
     assert len(got) == 60 - len(victim)
+
+
+def test_skipped_shards_reach_the_main_process_and_a_mass_failure_is_an_error(tmp_path):
+    pack(_tree(tmp_path / "src", n=200), tmp_path / "out", shard_bytes=20_000)
+    index = DatasetIndex.loads((tmp_path / "out" / INDEX_NAME).read_bytes(), "index")
+    victims = [index.shards[1], index.shards[4]]
+    for shard in victims:
+        (tmp_path / "out" / shard.name).unlink()
+    lost = sum(len(s) for s in victims)
+    ds = ShardedDataset(tmp_path / "out", transform=_number, on_error="skip", max_skip_fraction=1.0)
+    with pytest.warns(UserWarning):
+        got = [x for b in Loader(ds, batch_size=8, num_workers=2) for x in b.tolist()]
+    assert len(got) == 200 - lost and sorted(ds.skipped) == sorted(s.name for s in victims)
+    # With the default bound, losing more than a tenth of a reader's samples is an error, one line.
+    ds = ShardedDataset(tmp_path / "out", transform=_number, on_error="skip")
+    with pytest.raises(DataError, match=r"samples lost in shards that failed, more than max_skip_fraction=0.1") as e:
+        list(Loader(ds, batch_size=8, num_workers=2))
+    assert "\n" not in str(e.value) and "Traceback" not in str(e.value)
 
 
 def test_s3_stream_through_a_size_limited_cache(s3_endpoint, tmp_path):

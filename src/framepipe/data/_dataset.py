@@ -61,7 +61,9 @@ class ShardedDataset(IterableDataset):
     """Samples from a packed dataset (folder or ``s3://`` prefix holding ``index.json``).
 
     Each sample is a dict ``{"__key__": key, ext: bytes, ...}``, passed through ``transform``
-    if given. With ``batch_size`` it yields batches: lists of samples put through ``collate``
+    if given. ``on_error="skip"`` skips a missing or corrupt shard with a warning instead of
+    raising ``ShardError``, unless more than ``max_skip_fraction`` of a reader's samples would be
+    lost: then it raises ``DataError``. With ``batch_size`` it yields batches: lists of samples put through ``collate``
     (default: torch's ``default_collate``). The index is checked when the dataset opens (sizes,
     offsets inside their shard, no name or key twice, shard names inside the dataset); with
     ``verify`` (default) every byte is checked too: a cached shard against its SHA-256 when it is
@@ -88,9 +90,12 @@ class ShardedDataset(IterableDataset):
         prefetch: int = 2,
         on_error: str = "raise",
         verify: bool = True,
+        max_skip_fraction: float = 0.1,
     ) -> None:
         if on_error not in ("raise", "skip"):
             raise DataError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
+        if not 0 <= max_skip_fraction <= 1:
+            raise DataError(f"max_skip_fraction must be between 0 and 1, not {max_skip_fraction!r}")
         self.store = open_store(url, endpoint_url=endpoint_url)
         self.index = DatasetIndex.loads(self.store.read(INDEX_NAME), f"{self.store.url}/{INDEX_NAME}")
         if isinstance(self.store, LocalStore) and cache_dir is None:
@@ -112,7 +117,9 @@ class ShardedDataset(IterableDataset):
         self.verify_samples = verify and isinstance(self.shards, DirectShards)
         self.epoch = 0
         self.resume_batches = 0  # batches of this epoch already consumed (set by Loader on resume)
-        self.skipped: list[str] = []
+        self.max_skip_fraction = max_skip_fraction
+        self.skipped: list[str] = []  # shards skipped (on_error="skip"); a Loader gathers its workers' here
+        self.skip_reports = None  # set by Loader: a queue on which workers report what they skipped
 
     # -- the epoch's plan --------------------------------------------------------------------
     def shard_order(self, epoch: int) -> list[ShardInfo]:
@@ -219,6 +226,7 @@ class ShardedDataset(IterableDataset):
         first = max(0, bisect.bisect_right(starts, lo) - 1)
         needed = [i for i in range(first, len(shards)) if starts[i] < hi]
         pool, ahead = ThreadPoolExecutor(max(1, self.prefetch), thread_name_prefix="framepipe-fetch"), {}
+        lost = 0  # samples of [lo, hi) in shards skipped
         try:
             for n, i in enumerate(needed):
                 for j in needed[n : n + self.prefetch + 1]:  # fetch this shard and the next ones
@@ -236,7 +244,15 @@ class ShardedDataset(IterableDataset):
                 except ShardError as e:
                     if self.on_error == "raise":
                         raise
+                    lost += end - begin
+                    if lost > self.max_skip_fraction * (hi - lo):
+                        raise DataError(
+                            f"{lost} of {hi - lo} samples lost in shards that failed, more than max_skip_fraction="
+                            f"{self.max_skip_fraction:g} allows; the last: {e}"
+                        ) from None
                     warnings.warn(f"skipping {e}", stacklevel=2)
                     self.skipped.append(shard.name)
+                    if self.skip_reports is not None:
+                        self.skip_reports.put(shard.name)
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

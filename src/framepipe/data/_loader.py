@@ -12,15 +12,17 @@ same batch.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import queue
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
 
-from .._errors import DataError, ShardError
+from .._errors import DataError
 from ._dataset import ShardedDataset
 
 _END = object()
@@ -44,10 +46,10 @@ def _to_device(batch, device: torch.device, compute: torch.cuda.Stream):
     return batch
 
 
-def _clean(error: ShardError) -> ShardError:
+def _clean(error: DataError) -> DataError:
     """DataLoader re-raises a worker's error with its traceback in the message; keep the last line."""
     last = str(error).strip().splitlines()[-1]
-    return ShardError(last.split(": ", 1)[1] if last.startswith("framepipe.") else last)
+    return type(error)(last.split(": ", 1)[1] if last.startswith("framepipe.") else last)
 
 
 class Loader:
@@ -77,6 +79,8 @@ class Loader:
         )  # fmt: skip
         self.epoch, self.batches = 0, 0
         self.stats = LoaderStats()
+        if num_workers:  # the workers' skipped shards come back to dataset.skipped, in this process
+            dataset.skip_reports = multiprocessing.get_context().SimpleQueue()
 
     def state_dict(self) -> dict:
         """Where this loader is (epoch, batches taken), and the settings that define the order."""
@@ -115,6 +119,7 @@ class Loader:
                 if isinstance(item, BaseException):
                     raise item
                 batch, ready = item
+                self._gather_skipped()
                 if ready is not None:
                     compute.wait_event(ready)  # the GPU, not the host, waits for the copy
                 self.batches += 1
@@ -127,6 +132,15 @@ class Loader:
                 with contextlib.suppress(queue.Empty):
                     ready_batches.get(timeout=0.05)
             thread.join()
+            self._gather_skipped()
+
+    def _gather_skipped(self) -> None:
+        """Bring the shards the workers skipped into ``dataset.skipped``, warning here, once each."""
+        reports = self.dataset.skip_reports
+        while reports is not None and not reports.empty():
+            name = reports.get()
+            self.dataset.skipped.append(name)
+            warnings.warn(f"a loader worker skipped shard {name} (on_error='skip')", UserWarning, stacklevel=3)
 
     def _fill(self, out: queue.Queue, stop: threading.Event, compute) -> None:
         """The loader thread: take batches from the workers, start their copy to the GPU, queue them."""
@@ -153,7 +167,7 @@ class Loader:
                 if not put((batch, ready)):
                     return
             put(_END)
-        except ShardError as e:
+        except DataError as e:
             put(_clean(e))
         except BaseException as e:  # handed to the consumer, raised there
             put(e)
