@@ -442,3 +442,28 @@ def test_restore_with_verify_replaces_garbage_under_a_right_hash(s3_endpoint, pa
     assert restore(snap.url, "s3://fp-verify-dest/d", endpoint_url=s3_endpoint).copied == 0  # trusts the metadata
     again = restore(snap.url, "s3://fp-verify-dest/d", endpoint_url=s3_endpoint, verify=True)
     assert again.copied == 1 and dest.read(victim.name) == (packed / victim.name).read_bytes()
+
+
+def test_pack_packs_every_file_or_says_what_it_left_out(tmp_path):
+    src = _tree(tmp_path / "src", n=20)
+    (src / ".hidden").write_bytes(b"dot")
+    (src / "part0" / ".config.json").write_text("{}")
+    (src / "index.json").write_text('{"mine": true}')  # the user's files, not framepipe's
+    (src / "pack-plan.json").write_text("[]")
+    (src / ".x.bin.host-1-0123abcd.partial.bin").write_bytes(b"a write in progress")
+    (src / "dangling").symlink_to(tmp_path / "nowhere")
+    result = pack(src, tmp_path / "out")
+    index = DatasetIndex.loads((tmp_path / "out" / INDEX_NAME).read_bytes(), "index")
+    keys = {key for shard in index.shards for key, _ in shard.samples}
+    assert {".hidden", "part0/.config", "index", "pack-plan"} <= keys and "" not in keys
+    assert result.samples == 24 and sorted(result.left_out) == [".x.bin.host-1-0123abcd.partial.bin", "dangling"]
+
+
+def test_pack_refuses_a_destination_inside_the_source_and_a_single_file(tmp_path, capsys):
+    src = _tree(tmp_path / "src", n=5)
+    for dest in (src / "packed", src):
+        with pytest.raises(DataError, match="is inside the source"):
+            pack(src, dest)
+    assert not (src / "packed").exists()
+    code = main(["pack", str(src / "part0" / "s00000.bin"), str(tmp_path / "out"), "--quiet"])
+    assert code == 1 and "is a file; pack takes a folder" in capsys.readouterr().err

@@ -62,6 +62,11 @@ def remove_stale(folder: Path, prefix: str) -> int:
     return removed
 
 
+def is_work_in_progress(name: str) -> bool:
+    """Whether ``name`` is a hidden work-in-progress name that ``temporary_sibling`` makes."""
+    return name.startswith(".") and ".partial" in name and bool(re.search(r"\.partial(\.|$)", name))
+
+
 def temporary_sibling(path: Path) -> Path:
     """A new hidden name beside ``path`` (same suffix) for its work in progress. Work in progress
     that a dead process left for the same ``path`` is removed first."""

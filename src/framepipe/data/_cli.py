@@ -106,6 +106,12 @@ def run(args: argparse.Namespace) -> int:
         summary = (
             f"packed {result.samples} samples into {result.shards} shards ({result.bytes / 2**20:.1f} MiB) "
             f"at {result.url} in {result.seconds:.1f} s; {result.reused_shards} kept from an earlier run"
+            + (
+                f"; left out {len(result.left_out)} (writes in progress, dangling links): "
+                f"{', '.join(result.left_out[:5])}"
+                if result.left_out
+                else ""
+            )
         )
     elif args.command == "snapshot":
         result = snapshot(args.dataset, args.dest, name=args.name, **common)

@@ -15,13 +15,13 @@ import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._errors import DataError
 from .._paths import work_folder
 from ._shards import INDEX_NAME, DatasetIndex, ShardInfo, read_tar_members, split_key, write_shard
-from ._store import S3Store, Store, open_destination, open_store
+from ._store import LocalStore, S3Store, Store, open_destination, open_store
 
 PLAN_NAME = "pack-plan.json"
 
@@ -34,15 +34,19 @@ class PackResult:
     bytes: int
     reused_shards: int
     seconds: float
+    left_out: list[str] = field(default_factory=list)  # source files not packed: writes in progress, dangling links
 
 
-def _plan(source: Store, *, shard_bytes: int, shard_samples: int) -> tuple[list[list[str]], bool]:
+def _plan(source: Store, *, shard_bytes: int, shard_samples: int, left_out: list[str]) -> tuple[list[list[str]], bool]:
     """Group the source's files into samples and samples into shards. Returns (shards, from_tars)."""
-    objects = [o for o in source.list() if o.key not in (INDEX_NAME, PLAN_NAME)]
+    objects = list(source.list(left_out=left_out)) if isinstance(source, LocalStore) else list(source.list())
     if not objects:
         raise DataError(f"{source.url}: no files to pack")
-    from_tars = all(o.key.endswith(".tar") for o in objects)
-    if from_tars:  # WebDataset shards: keep their order, one input tar per planned unit
+    tars = [o for o in objects if o.key.endswith(".tar")]
+    from_tars = bool(tars) and all(o in tars or o.key in (INDEX_NAME, PLAN_NAME) for o in objects)
+    if from_tars:  # WebDataset shards (or framepipe's): keep their order, one input tar per planned unit
+        left_out.extend(o.key for o in objects if o not in tars)  # a framepipe index of those tars
+        objects = tars
         return [[o.key] for o in sorted(objects, key=lambda o: o.key)], True
     samples: dict[str, list[tuple[str, int]]] = {}
     for o in objects:
@@ -93,8 +97,10 @@ def pack(
     """Pack ``src`` (folder, ``s3://bucket/prefix``, or WebDataset ``.tar`` shards) into ``dest``."""
     start = time.monotonic()
     source = open_store(src, endpoint_url=endpoint_url)
+    _check_source_and_destination(source, open_store(dest, endpoint_url=dest_endpoint_url or endpoint_url))
     target = open_destination(dest, endpoint_url=dest_endpoint_url or endpoint_url)
-    plan, from_tars = _plan(source, shard_bytes=shard_bytes, shard_samples=shard_samples)
+    left_out: list[str] = []
+    plan, from_tars = _plan(source, shard_bytes=shard_bytes, shard_samples=shard_samples, left_out=left_out)
     fingerprint = hashlib.sha256(json.dumps(plan).encode()).hexdigest()
     saved = None
     if target.exists(PLAN_NAME):
@@ -140,4 +146,23 @@ def pack(
     index = DatasetIndex(results, source=source.url)  # every entry is filled by now
     target.write(INDEX_NAME, index.dumps())
     return PackResult(target.url, len(index.shards), index.num_samples, index.num_bytes, reused,
-                      round(time.monotonic() - start, 2))  # fmt: skip
+                      round(time.monotonic() - start, 2), left_out=left_out)  # fmt: skip
+
+
+def _check_source_and_destination(source: Store, dest: Store) -> None:
+    """Refuse what cannot be packed whole: a single file, or a destination inside the source (the
+    next run would pack its own output)."""
+    if isinstance(source, LocalStore) and source.root.is_file():
+        raise DataError(f"{source.url} is a file; pack takes a folder or an s3:// prefix of files")
+    if isinstance(source, LocalStore) and isinstance(dest, LocalStore):
+        src, dst = source.root.resolve(), dest.root.resolve()
+        inside = dst == src or src in dst.parents
+    elif isinstance(source, S3Store) and isinstance(dest, S3Store):
+        same = source.bucket == dest.bucket and source.endpoint_url == dest.endpoint_url
+        inside = same and (
+            not source.prefix or dest.prefix == source.prefix or dest.prefix.startswith(source.prefix + "/")
+        )
+    else:
+        inside = False
+    if inside:
+        raise DataError(f"the destination {dest.url} is inside the source {source.url}; choose one outside it")

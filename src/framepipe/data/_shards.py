@@ -24,9 +24,12 @@ FORMAT = "framepipe-shards/1"
 
 
 def split_key(path: str) -> tuple[str, str]:
-    """WebDataset's rule: the key is the path up to the first dot of the file name."""
+    """WebDataset's rule: the key is the path up to the first dot of the file name (a leading dot,
+    as in ``.config.json``, belongs to the key, so a hidden file never has an empty key)."""
     folder, _, name = path.rpartition("/")
-    stem, dot, ext = name.partition(".")
+    hidden = "." if name.startswith(".") else ""
+    stem, dot, ext = name[len(hidden) :].partition(".")
+    stem = hidden + stem
     key = f"{folder}/{stem}" if folder else stem
     return key, ext if dot else ""
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .._errors import DataError
-from .._paths import remove_path, temporary_sibling
+from .._paths import is_work_in_progress, remove_path, temporary_sibling
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,9 @@ class LocalStore:
             raise DataError(f"{key!r}: a key must name a file inside {self.root}; refused")
         return self.root / key
 
-    def list(self, prefix: str = "") -> Iterator[ObjectInfo]:
+    def list(self, prefix: str = "", *, left_out: list[str] | None = None) -> Iterator[ObjectInfo]:
+        """Every file under ``prefix``, hidden ones too, in a stable order; files that are writes
+        in progress (``temporary_sibling``) are left out and, with ``left_out``, named there."""
         base = self._path(prefix)
         if base.is_file():
             yield ObjectInfo(prefix, base.stat().st_size)
@@ -91,9 +93,12 @@ class LocalStore:
             dirnames.sort()
             for name in sorted(filenames):
                 path = Path(dirpath, name)
-                if name.startswith("."):  # temporary files of writes in progress
+                key = path.relative_to(self.root).as_posix()
+                if is_work_in_progress(name) or not path.is_file():  # a write in progress; a dangling link
+                    if left_out is not None:
+                        left_out.append(key)
                     continue
-                yield ObjectInfo(path.relative_to(self.root).as_posix(), path.stat().st_size)
+                yield ObjectInfo(key, path.stat().st_size)
 
     def read(self, key: str) -> bytes:
         try:
