@@ -89,3 +89,16 @@ def test_integer_latents_rejected():
 
 def test_four_dims_become_one_video():
     assert check_latents(torch.zeros(16, 2, 3, 3), z_dim=16).shape == (1, 16, 2, 3, 3)
+
+
+def test_an_npy_header_is_checked_before_anything_is_allocated(tmp_path):
+    import io
+
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (16, 1000, 10**6)})
+    (tmp_path / "huge.npy").write_bytes(header.getvalue() + bytes(64))  # 4 KB declaring 59.6 GiB
+    with pytest.raises(LatentsError, match=r"declares latents of shape \(16, 1000, 1000000\) \(59\.60 GiB\)"):
+        load_latents(tmp_path / "huge.npy")
+    torch.save(torch.zeros(16, 2, 4, 4), tmp_path / "renamed.npy")  # a .pt renamed
+    with pytest.raises(LatentsError, match="is not a .npy array"):
+        load_latents(tmp_path / "renamed.npy")

@@ -163,8 +163,10 @@ def test_video_settings_are_checked_when_made():
     assert VideoSettings(codec="h264_nvenc", crf=99).codec_options == {"preset": "medium"}  # crf is x264/x265's
     assert VideoSettings(fps=30000 / 1001).rate == Fraction(30000, 1001) and VideoSettings().rate == 16
     for bad, message in [
-        (dict(fps=0), "fps must be a positive number"),
-        (dict(fps=float("nan")), "fps must be a positive number"),
+        (dict(fps=0), "fps must be a number from"),
+        (dict(fps=float("nan")), "fps must be a number from"),
+        (dict(fps=1e-9), "fps must be a number from"),
+        (dict(fps=float("inf")), "fps must be a number from"),
         (dict(crf=18.5), "Invalid crf 18.5"),
         (dict(preset="fastest"), "Invalid preset 'fastest'"),
         (dict(encoder_options={"threads": 4}), "map names to strings"),

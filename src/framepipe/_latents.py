@@ -63,9 +63,23 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
 
 
 def _read_npy(path: Path) -> torch.Tensor:
+    """A ``.npy`` array, its header checked against the file before anything is allocated."""
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+        except ValueError:
+            raise LatentsError(f"{path} is not a .npy array (a .pt or .npz file renamed?).") from None
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(f)
+        if dtype.kind not in "fiu":
+            raise LatentsError(f"Latents in {path} have dtype {dtype}; expected a numeric array.")
+        declared, held = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize, path.stat().st_size - f.tell()
+        if declared > held:
+            raise LatentsError(
+                f"{path} declares latents of shape {shape} ({declared / 2**30:.2f} GiB) but holds {held} bytes "
+                "of data; the file is truncated or not what it claims."
+            )
     array = np.load(path, allow_pickle=False)
-    if array.dtype.kind not in "fiu":
-        raise LatentsError(f"Latents in {path} have dtype {array.dtype}; expected a numeric array.")
     return torch.from_numpy(np.ascontiguousarray(array))
 
 

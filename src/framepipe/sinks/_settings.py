@@ -51,9 +51,9 @@ class VideoSettings:
         if (
             isinstance(self.fps, bool)
             or not isinstance(self.fps, int | float)
-            or not (math.isfinite(self.fps) and self.fps > 0)
+            or not (math.isfinite(self.fps) and 1 / 1001 <= self.fps <= 1000)
         ):
-            raise SettingsError(f"fps must be a positive number, got {self.fps!r}.")
+            raise SettingsError(f"fps must be a number from 1/1001 to 1000, got {self.fps!r}.")
         if self.codec in ("libx264", "libx265"):
             if self.preset is not None and self.preset not in X264_PRESETS:
                 raise SettingsError(
