@@ -6,7 +6,7 @@ import torch
 
 import framepipe
 from conftest import small_latents, small_vae
-from framepipe import decode, decode_chunks, denormalize
+from framepipe import CheckpointError, decode, decode_chunks, denormalize
 from helpers import diffusers_frames
 
 
@@ -78,3 +78,15 @@ def test_uint8_rule_rounds_half_to_even():
     assert frames.shape == (1, 1, 1, 2, 3)
     # -1 -> 0, 1 -> 255, 0 -> 127.5 -> 128 (half to even), out of range clamps.
     assert sorted(frames.flatten().tolist()) == sorted([0, 255, 128, 0, 255, 128])
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.needs_cuda)])
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_vae_that_decodes_nan_writes_nothing(tmp_path, mode, device):
+    # NaN weights made an all-black video with exit 0: the uint8 rule turns NaN into 0.
+    vae = small_vae("wan2.1").to(device)
+    with torch.no_grad():
+        vae.decoder.conv_out.bias.fill_(float("nan"))
+    with pytest.raises(CheckpointError, match="decoded NaN or infinite values"):
+        decode(small_latents("wan2.1"), tmp_path / "v.mp4", vae=vae, mode=mode)
+    assert list(tmp_path.iterdir()) == []

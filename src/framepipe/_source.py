@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ._errors import GPU_OUT_OF_MEMORY, DeviceError, SettingsError
+from ._errors import GPU_OUT_OF_MEMORY, CheckpointError, DeviceError, SettingsError
 from ._optional import require
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def decode_chunks(
     # latents: [B, C, T, H, W] -> each chunk: [B, 3, t, H*s, W*s] in [-1, 1], vae dtype, on device.
     The first chunk holds 1 + 4 (k - 1) frames, later ones 4 k, for k latent frames per chunk
     (k = 1 by default, as diffusers). The kernels run on the current CUDA stream; nothing here
-    synchronizes with the host.
+    waits for the GPU (see ``FirstChunkCheck``).
     """
     if latent_frames_per_chunk < 1:
         raise SettingsError(f"latent_frames_per_chunk must be >= 1, got {latent_frames_per_chunk}.")
@@ -71,6 +71,7 @@ def decode_chunks(
             latents.record_stream(torch.cuda.current_stream(latents.device))
         num_latent = x.shape[2]
         step = 0
+        check: FirstChunkCheck | None = None
         while step < num_latent:
             group = min(latent_frames_per_chunk, num_latent - step)
             outs = []
@@ -80,9 +81,47 @@ def decode_chunks(
             del outs
             if patch is not None:
                 out = unpatchify(out, patch_size=patch)
+            if check is None:
+                check = FirstChunkCheck(out)
             yield torch.clamp(out, min=-1.0, max=1.0)
+            check.raise_if_bad(wait=False)
             step += group
+        if check is not None:
+            check.raise_if_bad(wait=True)
     except torch.OutOfMemoryError as e:
         raise DeviceError(GPU_OUT_OF_MEMORY) from e
     finally:
         feat_cache.clear()
+
+
+class FirstChunkCheck:
+    """Whether the first decoded chunk is finite: a VAE with broken weights (or one that overflows
+    in bfloat16) decodes NaN, which clamping and the uint8 rule would turn into a black video.
+
+    The flag is computed on the GPU and copied to pinned memory behind a CUDA event, and read only
+    once the event has passed (``wait=False``), or at the end of the video (``wait=True``), so the
+    check never stalls the launching of the next chunks. Later chunks are not checked.
+    """
+
+    def __init__(self, chunk: torch.Tensor) -> None:
+        finite = torch.isfinite(chunk).all()
+        self.checked, self.event = False, None
+        if chunk.is_cuda:
+            self.flag = torch.empty((), dtype=torch.bool, pin_memory=True)
+            self.flag.copy_(finite, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.flag = finite
+
+    def raise_if_bad(self, *, wait: bool) -> None:
+        if self.checked or (self.event is not None and not wait and not self.event.query()):
+            return
+        if self.event is not None:
+            self.event.synchronize()
+        self.checked = True
+        if not bool(self.flag):
+            raise CheckpointError(
+                "The VAE decoded NaN or infinite values: its weights are broken, or this checkpoint overflows "
+                "in bfloat16 (try --dtype float32). Nothing was written."
+            )
