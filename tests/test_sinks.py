@@ -1,5 +1,6 @@
 """Sinks: round trips through a trusted decoder, lifecycle, and nothing half-written."""
 
+import os
 from fractions import Fraction
 
 import av
@@ -186,3 +187,23 @@ def test_sinks_and_video_settings_together_are_refused(tmp_path):
 
     with pytest.raises(SettingsError, match="give video settings or sinks, not both"):
         decode(small_latents("wan2.1"), [ArraySink()], vae=small_vae("wan2.1"), video=VideoSettings(crf=10))
+
+
+def test_an_npy_that_cannot_fit_fails_before_any_frame(tmp_path, monkeypatch):
+    # With 1 MB free, the memory-mapped .npy killed the process with SIGBUS at a later write.
+    import shutil
+
+    import framepipe.sinks._files as files
+
+    monkeypatch.setattr(files.shutil, "disk_usage", lambda p: shutil._ntuple_diskusage(10**9, 10**9 - 10**6, 10**6))
+    with pytest.raises(OutputError, match=r"do not fit in the 0\.00 GiB free there"):
+        NpySink(tmp_path / "f.npy").open(frames=81, height=480, width=832)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_npy_reserves_its_space_when_it_opens(tmp_path):
+    sink = NpySink(tmp_path / "f.npy")
+    sink.open(frames=8, height=64, width=64)
+    tmp = next(tmp_path.iterdir())
+    assert os.stat(tmp).st_blocks * 512 >= 8 * 64 * 64 * 3  # allocated, not sparse
+    sink.abort()

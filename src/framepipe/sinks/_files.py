@@ -6,6 +6,7 @@ Each writes under a hidden name beside its destination and renames it into place
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -84,12 +85,24 @@ class NpySink:
 
     def open(self, *, frames: int, height: int, width: int) -> None:
         check_writable(self.path)
+        needed, free = frames * height * width * 3, shutil.disk_usage(self.path.parent).free
+        if needed > free:
+            raise OutputError(
+                f"Cannot write {self.path}: its {needed / 2**30:.2f} GiB of frames do not fit in the "
+                f"{free / 2**30:.2f} GiB free there."
+            )
         self._tmp = temporary_sibling(self.path)
         try:
             self._array = np.lib.format.open_memmap(
                 self._tmp, mode="w+", dtype=np.uint8, shape=(frames, height, width, 3)
             )
+            # A memory-mapped file is sparse: a full disk would surface as SIGBUS at some later
+            # write. Reserving its blocks now turns that into an error here.
+            with open(self._tmp, "r+b") as f:
+                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
         except OSError as e:
+            self._array = None
+            remove_path(self._tmp)
             self._tmp = None
             raise OutputError(f"Cannot write {self.path}: {e.strerror or e}.") from e
 
