@@ -207,3 +207,14 @@ def test_an_npy_reserves_its_space_when_it_opens(tmp_path):
     tmp = next(tmp_path.iterdir())
     assert os.stat(tmp).st_blocks * 512 >= 8 * 64 * 64 * 3  # allocated, not sparse
     sink.abort()
+
+
+def test_an_option_value_the_encoder_cannot_parse_is_an_error(tmp_path):
+    # x264 logged "Error parsing option 'foo = bar'" and went on: the README promises an error.
+    sink = VideoFileSink(tmp_path / "v.mp4", VideoSettings(encoder_options={"x264-params": "foo=bar"}))
+    with pytest.raises(EncoderError, match=r"did not take its options: Error parsing option 'foo = bar'"):
+        sink.open(frames=1, height=32, width=48)
+    assert list(tmp_path.iterdir()) == []
+    write_all(
+        VideoFileSink(tmp_path / "ok.mp4", VideoSettings(encoder_options={"x264-params": "keyint=5"})), _frames(n=2)
+    )

@@ -59,19 +59,25 @@ class VideoFileSink:
             self._tmp = None
             raise OutputError(f"Cannot write {self.path}: {e.strerror or e}.") from e
         level = av.logging.get_level()
-        av.logging.set_level(av.logging.ERROR)  # so the encoder's own complaint reaches the message
+        av.logging.set_level(av.logging.WARNING)  # so the encoder's own complaints reach the messages
         try:
-            rate = self.settings.rate
-            self._stream = self._container.add_stream(codec, rate=rate, options=options)
-            self._stream.width, self._stream.height = width, height
-            self._stream.pix_fmt = "yuv420p"
-            self._stream.codec_context.time_base = 1 / rate
-            self._stream.codec_context.open()
+            with av.logging.Capture() as logs:  # this thread's log lines, kept from stderr
+                rate = self.settings.rate
+                self._stream = self._container.add_stream(codec, rate=rate, options=options)
+                self._stream.width, self._stream.height = width, height
+                self._stream.pix_fmt = "yuv420p"
+                self._stream.codec_context.time_base = 1 / rate
+                self._stream.codec_context.open()
         except (av.FFmpegError, ValueError) as e:
             self.abort()
             raise EncoderError(f"Cannot start encoder {codec!r} with {options or 'default options'}: {e}") from e
         finally:
             av.logging.set_level(level)
+        # x264 logs a value it cannot parse (x264-params=foo=bar) as a warning and goes on without it.
+        refused = [message.strip() for _, _, message in logs if "Error parsing option" in message]
+        if refused:
+            self.abort()
+            raise EncoderError(f"Encoder {codec!r} did not take its options: {' '.join(refused)}")
         unused = sorted(self._stream.codec_context.options)  # FFmpeg hands back what no one took
         if unused:
             self.abort()
