@@ -255,10 +255,20 @@ def test_cli_pack_snapshot_restore(s3_endpoint, tmp_path, capsys):
         (["pack", "ftp://x/y", "out"], "unsupported URL scheme"),
         (["restore", "s3://b/not-a-manifest.json", "out"], "not a snapshot manifest"),
         (["feed-bench", "--modes", "per-file,nope"], "unknown --modes nope"),
+        (["pack", "src", "a-file"], "a-file exists and is not a folder"),
+        (["snapshot", "src", "a-file"], "a-file exists and is not a folder"),
+        (["pack", "src", "s3://Bad_Bucket!/x", "--endpoint-url", "http://127.0.0.1:9"], "not a valid bucket name"),
+        (["pack", "src", "s3://bucket/x", "--endpoint-url", "http://127.0.0.1:9"], "no S3 credentials"),
     ],
 )
 def test_cli_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    _tree(tmp_path / "src", n=3)
+    (tmp_path / "a-file").write_text("not a folder")
     assert main(argv) == 1
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1 and "Traceback" not in err

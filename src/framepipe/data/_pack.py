@@ -98,9 +98,9 @@ def pack(
     start = time.monotonic()
     source = open_store(src, endpoint_url=endpoint_url)
     _check_source_and_destination(source, open_store(dest, endpoint_url=dest_endpoint_url or endpoint_url))
-    target = open_destination(dest, endpoint_url=dest_endpoint_url or endpoint_url)
     left_out: list[str] = []
     plan, from_tars = _plan(source, shard_bytes=shard_bytes, shard_samples=shard_samples, left_out=left_out)
+    target = open_destination(dest, endpoint_url=dest_endpoint_url or endpoint_url)  # only once there is work
     fingerprint = hashlib.sha256(json.dumps(plan).encode()).hexdigest()
     saved = None
     if target.exists(PLAN_NAME):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -51,6 +52,8 @@ def open_store(url: str | os.PathLike, *, endpoint_url: str | None = None) -> St
         bucket, _, prefix = text[5:].partition("/")
         if not bucket:
             raise DataError(f"{text}: no bucket name; write s3://BUCKET/PREFIX")
+        if not re.fullmatch(r"[A-Za-z0-9._-]{1,255}", bucket):
+            raise DataError(f"{text}: {bucket!r} is not a valid bucket name (letters, digits, '.', '-', '_')")
         return S3Store(bucket, prefix.strip("/"), endpoint_url=endpoint_url)
     if "://" in text:
         raise DataError(f"{text}: unsupported URL scheme; use s3://BUCKET/PREFIX or a local path")
@@ -58,10 +61,20 @@ def open_store(url: str | os.PathLike, *, endpoint_url: str | None = None) -> St
 
 
 def open_destination(url: str | os.PathLike, *, endpoint_url: str | None = None) -> Store:
-    """A store to write into; an S3 bucket that does not exist yet is created."""
+    """A store to write into: a folder, created if needed, or a bucket, created if it does not exist."""
     store = open_store(url, endpoint_url=endpoint_url)
     if isinstance(store, S3Store):
         store.ensure_bucket()
+        return store
+    root = store.root
+    if root.exists() and not root.is_dir():
+        raise DataError(f"{root} exists and is not a folder; give a folder (or s3:// prefix) as the destination")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{root}: cannot create the destination folder ({e.strerror or e})") from None
+    if not os.access(root, os.W_OK | os.X_OK):
+        raise DataError(f"{root}: no permission to write in the destination folder")
     return store
 
 
@@ -172,7 +185,7 @@ class S3Store:
         return f"{self.prefix}/{key}" if self.prefix and key else (self.prefix or key)
 
     def _call(self, what: str, fn, *args, **kwargs):
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         try:
             return fn(*args, **kwargs)
@@ -185,6 +198,10 @@ class S3Store:
             message = e.response.get("Error", {}).get("Message", "")
             detail = f"{code} ({message.rstrip('.')})" if code and message else code or str(e)
             raise DataError(f"{self.url}/{what}: {detail}") from None
+        except NoCredentialsError:
+            raise DataError(
+                f"{self.url}/{what}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or a profile"
+            ) from None
         except BotoCoreError as e:
             raise DataError(f"{self.url}/{what}: {e}") from None
 
@@ -232,9 +249,9 @@ class S3Store:
 
     def ensure_bucket(self) -> None:
         """Create the bucket if it does not exist (restore into a fresh bucket)."""
-        from botocore.exceptions import ClientError
-
         try:
-            self.client.head_bucket(Bucket=self.bucket)
-        except ClientError:
+            self._call("", self.client.head_bucket, Bucket=self.bucket)
+        except DataError as e:
+            if not str(e).endswith(("not found", "no such bucket")):
+                raise  # unreachable, no credentials, forbidden: say so rather than try to create it
             self._call("", self.client.create_bucket, Bucket=self.bucket)
