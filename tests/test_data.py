@@ -258,15 +258,11 @@ def test_cli_pack_snapshot_restore(s3_endpoint, tmp_path, capsys):
         (["pack", "src", "a-file"], "a-file exists and is not a folder"),
         (["snapshot", "src", "a-file"], "a-file exists and is not a folder"),
         (["pack", "src", "s3://Bad_Bucket!/x", "--endpoint-url", "http://127.0.0.1:9"], "not a valid bucket name"),
-        (["pack", "src", "s3://bucket/x", "--endpoint-url", "http://127.0.0.1:9"], "no S3 credentials"),
+        (["pack", "src", "s3://bucket/x", "--endpoint-url", "http://127.0.0.1:9"], "s3://bucket/x/: "),
     ],
 )
 def test_cli_errors_are_one_line(argv, message, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SHARED_CREDENTIALS_FILE"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     _tree(tmp_path / "src", n=3)
     (tmp_path / "a-file").write_text("not a folder")
     assert main(argv) == 1
@@ -477,3 +473,15 @@ def test_pack_refuses_a_destination_inside_the_source_and_a_single_file(tmp_path
     assert not (src / "packed").exists()
     code = main(["pack", str(src / "part0" / "s00000.bin"), str(tmp_path / "out"), "--quiet"])
     assert code == 1 and "is a file; pack takes a folder" in capsys.readouterr().err
+
+
+def test_missing_s3_credentials_are_one_line():
+    from botocore.exceptions import NoCredentialsError
+
+    from framepipe.data._store import S3Store
+
+    def no_credentials():
+        raise NoCredentialsError()
+
+    with pytest.raises(DataError, match=r"s3://b/p/k: no S3 credentials; set AWS_ACCESS_KEY_ID"):
+        S3Store("b", "p")._call("k", no_credentials)
