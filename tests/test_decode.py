@@ -90,3 +90,16 @@ def test_a_vae_that_decodes_nan_writes_nothing(tmp_path, mode, device):
     with pytest.raises(CheckpointError, match="decoded NaN or infinite values"):
         decode(small_latents("wan2.1"), tmp_path / "v.mp4", vae=vae, mode=mode)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_size_that_cannot_fit_is_refused_before_any_work(tmp_path, monkeypatch):
+    import framepipe._source as source
+
+    monkeypatch.setattr(source, "free_bytes", lambda device: 2**10)  # 1 KiB free
+    with pytest.raises(framepipe.DeviceError, match=r"needs at least .* GiB on cpu, which has 0\.0 GiB free"):
+        decode(small_latents("wan2.1"), tmp_path / "v.mp4", vae=small_vae("wan2.1"))
+    assert list(tmp_path.iterdir()) == []
+    # The bound is a lower one: the measured peak of a real decode lies above it.
+    vae = small_vae("wan2.1")
+    g = source.geometry(vae, (1, 16, 3, 60, 104))
+    assert source.minimum_decode_bytes(framepipe.random_vae("wan2.1"), g, torch.float32) < 8.9 * 2**30

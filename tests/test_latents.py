@@ -102,3 +102,12 @@ def test_an_npy_header_is_checked_before_anything_is_allocated(tmp_path):
     torch.save(torch.zeros(16, 2, 4, 4), tmp_path / "renamed.npy")  # a .pt renamed
     with pytest.raises(LatentsError, match="is not a .npy array"):
         load_latents(tmp_path / "renamed.npy")
+
+
+def test_a_broadcast_view_in_a_pt_file_is_refused(tmp_path):
+    # 1.6 KB on disk, 59.6 GiB once copied: the allocator's traceback, before.
+    torch.save({"latents": torch.zeros(1).expand(16, 1000, 1000, 1000)}, tmp_path / "z.pt")
+    with pytest.raises(
+        LatentsError, match=r"holds a view of shape \(16, 1000, 1000, 1000\) \(59\.60 GiB\) over only 4"
+    ):
+        load_latents(tmp_path / "z.pt")

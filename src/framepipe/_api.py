@@ -16,7 +16,7 @@ from ._latents import LATENT_FORMATS, LatentFormat, check_latents, denormalize, 
 from ._models import load_vae, resolve_device
 from ._pipeline import Job, run_async, run_sync
 from ._progress import FrameProgress
-from ._source import VideoGeometry, decode_chunks, geometry
+from ._source import VideoGeometry, check_fits, decode_chunks, geometry
 from ._trace import PipelineTrace
 from .sinks import Sink, VideoSettings, batch_paths, open_sink
 
@@ -162,6 +162,8 @@ def decode_many(
                 f"{name} decodes to {g.batch} x {g.height}x{g.width}, but the first input to "
                 f"{first.batch} x {first.height}x{first.width}; one stream needs one batch and frame size."
             )
+        if not sizes:
+            check_fits(vae, g, videos_at_once=concurrent_videos)  # refuse a size that cannot fit, before any work
         sizes.append(g)
         sinks, names = _make_sinks(output, g.batch, video, sources)
         for sink in sinks:

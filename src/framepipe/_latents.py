@@ -49,6 +49,13 @@ def load_latents(path: str | Path) -> torch.Tensor:
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
         first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise LatentsError(f"Cannot read latents from {path}: {first_line}") from e
+    if isinstance(tensor, torch.Tensor):
+        declared, held = tensor.numel() * tensor.element_size(), tensor.untyped_storage().nbytes()
+        if declared > held:  # a broadcast view (expand): a few bytes on disk, any size once copied
+            raise LatentsError(
+                f"{path} holds a view of shape {tuple(tensor.shape)} ({declared / 2**30:.2f} GiB) over only {held} "
+                "bytes of data; save the latents themselves (tensor.contiguous())."
+            )
     return tensor
 
 
