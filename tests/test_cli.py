@@ -15,6 +15,7 @@ from safetensors.torch import save_file
 
 from conftest import small_latents, small_vae
 from framepipe import EncoderError, VideoFileSink
+from framepipe import decode as framepipe_decode
 from framepipe.cli import main
 from helpers import diffusers_frames
 
@@ -291,3 +292,26 @@ def test_an_output_that_is_an_input_is_refused(tmp_path, capsys):
     assert code == 1 and "is also an input" in err
     assert (tmp_path / "lat.npy").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["lat.npy", "other.npy"]
+
+
+def test_reports_name_the_model_and_the_embedded_one_is_said_once(tmp_path, capsys):
+    np.save(tmp_path / "z.npy", small_latents("wan2.1", frames=2, height=8, width=8).numpy())
+    code, out, err = _run(capsys, "decode", tmp_path / "z.npy", "-o", tmp_path / "a.npy")
+    assert code == 0 and "model: embedded tiny-wan2.1 (trained)" in out
+    assert err.count("embedded tiny VAE, which knows only procedural clips") == 1
+    code, out, err = _run(capsys, "decode", tmp_path / "z.npy", "-o", tmp_path / "b.npy", "--arch", "tiny-wan2.1",
+                          "--json")  # fmt: skip
+    assert code == 0 and json.loads(out)["model"] == "random tiny-wan2.1 (seed 0)" and "embedded" not in err
+
+
+def test_raw_latents_given_as_pipeline_latents_are_warned_about(tmp_path, recwarn):
+    vae = small_vae("wan2.1")
+    z = small_latents("wan2.1", frames=3, height=8, width=8)  # normalized: about 0 +- 1 per channel
+    c = vae.config.z_dim
+    mean = torch.tensor(vae.config.latents_mean).view(1, c, 1, 1, 1)
+    raw = z * torch.tensor(vae.config.latents_std).view(1, c, 1, 1, 1) + mean  # what vae.encode() gives
+    framepipe_decode(z, tmp_path / "a.npy", vae=vae)
+    framepipe_decode(raw, tmp_path / "b.npy", vae=vae, latent_format="raw")
+    assert not [w for w in recwarn if "look like raw latents" in str(w.message)]
+    with pytest.warns(UserWarning, match="look like raw latents.*--latent-format raw"):
+        framepipe_decode(raw, tmp_path / "c.npy", vae=vae)

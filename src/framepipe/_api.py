@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,13 +13,19 @@ from typing import Any, Literal
 import torch
 
 from ._errors import GPU_OUT_OF_MEMORY, DeviceError, LatentsError, OutputError, SettingsError
-from ._latents import LATENT_FORMATS, LatentFormat, check_latents, denormalize, load_latents
-from ._models import load_vae, resolve_device
+from ._latents import LATENT_FORMATS, LatentFormat, check_latents, denormalize, load_latents, looks_raw
+from ._models import load_vae, model_name, resolve_device
 from ._pipeline import Job, run_async, run_sync
 from ._progress import FrameProgress
 from ._source import VideoGeometry, check_fits, decode_chunks, geometry
 from ._trace import PipelineTrace
 from .sinks import Sink, VideoSettings, batch_paths, open_sink
+
+#: Said once when no VAE is given: the embedded model decodes only what it was trained on.
+EMBEDDED_WARNING = (
+    "No VAE given: decoding with framepipe's embedded tiny VAE, which knows only procedural clips; "
+    "for latents of a real Wan model, pass its VAE (--vae / vae=)."
+)
 
 Mode = Literal["async", "sync"]
 MODES: tuple[str, ...] = ("async", "sync")
@@ -35,6 +42,7 @@ class DecodeResult:
     device memory. ``frames_per_video`` is the first input's; ``total_frames`` counts them all."""
 
     mode: str
+    model: str
     device: str
     dtype: str
     videos: int
@@ -138,6 +146,7 @@ def decode_many(
         if not _is_sinks(output):
             _check_not_an_input(Path(output), sources)
 
+    embedded = vae is None and arch is None
     if vae is None or isinstance(vae, str | os.PathLike):
         vae = load_vae(vae, arch=arch, dtype=dtype, device=device, seed=seed)
     param = next(vae.parameters())
@@ -154,7 +163,9 @@ def decode_many(
     def prepare(index: int) -> Job:
         latents, output = inputs[index]
         name = f"input {index}" if isinstance(latents, torch.Tensor) else str(latents)
-        latents = _prepare(latents if isinstance(latents, torch.Tensor) else load_latents(latents), vae, latent_format)
+        latents = _prepare(
+            latents if isinstance(latents, torch.Tensor) else load_latents(latents), vae, latent_format, name
+        )
         g = geometry(vae, tuple(latents.shape), latent_frames_per_chunk=latent_frames_per_chunk)
         if sizes and (g.batch, g.height, g.width) != (sizes[0].batch, sizes[0].height, sizes[0].width):
             first = sizes[0]
@@ -180,6 +191,8 @@ def decode_many(
     start = time.perf_counter()
     try:
         first = prepare(0)  # the first input sizes the async ring
+        if embedded:  # said once the first input has passed its checks, so an error stays one line
+            warnings.warn(EMBEDDED_WARNING, UserWarning, stacklevel=3)
 
         def jobs() -> Iterator[Job]:
             yield first
@@ -206,6 +219,7 @@ def decode_many(
     seconds = time.perf_counter() - start
     return DecodeResult(
         mode=mode,
+        model=model_name(vae),
         device=str(torch_device),
         dtype=str(torch_dtype).removeprefix("torch."),
         videos=sum(g.batch for g in sizes),
@@ -236,10 +250,19 @@ def outputs_for(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathL
     )
 
 
-def _prepare(latents: torch.Tensor, vae, latent_format: str) -> torch.Tensor:
+def _prepare(latents: torch.Tensor, vae, latent_format: str, name: str) -> torch.Tensor:
     """Check the latents against the VAE and bring them to its device and dtype, de-normalized."""
     param = next(vae.parameters())
-    latents = check_latents(latents, z_dim=vae.config.z_dim).to(param.device)
+    latents = check_latents(latents, z_dim=vae.config.z_dim)
+    if latent_format == "pipeline" and looks_raw(latents, vae.config.latents_mean, vae.config.latents_std):
+        warnings.warn(
+            f"The latents of {name} look like raw latents (already de-normalized: their statistics match the VAE's "
+            "latents_mean/latents_std, not 0 and 1); de-normalizing them again gives a washed-out video. "
+            "If they come from vae.encode(), use --latent-format raw (latent_format='raw').",
+            UserWarning,
+            stacklevel=4,
+        )
+    latents = latents.to(param.device)
     if latent_format == "pipeline":
         return denormalize(latents, vae.config.latents_mean, vae.config.latents_std, dtype=param.dtype)
     return latents.to(param.dtype)

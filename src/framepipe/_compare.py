@@ -16,7 +16,7 @@ import torch
 
 from ._api import decode
 from ._latents import check_latents, denormalize
-from ._models import move_vae, resolve_dtype
+from ._models import model_name, move_vae, resolve_dtype
 from ._postprocess import to_uint8_frames
 from ._quality import frame_error
 from .sinks import ArraySink
@@ -63,6 +63,7 @@ def compare(
     pairs = zip(reference, candidate, strict=True)
     per_video = [frame_error(torch.from_numpy(r), torch.from_numpy(c)).to_dict() for r, c in pairs]
     return {
+        "model": model_name(vae),
         "reference": {"path": "diffusers AutoencoderKLWan.decode", "dtype": "float32", "device": str(param.device)},
         "candidate": {
             "path": f"framepipe {mode}",

@@ -163,3 +163,23 @@ def random_latents(vae, shape: tuple[int, int, int, int], *, seed: int = 0) -> t
     (for benchmarks: they decode to noise)."""
     b, t, h, w = shape
     return torch.randn(b, vae.config.z_dim, t, h, w, generator=torch.Generator().manual_seed(seed))
+
+
+def looks_raw(latents: torch.Tensor, latents_mean: list[float], latents_std: list[float]) -> bool:
+    """Whether latents given in pipeline format (normalized: about 0 +- 1 per channel) look raw
+    instead: their per-channel mean and spread match the VAE's ``latents_mean``/``latents_std``
+    far better than 0 and 1. De-normalizing raw latents again decodes a washed-out video with no
+    error, so the caller warns. (Too few values, or statistics near 0 and 1, never look raw.)"""
+    # latents: [B, C, T, H, W]
+    z = latents.detach().float().transpose(0, 1).reshape(latents.shape[1], -1)
+    if z.shape[1] < 64:
+        return False
+    mean, std = z.mean(dim=1), z.std(dim=1).clamp_min(1e-6)
+    want_mean = torch.tensor(latents_mean, dtype=torch.float32, device=z.device)
+    want_std = torch.tensor(latents_std, dtype=torch.float32, device=z.device)
+
+    def misfit(m: torch.Tensor, s: torch.Tensor) -> float:
+        return float((torch.log(std / s) ** 2 + ((mean - m) / s) ** 2).mean())
+
+    as_pipeline, as_raw = misfit(torch.zeros_like(mean), torch.ones_like(std)), misfit(want_mean, want_std)
+    return as_raw < 0.1 and as_pipeline > max(0.1, 4 * as_raw)

@@ -91,6 +91,11 @@ def describe_vae(checkpoint: str | Path | None, arch: str | None, seed: int = 0)
     return f"random {arch} (seed {seed})" if arch else "embedded tiny-wan2.1 (trained)"
 
 
+def model_name(vae: AutoencoderKLWan) -> str:
+    """Which VAE this is, for reports: what ``load_vae`` recorded, or "a caller's AutoencoderKLWan"."""
+    return getattr(vae, "framepipe_model", None) or f"a caller's AutoencoderKLWan (z_dim {vae.config.z_dim})"
+
+
 def random_vae(arch: str = "wan2.1", *, seed: int = 0) -> AutoencoderKLWan:
     """An ``AutoencoderKLWan`` of a known architecture with seeded random weights (for benchmarks)."""
     if arch not in ARCHITECTURES:
@@ -137,6 +142,7 @@ def load_vae(
         vae = _load_checkpoint(Path(checkpoint))
         if arch is not None:
             _check_arch(vae, arch, checkpoint)
+    vae.framepipe_model = describe_vae(checkpoint, arch, seed)
     try:
         return move_vae(vae, device=torch_device, dtype=torch_dtype)
     except torch.OutOfMemoryError as e:

@@ -337,7 +337,7 @@ def _decode(args: argparse.Namespace) -> int:
         print(
             f"wrote {', '.join(result.outputs)}: {sizes} of {result.height}x{result.width} (HxW) in "
             f"{result.seconds:.2f} s ({result.frames_per_second:.1f} frames/s, {result.mode}, {result.device}, "
-            f"{result.dtype}{vram})"
+            f"{result.dtype}{vram}; model: {result.model})"
         )
     return 0
 
@@ -355,6 +355,15 @@ def _bench_latents(args: argparse.Namespace, vae, device) -> Any:
     return random_latents(vae, latent_shape(vae, frames=frames, height=height, width=width), seed=args.seed)
 
 
+def _warn_if_embedded_on_user_latents(args: argparse.Namespace) -> None:
+    """bench and compare make their own latents by default; given a user's, the embedded VAE is
+    almost surely the wrong model, so say it once."""
+    if args.latents and not args.vae and not args.arch:
+        from ._api import EMBEDDED_WARNING
+
+        warnings.warn(EMBEDDED_WARNING, UserWarning, stacklevel=2)
+
+
 def _bench(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -362,6 +371,7 @@ def _bench(args: argparse.Namespace) -> int:
     from .bench import format_table, run_bench
 
     device = resolve_device(args.device)
+    _warn_if_embedded_on_user_latents(args)
     vae = load_vae(args.vae, arch=args.arch, dtype=args.dtype, device=device, seed=args.seed)
     latents = _bench_latents(args, vae, device)
 
@@ -419,6 +429,7 @@ def _compare(args: argparse.Namespace) -> int:
     from ._latents import load_latents, random_latents
     from ._models import load_vae
 
+    _warn_if_embedded_on_user_latents(args)
     vae = load_vae(args.vae, arch=args.arch, dtype="float32", device=args.device, seed=args.seed)
     latent_format = args.latent_format
     if args.latents:
@@ -438,6 +449,7 @@ def _compare(args: argparse.Namespace) -> int:
     e, ref, cand = report["error"], report["reference"], report["candidate"]
     psnr = "identical (inf)" if e["psnr_db"] is None else f"{e['psnr_db']:.2f} dB"
     print(f"latents: {source}")
+    print(f"model: {report['model']}")
     print(f"reference: {ref['path']}, {ref['dtype']}, {ref['device']}")
     print(f"candidate: {cand['path']}, {cand['dtype']}, {cand['device']}")
     print(
