@@ -265,6 +265,7 @@ def test_demo(tmp_path):
     assert proc.returncode == 0, err
     report = json.loads(out)
     assert report["mode"] == "async" and report["device"] == "cpu" and report["psnr_db"] > 26
+    assert report["demo_seconds"] >= report["seconds"] > 0  # the whole demo, and the decode within it
     with av.open(str(tmp_path / "framepipe-demo.mp4")) as c:
         frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
     assert len(frames) == 33 and frames[0].shape == (256, 512, 3)
@@ -315,3 +316,11 @@ def test_raw_latents_given_as_pipeline_latents_are_warned_about(tmp_path, recwar
     assert not [w for w in recwarn if "look like raw latents" in str(w.message)]
     with pytest.warns(UserWarning, match="look like raw latents.*--latent-format raw"):
         framepipe_decode(raw, tmp_path / "c.npy", vae=vae)
+
+
+def test_the_demo_says_what_each_phase_is_doing(tmp_path, capsys):
+    code, out, err = _run(capsys, "demo", "--frames", "5", "--size", "32", "-o", tmp_path / "d.mp4")
+    assert code == 0
+    phases = [line for line in err.splitlines() if line.startswith("framepipe demo: ")]
+    assert [p.split(": ", 1)[1].split(" ")[0] for p in phases] == ["framepipe's", "drawing", "encoding", "decoding"]
+    assert "The decode took" in out and "the whole demo, drawing and encoding the clip included" in out

@@ -8,6 +8,8 @@ into one video, measuring the reconstruction's PSNR on the way. No file, GPU or 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -74,10 +76,12 @@ class SideBySideSink:
 
 @dataclass
 class DemoResult:
-    """What ``run_demo`` did: the decode's own result, and the reconstruction's PSNR in dB."""
+    """What ``run_demo`` did: the decode's own result, the reconstruction's PSNR in dB, and the
+    whole demo's wall time (drawing, encoding and decoding)."""
 
     decode: DecodeResult
     psnr_db: float
+    seconds: float
 
 
 def run_demo(
@@ -88,15 +92,22 @@ def run_demo(
     size: int = 256,
     seed: int = 0,
     video: VideoSettings | None = None,
+    on_phase: Callable[[str], None] | None = None,
     **decode_options,
 ) -> DemoResult:
     """Encode a procedural ``frames`` x ``size`` x ``size`` clip with ``vae``, decode it through
     ``decode`` (async by default; ``decode_options`` as ``decode_many`` takes them) and write
-    original | reconstruction to ``output`` with the ``video`` settings."""
+    original | reconstruction to ``output`` with the ``video`` settings. ``on_phase(words)`` is
+    told when each phase before the decode starts (the decode has its own progress bar)."""
+    start = time.perf_counter()
+    say = on_phase or (lambda words: None)
     latent_shape(vae, frames=frames, height=size, width=size)  # checks the size before any work
     inner = open_sink(output, video)  # a bad output path fails here, before any work
+    say(f"drawing a procedural {frames}-frame {size}x{size} clip")
     clip = synth_clips(1, frames, size, size, seed=seed)
     sink = SideBySideSink(inner, to_uint8_frames(clip)[0].numpy())
+    say("encoding it to latents with the VAE's encoder (on a CPU, the longest phase)")
     latents = clip_latents(vae, clip)
+    say("decoding the latents through the pipeline and writing original | decoded")
     result = decode(latents, sink, vae=vae, latent_format="raw", **decode_options)
-    return DemoResult(decode=result, psnr_db=sink.psnr_db)
+    return DemoResult(decode=result, psnr_db=sink.psnr_db, seconds=time.perf_counter() - start)
