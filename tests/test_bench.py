@@ -224,3 +224,13 @@ def test_bench_cli_refuses_bad_concurrent_videos(value, capsys):
         main(["bench", "--modes", "async-stream", "--concurrent-videos", value])
     assert exit_info.value.code == 2
     assert "expected one or more whole numbers >= 1" in capsys.readouterr().err
+
+
+def test_the_table_has_no_saving_column_without_a_baseline():
+    from framepipe.bench import format_table
+
+    results = [ModeResult(mode=m, seconds=[1.0, 1.2], frames=81, videos=1, peak_vram_gib=None,
+                          peak_host_extra_gib=0.0, d2h_gb=0.0) for m in ("async", "gpu-only")]  # fmt: skip
+    rows = summarize(results, video_fps=16, price_per_hour=4.0, baseline=None)
+    table = format_table(rows, price_per_hour=4.0, baseline=None)
+    assert "$/1000h" in table and "saving" not in table and "None" not in table

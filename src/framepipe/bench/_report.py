@@ -99,8 +99,9 @@ def format_table(rows: list[dict[str, Any]], *, price_per_hour: float | None, ba
 
     head = ["mode", "min s", "mean s", "P99 s", "max s", "frames/s", "x gpu-only", "kernel util", "GPU busy",
             "VRAM GiB", "host+ GiB", "D2H GB", "GPU-s/video-s"]  # fmt: skip
+    saving = price_per_hour is not None and baseline is not None  # a saving needs a baseline (diffusers or sync)
     if price_per_hour is not None:
-        head += ["$/1000h", f"saving vs {baseline}"]
+        head += ["$/1000h", *([f"saving vs {baseline}"] if saving else [])]
     lines = [head]
     for r in rows:
         line = [r["mode"], f(r["min_s"], ".3f"), f(r["mean_s"], ".3f"), f(r["p99_s"], ".3f"), f(r["max_s"], ".3f"),
@@ -109,8 +110,9 @@ def format_table(rows: list[dict[str, Any]], *, price_per_hour: float | None, ba
                 f(r["peak_vram_gib"], ".2f"), f(r["peak_host_extra_gib"], ".2f"), f(r["d2h_gb"], ".3f"),
                 f(r["gpu_s_per_video_s"], ".3f")]  # fmt: skip
         if price_per_hour is not None:
-            key = "saving_usd_per_1000h_vs_" + (baseline or "").replace("-", "_")
-            line += [f(r["usd_per_1000h"], ".0f"), f(r.get(key), "+.0f")]
+            line.append(f(r["usd_per_1000h"], ".0f"))
+        if saving:
+            line.append(f(r.get("saving_usd_per_1000h_vs_" + baseline.replace("-", "_")), "+.0f"))
         lines.append(line)
     widths = [max(len(str(line[i])) for line in lines) for i in range(len(head))]
 
