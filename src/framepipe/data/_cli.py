@@ -54,8 +54,8 @@ def add_parsers(sub) -> None:
 
     f = sub.add_parser("feed-bench", help="samples/s and data-wait share: per-file GETs vs framepipe vs local disk")
     f.add_argument("--files", type=int, default=200_000, help="synthetic small files (default 200000)")
-    f.add_argument("--min-kb", type=int, default=4)
-    f.add_argument("--max-kb", type=int, default=32)
+    f.add_argument("--min-kb", type=int, default=4, help="smallest file, KB (default 4)")
+    f.add_argument("--max-kb", type=int, default=32, help="largest file, KB (default 32)")
     f.add_argument("--batch", type=int, default=256, help="samples per training step (default 256)")
     f.add_argument("--step-ms", type=float, default=50.0, help="simulated training step (default 50 ms)")
     f.add_argument("--steps", type=int, default=200, help="training steps measured per mode (default 200)")
@@ -65,8 +65,8 @@ def add_parsers(sub) -> None:
     f.add_argument("--modes", default=",".join(_modes()), help="comma-separated subset of the modes")
     f.add_argument("--workdir", default=None, help="keep local shards and caches here (default: a temp folder)")
     f.add_argument("--endpoint-url", default=None, help="use this S3 server (default: start a local SeaweedFS)")
-    f.add_argument("--quiet", action="store_true")
-    f.add_argument("--json", action="store_true")
+    f.add_argument("--quiet", action="store_true", help="no progress or summary")
+    f.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
 def _modes():
@@ -139,9 +139,13 @@ def _feed_bench(args: argparse.Namespace) -> int:
         raise FramepipeError(f"unknown --modes {', '.join(unknown)}; choose from {', '.join(MODES)}")
     progress = None
     if not (args.quiet or args.json):
+        data_gib = args.files * (args.min_kb + args.max_kb) / 2 / 2**20
+        print(f"feed-bench: {args.files} files of {args.min_kb}-{args.max_kb} KB, about {data_gib:.2f} GiB, held "
+              f"three times on disk while it runs (the objects, their shards, a local copy): about "
+              f"{3 * data_gib:.2f} GiB; --files sets the size", file=sys.stderr)  # fmt: skip
 
         def progress(what: str, done: int, total: int) -> None:
-            end = "\n" if done == total or what.endswith(("feed", "train")) else ""
+            end = "\n" if done >= total else ""
             print(f"\r{what}: {done}/{total}", end=end, file=sys.stderr, flush=True)
 
     report = feed_bench(files=args.files, min_kb=args.min_kb, max_kb=args.max_kb, batch=args.batch,

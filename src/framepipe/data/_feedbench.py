@@ -90,7 +90,14 @@ def _make_files(store: S3Store, files: int, min_kb: int, max_kb: int, seed: int,
     return int(sizes.sum())
 
 
-def _measure(batches: Callable[[], object], *, steps: int | None, batch: int, step_seconds: float) -> dict:
+def _measure(
+    batches: Callable[[], object],
+    *,
+    steps: int | None,
+    batch: int,
+    step_seconds: float,
+    on_batch: Callable[[int], None] | None = None,
+) -> dict:
     """Run ``steps`` batches; with a step, the caller sleeps ``step_seconds`` after each batch.
 
     The first batch (starting worker processes, opening the first shards) is timed on its own;
@@ -107,6 +114,8 @@ def _measure(batches: Callable[[], object], *, steps: int | None, batch: int, st
                 break
             waited += time.perf_counter() - t
             n += 1
+            if on_batch is not None:
+                on_batch(n)
             if n == 1:
                 first = time.perf_counter() - start
                 waited = 0.0
@@ -199,6 +208,16 @@ def _run(
 
     caches = root / "caches"
     rows = []
+    epoch_batches = -(-index.num_samples // batch)
+
+    def tell(what: str, count: int | None) -> Callable[[int], None] | None:
+        """A per-batch progress callback for a phase of ``count`` batches (None: one whole epoch)."""
+        if progress is None:
+            return None
+        total = min(count, epoch_batches) if count else epoch_batches
+        progress(what, 0, total)
+        return lambda done: progress(what, done, total) if done % 8 == 0 or done >= total else None
+
     for mode in modes:
         row = {"mode": mode}
         for phase, step_s, count in (("feed", 0.0, feed_steps), ("train", step_ms / 1000, steps)):
@@ -212,7 +231,7 @@ def _run(
                 cache = caches / "warm"
                 if not cache.exists():  # warm it: one full pass over the shards this run reads
                     _measure(lambda c=cache: framepipe_loader(packed_url, c), steps=steps, batch=batch,
-                             step_seconds=0)  # fmt: skip
+                             step_seconds=0, on_batch=tell(f"{mode} warm-up", steps))  # fmt: skip
                 make = lambda cache=cache: framepipe_loader(packed_url, cache)  # noqa: E731
             elif mode == "local-disk":
                 make = lambda: framepipe_loader(str(local_dir), None)  # noqa: E731
@@ -225,9 +244,7 @@ def _run(
                 make = webdataset_loader
             else:
                 raise ValueError(f"unknown feed-bench mode {mode!r}; choose from {', '.join(MODES)}")
-            if progress:
-                progress(f"{mode} {phase}", 0, count or 0)
-            m = _measure(make, steps=count, batch=batch, step_seconds=step_s)
+            m = _measure(make, steps=count, batch=batch, step_seconds=step_s, on_batch=tell(f"{mode} {phase}", count))
             if phase == "feed":
                 row["samples_per_s"] = round((m["samples"] - batch) / max(m["steady_seconds"], 1e-9), 1)
                 row["first_batch_seconds"] = m["first_batch_seconds"]
