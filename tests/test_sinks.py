@@ -218,3 +218,13 @@ def test_an_option_value_the_encoder_cannot_parse_is_an_error(tmp_path):
     write_all(
         VideoFileSink(tmp_path / "ok.mp4", VideoSettings(encoder_options={"x264-params": "keyint=5"})), _frames(n=2)
     )
+
+
+def test_x265_keeps_quiet_unless_asked(tmp_path, capfd):
+    assert VideoSettings(codec="libx265").codec_options["x265-params"] == "log-level=error"
+    assert (
+        VideoSettings(codec="libx265", encoder_options={"x265-params": "keyint=5"}).codec_options["x265-params"]
+        == "keyint=5:log-level=error"
+    )
+    write_all(VideoFileSink(tmp_path / "h.mp4", VideoSettings(codec="libx265", preset="ultrafast")), _frames(n=2))
+    assert "x265 [info]" not in capfd.readouterr().err

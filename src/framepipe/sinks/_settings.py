@@ -87,6 +87,10 @@ class VideoSettings:
                 options.setdefault("preset", self.preset)
         elif self.preset is not None and self.codec.endswith("_nvenc"):
             options.setdefault("preset", self.preset)
+        if self.codec == "libx265" and "log-level" not in options.get("x265-params", ""):
+            # x265 prints its own banner (25 lines) to stderr; errors still come through.
+            params = options.get("x265-params", "")
+            options["x265-params"] = f"{params}:log-level=error" if params else "log-level=error"
         return options
 
     def to_dict(self) -> dict[str, Any]:
