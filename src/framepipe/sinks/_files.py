@@ -5,6 +5,7 @@ Each writes under a hidden name beside its destination and renames it into place
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 from pathlib import Path
@@ -96,10 +97,7 @@ class NpySink:
             self._array = np.lib.format.open_memmap(
                 self._tmp, mode="w+", dtype=np.uint8, shape=(frames, height, width, 3)
             )
-            # A memory-mapped file is sparse: a full disk would surface as SIGBUS at some later
-            # write. Reserving its blocks now turns that into an error here.
-            with open(self._tmp, "r+b") as f:
-                os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+            _reserve(self._tmp)
         except OSError as e:
             self._array = None
             remove_path(self._tmp)
@@ -153,3 +151,17 @@ class ArraySink:
 
     def abort(self) -> None:
         self.frames = None
+
+
+def _reserve(path: Path) -> None:
+    """Allocate ``path``'s blocks now. A memory-mapped file is sparse, so a full disk would surface
+    as SIGBUS at some later write; reserving turns it into an ``OSError`` here. Where the file
+    system cannot reserve (no ``posix_fallocate``, or it refuses the call), nothing is done."""
+    if not hasattr(os, "posix_fallocate"):
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise
