@@ -485,3 +485,24 @@ def test_missing_s3_credentials_are_one_line():
 
     with pytest.raises(DataError, match=r"s3://b/p/k: no S3 credentials; set AWS_ACCESS_KEY_ID"):
         S3Store("b", "p")._call("k", no_credentials)
+
+
+def test_local_s3_command_serves_until_interrupted(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "framepipe", "local-s3"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
+    try:
+        line = proc.stdout.readline()  # the export line, once the server answers
+        env = dict(part.split("=", 1) for part in line.split()[1:])
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        store = open_store("s3://try-it/data", endpoint_url=env["AWS_ENDPOINT_URL"])
+        store.ensure_bucket()
+        store.write("hello.txt", b"hi")
+        assert store.read("hello.txt") == b"hi"
+    finally:
+        proc.send_signal(2)  # SIGINT, as Ctrl-C
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0 and "stopped" in err

@@ -7,7 +7,7 @@ import dataclasses
 import json
 import sys
 
-COMMANDS = ("pack", "snapshot", "restore", "feed-bench")
+COMMANDS = ("pack", "snapshot", "restore", "feed-bench", "local-s3")
 
 
 def _size(text: str) -> int:
@@ -33,7 +33,8 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("pack", help="pack a tree (or s3:// prefix, or WebDataset .tar shards) of small files into "
                                     "indexed tar shards")  # fmt: skip
     p.add_argument("src", help="folder or s3://bucket/prefix of files (sample key = path up to the first dot)")
-    p.add_argument("dest", help="folder or s3://bucket/prefix for the shards and index.json")
+    p.add_argument("dest", help="folder or s3://bucket/prefix (not inside src) for the shards, index.json and "
+                                "pack-plan.json (the plan a re-run resumes from)")  # fmt: skip
     p.add_argument("--shard-size", type=_size, default=64 << 20, help="target bytes per shard (default 64M)")
     p.add_argument("--shard-samples", type=int, default=100_000, help="at most this many samples per shard")
     _store_options(p, two=True)
@@ -51,6 +52,12 @@ def add_parsers(sub) -> None:
         "--verify", action="store_true", help="check objects already in a bucket by content, not stored SHA-256"
     )
     _store_options(r, two=True)
+
+    sub.add_parser(
+        "local-s3",
+        help="start a throwaway S3 server (SeaweedFS) on loopback to try s3:// URLs; prints the variables to "
+        "export; its data is discarded when it stops (Ctrl-C)",
+    )
 
     f = sub.add_parser("feed-bench", help="samples/s and data-wait share: per-file GETs vs framepipe vs local disk")
     f.add_argument("--files", type=int, default=200_000, help="synthetic small files (default 200000)")
@@ -98,6 +105,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.command == "feed-bench":
         return _feed_bench(args)
+    if args.command == "local-s3":
+        return _local_s3()
     progress = _progress(args, "shards" if args.command == "pack" else "objects")
     common = dict(endpoint_url=args.endpoint_url, dest_endpoint_url=args.dest_endpoint_url, workers=args.workers,
                   progress=progress)  # fmt: skip
@@ -172,4 +181,25 @@ def _feed_bench(args: argparse.Namespace) -> int:
         "samples/s and data wait are steady state, after the first batch; data wait is the share of a "
         "training step's time spent blocked on the loader."
     )
+    return 0
+
+
+def _local_s3() -> int:
+    """Serve a throwaway S3 endpoint until Ctrl-C or SIGTERM; print what to export to use it."""
+    import time
+
+    from ._seaweed import ACCESS_KEY, SECRET_KEY, LocalS3
+
+    print("framepipe: starting a local S3 server (SeaweedFS) on loopback ...", file=sys.stderr, flush=True)
+    with LocalS3() as endpoint:
+        print(f"export AWS_ENDPOINT_URL={endpoint} AWS_ACCESS_KEY_ID={ACCESS_KEY} "
+              f"AWS_SECRET_ACCESS_KEY={SECRET_KEY} AWS_DEFAULT_REGION=us-east-1", flush=True)  # fmt: skip
+        print(f"framepipe: serving s3:// at {endpoint}; run the export line above in another shell, then e.g. "
+              "framepipe pack FOLDER s3://bucket/data. Ctrl-C stops it and discards its data.",
+              file=sys.stderr, flush=True)  # fmt: skip
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("framepipe: local S3 server stopped; its data is gone.", file=sys.stderr)
     return 0
