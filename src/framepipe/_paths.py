@@ -67,10 +67,12 @@ def is_work_in_progress(name: str) -> bool:
     return name.startswith(".") and ".partial" in name and bool(re.search(r"\.partial(\.|$)", name))
 
 
-def temporary_sibling(path: Path) -> Path:
-    """A new hidden name beside ``path`` (same suffix) for its work in progress. Work in progress
-    that a dead process left for the same ``path`` is removed first."""
-    remove_stale(path.parent, f".{path.name}.")
+def temporary_sibling(path: Path, *, clean: bool = True) -> Path:
+    """A new hidden name beside ``path`` (same suffix) for its work in progress. With ``clean``,
+    work in progress that a dead process left for the same ``path`` is removed first (a listing of
+    the folder; a caller that never writes the name passes False)."""
+    if clean:
+        remove_stale(path.parent, f".{path.name}.")
     return path.with_name(f".{path.name}.{_owner()}{uuid.uuid4().hex[:8]}.partial{path.suffix}")
 
 

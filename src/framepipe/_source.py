@@ -133,7 +133,7 @@ def minimum_decode_bytes(vae: AutoencoderKLWan, g: VideoGeometry, dtype: torch.d
     cache holds (measured peaks are 2-4 times this: 8.9 GiB for Wan 2.1 at 480x832 in fp32)."""
     width = vae.config.get("decoder_base_dim") or vae.config.base_dim
     frames = g.max_chunk_frames + 2
-    return 3 * g.batch * width * frames * g.height * g.width * torch.empty((), dtype=dtype).element_size()
+    return 3 * g.batch * width * frames * g.height * g.width * dtype.itemsize
 
 
 def free_bytes(device: torch.device) -> int | None:

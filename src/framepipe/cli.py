@@ -86,6 +86,11 @@ def _sizes(count: int, example: str):
 # -- the parser -----------------------------------------------------------------------------------
 
 
+def _add_model_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--vae", default=None, help=VAE_HELP)
+    p.add_argument("--arch", default=None, choices=ARCH_CHOICES, help=ARCH_HELP)
+
+
 def _add_video_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("video output (VideoSettings)")
     g.add_argument("--fps", type=float, default=16.0, help="output frame rate (default 16)")
@@ -154,8 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="output: .mp4/.mov/.mkv, .npy, or a folder name for PNG frames; a batch of B videos "
         "becomes name_0.mp4, name_1.mp4, ... (or put {index} in the name)",
     )
-    d.add_argument("--vae", default=None, help=VAE_HELP)
-    d.add_argument("--arch", default=None, choices=ARCH_CHOICES, help=ARCH_HELP)
+    _add_model_options(d)
     d.add_argument(
         "--latent-format",
         choices=("pipeline", "raw"),
@@ -182,8 +186,7 @@ def build_parser() -> argparse.ArgumentParser:
         "min/mean/P99/max seconds, frames/s, ratio to gpu-only, kernel utilization (separate "
         "profiled run), peak VRAM, peak host memory, bytes copied device-to-host and cost.",
     )
-    b.add_argument("--vae", default=None, help=VAE_HELP)
-    b.add_argument("--arch", default=None, choices=ARCH_CHOICES, help=ARCH_HELP)
+    _add_model_options(b)
     b.add_argument("--latents", default=None, help="latent file in pipeline format (default: seeded random latents)")
     b.add_argument(
         "--shape",
@@ -262,8 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=(17, 128, 128),
         help="FxHxW of the default procedural clip (default 17x128x128)",
     )
-    c.add_argument("--vae", default=None, help=VAE_HELP)
-    c.add_argument("--arch", default=None, choices=ARCH_CHOICES, help=ARCH_HELP)
+    _add_model_options(c)
     c.add_argument(
         "--latent-format",
         choices=("pipeline", "raw"),

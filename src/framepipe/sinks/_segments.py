@@ -50,6 +50,7 @@ class _PacketSink(VideoFileSink):
 
     packets: list
     stream = None
+    writes_file = False  # its container is never started: no file, so no folder to clean before it
 
     def open(self, *, frames: int, height: int, width: int) -> None:
         super().open(frames=frames, height=height, width=width)

@@ -36,6 +36,8 @@ class VideoFileSink:
             ``segment_frames`` does not apply here (``open_sink`` picks ``SegmentedVideoSink`` for it).
     """
 
+    writes_file = True  # False for a segment's encoder, whose packets stay in memory
+
     def __init__(self, path: str | os.PathLike[str], settings: VideoSettings | None = None) -> None:
         self.path = check_video_path(Path(path))
         self.settings = settings or VideoSettings()
@@ -52,7 +54,7 @@ class VideoFileSink:
             raise EncoderError(f"yuv420p needs even frame sizes, got {width}x{height}.")
         codec, options = self.settings.codec, self.settings.codec_options
         self._height, self._width = height, width
-        self._tmp = temporary_sibling(self.path)
+        self._tmp = temporary_sibling(self.path, clean=self.writes_file)
         try:
             self._container = av.open(str(self._tmp), mode="w")
         except OSError as e:
