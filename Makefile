@@ -7,8 +7,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-slow test-lowest lint clean
 
+# torch comes from PyTorch's CPU index first (a plain-PyPI torch on Linux is the CUDA build, GBs of
+# it); where that index is out of reach, a local wheel of the same build (pip's find-links) serves.
+TORCH_CPU ?= torch==2.13.0+cpu
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
+
 $(STAMP): pyproject.toml requirements-cpu.txt
 	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --retries 1 --no-deps --index-url $(TORCH_INDEX) "$(TORCH_CPU)"
 	$(BIN)/python -m pip install --quiet -r requirements-cpu.txt
 	touch $@
 
