@@ -1,4 +1,14 @@
-"""Loading VAEs from the layouts users download, written here from small models."""
+"""Loading VAEs from the layouts users download.
+
+The original Wan and ComfyUI layouts are checked against key names and shapes recorded from the Wan
+repositories' own VAE modules, and against diffusers' own conversion of them
+(tests/fixtures/wan-checkpoint-layouts.json, written by scripts/record_checkpoint_layouts.py), not
+against an inversion of framepipe's mapping.
+"""
+
+import inspect
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,7 +16,24 @@ from safetensors.torch import save_file
 
 from conftest import small_vae
 from framepipe import CheckpointError, load_vae
-from helpers import to_original_layout
+from framepipe._checkpoint import detect_layout, infer_config, to_diffusers
+
+LAYOUTS = json.loads((Path(__file__).parent / "fixtures" / "wan-checkpoint-layouts.json").read_text())
+# diffusers' AutoencoderKLWan arguments for the small configurations recorded in the fixture.
+SMALL_DIFFUSERS = {
+    "wan2.1": dict(base_dim=8, z_dim=16),
+    "wan2.2": dict(
+        base_dim=8, decoder_base_dim=16, z_dim=48, in_channels=12, out_channels=12,
+        is_residual=True, patch_size=2, scale_factor_spatial=16,
+    ),
+}  # fmt: skip
+
+
+def upstream_state(version: str, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Seeded tensors under exactly the keys and shapes of the Wan repository's module (small config)."""
+    g = torch.Generator().manual_seed(seed)
+    tensors = LAYOUTS[version]["small"]["tensors"]
+    return {k: torch.randn(shape, generator=g) * 0.2 for k, shape in sorted(tensors.items())}
 
 
 def _assert_same_weights(a, b):
@@ -23,19 +50,51 @@ def test_diffusers_folder_and_pipeline_folder(tmp_path, version):
     _assert_same_weights(load_vae(tmp_path, device="cpu"), vae)  # a pipeline folder holding vae/
 
 
+def test_release_layouts_as_their_sources_define_them(version):
+    """The full-size release keys and shapes (meta tensors): detected, sized and named as diffusers does."""
+    layout = LAYOUTS[version]
+    state = {k: torch.empty(shape, device="meta") for k, shape in layout["release"]["tensors"].items()}
+    assert all(marker in state for marker in layout["comfyui_markers"])  # what ComfyUI keys these files off
+    assert detect_layout(state) == "original"
+    config = infer_config(state, "original")
+    from diffusers import AutoencoderKLWan
+
+    defaults = {n: p.default for n, p in inspect.signature(AutoencoderKLWan.__init__).parameters.items()}
+    expected = {**defaults, **layout["diffusers_config"]}
+    expected["decoder_base_dim"] = expected["decoder_base_dim"] or expected["base_dim"]  # None: the same
+    for key, value in config.items():  # clip_output (newer diffusers) is moot: the uint8 rule clamps anyway
+        assert value == expected[key], key
+    assert config["base_dim"] == layout["release"]["config"]["dim"]
+    renamed = to_diffusers(state, "original", residual=config["is_residual"])
+    origin = {id(v): k for k, v in state.items()}
+    assert {origin[id(v)]: k for k, v in renamed.items()} == layout["diffusers_names"]
+    with torch.device("meta"):
+        vae = AutoencoderKLWan(**config)
+    vae.load_state_dict(renamed, strict=True, assign=True)  # every name and shape, both ways
+
+
 @pytest.mark.parametrize("fmt", ["pth", "safetensors"])
-def test_single_file_original_and_comfyui_layouts(tmp_path, version, fmt):
-    vae = small_vae(version)
-    state = to_original_layout(vae.state_dict(), residual=version == "wan2.2")
+def test_original_and_comfyui_files_decode_as_diffusers_converts_them(tmp_path, version, fmt):
+    """A file with the upstream keys (.pth as released, .safetensors as ComfyUI repackages it) decodes
+    to the same frames as the same weights put through diffusers' own conversion."""
+    from diffusers import AutoencoderKLWan
+
+    state = upstream_state(version)
     path = tmp_path / f"{version}_vae.{fmt}"
     if fmt == "pth":
         torch.save(state, path)
     else:
-        save_file({k: v.contiguous() for k, v in state.items()}, path)
+        save_file(state, path)
     loaded = load_vae(path, device="cpu")
-    _assert_same_weights(loaded, vae)
-    assert loaded.config.z_dim == vae.config.z_dim
-    assert loaded.config.latents_mean == vae.config.latents_mean
+    names = LAYOUTS[version]["diffusers_names"]
+    reference = AutoencoderKLWan(**SMALL_DIFFUSERS[version]).eval()
+    reference.load_state_dict({names[k]: v for k, v in state.items()}, strict=True)
+    _assert_same_weights(loaded, reference)
+    z = torch.randn(1, loaded.config.z_dim, 3, 4, 6, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        ours, theirs = loaded.decode(z).sample, reference.decode(z).sample
+    assert torch.isfinite(theirs).all() and theirs.std() > 0.01
+    assert torch.equal(ours, theirs)
 
 
 def test_single_file_diffusers_layout_and_prefixed_keys(tmp_path):
@@ -85,7 +144,7 @@ def test_truncated_safetensors(tmp_path):
 
 
 def test_mismatched_checkpoint(tmp_path):
-    state = to_original_layout(small_vae("wan2.1").state_dict(), residual=False)
+    state = upstream_state("wan2.1")
     del state["decoder.head.0.gamma"]
     torch.save(state, tmp_path / "broken.pth")
     with pytest.raises(CheckpointError, match="does not match"):
