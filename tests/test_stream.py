@@ -133,7 +133,13 @@ def test_cli_several_inputs(tmp_path, capsys):
     assert main([*args, "-o", str(tmp_path / "{name}.npy"), "--mode", "sync", "--quiet"]) == 0
     assert np.load(tmp_path / "second.npy").shape[0] == 9
     assert main([*args, "-o", str(tmp_path / "x.mp4")]) == 1
-    assert "must be an existing folder or contain {name}" in capsys.readouterr().err
+    assert "must be a folder or contain {name}" in capsys.readouterr().err
+    assert main([*args, "-o", str(tmp_path / "new"), "--quiet"]) == 0  # created, as a PNG output's folder is
+    assert sorted(p.name for p in (tmp_path / "new").iterdir()) == ["first.mp4", "second.mp4"]
+    assert main([*args, "-o", str(tmp_path / "none"), "--fps", "0"]) == 1  # a failed run leaves no folder
+    assert not (tmp_path / "none").exists()
+    assert main([*args, "-o", str(tmp_path / "no" / "such")]) == 1
+    assert "no does not exist" in capsys.readouterr().err
     (tmp_path / "two").mkdir()
     assert main([*args, "-o", str(tmp_path / "two"), "--concurrent-videos", "2", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["total_frames"] == 14

@@ -235,17 +235,18 @@ def decode_many(
 
 def outputs_for(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathLike[str]) -> list[Path]:
     """One output path per input file: ``{name}`` in ``output`` is replaced by each input's stem,
-    or ``output`` is an existing folder that receives ``<stem>.mp4``."""
+    or ``output`` is a folder (existing, or a name without a suffix) that receives ``<stem>.mp4``."""
     stems = [Path(p).stem for p in inputs]
     if len(set(stems)) != len(stems):
         raise OutputError("Several inputs share a file name; their outputs would collide. Rename them.")
     output = str(output)
     if "{name}" in output:
         return [Path(output.replace("{name}", stem)) for stem in stems]
-    if Path(output).is_dir():
-        return [Path(output) / f"{stem}.mp4" for stem in stems]
+    folder = Path(output)
+    if folder.is_dir() or (not folder.exists() and not folder.suffix):
+        return [folder / f"{stem}.mp4" for stem in stems]
     raise OutputError(
-        f"With {len(stems)} inputs, the output must be an existing folder or contain {{name}} "
+        f"With {len(stems)} inputs, the output must be a folder or contain {{name}} "
         f"(e.g. out/{{name}}.mp4); got {output!r}."
     )
 

@@ -8,15 +8,18 @@ printed as one line with exit status 1; anything else is a bug and keeps its tra
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
 import sys
 import threading
 import warnings
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
-from ._errors import FramepipeError
+from ._errors import FramepipeError, OutputError
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -310,24 +313,43 @@ def _video(args: argparse.Namespace):
     )
 
 
+@contextlib.contextmanager
+def _output_folder(folder: Path | None) -> Iterator[None]:
+    """Create the outputs' folder if it is missing (as a PNG output's folder is), and remove it again
+    if the run fails before writing anything into it."""
+    if folder is None or folder.is_dir():
+        yield
+        return
+    if not folder.parent.is_dir():
+        raise OutputError(f"Cannot create output folder {folder}: {folder.parent} does not exist.")
+    folder.mkdir()
+    try:
+        yield
+    except BaseException:
+        if not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+
+
 def _decode(args: argparse.Namespace) -> int:
     from ._api import decode_many, outputs_for
 
     outputs = [args.output] if len(args.latents) == 1 else outputs_for(args.latents, args.output)
-    result = decode_many(
-        list(zip(args.latents, outputs, strict=True)),
-        vae=args.vae,
-        arch=args.arch,
-        video=_video(args),
-        mode=args.mode,
-        device=args.device,
-        dtype=args.dtype,
-        latent_format=args.latent_format,
-        slots=args.slots,
-        concurrent_videos=args.concurrent_videos,
-        progress=not args.quiet and not args.json,
-        seed=args.seed,
-    )
+    with _output_folder(Path(args.output) if len(args.latents) > 1 and "{name}" not in args.output else None):
+        result = decode_many(
+            list(zip(args.latents, outputs, strict=True)),
+            vae=args.vae,
+            arch=args.arch,
+            video=_video(args),
+            mode=args.mode,
+            device=args.device,
+            dtype=args.dtype,
+            latent_format=args.latent_format,
+            slots=args.slots,
+            concurrent_videos=args.concurrent_videos,
+            progress=not args.quiet and not args.json,
+            seed=args.seed,
+        )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
     elif not args.quiet:
