@@ -84,7 +84,7 @@ def test_bench_smoke_all_modes(tmp_path):
     report = run_bench(vae, small_latents("wan2.1", frames=3), warmup=0, runs=2, timeline_dir=tmp_path,
                        price_per_hour=3.0)  # fmt: skip
     rows = {r["mode"]: r for r in report["modes"]}
-    assert list(rows) == ["diffusers", "sync", "async", "gpu-only", "encode-only"]
+    assert list(rows) == ["diffusers", "sync", "async", "gpu-only", "diffusers-decoder", "encode-only"]
     for mode, row in rows.items():
         assert row["runs"] == 2 and 0 < row["min_s"] <= row["mean_s"] <= row["max_s"]
         assert row["kernel_utilization"] is None  # CPU: nothing to measure, and the report says so

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ._decoder import DECODERS, WanDecoderStep
 from ._errors import GPU_OUT_OF_MEMORY, CheckpointError, DeviceError, SettingsError
 from ._optional import require
 
@@ -50,33 +51,44 @@ def causal_conv_count(vae: AutoencoderKLWan) -> int:
 
 @torch.inference_mode()
 def decode_chunks(
-    vae: AutoencoderKLWan, latents: torch.Tensor, *, latent_frames_per_chunk: int = 1
+    vae: AutoencoderKLWan, latents: torch.Tensor, *, latent_frames_per_chunk: int = 1, decoder: str = "framepipe"
 ) -> Iterator[torch.Tensor]:
     """Yield decoded chunks of ``latents`` (already de-normalized, on the VAE's device and dtype).
 
     # latents: [B, C, T, H, W] -> each chunk: [B, 3, t, H*s, W*s] in [-1, 1], vae dtype, on device.
     The first chunk holds 1 + 4 (k - 1) frames, later ones 4 k, for k latent frames per chunk
-    (k = 1 by default, as diffusers). The kernels run on the current CUDA stream; nothing here
-    waits for the GPU (see ``FirstChunkCheck``).
+    (k = 1 by default, as diffusers). ``decoder``: ``"framepipe"`` (``WanDecoderStep``: the same
+    bits, fewer copies) or ``"diffusers"`` (its ``WanDecoder3d.forward`` as is). The kernels run on
+    the current CUDA stream; nothing here waits for the GPU (see ``FirstChunkCheck``).
     """
     if latent_frames_per_chunk < 1:
         raise SettingsError(f"latent_frames_per_chunk must be >= 1, got {latent_frames_per_chunk}.")
+    if decoder not in DECODERS:
+        raise SettingsError(f"Unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}.")
     unpatchify = require("diffusers.models.autoencoders.autoencoder_kl_wan", "video").unpatchify
     patch = vae.config.patch_size
-    feat_cache: list[torch.Tensor | None] = [None] * causal_conv_count(vae)
+    if decoder == "framepipe":
+        step = WanDecoderStep(vae)
+        feat_cache: list[torch.Tensor | None] = step.new_cache()
+    else:
+        feat_cache = [None] * causal_conv_count(vae)
+
+        def step(x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:
+            return vae.decoder(x, feat_cache=cache, feat_idx=[0], first_chunk=first_chunk)
+
     try:
         # As diffusers: the 1x1x1 post-quant conv runs once over the whole (small) latent video.
         x = vae.post_quant_conv(latents)
         if latents.is_cuda:  # made on another stream: its memory must not be reused before this read
             latents.record_stream(torch.cuda.current_stream(latents.device))
         num_latent = x.shape[2]
-        step = 0
+        start = 0
         check: FirstChunkCheck | None = None
-        while step < num_latent:
-            group = min(latent_frames_per_chunk, num_latent - step)
+        while start < num_latent:
+            group = min(latent_frames_per_chunk, num_latent - start)
             outs = []
-            for i in range(step, step + group):
-                outs.append(vae.decoder(x[:, :, i : i + 1], feat_cache=feat_cache, feat_idx=[0], first_chunk=(i == 0)))
+            for i in range(start, start + group):
+                outs.append(step(x[:, :, i : i + 1], feat_cache, first_chunk=(i == 0)))
             out = outs[0] if group == 1 else torch.cat(outs, dim=2)
             del outs
             if patch is not None:
@@ -85,7 +97,7 @@ def decode_chunks(
                 check = FirstChunkCheck(out)
             yield torch.clamp(out, min=-1.0, max=1.0)
             check.raise_if_bad(wait=False)
-            step += group
+            start += group
         if check is not None:
             check.raise_if_bad(wait=True)
     except torch.OutOfMemoryError as e:

@@ -128,6 +128,13 @@ def _add_run_options(p: argparse.ArgumentParser, *, demo: bool = False, mode: bo
             default="async",
             help="async: the overlapped pipeline (default); sync: the in-order reference; same frames",
         )
+        p.add_argument(
+            "--decoder",
+            choices=("framepipe", "diffusers"),
+            default="framepipe",
+            help="framepipe: diffusers' decoder modules with fewer copies and fused norm + SiLU (default); "
+            "diffusers: its decoder as is; same frames",
+        )
     p.add_argument(
         "--device", default=None, help="cuda, cuda:N or cpu (default: " + ("cpu" if demo else "cuda if available") + ")"
     )
@@ -184,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser(
         "bench",
-        help="time diffusers, sync, async, gpu-only and encode-only side by side",
+        help="time diffusers, sync, async, gpu-only, diffusers-decoder and encode-only side by side",
         description="Runs the same latents through each mode in one process on one card; reports "
         "min/mean/P99/max seconds, frames/s, ratio to gpu-only, kernel utilization (separate "
         "profiled run), peak VRAM, peak host memory, bytes copied device-to-host and cost.",
@@ -211,9 +218,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--modes",
-        default="diffusers,sync,async,gpu-only,encode-only",
-        help="comma-separated modes (default: all but async-stream); async-stream decodes "
-        "--stream-videos copies back to back in one pipeline, reported per video",
+        default="diffusers,sync,async,gpu-only,diffusers-decoder,encode-only",
+        help="comma-separated modes (default: all but async-stream); diffusers-decoder is gpu-only with "
+        "diffusers' decoder instead of framepipe's; async-stream decodes --stream-videos copies back to back "
+        "in one pipeline, reported per video",
     )
     b.add_argument("--stream-videos", type=int, default=4, help="videos per async-stream run (default 4)")
     b.add_argument(
@@ -345,6 +353,7 @@ def _decode(args: argparse.Namespace) -> int:
             device=args.device,
             dtype=args.dtype,
             latent_format=args.latent_format,
+            decoder=args.decoder,
             slots=args.slots,
             concurrent_videos=args.concurrent_videos,
             progress=not args.quiet and not args.json,
@@ -499,7 +508,8 @@ def _demo(args: argparse.Namespace) -> int:
             print(f"framepipe demo: {words}", file=sys.stderr)
 
     demo = run_demo(args.output, vae, frames=args.frames, size=args.size, seed=args.seed, video=_video(args),
-                    mode=args.mode, slots=args.slots, progress=talk, on_phase=phase)  # fmt: skip
+                    mode=args.mode, decoder=args.decoder, slots=args.slots, progress=talk,
+                    on_phase=phase)  # fmt: skip
     result = demo.decode
     if args.json:
         report = {**result.to_dict(), "outputs": [str(args.output)], "psnr_db": round(demo.psnr_db, 3),

@@ -5,7 +5,10 @@ Modes:
     sync         framepipe's reference executor (per chunk: decode, copy, convert, encode).
     async        framepipe's asynchronous pipeline.
     gpu-only     the chunked decode plus uint8 conversion on the GPU; nothing is copied out or
-                 encoded. This is the floor for the decoder.
+                 encoded. This is the floor for the pipeline.
+    diffusers-decoder
+                 gpu-only with diffusers' decoder forward as is instead of framepipe's
+                 (``decoder="diffusers"``): the same bits, so the ratio is the decoder's gain.
     encode-only  host encoding of the same frames (decoded beforehand); no GPU work.
     async-stream ``stream_videos`` copies of the video back to back through one pipeline
                  (``decode_many``), ``concurrent_videos`` of them decoding at once; figures are
@@ -41,8 +44,10 @@ from ._cost import FORMULA
 from ._profile import profile_run
 from ._report import ModeResult, environment, summarize
 
-BENCH_MODES: tuple[str, ...] = ("diffusers", "sync", "async", "gpu-only", "encode-only", "async-stream")
-DEFAULT_MODES: tuple[str, ...] = BENCH_MODES[:5]
+BENCH_MODES: tuple[str, ...] = (
+    "diffusers", "sync", "async", "gpu-only", "diffusers-decoder", "encode-only", "async-stream",
+)  # fmt: skip
+DEFAULT_MODES: tuple[str, ...] = BENCH_MODES[:6]
 VARIANT_MODES: tuple[str, ...] = ("sync", "async", "encode-only", "async-stream")  # framepipe's encoding modes
 
 
@@ -183,10 +188,10 @@ class Bench:
         decode_many(pairs, vae=self.vae, video=self.video, slots=self.slots, trace=trace,
                     concurrent_videos=self.concurrent_videos)  # fmt: skip
 
-    def run_gpu_only(self, trace: PipelineTrace) -> None:
+    def run_gpu_only(self, trace: PipelineTrace, decoder: str = "framepipe") -> None:
         with torch.inference_mode():
             z = self._denormalized()
-            for _, chunk in numbered_chunks(decode_chunks(self.vae, z), trace):
+            for _, chunk in numbered_chunks(decode_chunks(self.vae, z, decoder=decoder), trace):
                 to_uint8_frames(chunk)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -217,6 +222,8 @@ class Bench:
             return lambda trace: self.run_framepipe(mode, trace)
         if mode == "gpu-only":
             return self.run_gpu_only
+        if mode == "diffusers-decoder":
+            return lambda trace: self.run_gpu_only(trace, decoder="diffusers")
         if mode == "encode-only":
             return self.run_encode_only
         if mode == "async-stream":

@@ -1,0 +1,175 @@
+"""framepipe's decoder against diffusers' on one GPU: same bits, time, peak VRAM, where the time goes.
+
+For each architecture (seeded random weights), dtype and frame size: diffusers' whole-video
+``vae.decode`` (the baseline users run), and the chunked GPU-only decode with diffusers' decoder
+forward and with framepipe's (``decode_chunks(decoder=...)``), timed alternately in one process.
+Every chunk of the two chunked decoders is compared bit for bit, and the whole video against
+``vae.decode`` in uint8. With ``--profile``, one decode of each is broken down by kernel kind.
+
+    python benchmarks/decoder_speed.py --out results/ --sizes 480x832 720x1280 --dtypes float32 bfloat16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+
+from framepipe import random_vae, to_uint8_frames
+from framepipe._decoder import fused_norm_silu_is_exact, same_bits
+from framepipe._source import decode_chunks
+
+KINDS = [  # (kind, substrings of kernel names), first match wins
+    ("fused norm+SiLU (Triton)", ("norm_silu",)),
+    ("convolution math", ("conv", "gemm", "xmma", "sm90", "sm80", "cutlass", "implicit")),
+    ("layout transposes", ("nchwtonhwc", "nhwctonchw", "transpose")),
+    ("norm reductions", ("reduce", "norm")),
+    ("copies, cat, pad, fill", ("copy", "cat", "pad", "fill", "memcpy", "memset")),
+    ("elementwise", ("elementwise", "vectorized", "unrolled", "silu", "mul", "add", "div")),
+]
+
+
+def timed(fn) -> float:
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def chunked(vae, z, decoder: str) -> None:
+    for chunk in decode_chunks(vae, z, decoder=decoder):
+        to_uint8_frames(chunk)
+
+
+def peak(fn) -> float:
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated() / 2**30
+
+
+def compare(vae, z) -> dict:
+    """Chunk by chunk, framepipe's decoder against diffusers' (bits), and the whole video in uint8."""
+    ours = decode_chunks(vae, z, decoder="framepipe")
+    theirs = decode_chunks(vae, z, decoder="diffusers")
+    same, max_diff, frames = True, 0.0, []
+    for a, b in zip(ours, theirs, strict=True):
+        if not same_bits(a, b):
+            same = False
+            max_diff = max(max_diff, (a.float() - b.float()).abs().max().item())
+        frames.append(to_uint8_frames(a).cpu())
+    whole = to_uint8_frames(vae.decode(z).sample).cpu()
+    ours_u8 = torch.cat(frames, 1)
+    return {
+        "chunks_same_bits": same,
+        "chunks_max_abs_diff": max_diff,
+        "uint8_same_as_vae_decode": bool(torch.equal(ours_u8, whole)),
+        "uint8_levels_differing": int((ours_u8.int() - whole.int()).abs().max()),
+    }
+
+
+def breakdown(fn) -> dict[str, float]:
+    """GPU seconds by kernel kind for one run of ``fn``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    seconds: dict[str, float] = defaultdict(float)
+    for event in prof.key_averages():
+        total = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
+        if total <= 0 or event.key.startswith("ProfilerStep"):
+            continue
+        name = event.key.lower()
+        kind = next((k for k, words in KINDS if any(w in name for w in words)), "other")
+        seconds[kind] += total / 1e6
+    return dict(sorted(seconds.items(), key=lambda kv: -kv[1]))
+
+
+def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, profile: bool) -> dict:
+    vae = random_vae(arch).to("cuda", getattr(torch, dtype))
+    s = vae.config.scale_factor_spatial
+    g = torch.Generator(device="cuda").manual_seed(0)
+    z = torch.randn(1, vae.config.z_dim, (frames - 1) // 4 + 1, size[0] // s, size[1] // s, generator=g, device="cuda")
+    z = z.to(vae.dtype)
+    row: dict = {"arch": arch, "dtype": dtype, "height": size[0], "width": size[1], "frames": frames}
+    with torch.inference_mode():
+        row["fused_norm_silu"] = fused_norm_silu_is_exact(z.device, vae.dtype)
+        row.update(compare(vae, z))
+        chunked(vae, z, "diffusers")  # warm-up of both
+        chunked(vae, z, "framepipe")
+        times: dict[str, list[float]] = {"vae.decode": [], "diffusers": [], "framepipe": []}
+        for _ in range(runs):  # alternated, so drift hits both alike
+            times["vae.decode"].append(timed(lambda: to_uint8_frames(vae.decode(z).sample)))
+            times["diffusers"].append(timed(lambda: chunked(vae, z, "diffusers")))
+            times["framepipe"].append(timed(lambda: chunked(vae, z, "framepipe")))
+        row["seconds"] = {k: round(min(v), 4) for k, v in times.items()}
+        row["all_seconds"] = {k: [round(x, 4) for x in v] for k, v in times.items()}
+        row["speedup_vs_vae_decode"] = round(min(times["vae.decode"]) / min(times["framepipe"]), 3)
+        row["speedup_vs_diffusers_chunked"] = round(min(times["diffusers"]) / min(times["framepipe"]), 3)
+        row["peak_vram_gib"] = {
+            "vae.decode": round(peak(lambda: vae.decode(z)), 2),
+            "diffusers": round(peak(lambda: chunked(vae, z, "diffusers")), 2),
+            "framepipe": round(peak(lambda: chunked(vae, z, "framepipe")), 2),
+        }
+        if profile:
+            row["gpu_seconds_by_kind"] = {
+                name: {k: round(v, 4) for k, v in breakdown(lambda n=name: chunked(vae, z, n)).items()}
+                for name in ("diffusers", "framepipe")
+            }
+    del vae
+    torch.cuda.empty_cache()
+    return row
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--archs", nargs="+", default=["wan2.1"])
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--sizes", nargs="+", default=["480x832"])
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--profile", action="store_true")
+    args = parser.parse_args()
+    import diffusers
+
+    env = {
+        "gpu": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "diffusers": diffusers.__version__,
+        "python": platform.python_version(),
+        "tf32_conv": torch.backends.cudnn.allow_tf32,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    rows = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    for arch in args.archs:
+        for size in args.sizes:
+            h, w = (int(v) for v in size.split("x"))
+            for dtype in args.dtypes:
+                row = run(arch, dtype, (h, w), args.frames, args.runs, args.profile)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+                (args.out / "decoder_speed.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
+    print(json.dumps(env))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""framepipe's decoder step gives diffusers' decoder's bits: every chunk, both Wan versions, CPU and GPU."""
+
+import pytest
+import torch
+
+from conftest import small_latents, small_vae
+from framepipe import SettingsError
+from framepipe._decoder import fused_norm_silu, fused_norm_silu_is_exact, same_bits
+from framepipe._source import decode_chunks
+
+
+def _chunks(vae, z, decoder, **options):
+    with torch.no_grad():
+        return [c.clone() for c in decode_chunks(vae, z, decoder=decoder, **options)]
+
+
+def _same_chunks(vae, z, **options):
+    ours, theirs = _chunks(vae, z, "framepipe", **options), _chunks(vae, z, "diffusers", **options)
+    assert len(ours) == len(theirs)
+    for i, (a, b) in enumerate(zip(ours, theirs, strict=True)):
+        assert same_bits(a, b), f"chunk {i}: max difference {(a.float() - b.float()).abs().max().item()}"
+    return ours
+
+
+@pytest.mark.parametrize("frames, per_chunk, batch", [(1, 1, 1), (5, 1, 1), (4, 2, 2)])
+def test_same_bits_as_diffusers_on_cpu(version, frames, per_chunk, batch):
+    vae = small_vae(version)
+    z = small_latents(version, batch=batch, frames=frames, height=6, width=10)
+    chunks = _same_chunks(vae, z, latent_frames_per_chunk=per_chunk)
+    with torch.no_grad():  # and diffusers' whole-video decode, chunk by chunk
+        assert same_bits(torch.cat(chunks, 2), vae.decode(z).sample)
+
+
+def test_unknown_decoder_is_a_settings_error():
+    with pytest.raises(SettingsError, match="Unknown decoder 'fast'"):
+        next(decode_chunks(small_vae("wan2.1"), small_latents("wan2.1"), decoder="fast"))
+
+
+def test_no_fused_kernel_on_the_cpu():
+    assert not fused_norm_silu_is_exact(torch.device("cpu"), torch.float32)
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_same_bits_as_diffusers_on_cuda(version, dtype):
+    assert fused_norm_silu_is_exact(torch.device("cuda"), dtype), "the fused norm + SiLU differs from PyTorch's"
+    vae = small_vae(version).to("cuda", dtype)
+    z = small_latents(version, frames=6, height=12, width=20).to("cuda", dtype)
+    _same_chunks(vae, z)
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_norm_silu_on_large_strided_inputs(dtype):
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
+
+    g = torch.Generator(device="cuda").manual_seed(1)
+    norm = WanRMS_norm(192, images=False).to("cuda", dtype)
+    with torch.no_grad():
+        norm.gamma.copy_(torch.randn(norm.gamma.shape, generator=g, device="cuda"))
+        x = (torch.randn(1, 4, 192, 60, 104, generator=g, device="cuda") * 3).to(dtype).permute(0, 2, 1, 3, 4)
+        want = torch.nn.functional.silu(norm(x))
+        window = torch.zeros(1, 192, 6, 62, 106, device="cuda", dtype=dtype)
+        fused_norm_silu(x, norm, window[:, :, 2:, 1:61, 1:105])
+    assert same_bits(window[:, :, 2:, 1:61, 1:105], want)
+    assert window[:, :, :2].abs().sum() == 0 and window[:, :, :, 0].abs().sum() == 0  # the border untouched
