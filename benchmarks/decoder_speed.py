@@ -125,8 +125,6 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
                 name: {k: round(v, 4) for k, v in breakdown(lambda n=name: chunked(vae, z, n)).items()}
                 for name in ("diffusers", "framepipe")
             }
-    del vae
-    torch.cuda.empty_cache()
     return row
 
 

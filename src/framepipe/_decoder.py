@@ -222,7 +222,8 @@ def fused_norm_silu_is_exact(device: torch.device, dtype: torch.dtype) -> bool:
             try:
                 fused_norm_silu(x, norm, got)
             except Exception as e:  # a Triton that cannot build it here: PyTorch's ops do the same work
-                warnings.warn(f"framepipe's fused norm + SiLU kernel is not used ({type(e).__name__}: {e})", stacklevel=2)
+                reason = f"{type(e).__name__}: {e}"
+                warnings.warn(f"framepipe's fused norm + SiLU kernel is not used ({reason})", stacklevel=2)
                 _EXACT[key] = False
                 return False
         _EXACT[key] = same_bits(want, got)
