@@ -2,7 +2,7 @@
 
 Bit-exact by construction. ``WanCausalConv3d`` concatenates its cache to its input and pads the
 result (two copies of every activation a convolution reads); here each convolution's input window is
-a zero-bordered buffer into which the norm + SiLU before it writes directly, so the convolution gets
+one zero-bordered tensor into which the norm + SiLU before it writes directly, so the convolution gets
 a tensor of the same shape, strides and values, and cuDNN runs the same kernels on the same numbers.
 On CUDA the norm's scale, gain, bias and SiLU are one fused kernel that repeats PyTorch's arithmetic
 operation by operation (see Note [Exact fusion]); it is checked against PyTorch's own ops on the
@@ -28,22 +28,60 @@ DECODERS = ("framepipe", "diffusers")
 _CACHE_T = 2  # frames of history a causal 3x3x3 convolution reads (diffusers' CACHE_T)
 
 
-class Workspace:
-    """Zero-initialized input windows, one per shape, shared by the convolutions of one decode in
-    stream order. Only their interiors are ever written, so their borders stay the zero padding."""
+# Windows at least this large are convolved in channels_last_3d (NDHWC) where that was verified to
+# give the same bits: cuDNN then skips its layout transposes. Smaller ones are not worth a weight copy.
+CHANNELS_LAST_MIN_ELEMENTS = 1 << 24
 
-    def __init__(self) -> None:
-        self.buffers: dict[tuple, torch.Tensor] = {}
+# Equivalences checked on the device at first use, per shape: key -> whether the bits were the same.
+_VERIFIED: dict[tuple, bool] = {}
 
-    def window(self, shape: tuple[int, ...], like: torch.Tensor) -> torch.Tensor:
-        key = (shape, like.dtype, like.device)
-        buf = self.buffers.get(key)
-        if buf is None:
-            buf = self.buffers[key] = torch.zeros(shape, dtype=like.dtype, device=like.device)
-        return buf
 
-    def clear(self) -> None:
-        self.buffers.clear()
+def verified_equivalences() -> dict[tuple, bool]:
+    """What ``verified`` has checked so far in this process (for benchmarks and reports)."""
+    return dict(_VERIFIED)
+
+
+def verified(key: tuple, reference: Callable[[], torch.Tensor], candidate: Callable[[], torch.Tensor]) -> bool:
+    """Whether ``candidate()`` gives ``reference()``'s bits for ``key`` (computed once per process)."""
+    if key not in _VERIFIED:
+        _VERIFIED[key] = same_bits(reference(), candidate())
+    return _VERIFIED[key]
+
+
+def channel_norm(x: torch.Tensor) -> torch.Tensor:
+    """The L2 norm over channels that ``F.normalize`` divides by, as diffusers' ``WanRMS_norm`` computes
+    it (bfloat16: in float32). For bfloat16 the float32 accumulation without the float32 copy of x,
+    where it was verified to give the same bits for x's shape and strides."""
+    if x.dtype != torch.bfloat16:
+        return x.norm(2.0, 1, keepdim=True)
+
+    def reference() -> torch.Tensor:
+        return x.float().norm(2.0, 1, keepdim=True)
+
+    def candidate() -> torch.Tensor:
+        return torch.linalg.vector_norm(x, 2.0, dim=1, keepdim=True, dtype=torch.float32)
+
+    if verified(("norm", tuple(x.shape), x.stride(), x.dtype, x.device), reference, candidate):
+        return candidate()
+    return reference()
+
+
+def causal_window(
+    shape: tuple[int, ...], pad: tuple[int, int, int], like: torch.Tensor, *, channels_last: bool = False
+) -> torch.Tensor:
+    """An uninitialized [B, C, T, H, W] input window whose spatial border of ``pad`` = (t, h, w) is
+    zeroed: the zero padding ``F.pad`` adds; the history frames and the interior are written by the
+    caller. Allocated per convolution, as diffusers' padded copy is, so peak memory stays its own."""
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+    window = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=layout)
+    _, ph, pw = pad
+    if ph:
+        window[:, :, :, :ph].zero_()
+        window[:, :, :, -ph:].zero_()
+    if pw:
+        window[:, :, :, ph : window.shape[3] - ph, :pw].zero_()
+        window[:, :, :, ph : window.shape[3] - ph, -pw:].zero_()
+    return window
 
 
 class WanDecoderStep:
@@ -58,7 +96,7 @@ class WanDecoderStep:
         self.wan = require("diffusers.models.autoencoders.autoencoder_kl_wan", "video")
         self.decoder = vae.decoder
         self.conv3d = torch.nn.Conv3d.forward
-        self.workspace = Workspace()
+        self.channels_last_weights: dict[torch.nn.Module, torch.Tensor] = {}
         self.fused: bool | None = None  # decided on the first call, on the decoder's device
 
     def new_cache(self) -> list:
@@ -85,14 +123,12 @@ class WanDecoderStep:
                 x = sampler(x, feat_cache=cache, feat_idx=idx)
             if getattr(block, "avg_shortcut", None) is not None:
                 x = x + block.avg_shortcut(shortcut, first_chunk=first_chunk)
-        x = self._causal_conv(d.conv_out, self._norm_silu(d.norm_out, x), x, x.shape[1], cache, idx)
-        if first_chunk:
-            self.workspace.clear()  # the first chunk's windows are one frame deep; later ones differ
-        return x
+        return self._causal_conv(d.conv_out, self._norm_silu(d.norm_out, x), x, x.shape[1], cache, idx)
 
     def _residual(self, block, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
         """``WanResidualBlock.forward`` (dropout is the identity at inference)."""
-        h = block.conv_shortcut(x)
+        shortcut = block.conv_shortcut  # a 1x1x1 conv whose F.pad(x, 0) is only a clone of x
+        h = x if isinstance(shortcut, torch.nn.Identity) else self.conv3d(shortcut, x)
         y = self._causal_conv(block.conv1, self._norm_silu(block.norm1, x), x, x.shape[1], cache, idx)
         y = self._causal_conv(block.conv2, self._norm_silu(block.norm2, y), y, y.shape[1], cache, idx)
         return y.add_(h)
@@ -110,7 +146,12 @@ class WanDecoderStep:
         the window filled by ``fill``; the window's last two frames become the conv's cache."""
         pad_w, _, pad_h, _, pad_t, _ = conv._padding
         b, _, t, h, w = x.shape
-        window = self.workspace.window((b, channels, pad_t + t, h + 2 * pad_h, w + 2 * pad_w), x)
+        shape = (b, channels, pad_t + t, h + 2 * pad_h, w + 2 * pad_w)
+        key = None  # this conv at this shape, when large enough for channels_last_3d to pay
+        if x.is_cuda and math.prod(shape) >= CHANNELS_LAST_MIN_ELEMENTS and conv.groups == 1:
+            key = (shape, tuple(conv.weight.shape), conv.stride, x.dtype, x.device)
+        channels_last = key is not None and _VERIFIED.get(("conv", *key), False)
+        window = causal_window(shape, (pad_t, pad_h, pad_w), x, channels_last=channels_last)
         rows, cols = slice(pad_h, pad_h + h), slice(pad_w, pad_w + w)
         fill(window[:, :, pad_t:, rows, cols])
         previous = cache[idx[0]]
@@ -118,10 +159,26 @@ class WanDecoderStep:
             window[:, :, :pad_t, rows, cols].zero_()
         else:
             window[:, :, :pad_t, rows, cols].copy_(previous)
-        out = self.conv3d(conv, window)
+        if channels_last:
+            out = F.conv3d(window, self._channels_last_weight(conv), conv.bias, conv.stride, 0, conv.dilation)
+            out = out.contiguous()  # what follows (norms, attention) keeps diffusers' layout
+        else:
+            out = self.conv3d(conv, window)
         cache[idx[0]] = window[:, :, -_CACHE_T:, rows, cols].clone()
         idx[0] += 1
+        if key is not None and ("conv", *key) not in _VERIFIED:  # once per shape: NDHWC, same bits?
+            as_ndhwc = window.contiguous(memory_format=torch.channels_last_3d)
+            del window  # held no longer than diffusers holds its padded copy
+            weight = self._channels_last_weight(conv)
+            verified(("conv", *key), lambda: out,
+                     lambda: F.conv3d(as_ndhwc, weight, conv.bias, conv.stride, 0, conv.dilation))  # fmt: skip
         return out
+
+    def _channels_last_weight(self, conv) -> torch.Tensor:
+        weight = self.channels_last_weights.get(conv)
+        if weight is None:
+            weight = self.channels_last_weights[conv] = conv.weight.contiguous(memory_format=torch.channels_last_3d)
+        return weight
 
 
 # Note [Exact fusion]
@@ -182,7 +239,7 @@ def _kernel():
 
 def fused_norm_silu(x: torch.Tensor, norm, out: torch.Tensor) -> None:
     """Write ``silu(norm(x))`` into ``out`` (any strides) for a channel-first ``WanRMS_norm``."""
-    denom = (x.float() if x.dtype == torch.bfloat16 else x).norm(2.0, 1, keepdim=True)
+    denom = channel_norm(x)
     gamma = norm.gamma.reshape(-1)
     if not isinstance(norm.bias, float) or norm.bias != 0.0 or gamma.dtype != x.dtype:
         torch.ops.aten.silu.out(norm(x), out=out)
