@@ -28,10 +28,6 @@ DECODERS = ("framepipe", "diffusers")
 _CACHE_T = 2  # frames of history a causal 3x3x3 convolution reads (diffusers' CACHE_T)
 
 
-# Windows at least this large are convolved in channels_last_3d (NDHWC) where that was verified to
-# give the same bits: cuDNN then skips its layout transposes. Smaller ones are not worth a weight copy.
-CHANNELS_LAST_MIN_ELEMENTS = 1 << 24
-
 # Equivalences checked on the device at first use, per shape: key -> whether the bits were the same.
 _VERIFIED: dict[tuple, bool] = {}
 
@@ -66,14 +62,11 @@ def channel_norm(x: torch.Tensor) -> torch.Tensor:
     return reference()
 
 
-def causal_window(
-    shape: tuple[int, ...], pad: tuple[int, int, int], like: torch.Tensor, *, channels_last: bool = False
-) -> torch.Tensor:
+def causal_window(shape: tuple[int, ...], pad: tuple[int, int, int], like: torch.Tensor) -> torch.Tensor:
     """An uninitialized [B, C, T, H, W] input window whose spatial border of ``pad`` = (t, h, w) is
     zeroed: the zero padding ``F.pad`` adds; the history frames and the interior are written by the
     caller. Allocated per convolution, as diffusers' padded copy is, so peak memory stays its own."""
-    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
-    window = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=layout)
+    window = torch.empty(shape, dtype=like.dtype, device=like.device)
     _, ph, pw = pad
     if ph:
         window[:, :, :, :ph].zero_()
@@ -96,7 +89,6 @@ class WanDecoderStep:
         self.wan = require("diffusers.models.autoencoders.autoencoder_kl_wan", "video")
         self.decoder = vae.decoder
         self.conv3d = torch.nn.Conv3d.forward
-        self.channels_last_weights: dict[torch.nn.Module, torch.Tensor] = {}
         self.fused: bool | None = None  # decided on the first call, on the decoder's device
 
     def new_cache(self) -> list:
@@ -146,12 +138,7 @@ class WanDecoderStep:
         the window filled by ``fill``; the window's last two frames become the conv's cache."""
         pad_w, _, pad_h, _, pad_t, _ = conv._padding
         b, _, t, h, w = x.shape
-        shape = (b, channels, pad_t + t, h + 2 * pad_h, w + 2 * pad_w)
-        key = None  # this conv at this shape, when large enough for channels_last_3d to pay
-        if x.is_cuda and math.prod(shape) >= CHANNELS_LAST_MIN_ELEMENTS and conv.groups == 1:
-            key = (shape, tuple(conv.weight.shape), conv.stride, x.dtype, x.device)
-        channels_last = key is not None and _VERIFIED.get(("conv", *key), False)
-        window = causal_window(shape, (pad_t, pad_h, pad_w), x, channels_last=channels_last)
+        window = causal_window((b, channels, pad_t + t, h + 2 * pad_h, w + 2 * pad_w), (pad_t, pad_h, pad_w), x)
         rows, cols = slice(pad_h, pad_h + h), slice(pad_w, pad_w + w)
         fill(window[:, :, pad_t:, rows, cols])
         previous = cache[idx[0]]
@@ -159,26 +146,10 @@ class WanDecoderStep:
             window[:, :, :pad_t, rows, cols].zero_()
         else:
             window[:, :, :pad_t, rows, cols].copy_(previous)
-        if channels_last:
-            out = F.conv3d(window, self._channels_last_weight(conv), conv.bias, conv.stride, 0, conv.dilation)
-            out = out.contiguous()  # what follows (norms, attention) keeps diffusers' layout
-        else:
-            out = self.conv3d(conv, window)
+        out = self.conv3d(conv, window)
         cache[idx[0]] = window[:, :, -_CACHE_T:, rows, cols].clone()
         idx[0] += 1
-        if key is not None and ("conv", *key) not in _VERIFIED:  # once per shape: NDHWC, same bits?
-            as_ndhwc = window.contiguous(memory_format=torch.channels_last_3d)
-            del window  # held no longer than diffusers holds its padded copy
-            weight = self._channels_last_weight(conv)
-            verified(("conv", *key), lambda: out,
-                     lambda: F.conv3d(as_ndhwc, weight, conv.bias, conv.stride, 0, conv.dilation))  # fmt: skip
         return out
-
-    def _channels_last_weight(self, conv) -> torch.Tensor:
-        weight = self.channels_last_weights.get(conv)
-        if weight is None:
-            weight = self.channels_last_weights[conv] = conv.weight.contiguous(memory_format=torch.channels_last_3d)
-        return weight
 
 
 # Note [Exact fusion]
