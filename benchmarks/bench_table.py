@@ -66,7 +66,7 @@ def table(report: dict) -> str:
         f"{s['encoder']['codec']} `{s['encoder']['preset']}` crf {s['encoder']['crf']}**: "
         f"{env['gpu']}, {s['warmup']} warm-up + {s['runs']} timed runs per mode, {env['date']}",
         "",
-        f"`{command(s, [r['mode'] for r in report['modes']])}`",
+        f"`{command(s, [r['mode'] for r in report['modes'] if ' [' not in r['mode']])}`",  # variants: rows, not modes
         "",
         "| mode | min s | mean s | P99 s | max s | frames/s | x gpu-only | kernel util | peak VRAM GiB "
         "| host+ GiB | D2H GB | GPU-s / video-s | $ / 1000 h | saving vs diffusers |",
