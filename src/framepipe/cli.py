@@ -189,6 +189,35 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(d)
     _add_video_options(d)
 
+    bt = sub.add_parser(
+        "batch",
+        help="decode many latent videos into a folder, resumable: a journal records each finished video",
+        description="Decodes every input into OUTDIR/<name>.mp4. A journal (OUTDIR/framepipe-batch.jsonl) "
+        "records each finished video with its size and SHA-256 once it is in place; run the same command "
+        "again after a failure or a kill and it skips what is done. A video that fails is recorded with "
+        "its error and the batch goes on. Exit status 1 if any video failed.",
+    )
+    bt.add_argument(
+        "inputs",
+        nargs="+",
+        help="latent files, folders (their .safetensors/.pt/.npy files), glob patterns, or .jsonl manifests "
+        '(one JSON object per line: {"latents": PATH, "name": NAME, "fps": N, "crf": N, "preset": P})',
+    )
+    bt.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
+    _add_model_options(bt)
+    bt.add_argument("--seed", type=int, default=0, help="seed of the random weights with --arch (default 0)")
+    bt.add_argument("--latent-format", choices=("pipeline", "raw"), default="pipeline", help="as for decode")
+    bt.add_argument(
+        "--gpus",
+        default=None,
+        metavar="all|0,1,...",
+        help="one worker process per GPU, each taking the next video when it is free (default: one worker on --device)",
+    )
+    bt.add_argument("--fail-fast", action="store_true", help="stop at the first video that fails")
+    bt.add_argument("--verify", action="store_true", help="check finished outputs' SHA-256 before skipping them")
+    _add_run_options(bt)
+    _add_video_options(bt)
+
     b = sub.add_parser(
         "bench",
         help="time diffusers, sync, async, gpu-only, diffusers-decoder and encode-only side by side",
@@ -523,6 +552,39 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch(args: argparse.Namespace) -> int:
+    from ._api import EMBEDDED_WARNING
+    from ._models import resolve_device
+    from .batch import BatchOptions, plan_batch, resolve_gpus, run_batch
+
+    tasks = plan_batch(args.inputs)
+    options = BatchOptions(vae=args.vae, arch=args.arch, seed=args.seed, video=_video(args), dtype=args.dtype,
+                           decoder=args.decoder, latent_format=args.latent_format, mode=args.mode)  # fmt: skip
+    devices = resolve_gpus(args.gpus) if args.gpus else [str(resolve_device(args.device))]
+    if args.vae is None and args.arch is None:
+        warnings.warn(EMBEDDED_WARNING, UserWarning, stacklevel=1)
+    talk = not args.quiet and not args.json
+
+    def progress(entry: dict[str, Any], index: int, total: int) -> None:
+        if talk:
+            what = f"done in {entry['seconds']:.2f} s" if entry["status"] == "done" else f"failed: {entry['error']}"
+            print(f"[{index}/{total}] {entry['name']}: {what}", file=sys.stderr)
+
+    summary = run_batch(tasks, args.output, options, devices=devices, fail_fast=args.fail_fast, verify=args.verify,
+                        on_result=progress)  # fmt: skip
+    if args.json:
+        print(json.dumps(summary.to_dict(), indent=2))
+    elif not args.quiet:
+        ratio = summary.gpu_seconds_per_video_second
+        per = f", {ratio:.3f} GPU-s per video-s" if ratio is not None and devices[0] != "cpu" else ""
+        print(f"batch: {summary.done} done, {summary.skipped} skipped (done before), {summary.failed} failed in "
+              f"{summary.seconds:.1f} s on {', '.join(devices)} ({summary.videos_per_hour:.0f} videos/h{per}); "
+              f"journal {summary.journal}")  # fmt: skip
+        for name, error in summary.failures:
+            print(f"  failed {name}: {error}")
+    return EXIT_ERROR if summary.failed else 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from .data._cli import COMMANDS as DATA_COMMANDS
 
@@ -533,7 +595,8 @@ def _run(args: argparse.Namespace) -> int:
     from ._optional import require
 
     require("diffusers.utils.logging", "video").set_verbosity_error()
-    return {"decode": _decode, "bench": _bench, "compare": _compare, "demo": _demo}[args.command](args)
+    commands = {"decode": _decode, "batch": _batch, "bench": _bench, "compare": _compare, "demo": _demo}
+    return commands[args.command](args)
 
 
 def _one_line_warnings() -> None:
@@ -568,7 +631,7 @@ def main(argv: list[str] | None = None) -> int:
         from .data._cli import COMMANDS as DATA_COMMANDS
 
         how, code = ("terminated", EXIT_TERMINATED) if isinstance(e, Terminated) else ("interrupted", EXIT_INTERRUPTED)
-        if args.command in DATA_COMMANDS:
+        if args.command in DATA_COMMANDS or args.command == "batch":
             print(f"framepipe: {how}; run the same command again to resume where it stopped.", file=sys.stderr)
         else:
             print(f"framepipe: {how}; nothing was written to the output path.", file=sys.stderr)

@@ -1,0 +1,24 @@
+"""``framepipe batch``: decode many latent videos into one folder, losing nothing.
+
+A journal in the output folder records each finished video (size, SHA-256) once it is in place, so
+a re-run after any failure or ``kill -9`` skips what is done and decodes the rest; one worker
+process per GPU takes videos from a shared queue.
+"""
+
+from ._journal import JOURNAL_NAME, Journal, file_digest
+from ._plan import BatchTask, plan_batch, read_manifest
+from ._run import BatchOptions, BatchSummary, decode_task, resolve_gpus, run_batch
+
+__all__ = [
+    "JOURNAL_NAME",
+    "BatchOptions",
+    "BatchSummary",
+    "BatchTask",
+    "Journal",
+    "decode_task",
+    "file_digest",
+    "plan_batch",
+    "read_manifest",
+    "resolve_gpus",
+    "run_batch",
+]

@@ -1,0 +1,263 @@
+"""Run a batch: every task decoded once, journaled, on one device or one worker process per GPU.
+
+Work is handed out one video at a time from a shared queue, so a long video does not hold the
+others back. Only the driver writes the journal. A video that fails with a user error (bad
+latents, an unwritable output...) is recorded with its one-line error and the batch goes on
+(``fail_fast`` stops it); a worker that dies has its video recorded as failed, to be redone by the
+next run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import multiprocessing
+import queue
+import signal
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .._api import decode
+from .._errors import DeviceError, FramepipeError, SettingsError
+from .._models import load_vae
+from ..sinks import VideoSettings
+from ._journal import Journal, file_digest
+from ._plan import BatchTask
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """What every video of a batch shares: the model, the video settings, the decode options."""
+
+    vae: str | None = None
+    arch: str | None = None
+    seed: int = 0
+    video: VideoSettings = field(default_factory=VideoSettings)
+    dtype: str = "float32"
+    decoder: str = "framepipe"
+    latent_format: str = "pipeline"
+    mode: str = "async"
+
+
+@dataclass
+class BatchSummary:
+    """What a batch did. ``gpu_seconds`` sums each video's decode time on its device."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    gpu_seconds: float = 0.0
+    video_seconds: float = 0.0
+    devices: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    journal: str = ""
+
+    @property
+    def videos_per_hour(self) -> float:
+        return self.done / self.seconds * 3600 if self.seconds > 0 else 0.0
+
+    @property
+    def gpu_seconds_per_video_second(self) -> float | None:
+        return self.gpu_seconds / self.video_seconds if self.video_seconds > 0 else None
+
+    def to_dict(self) -> dict[str, Any]:
+        ratio = self.gpu_seconds_per_video_second
+        return {
+            **asdict(self),
+            "failures": [{"name": n, "error": e} for n, e in self.failures],
+            "videos_per_hour": round(self.videos_per_hour, 1),
+            "gpu_seconds_per_video_second": None if ratio is None else round(ratio, 4),
+        }
+
+
+def output_path(outdir: Path, task: BatchTask) -> Path:
+    return outdir / f"{task.name}.mp4"
+
+
+def decode_task(task: BatchTask, outdir: Path, options: BatchOptions, vae) -> dict[str, Any]:
+    """Decode one task with a loaded ``vae``; the journal entry for it (``done`` or ``failed``)."""
+    output = output_path(outdir, task)
+    entry: dict[str, Any] = {"name": task.name, "latents": task.latents}
+    try:
+        video = replace(options.video, **task.settings)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # said once by the driver, not once per video
+            result = decode(task.latents, output, vae=vae, video=video, mode=options.mode, decoder=options.decoder,
+                            latent_format=options.latent_format)  # fmt: skip
+    except FramepipeError as e:
+        return {**entry, "status": "failed", "error": str(e)}
+    size, sha = file_digest(output)
+    return {
+        **entry,
+        "status": "done",
+        "output": str(output),
+        "bytes": size,
+        "sha256": sha,
+        "seconds": round(result.seconds, 4),
+        "frames": result.total_frames,
+        "fps": video.fps,
+        "device": result.device,
+    }
+
+
+def resolve_gpus(spec: str) -> list[str]:
+    """``"all"`` or ``"0,1,..."`` as device names; ``DeviceError`` where they are not there."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if spec == "all":
+        if count == 0:
+            raise DeviceError("--gpus all: no CUDA GPU is available; leave --gpus out to decode on the CPU.")
+        return [f"cuda:{i}" for i in range(count)]
+    try:
+        indices = [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise SettingsError(f"--gpus takes 'all' or GPU numbers such as 0,1; got {spec!r}.") from None
+    if not indices or len(set(indices)) != len(indices) or min(indices) < 0:
+        raise SettingsError(f"--gpus takes 'all' or distinct GPU numbers such as 0,1; got {spec!r}.")
+    if max(indices) >= count:
+        raise DeviceError(f"--gpus {spec}: this machine has {count} CUDA GPU(s).")
+    return [f"cuda:{i}" for i in indices]
+
+
+def run_batch(
+    tasks: Sequence[BatchTask],
+    outdir: str | Path,
+    options: BatchOptions | None = None,
+    *,
+    devices: Sequence[str] = ("cpu",),
+    fail_fast: bool = False,
+    verify: bool = False,
+    on_result: Callable[[dict[str, Any], int, int], None] | None = None,
+) -> BatchSummary:
+    """Decode every task not yet done in ``outdir`` (created if missing), one worker per device.
+
+    ``on_result(entry, index, total)`` is called as each video ends (for progress). A re-run skips
+    what the journal records done and still finds intact (``verify``: by its SHA-256 too).
+    """
+    options = options or BatchOptions()
+    outdir = Path(outdir)
+    if outdir.exists() and not outdir.is_dir():
+        raise SettingsError(f"The batch's output {outdir} is a file; give a folder.")
+    outdir.mkdir(parents=True, exist_ok=True)
+    journal = Journal(outdir)
+    summary = BatchSummary(devices=list(devices), journal=str(journal.path))
+    pending = []
+    for task in tasks:
+        if journal.is_done(task.name, output_path(outdir, task), verify=verify):
+            summary.skipped += 1
+        else:
+            pending.append(task)
+    start = time.perf_counter()
+    counter = iter(range(1, len(pending) + 1))
+
+    def finish(entry: dict[str, Any]) -> bool:
+        """Journal one result; whether the batch goes on."""
+        journal.record(entry)
+        if entry["status"] == "done":
+            summary.done += 1
+            summary.gpu_seconds += entry["seconds"]
+            summary.video_seconds += entry["frames"] / entry["fps"]
+        else:
+            summary.failed += 1
+            summary.failures.append((entry["name"], entry["error"]))
+        if on_result is not None:
+            on_result(entry, next(counter), len(pending))
+        return not (fail_fast and entry["status"] != "done")
+
+    if pending:
+        if len(devices) == 1:
+            _run_here(pending, outdir, options, devices[0], finish)
+        else:
+            _run_workers(pending, outdir, options, list(devices), finish)
+    summary.seconds = time.perf_counter() - start
+    return summary
+
+
+def _run_here(tasks, outdir: Path, options: BatchOptions, device: str, finish) -> None:
+    vae = load_vae(options.vae, arch=options.arch, dtype=options.dtype, device=device, seed=options.seed)
+    for task in tasks:
+        if not finish(decode_task(task, outdir, options, vae)):
+            return
+
+
+def _die_with_parent() -> None:
+    """Linux: have the kernel kill this worker when its driver dies (``kill -9`` included)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
+def worker_main(index: int, device: str, outdir: str, options: BatchOptions, tasks, results) -> None:
+    """Worker ``index``: load the VAE on ``device``, then decode tasks from ``tasks`` until None."""
+    _die_with_parent()
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides; Ctrl-C reaches the whole group
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            vae = load_vae(options.vae, arch=options.arch, dtype=options.dtype, device=device, seed=options.seed)
+    except FramepipeError as e:
+        results.put({"worker_error": f"{device}: {e}"})
+        return
+    while (task := tasks.get()) is not None:
+        results.put({"started": task.name, "worker": index})
+        try:
+            results.put(decode_task(task, Path(outdir), options, vae))
+        except Exception as e:  # an internal bug: its traceback goes to stderr, the batch goes on
+            traceback.print_exc(file=sys.stderr)
+            results.put({"name": task.name, "latents": task.latents, "status": "failed",
+                         "error": f"internal error ({type(e).__name__}: {e}); see the traceback above"})  # fmt: skip
+
+
+def _run_workers(tasks, outdir: Path, options: BatchOptions, devices: list[str], finish) -> None:
+    ctx = multiprocessing.get_context("spawn")
+    work, results = ctx.Queue(), ctx.Queue()
+    for task in tasks:
+        work.put(task)
+    for _ in devices:
+        work.put(None)
+    workers = [ctx.Process(target=worker_main, args=(i, d, str(outdir), options, work, results), daemon=True,
+                           name=f"framepipe-batch-{i}") for i, d in enumerate(devices)]  # fmt: skip
+    by_name = {t.name: t for t in tasks}
+    in_flight: dict[int, str] = {}  # worker -> the video it decodes
+    remaining = len(tasks)
+    try:
+        for w in workers:
+            w.start()
+        while remaining:
+            try:
+                message = results.get(timeout=0.5)
+            except queue.Empty:
+                for i, (w, device) in enumerate(zip(workers, devices, strict=True)):
+                    if not w.is_alive() and i in in_flight:  # died mid-video: that video failed
+                        name = in_flight.pop(i)
+                        remaining -= 1
+                        entry = {"name": name, "latents": by_name[name].latents, "status": "failed",
+                                 "error": f"the worker on {device} died (exit code {w.exitcode})"}  # fmt: skip
+                        if not finish(entry):
+                            return
+                if not any(w.is_alive() for w in workers):
+                    raise DeviceError("Every batch worker has stopped; see the errors above.") from None
+                continue
+            if "worker_error" in message:
+                raise DeviceError(message["worker_error"])
+            if "started" in message:
+                in_flight[message["worker"]] = message["started"]
+                continue
+            in_flight = {i: n for i, n in in_flight.items() if n != message["name"]}
+            remaining -= 1
+            if not finish(message):
+                return
+    finally:
+        for w in workers:
+            if w.is_alive():
+                w.kill()
+            w.join(timeout=5)
+        work.cancel_join_thread()
+        results.cancel_join_thread()

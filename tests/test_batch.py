@@ -1,0 +1,209 @@
+"""framepipe batch: plans from files, folders, globs and manifests; a journal that loses nothing."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import av
+import pytest
+from safetensors.torch import save_file
+
+from conftest import small_latents, small_vae
+from framepipe import SettingsError
+from framepipe.batch import JOURNAL_NAME, BatchOptions, Journal, file_digest, plan_batch, run_batch
+from framepipe.cli import main
+from framepipe.sinks import VideoSettings
+
+FAST = BatchOptions(video=VideoSettings(preset="ultrafast"))
+
+
+@pytest.fixture(scope="module")
+def vae_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vae")
+    small_vae("wan2.1").save_pretrained(folder)
+    return folder
+
+
+def _latents(folder, count, *, frames=2):
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(count):
+        save_file({"latents": small_latents("wan2.1", frames=frames + i % 3, seed=i)}, folder / f"v{i}.safetensors")
+    return folder
+
+
+def _frames(path):
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        return sum(1 for _ in container.decode(stream)), float(stream.average_rate)
+
+
+def _options(vae_folder, **changes):
+    return BatchOptions(vae=str(vae_folder), video=VideoSettings(preset="ultrafast", **changes))
+
+
+def test_plan_from_folders_globs_and_manifests(tmp_path):
+    _latents(tmp_path / "a", 2)
+    _latents(tmp_path / "b" / "deep", 1)
+    (tmp_path / "b" / "deep" / "v0.safetensors").rename(tmp_path / "b" / "deep" / "w0.safetensors")
+    manifest = tmp_path / "list.jsonl"
+    manifest.write_text(
+        '# a comment\n{"latents": "a/v0.safetensors", "name": "first", "fps": 24}\n\n'
+        '{"latents": "' + str(tmp_path / "a" / "v1.safetensors") + '", "name": "second", "crf": 30}\n'
+    )
+    assert [t.name for t in plan_batch([str(tmp_path / "a"), str(tmp_path / "b")])] == ["v0", "v1", "w0"]
+    assert [t.name for t in plan_batch([str(tmp_path / "a" / "*.safetensors")])] == ["v0", "v1"]
+    tasks = plan_batch([str(manifest)])
+    assert [(t.name, t.settings) for t in tasks] == [("first", {"fps": 24}), ("second", {"crf": 30})]
+    assert tasks[0].latents == str(tmp_path / "a" / "v0.safetensors")
+
+
+@pytest.mark.parametrize(
+    "line, match",
+    [
+        ("{not json", "line 2: not a JSON object"),
+        ('{"name": "x"}', 'line 2: expected an object with "latents"'),
+        ('{"latents": "a.pt", "speed": 2}', "line 2: unknown key.*speed"),
+        ('{"latents": "a.pt", "fps": "fast"}', "line 2: .*fps"),
+        ('{"latents": "a.pt", "name": "../up"}', "line 2: name must be a plain file name"),
+        ('{"latents": "a.txt"}', "line 2: .*not a latent file"),
+    ],
+)
+def test_bad_manifest_lines_are_named(tmp_path, line, match):
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"latents": "ok.pt"}\n' + line + "\n")
+    with pytest.raises(SettingsError, match=match):
+        plan_batch([str(manifest)])
+
+
+def test_plan_refusals(tmp_path):
+    _latents(tmp_path / "a", 1)
+    _latents(tmp_path / "b", 1)
+    with pytest.raises(SettingsError, match="would both write v0.mp4"):
+        plan_batch([str(tmp_path / "a"), str(tmp_path / "b")])
+    with pytest.raises(SettingsError, match="Input not found"):
+        plan_batch([str(tmp_path / "nope.pt")])
+    with pytest.raises(SettingsError, match="No latent files match"):
+        plan_batch([str(tmp_path / "*.npy")])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SettingsError, match="No latent files"):
+        plan_batch([str(tmp_path / "empty")])
+
+
+def test_failures_are_recorded_and_the_batch_goes_on(tmp_path, vae_folder):
+    _latents(tmp_path / "in", 3)
+    (tmp_path / "in" / "v1.safetensors").write_bytes(b"garbage")
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text('{"latents": "in/v2.safetensors", "name": "fast", "fps": 24}\n')
+    tasks = plan_batch(
+        [str(tmp_path / "in" / "v0.safetensors"), str(tmp_path / "in" / "v1.safetensors"), str(manifest)]
+    )
+    seen = []
+    summary = run_batch(tasks, tmp_path / "out", _options(vae_folder), on_result=lambda e, i, n: seen.append((i, n)))
+    assert (summary.done, summary.failed, summary.skipped) == (2, 1, 0)
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    assert summary.failures[0][0] == "v1" and "Cannot read latents" in summary.failures[0][1]
+    assert _frames(tmp_path / "out" / "fast.mp4") == (13, 24.0)  # the manifest's fps
+    journal = Journal(tmp_path / "out")
+    entry = journal.entries["v0"]
+    assert entry["status"] == "done" and file_digest(tmp_path / "out" / "v0.mp4") == (entry["bytes"], entry["sha256"])
+    assert summary.video_seconds == pytest.approx(5 / 16 + 13 / 24)
+    json.dumps(summary.to_dict())
+
+    # a re-run skips what is done and tries the failed one again
+    summary = run_batch(tasks, tmp_path / "out", _options(vae_folder))
+    assert (summary.done, summary.failed, summary.skipped) == (0, 1, 2)
+
+
+def test_fail_fast(tmp_path, vae_folder):
+    _latents(tmp_path / "in", 3)
+    (tmp_path / "in" / "v0.safetensors").write_bytes(b"garbage")
+    summary = run_batch(plan_batch([str(tmp_path / "in")]), tmp_path / "out", _options(vae_folder), fail_fast=True)
+    assert (summary.done, summary.failed) == (0, 1)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [JOURNAL_NAME]
+
+
+def test_changed_outputs_are_decoded_again(tmp_path, vae_folder):
+    tasks = plan_batch([str(_latents(tmp_path / "in", 2))])
+    run_batch(tasks, tmp_path / "out", _options(vae_folder))
+    out0, out1 = tmp_path / "out" / "v0.mp4", tmp_path / "out" / "v1.mp4"
+    good = out0.read_bytes()
+    out0.write_bytes(good[:100])  # truncated: its size no longer matches
+    out1.write_bytes(bytes(len(out1.read_bytes())))  # same size, other bytes: only --verify sees it
+    assert run_batch(tasks, tmp_path / "out", _options(vae_folder)).done == 1
+    assert out0.read_bytes() == good
+    assert run_batch(tasks, tmp_path / "out", _options(vae_folder), verify=True).done == 1
+    assert _frames(out1)[0] == 9
+
+
+def test_a_torn_journal_line_is_cut(tmp_path, vae_folder):
+    tasks = plan_batch([str(_latents(tmp_path / "in", 2))])
+    run_batch(tasks[:1], tmp_path / "out", _options(vae_folder))
+    with open(tmp_path / "out" / JOURNAL_NAME, "a") as f:
+        f.write('{"name": "v1", "status": "do')  # killed in the middle of an append
+    summary = run_batch(tasks, tmp_path / "out", _options(vae_folder))
+    assert (summary.done, summary.skipped) == (1, 1)
+    lines = (tmp_path / "out" / JOURNAL_NAME).read_text().splitlines()
+    assert [json.loads(line)["name"] for line in lines] == ["v0", "v1"]
+
+
+def test_two_workers_share_the_work(tmp_path, vae_folder):
+    tasks = plan_batch([str(_latents(tmp_path / "in", 5))])
+    summary = run_batch(tasks, tmp_path / "out", _options(vae_folder), devices=["cpu", "cpu"])
+    assert (summary.done, summary.failed) == (5, 0)
+    for task in tasks:
+        assert _frames(tmp_path / "out" / f"{task.name}.mp4")[0] in (5, 9, 13)
+
+
+def test_cli(tmp_path, vae_folder, capsys):
+    _latents(tmp_path / "in", 2)
+    args = [
+        "batch",
+        str(tmp_path / "in"),
+        "-o",
+        str(tmp_path / "out"),
+        "--vae",
+        str(vae_folder),
+        "--preset",
+        "ultrafast",
+    ]
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert "[2/2] v1: done" in captured.err and "batch: 2 done, 0 skipped" in captured.out
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["skipped"] == 2
+    assert main(["batch", str(tmp_path / "missing"), "-o", str(tmp_path / "out")]) == 1
+    assert "error: Input not found" in capsys.readouterr().err
+    assert main([*args, "--gpus", "0"]) == 1  # no GPU here
+    assert "CUDA GPU" in capsys.readouterr().err
+
+
+def test_kill_minus_9_at_random_moments_loses_nothing(tmp_path, vae_folder):
+    """The batch is killed (SIGKILL) three times at random moments, then run to the end: every
+    output exists once, matches its journal entry, and decodes to the right number of frames."""
+    _latents(tmp_path / "in", 8, frames=6)  # about 4 s of decoding after 3 s of start-up on 2 cores
+    command = [sys.executable, "-m", "framepipe", "batch", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
+               "--vae", str(vae_folder), "--preset", "ultrafast", "--quiet"]  # fmt: skip
+    rng = random.Random(7)
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    for _ in range(3):
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(2.5, 5.5))
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    journal = tmp_path / "out" / JOURNAL_NAME
+    before = journal.read_text().count('"done"') if journal.exists() else 0
+    assert before < 8, "every kill came after the batch had finished: the test proved nothing"
+    finished = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    journal = Journal(tmp_path / "out")
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == sorted([JOURNAL_NAME] + [f"v{i}.mp4" for i in range(8)])  # no partial file left
+    for i in range(8):
+        output = tmp_path / "out" / f"v{i}.mp4"
+        entry = journal.entries[f"v{i}"]
+        assert file_digest(output) == (entry["bytes"], entry["sha256"])
+        assert _frames(output)[0] == 1 + 4 * (6 + i % 3 - 1)
