@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ._errors import FramepipeError, OutputError
+from ._errors import FramepipeError, OutputError, SettingsError
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -213,6 +213,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="all|0,1,...",
         help="one worker process per GPU, each taking the next video when it is free (default: one worker on --device)",
     )
+    bt.add_argument(
+        "--ray",
+        default=None,
+        metavar="auto|ADDRESS",
+        help="run on a Ray cluster (auto: the one this machine belongs to; or host:port), one decoder actor "
+        "per GPU; inputs and -o must be paths every node sees",
+    )
+    bt.add_argument("--workers", type=_count, default=None, metavar="N", help="with --ray: N decoder actors")
     bt.add_argument("--fail-fast", action="store_true", help="stop at the first video that fails")
     bt.add_argument("--verify", action="store_true", help="check finished outputs' SHA-256 before skipping them")
     _add_run_options(bt)
@@ -560,7 +568,12 @@ def _batch(args: argparse.Namespace) -> int:
     tasks = plan_batch(args.inputs)
     options = BatchOptions(vae=args.vae, arch=args.arch, seed=args.seed, video=_video(args), dtype=args.dtype,
                            decoder=args.decoder, latent_format=args.latent_format, mode=args.mode)  # fmt: skip
-    devices = resolve_gpus(args.gpus) if args.gpus else [str(resolve_device(args.device))]
+    if args.ray is not None and args.gpus is not None:
+        raise SettingsError("--ray and --gpus do not go together: on Ray, each actor takes one of the cluster's GPUs.")
+    if args.ray is None:
+        devices = resolve_gpus(args.gpus) if args.gpus else [str(resolve_device(args.device))]
+    else:
+        devices = ["ray"]
     if args.vae is None and args.arch is None:
         warnings.warn(EMBEDDED_WARNING, UserWarning, stacklevel=1)
     talk = not args.quiet and not args.json
@@ -571,14 +584,14 @@ def _batch(args: argparse.Namespace) -> int:
             print(f"[{index}/{total}] {entry['name']}: {what}", file=sys.stderr)
 
     summary = run_batch(tasks, args.output, options, devices=devices, fail_fast=args.fail_fast, verify=args.verify,
-                        on_result=progress)  # fmt: skip
+                        ray_address=args.ray, workers=args.workers, on_result=progress)  # fmt: skip
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     elif not args.quiet:
         ratio = summary.gpu_seconds_per_video_second
         per = f", {ratio:.3f} GPU-s per video-s" if ratio is not None and devices[0] != "cpu" else ""
         print(f"batch: {summary.done} done, {summary.skipped} skipped (done before), {summary.failed} failed in "
-              f"{summary.seconds:.1f} s on {', '.join(devices)} ({summary.videos_per_hour:.0f} videos/h{per}); "
+              f"{summary.seconds:.1f} s on {', '.join(summary.devices)} ({summary.videos_per_hour:.0f} videos/h{per}); "
               f"journal {summary.journal}")  # fmt: skip
         for name, error in summary.failures:
             print(f"  failed {name}: {error}")

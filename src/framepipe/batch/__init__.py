@@ -7,6 +7,7 @@ process per GPU takes videos from a shared queue.
 
 from ._journal import JOURNAL_NAME, Journal, file_digest
 from ._plan import BatchTask, plan_batch, read_manifest
+from ._ray import RayDecoder
 from ._run import BatchOptions, BatchSummary, decode_task, resolve_gpus, run_batch
 
 __all__ = [
@@ -15,6 +16,7 @@ __all__ = [
     "BatchSummary",
     "BatchTask",
     "Journal",
+    "RayDecoder",
     "decode_task",
     "file_digest",
     "plan_batch",

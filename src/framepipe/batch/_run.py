@@ -135,9 +135,13 @@ def run_batch(
     devices: Sequence[str] = ("cpu",),
     fail_fast: bool = False,
     verify: bool = False,
+    ray_address: str | None = None,
+    workers: int | None = None,
     on_result: Callable[[dict[str, Any], int, int], None] | None = None,
 ) -> BatchSummary:
-    """Decode every task not yet done in ``outdir`` (created if missing), one worker per device.
+    """Decode every task not yet done in ``outdir`` (created if missing), one worker per device,
+    or on the Ray cluster at ``ray_address`` (``"auto"``, or ``host:port``) with ``workers`` actors
+    (default one per GPU). Outputs and the journal go to ``outdir``, which Ray's nodes must share.
 
     ``on_result(entry, index, total)`` is called as each video ends (for progress). A re-run skips
     what the journal records done and still finds intact (``verify``: by its SHA-256 too).
@@ -146,7 +150,17 @@ def run_batch(
     outdir = Path(outdir)
     if outdir.exists() and not outdir.is_dir():
         raise SettingsError(f"The batch's output {outdir} is a file; give a folder.")
+    created = not outdir.exists()
     outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        return _run(tasks, outdir, options, devices, fail_fast, verify, ray_address, workers, on_result)
+    except BaseException:
+        if created and not any(outdir.iterdir()):  # a batch that wrote nothing leaves no folder
+            outdir.rmdir()
+        raise
+
+
+def _run(tasks, outdir: Path, options: BatchOptions, devices, fail_fast, verify, ray_address, workers, on_result):
     journal = Journal(outdir)
     summary = BatchSummary(devices=list(devices), journal=str(journal.path))
     pending = []
@@ -173,7 +187,11 @@ def run_batch(
         return not (fail_fast and entry["status"] != "done")
 
     if pending:
-        if len(devices) == 1:
+        if ray_address is not None:
+            from ._ray import run_on_ray
+
+            summary.devices = run_on_ray(pending, outdir, options, finish, address=ray_address, workers=workers)
+        elif len(devices) == 1:
             _run_here(pending, outdir, options, devices[0], finish)
         else:
             _run_workers(pending, outdir, options, list(devices), finish)
