@@ -8,7 +8,8 @@ process per GPU takes videos from a shared queue.
 from ._journal import JOURNAL_NAME, Journal, file_digest
 from ._plan import BatchTask, plan_batch, read_manifest
 from ._ray import RayDecoder
-from ._run import BatchOptions, BatchSummary, decode_task, resolve_gpus, run_batch
+from ._run import BatchSummary, resolve_gpus, run_batch
+from ._task import BatchOptions, decode_task
 
 __all__ = [
     "JOURNAL_NAME",

@@ -19,6 +19,7 @@ import numpy as np
 from .._errors import SettingsError
 from .._optional import require
 from ._plan import BatchTask
+from ._task import BatchOptions, decode_task
 
 #: What a Ray Data batch returns per row: the journal entry's fields.
 RESULT_FIELDS = ("name", "latents", "status", "output", "bytes", "sha256", "seconds", "frames", "error")
@@ -31,7 +32,6 @@ class RayDecoder:
         import torch
 
         from .._models import load_vae
-        from ._run import BatchOptions
 
         self.outdir = Path(outdir)
         self.outdir.mkdir(parents=True, exist_ok=True)
@@ -44,8 +44,6 @@ class RayDecoder:
         return os.getpid()
 
     def decode(self, task: BatchTask) -> dict[str, Any]:
-        from ._run import decode_task
-
         return decode_task(task, self.outdir, self.options, self.vae)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -19,32 +19,17 @@ import time
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .._api import decode
 from .._errors import DeviceError, FramepipeError, SettingsError
 from .._models import load_vae
-from ..sinks import VideoSettings
-from ._journal import Journal, file_digest
+from ._journal import Journal
 from ._plan import BatchTask
-
-
-@dataclass(frozen=True)
-class BatchOptions:
-    """What every video of a batch shares: the model, the video settings, the decode options."""
-
-    vae: str | None = None
-    arch: str | None = None
-    seed: int = 0
-    video: VideoSettings = field(default_factory=VideoSettings)
-    dtype: str = "float32"
-    decoder: str = "framepipe"
-    latent_format: str = "pipeline"
-    mode: str = "async"
+from ._task import BatchOptions, decode_task, output_path
 
 
 @dataclass
@@ -77,36 +62,6 @@ class BatchSummary:
             "videos_per_hour": round(self.videos_per_hour, 1),
             "gpu_seconds_per_video_second": None if ratio is None else round(ratio, 4),
         }
-
-
-def output_path(outdir: Path, task: BatchTask) -> Path:
-    return outdir / f"{task.name}.mp4"
-
-
-def decode_task(task: BatchTask, outdir: Path, options: BatchOptions, vae) -> dict[str, Any]:
-    """Decode one task with a loaded ``vae``; the journal entry for it (``done`` or ``failed``)."""
-    output = output_path(outdir, task)
-    entry: dict[str, Any] = {"name": task.name, "latents": task.latents}
-    try:
-        video = replace(options.video, **task.settings)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # said once by the driver, not once per video
-            result = decode(task.latents, output, vae=vae, video=video, mode=options.mode, decoder=options.decoder,
-                            latent_format=options.latent_format)  # fmt: skip
-    except FramepipeError as e:
-        return {**entry, "status": "failed", "error": str(e)}
-    size, sha = file_digest(output)
-    return {
-        **entry,
-        "status": "done",
-        "output": str(output),
-        "bytes": size,
-        "sha256": sha,
-        "seconds": round(result.seconds, 4),
-        "frames": result.total_frames,
-        "fps": video.fps,
-        "device": result.device,
-    }
 
 
 def resolve_gpus(spec: str) -> list[str]:
