@@ -226,6 +226,34 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_options(bt)
     _add_video_options(bt)
 
+    sv = sub.add_parser(
+        "serve",
+        help="a decode service: latents in over HTTP, MP4 out, GPU use accounted per job",
+        description="Serves POST /v1/jobs (a safetensors body of latents), GET /v1/jobs/ID, GET /v1/jobs/ID/video, "
+        "GET /metrics (Prometheus) and GET /healthz. Accepted jobs are journaled in --state-dir: a restarted "
+        "service finishes or reports every one.",
+    )
+    _add_model_options(sv)
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sv.add_argument("--state-dir", default="framepipe-serve", help="jobs, latents, videos (default ./framepipe-serve)")
+    sv.add_argument(
+        "--token-env",
+        default=None,
+        metavar="VAR",
+        help="require the bearer token held in environment variable VAR (Authorization: Bearer ...)",
+    )
+    sv.add_argument("--gpus", default=None, metavar="all|0,1,...", help="one worker per GPU (default: one on --device)")
+    sv.add_argument("--max-queue", type=_count, default=16, help="jobs waiting at most; more get 429 (default 16)")
+    sv.add_argument("--max-body-mb", type=_count, default=512, help="largest request body in MiB; more gets 413")
+    sv.add_argument("--max-latent-frames", type=_count, default=64, help="latent frames per job at most (default 64)")
+    sv.add_argument(
+        "--device", default=None, help="cuda, cuda:N or cpu for the one worker without --gpus (default: cuda if any)"
+    )
+    sv.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="VAE compute dtype")
+    sv.add_argument("--decoder", choices=("framepipe", "diffusers"), default="framepipe", help="as for decode")
+    _add_video_options(sv)
+
     b = sub.add_parser(
         "bench",
         help="time diffusers, sync, async, gpu-only, diffusers-decoder and encode-only side by side",
@@ -598,6 +626,27 @@ def _batch(args: argparse.Namespace) -> int:
     return EXIT_ERROR if summary.failed else 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from ._models import resolve_device
+    from .batch import resolve_gpus
+    from .serve import ServiceOptions, serve
+
+    devices = resolve_gpus(args.gpus) if args.gpus else [str(resolve_device(args.device))]
+    token = None
+    if args.token_env is not None:
+        token = os.environ.get(args.token_env)
+        if not token:
+            raise SettingsError(f"--token-env {args.token_env}: that environment variable is empty or not set.")
+    options = ServiceOptions(vae=args.vae, arch=args.arch, dtype=args.dtype, decoder=args.decoder,
+                             devices=tuple(devices), video=_video(args), max_queue=args.max_queue,
+                             max_body_bytes=args.max_body_mb * 2**20,
+                             max_latent_frames=args.max_latent_frames)  # fmt: skip
+    print(f"framepipe serve: http://{args.host}:{args.port} on {', '.join(devices)}; state in {args.state_dir}",
+          file=sys.stderr)  # fmt: skip
+    serve(options, args.state_dir, host=args.host, port=args.port, token=token)
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from .data._cli import COMMANDS as DATA_COMMANDS
 
@@ -608,7 +657,8 @@ def _run(args: argparse.Namespace) -> int:
     from ._optional import require
 
     require("diffusers.utils.logging", "video").set_verbosity_error()
-    commands = {"decode": _decode, "batch": _batch, "bench": _bench, "compare": _compare, "demo": _demo}
+    commands = {"decode": _decode, "batch": _batch, "serve": _serve, "bench": _bench, "compare": _compare,
+                "demo": _demo}  # fmt: skip
     return commands[args.command](args)
 
 

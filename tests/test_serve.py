@@ -1,0 +1,204 @@
+"""framepipe serve, tested as a client would: a real server on loopback, a real HTTP client."""
+
+import io
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import av
+import pytest
+import torch
+from safetensors.torch import save, save_file
+
+from conftest import small_latents, small_vae
+
+httpx = pytest.importorskip("httpx")
+uvicorn = pytest.importorskip("uvicorn")
+
+from framepipe.serve import JobStore, ServiceOptions, create_app  # noqa: E402
+from framepipe.sinks import VideoSettings  # noqa: E402
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _body(frames=3, **kwargs) -> bytes:
+    return save({"latents": small_latents("wan2.1", frames=frames, **kwargs)})
+
+
+@pytest.fixture(scope="module")
+def vae_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("vae")
+    small_vae("wan2.1").save_pretrained(folder)
+    return folder
+
+
+class Server:
+    """The service in this process: JobStore + workers + uvicorn on a free loopback port."""
+
+    def __init__(self, state_dir, options, token=None):
+        self.store = JobStore(state_dir, options)
+        self.store.start_workers()
+        self.port = _free_port()
+        config = uvicorn.Config(create_app(self.store, token=token), host="127.0.0.1", port=self.port,
+                                log_level="warning")  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.01)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def stop(self):
+        self.server.should_exit = True
+        self.thread.join()
+        self.store.stop_workers()
+
+
+@pytest.fixture
+def server(tmp_path, vae_folder):
+    options = ServiceOptions(vae=str(vae_folder), video=VideoSettings(preset="ultrafast"), max_queue=2,
+                             max_body_bytes=64 * 1024, max_latent_frames=8)  # fmt: skip
+    s = Server(tmp_path / "state", options)
+    yield s
+    s.stop()
+
+
+def _wait(client, job_id, timeout=60):
+    end = time.time() + timeout
+    while time.time() < end:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if job["state"] in ("done", "failed"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish")
+
+
+def _frames(data: bytes):
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        return sum(1 for _ in container.decode(stream)), float(stream.average_rate)
+
+
+def test_submit_poll_fetch_and_metrics(server):
+    with httpx.Client(base_url=server.url) as client:
+        answer = client.post("/v1/jobs", params={"fps": 24}, content=_body())
+        assert answer.status_code == 202, answer.text
+        job = _wait(client, answer.json()["id"])
+        assert job["state"] == "done" and job["frames"] == 9 and job["fps"] == 24
+        assert job["account"] == {"gpu_seconds": None, "sm_utilization_mean": None, "sm_utilization_peak": None,
+                                  "peak_memory_bytes": None, "energy_joules": None}  # CPU: not measured  # fmt: skip
+        assert "joules_per_video_second" not in job
+        video = client.get(answer.json()["video"])
+        assert video.status_code == 200 and video.headers["content-type"] == "video/mp4"
+        assert _frames(video.content) == (9, 24.0)
+        metrics = client.get("/metrics").text
+        assert 'framepipe_jobs{state="done"} 1.0' in metrics
+        assert "framepipe_queue_depth 0.0" in metrics
+        assert "framepipe_joules_per_video_second NaN" in metrics  # not measured, never zero
+        assert client.get("/healthz").json() == {"ok": True}
+
+
+@pytest.mark.parametrize(
+    "body, params, code, words",
+    [
+        (b"", {}, 422, "empty"),
+        (b"garbage" * 10, {}, 422, "not a valid safetensors file"),
+        (save({"latents": torch.zeros(4, 3, 4, 6)}), {}, 422, "expects 16"),
+        (save({"latents": small_latents("wan2.1", frames=12)}), {}, 422, "at most 8 latent frames"),
+        (save({"latents": torch.full((16, 2, 4, 6), float("nan"))}), {}, 422, "NaN"),
+        (None, {"fps": "inf"}, 422, "fps"),
+        (None, {"latent_format": "odd"}, 422, "latent_format"),
+        (b"x" * (65 * 1024), {}, 413, "at most"),
+    ],
+)
+def test_bad_requests_get_clear_4xx_and_leave_nothing(server, body, params, code, words):
+    with httpx.Client(base_url=server.url) as client:
+        answer = client.post("/v1/jobs", params=params, content=_body() if body is None else body)
+        assert answer.status_code == code, answer.text
+        assert words in answer.json()["detail"]
+        assert client.get("/v1/jobs/nope").status_code == 404
+    assert list((server.store.dir / "latents").iterdir()) == []  # nothing half-written
+    assert server.store.jobs == {}
+
+
+def test_a_full_queue_answers_429(tmp_path, vae_folder):
+    options = ServiceOptions(vae=str(vae_folder), video=VideoSettings(preset="ultrafast"), max_queue=1)
+    s = Server(tmp_path / "state", options)
+    try:
+        with httpx.Client(base_url=s.url) as client:
+            codes = [
+                client.post("/v1/jobs", content=_body(frames=8, height=12, width=16)).status_code for _ in range(4)
+            ]
+            assert codes[0] == 202 and 429 in codes  # one running, one waiting, the rest refused
+            refused = client.post("/v1/jobs", content=_body())
+            if refused.status_code == 429:
+                assert refused.headers["retry-after"] == "5"
+            for job_id in list(s.store.jobs):
+                assert _wait(client, job_id)["state"] == "done"
+    finally:
+        s.stop()
+
+
+def test_bearer_token(tmp_path, vae_folder):
+    s = Server(tmp_path / "state", ServiceOptions(vae=str(vae_folder)), token="s3cret")
+    try:
+        with httpx.Client(base_url=s.url) as client:
+            assert client.post("/v1/jobs", content=_body()).status_code == 401
+            assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+            ok = client.post("/v1/jobs", content=_body(), headers={"Authorization": "Bearer s3cret"})
+            assert ok.status_code == 202
+            assert client.get("/healthz").status_code == 200  # health needs no token
+    finally:
+        s.stop()
+
+
+def test_a_restarted_service_finishes_every_accepted_job(tmp_path, vae_folder):
+    """The service is killed (SIGKILL) with jobs queued and running, then started again."""
+    port = _free_port()
+    command = [sys.executable, "-m", "framepipe", "serve", "--vae", str(vae_folder), "--port", str(port),
+               "--state-dir", str(tmp_path / "state"), "--preset", "ultrafast", "--device", "cpu"]  # fmt: skip
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    url = f"http://127.0.0.1:{port}"
+
+    def start():
+        process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for _ in range(600):
+            try:
+                if httpx.get(f"{url}/healthz").status_code == 200:
+                    return process
+            except httpx.HTTPError:
+                time.sleep(0.05)
+        raise AssertionError("the service did not start")
+
+    process = start()
+    ids = [httpx.post(f"{url}/v1/jobs", content=_body(frames=6, seed=i)).json()["id"] for i in range(3)]
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    journal = [json.loads(line) for line in (tmp_path / "state" / "jobs.jsonl").read_text().splitlines()]
+    assert {e["id"] for e in journal} == set(ids)
+    process = start()
+    try:
+        with httpx.Client(base_url=url) as client:
+            for job_id in ids:
+                assert _wait(client, job_id)["state"] == "done"
+                assert _frames(client.get(f"/v1/jobs/{job_id}/video").content)[0] == 21
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def test_save_file_bodies_from_disk_too(server, tmp_path):
+    save_file({"latents": small_latents("wan2.1")}, tmp_path / "z.safetensors")
+    with httpx.Client(base_url=server.url) as client:
+        answer = client.post("/v1/jobs", content=(tmp_path / "z.safetensors").read_bytes())
+        assert _wait(client, answer.json()["id"])["state"] == "done"
