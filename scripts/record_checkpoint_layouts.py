@@ -28,48 +28,13 @@ FIXTURE = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "wan-chec
 
 # The releases' configurations, as the Wan repositories' loaders build them (`_video_vae`), and a
 # small configuration of the same code for decode tests.
+_SHARED = dict(dim_mult=[1, 2, 4, 4], num_res_blocks=2, attn_scales=[], temperal_downsample=[False, True, True],
+               dropout=0.0)  # fmt: skip
 CONFIGS = {
-    "wan2.1": {
-        "release": dict(
-            dim=96,
-            z_dim=16,
-            dim_mult=[1, 2, 4, 4],
-            num_res_blocks=2,
-            attn_scales=[],
-            temperal_downsample=[False, True, True],
-            dropout=0.0,
-        ),
-        "small": dict(
-            dim=8,
-            z_dim=16,
-            dim_mult=[1, 2, 4, 4],
-            num_res_blocks=2,
-            attn_scales=[],
-            temperal_downsample=[False, True, True],
-            dropout=0.0,
-        ),
-    },
+    "wan2.1": {"release": dict(dim=96, z_dim=16, **_SHARED), "small": dict(dim=8, z_dim=16, **_SHARED)},
     "wan2.2": {
-        "release": dict(
-            dim=160,
-            dec_dim=256,
-            z_dim=48,
-            dim_mult=[1, 2, 4, 4],
-            num_res_blocks=2,
-            attn_scales=[],
-            temperal_downsample=[False, True, True],
-            dropout=0.0,
-        ),
-        "small": dict(
-            dim=8,
-            dec_dim=16,
-            z_dim=48,
-            dim_mult=[1, 2, 4, 4],
-            num_res_blocks=2,
-            attn_scales=[],
-            temperal_downsample=[False, True, True],
-            dropout=0.0,
-        ),
+        "release": dict(dim=160, dec_dim=256, z_dim=48, **_SHARED),
+        "small": dict(dim=8, dec_dim=16, z_dim=48, **_SHARED),
     },
 }
 CONVERTERS = {"wan2.1": "convert_vae", "wan2.2": "convert_vae_22"}
