@@ -38,10 +38,11 @@ def _run(capsys, *args):
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_decode_matches_diffusers(setup, capsys, mode):
     tmp, vae, z = setup
-    code, out, err = _run(capsys, "decode", tmp / "latents.safetensors", "-o", tmp / "f.npy", "--vae", tmp / "vae",
-                          "--mode", mode, "--device", "cpu", "--quiet")  # fmt: skip
-    assert code == 0 and err == ""
-    np.testing.assert_array_equal(np.load(tmp / "f.npy"), diffusers_frames(vae, z)[0].numpy())
+    for decoder in ("framepipe", "diffusers"):
+        code, out, err = _run(capsys, "decode", tmp / "latents.safetensors", "-o", tmp / "f.npy", "--vae", tmp / "vae",
+                              "--mode", mode, "--device", "cpu", "--decoder", decoder, "--quiet")  # fmt: skip
+        assert code == 0 and err == ""
+        np.testing.assert_array_equal(np.load(tmp / "f.npy"), diffusers_frames(vae, z)[0].numpy())
 
     code, out, err = _run(capsys, "decode", tmp / "latents.safetensors", "-o", tmp / "v.mp4", "--vae", tmp / "vae",
                           "--mode", mode, "--json", "--preset", "ultrafast", "--fps", "24")  # fmt: skip

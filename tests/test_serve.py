@@ -202,3 +202,13 @@ def test_save_file_bodies_from_disk_too(server, tmp_path):
     with httpx.Client(base_url=server.url) as client:
         answer = client.post("/v1/jobs", content=(tmp_path / "z.safetensors").read_bytes())
         assert _wait(client, answer.json()["id"])["state"] == "done"
+
+
+def test_serve_command_line_refusals(capsys, monkeypatch):
+    from framepipe.cli import main
+
+    monkeypatch.delenv("NO_SUCH_TOKEN", raising=False)
+    assert main(["serve", "--token-env", "NO_SUCH_TOKEN"]) == 1
+    assert "error: --token-env NO_SUCH_TOKEN: that environment variable is empty or not set." in capsys.readouterr().err
+    assert main(["serve", "--gpus", "all"]) == 1
+    assert "no CUDA GPU" in capsys.readouterr().err

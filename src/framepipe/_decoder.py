@@ -6,7 +6,9 @@ one zero-bordered tensor into which the norm + SiLU before it writes directly, s
 a tensor of the same shape, strides and values, and cuDNN runs the same kernels on the same numbers.
 On CUDA the norm's scale, gain, bias and SiLU are one fused kernel that repeats PyTorch's arithmetic
 operation by operation (see Note [Exact fusion]); it is checked against PyTorch's own ops on the
-device before first use and left out if it differs. Attention and resampling run diffusers' modules.
+device before first use and left out if it differs. In bfloat16 the norm accumulates in float32
+without diffusers' float32 copy of the activation, where that was checked, per shape and strides,
+to give the same bits (``verified``). Attention and resampling run diffusers' modules.
 """
 
 from __future__ import annotations

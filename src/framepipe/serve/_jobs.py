@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import queue
+import sys
 import threading
 import time
+import traceback
 import uuid
 import warnings
 from dataclasses import dataclass, field, replace
@@ -199,6 +201,12 @@ class JobStore:
             except FramepipeError as e:
                 meter.stop()
                 self._set(job, state="failed", finished=time.time(), error=str(e))
+                self.latents_path(job_id).unlink(missing_ok=True)
+                continue
+            except Exception as e:  # an internal bug: its traceback to stderr; the worker goes on
+                traceback.print_exc(file=sys.stderr)
+                meter.stop()
+                self._set(job, state="failed", finished=time.time(), error=f"internal error ({type(e).__name__}: {e})")
                 continue
             account = meter.stop()
             self.busy_seconds += result.seconds
