@@ -33,6 +33,7 @@ def command(settings: dict, modes: list[str] | None = None) -> str:
         f"--runs {settings['runs']}",
         f"--warmup {settings['warmup']}",
     ]
+    parts.append(f"--content {settings.get('content', 'decoded')}")  # reports before the field: decoded
     if modes:
         parts.append(f"--modes {','.join(modes)}")
     if settings.get("stream_videos"):

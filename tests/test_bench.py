@@ -234,3 +234,35 @@ def test_the_table_has_no_saving_column_without_a_baseline():
     rows = summarize(results, video_fps=16, price_per_hour=4.0, baseline=None)
     table = format_table(rows, price_per_hour=4.0, baseline=None)
     assert "$/1000h" in table and "saving" not in table and "None" not in table
+
+
+def test_procedural_content_reaches_the_encoders_while_the_gpu_decodes(tmp_path, monkeypatch):
+    """With content="procedural", the frames written are the procedural clip's, and the decode
+    still ran on the latents (the VAE's own chunks were made, then set aside)."""
+    import framepipe.bench._run as run_module
+    from framepipe import ArraySink, decode, to_uint8_frames
+    from framepipe._source import decode_chunks
+    from framepipe._synth import synth_clips
+
+    vae = small_vae("wan2.1")
+    z = small_latents("wan2.1", frames=3)
+    bench = run_module.Bench(vae, z, video=VideoSettings(preset="ultrafast"), workdir=tmp_path, content="procedural")
+    decoded = []
+
+    def spy(*args, **options):
+        for chunk in decode_chunks(*args, **options):
+            decoded.append(chunk.clone())
+            yield chunk
+
+    monkeypatch.setattr(run_module, "decode_chunks", spy)
+    sink = ArraySink()
+    decode(z, sink, vae=vae, chunk_source=bench.chunks)
+    g = bench.geometry
+    clip = to_uint8_frames(synth_clips(g.batch, g.frames, g.height, g.width))[0].numpy()
+    assert (sink.frames == clip).all()
+    assert len(decoded) == 3 and not (to_uint8_frames(torch.cat(decoded, 2))[0].numpy() == clip).all()
+    report = run_bench(vae, z, modes=["async", "gpu-only", "encode-only"], warmup=0, runs=1, profile=False,
+                       content="procedural")  # fmt: skip
+    assert report["settings"]["content"] == "procedural"
+    with pytest.raises(SettingsError, match="Invalid content"):
+        run_bench(vae, z, modes=["gpu-only"], runs=1, content="real")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -31,6 +31,8 @@ EMBEDDED_WARNING = (
 Mode = Literal["async", "sync"]
 MODES: tuple[str, ...] = ("async", "sync")
 
+#: What makes a video's chunks from (vae, latents, **options): ``decode_chunks`` by default.
+ChunkSource = Callable[..., Iterator[torch.Tensor]]
 #: What a video's latents may be given as: a tensor, or a path to a latent file.
 Latents = torch.Tensor | str | os.PathLike[str]
 #: Where a video's frames go: an output path, or one sink per video of the latents' batch.
@@ -90,6 +92,7 @@ def decode_many(
     max_open: int | None = None,
     latent_frames_per_chunk: int = 1,
     decoder: str = "framepipe",
+    chunk_source: ChunkSource | None = None,
     progress: bool = False,
     seed: int = 0,
     trace: PipelineTrace | None = None,
@@ -122,6 +125,9 @@ def decode_many(
         latent_frames_per_chunk: latent frames decoded per chunk (4 frames each; the first gives 1).
         decoder: ``"framepipe"`` (default: diffusers' decoder modules with fewer copies and fused
             norm + SiLU, the same bits) or ``"diffusers"`` (its decoder's forward as is).
+        chunk_source: what makes a video's chunks, called as ``decode_chunks`` is (the default):
+            ``chunk_source(vae, latents, latent_frames_per_chunk=..., decoder=...)``; the bench
+            uses it to hand the encoders frames that encode like real video.
         progress: show a progress bar with frames/s on stderr.
         seed: seed of the random weights when ``arch`` is given.
         trace: a ``PipelineTrace`` that records each stage's host-side span and the bytes copied
@@ -188,7 +194,9 @@ def decode_many(
             opened.append(sink)
         bar.start(g.batch * g.frames if len(inputs) == 1 else None)
         outputs.extend(names)
-        chunks = decode_chunks(vae, latents, latent_frames_per_chunk=latent_frames_per_chunk, decoder=decoder)
+        chunks = (chunk_source or decode_chunks)(
+            vae, latents, latent_frames_per_chunk=latent_frames_per_chunk, decoder=decoder
+        )
         sources.append(chunks)
         return Job(chunks, sinks, progress=lambda t, b=g.batch: bar.update(t * b))
 

@@ -290,6 +290,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--stream-videos", type=int, default=4, help="videos per async-stream run (default 4)")
     b.add_argument(
+        "--content",
+        choices=("auto", "decoded", "procedural"),
+        default="auto",
+        help="what the encoders get: decoded (the VAE's output), procedural (procedural clips of the same size, "
+        "which encode like real video, while the GPU decodes all the same); auto (default): procedural for "
+        "random weights (--arch), whose output is noise, x264's worst case; decoded otherwise",
+    )
+    b.add_argument(
         "--concurrent-videos",
         type=_counts,
         default=[1],
@@ -498,13 +506,15 @@ def _bench(args: argparse.Namespace) -> int:
         concurrent_videos=args.concurrent_videos,
         model=describe_vae(args.vae, args.arch, args.seed),
         encoder_variants=args.encoder_variant,
+        content=("procedural" if args.arch and not args.vae else "decoded") if args.content == "auto" else args.content,
     )
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     st, env, enc = report["settings"], report["environment"], report["settings"]["encoder"]
     print(
-        f"{env.get('gpu') or 'CPU'} | {st['model']} | {st['device']} {st['dtype']} | {st['videos']} x "
+        f"{env.get('gpu') or 'CPU'} | {st['model']} | {st['content']} frames to encode | {st['device']} "
+        f"{st['dtype']} | {st['videos']} x "
         f"{st['frames_per_video']} frames of {st['height']}x{st['width']} (HxW) | {enc['codec']} {enc['preset']} "
         f"crf {enc['crf']}{' segments ' + str(enc['segment_frames']) if enc['segment_frames'] else ''} | "
         f"{st['warmup']} warm-up + {st['runs']} runs | torch {env['torch']}, diffusers {env['diffusers']}, "

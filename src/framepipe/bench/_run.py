@@ -24,7 +24,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -38,6 +38,7 @@ from .._latents import denormalize
 from .._pipeline import numbered_chunks
 from .._postprocess import to_uint8_frames
 from .._source import decode_chunks, geometry
+from .._synth import synth_clips
 from .._trace import PipelineTrace, stage
 from ..sinks import Sink, VideoSettings, open_sink, parse_segment_frames
 from ._cost import FORMULA
@@ -49,6 +50,11 @@ BENCH_MODES: tuple[str, ...] = (
 )  # fmt: skip
 DEFAULT_MODES: tuple[str, ...] = BENCH_MODES[:6]
 VARIANT_MODES: tuple[str, ...] = ("sync", "async", "encode-only", "async-stream")  # framepipe's encoding modes
+#: What the encoders are given, and how the report names it.
+CONTENTS = {
+    "decoded": "the VAE's output",
+    "procedural": "procedural clips of the decoded size (encode like real video); the GPU decodes the latents",
+}
 
 
 def encoder_variant(spec: str, base: VideoSettings) -> VideoSettings:
@@ -133,6 +139,7 @@ class Bench:
         slots: int = 2,
         workdir: Path,
         stream_videos: int = 4,
+        content: str = "decoded",
     ):
         self.vae = vae
         param = next(vae.parameters())
@@ -145,6 +152,26 @@ class Bench:
         self.stream_videos = stream_videos
         self.concurrent_videos = 1  # async-stream's videos decoding at once; run_bench sets it per row
         self._frames: list[np.ndarray] | None = None  # decoded chunks for encode-only
+        # "procedural": the encoders get procedural clips of the decoded size (they encode like real
+        # video) while the GPU still decodes the latents; "decoded": the VAE's output itself.
+        self.content = content
+        self._clip: torch.Tensor | None = None
+
+    def clip(self) -> torch.Tensor:
+        """Procedural clips of the decoded video's shape, on the device, in the VAE's dtype."""
+        if self._clip is None:
+            g = self.geometry
+            self._clip = synth_clips(g.batch, g.frames, g.height, g.width, device=self.device).to(self.dtype)
+        return self._clip
+
+    def chunks(self, vae, latents: torch.Tensor, **options) -> Iterator[torch.Tensor]:
+        """``decode_chunks``; with procedural content, each decoded chunk's frames are swapped for the
+        clip's (the decode has run: the GPU does the same work, the encoders get other pictures)."""
+        start = 0
+        for chunk in decode_chunks(vae, latents, **options):
+            n = chunk.shape[2]
+            yield chunk if self.content == "decoded" else self.clip()[:, :, start : start + n]
+            start += n
 
     # -- the modes: each does one whole run and returns once the device is idle ------------------
 
@@ -166,6 +193,8 @@ class Bench:
         with stage("decode", 0, trace), torch.inference_mode():
             z = self._denormalized()
             video = self.vae.decode(z).sample
+            if self.content != "decoded":
+                video = self.clip()
         with stage("copy", 0, trace):
             host = video.cpu()
         if self.device.type == "cuda":
@@ -181,12 +210,12 @@ class Bench:
 
     def run_framepipe(self, mode: str, trace: PipelineTrace) -> None:
         decode(self.latents, self.workdir / f"{mode}.mp4", vae=self.vae, video=self.video, mode=mode, slots=self.slots,
-               trace=trace)  # fmt: skip
+               chunk_source=self.chunks, trace=trace)  # fmt: skip
 
     def run_stream(self, trace: PipelineTrace) -> None:
         pairs = [(self.latents, self.workdir / f"stream{i}.mp4") for i in range(self.stream_videos)]
         decode_many(pairs, vae=self.vae, video=self.video, slots=self.slots, trace=trace,
-                    concurrent_videos=self.concurrent_videos)  # fmt: skip
+                    concurrent_videos=self.concurrent_videos, chunk_source=self.chunks)  # fmt: skip
 
     def run_gpu_only(self, trace: PipelineTrace, decoder: str = "framepipe") -> None:
         with torch.inference_mode():
@@ -213,7 +242,7 @@ class Bench:
         """Decode once and keep the uint8 chunks on the host, for encode-only."""
         with torch.inference_mode():
             z = self._denormalized()
-            self._frames = [to_uint8_frames(c).cpu().numpy() for c in decode_chunks(self.vae, z)]
+            self._frames = [to_uint8_frames(c).cpu().numpy() for c in self.chunks(self.vae, z)]
 
     def runner(self, mode: str) -> Callable[[PipelineTrace], None]:
         if mode == "diffusers":
@@ -310,8 +339,13 @@ def run_bench(
     concurrent_videos: int | Sequence[int] = 1,
     model: str | None = None,
     encoder_variants: Sequence[str] = (),
+    content: str = "decoded",
 ) -> dict[str, Any]:
     """Measure ``modes`` on ``latents`` (pipeline format) and return the report as a dict.
+
+    ``content``: what the encoders get, ``"decoded"`` (the VAE's output; noise for random weights,
+    x264's worst case) or ``"procedural"`` (procedural clips of the same size, which encode like
+    real video, while the GPU decodes the latents all the same).
 
     ``model`` says in the report which VAE ``vae`` is (e.g. ``"random wan2.1"``), for the record.
     Each of ``encoder_variants`` (see ``encoder_variant``) runs framepipe's encoding modes again
@@ -319,6 +353,8 @@ def run_bench(
     the others in this process and against the same ``gpu-only``. ``async-stream`` runs once for
     each of ``concurrent_videos`` (videos decoding at once), as ``"async-stream [2 at once]"``."""
     video = video or VideoSettings()
+    if content not in CONTENTS:
+        raise SettingsError(f"Invalid content ({content!r}). Supported values are {', '.join(CONTENTS)}.")
     variants = [(spec, encoder_variant(spec, video)) for spec in encoder_variants]
     bad = [m for m in modes if m not in BENCH_MODES]
     if bad:
@@ -333,7 +369,8 @@ def run_bench(
     if timeline_dir is not None:
         timeline_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="framepipe-bench-") as tmp:
-        bench = Bench(vae, latents, video=video, slots=slots, workdir=Path(tmp), stream_videos=stream_videos)
+        bench = Bench(vae, latents, video=video, slots=slots, workdir=Path(tmp), stream_videos=stream_videos,
+                      content=content)  # fmt: skip
         results = []
         for mode in modes:
             for spec, settings in [("", video), *(variants if mode in VARIANT_MODES else [])]:
@@ -356,6 +393,8 @@ def run_bench(
         "environment": environment(bench.device),
         "settings": {
             "model": model,
+            "content": content,
+            "content_is": CONTENTS[content],
             "device": str(bench.device),
             "dtype": str(bench.dtype).removeprefix("torch."),
             "latents_shape": list(latents.shape),
