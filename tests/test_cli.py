@@ -325,3 +325,34 @@ def test_the_demo_says_what_each_phase_is_doing(tmp_path, capsys):
     phases = [line for line in err.splitlines() if line.startswith("framepipe demo: ")]
     assert [p.split(": ", 1)[1].split(" ")[0] for p in phases] == ["framepipe's", "drawing", "encoding", "decoding"]
     assert "The decode took" in out and "the whole demo, drawing and encoding the clip included" in out
+
+
+def test_ctrl_c_inside_one_long_native_operation_ends_within_the_grace(tmp_path):
+    """A Ctrl-C that arrives while the main thread is inside one long native call (Python cannot
+    raise KeyboardInterrupt until it returns) ends the process after the watchdog's grace, with
+    this process's work in progress removed and one line said."""
+    script = tmp_path / "long.py"
+    script.write_text(
+        "import sys, torch\n"
+        "from pathlib import Path\n"
+        "from framepipe import _watchdog\n"
+        "from framepipe._paths import temporary_sibling\n"
+        "out = Path(sys.argv[1])\n"
+        "_watchdog.install([out.parent], grace_s=1.0)\n"
+        "temporary_sibling(out).write_bytes(b'partial')\n"
+        "a = torch.randn(7000, 7000, dtype=torch.float64)\n"
+        "print('ready', flush=True)\n"
+        "a @ a @ a @ a\n"
+        "print('finished', flush=True)\n"
+    )
+    process = subprocess.Popen([sys.executable, str(script), str(tmp_path / "v.mp4")], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert process.stdout.readline().strip() == "ready"
+    time.sleep(0.3)
+    start = time.monotonic()
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=30)
+    assert process.returncode == 130 and "finished" not in out
+    assert time.monotonic() - start < 6
+    assert "framepipe: interrupted inside a long operation" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long.py"]

@@ -62,6 +62,18 @@ def remove_stale(folder: Path, prefix: str) -> int:
     return removed
 
 
+def remove_own_work(folder: Path) -> int:
+    """Remove this process's work in progress (hidden ``temporary_sibling`` names) in ``folder``;
+    for the last-resort exit after an interrupt (see ``_watchdog``). Returns how many."""
+    removed = 0
+    with contextlib.suppress(OSError):
+        for entry in folder.iterdir():
+            if is_work_in_progress(entry.name) and f".{_owner()}" in entry.name:
+                remove_path(entry)
+                removed += 1
+    return removed
+
+
 def is_work_in_progress(name: str) -> bool:
     """Whether ``name`` is a hidden work-in-progress name that ``temporary_sibling`` makes."""
     return name.startswith(".") and ".partial" in name and bool(re.search(r"\.partial(\.|$)", name))

@@ -690,10 +690,25 @@ def _terminate(signum: int, frame: object) -> None:
     raise Terminated()
 
 
+def _output_folders(args: argparse.Namespace) -> list[Path]:
+    """Where a command writes its outputs' work in progress (for the interrupt watchdog)."""
+    output = getattr(args, "output", None)
+    if not isinstance(output, str) or "://" in output:
+        return []
+    path = Path(output.replace("{name}", "x").replace("{index}", "0"))
+    return [path, path.parent]
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _one_line_warnings()
     in_main_thread = threading.current_thread() is threading.main_thread()
+    # The real command line of a decoding command (tests calling main(argv) keep their process;
+    # serve and the data commands have their own shutdown, which may rightly take longer).
+    if argv is None and in_main_thread and args.command in ("decode", "batch", "demo", "bench"):
+        from ._watchdog import install
+
+        install(_output_folders(args))
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         return _run(args)
