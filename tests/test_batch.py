@@ -158,6 +158,23 @@ def test_two_workers_share_the_work(tmp_path, vae_folder):
         assert _frames(tmp_path / "out" / f"{task.name}.mp4")[0] in (5, 9, 13)
 
 
+def test_unwritable_output_folder_is_one_line(tmp_path, vae_folder, capsys):
+    _latents(tmp_path / "in", 1)
+    (tmp_path / "file").write_text("x")
+    assert main(["batch", str(tmp_path / "in"), "-o", str(tmp_path / "file" / "out"), "--vae", str(vae_folder)]) == 1
+    assert "error: Cannot create the batch's output folder" in capsys.readouterr().err
+    readonly = tmp_path / "ro"
+    readonly.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)],
+                      capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("mounting a read-only file system needs root")
+    try:
+        assert main(["batch", str(tmp_path / "in"), "-o", str(readonly / "out"), "--vae", str(vae_folder)]) == 1
+        assert "Read-only file system" in capsys.readouterr().err
+    finally:
+        subprocess.run(["umount", str(readonly)], check=False)
+
+
 def test_cli(tmp_path, vae_folder, capsys):
     _latents(tmp_path / "in", 2)
     args = [

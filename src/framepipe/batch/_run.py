@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .._errors import DeviceError, FramepipeError, SettingsError
+from .._errors import DeviceError, FramepipeError, OutputError, SettingsError
 from .._models import load_vae
 from ._journal import Journal
 from ._plan import BatchTask
@@ -106,7 +106,10 @@ def run_batch(
     if outdir.exists() and not outdir.is_dir():
         raise SettingsError(f"The batch's output {outdir} is a file; give a folder.")
     created = not outdir.exists()
-    outdir.mkdir(parents=True, exist_ok=True)
+    try:
+        outdir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"Cannot create the batch's output folder {outdir}: {e.strerror or e}.") from e
     try:
         return _run(tasks, outdir, options, devices, fail_fast, verify, ray_address, workers, on_result)
     except BaseException:
