@@ -305,3 +305,34 @@ def test_ray_cli_and_ray_data(tmp_path, vae_folder, ray_cluster, capsys):
         ray.shutdown()
     assert sorted((r["name"], r["status"]) for r in results) == [("d0", "done"), ("d1", "done")]
     assert _frames(tmp_path / "data" / "d1.mp4")[0] == 9
+
+
+def test_batch_from_and_to_an_object_store(tmp_path, vae_folder, s3_endpoint, capsys):
+    """Latents listed and read from an s3:// prefix, videos uploaded whole to another, the journal as
+    one object per video; a re-run skips what is there, a changed object is decoded again."""
+    from framepipe.data._store import open_destination
+
+    source = open_destination("s3://fp-batch-in/latents", endpoint_url=s3_endpoint)
+    for path in sorted(_latents(tmp_path / "in", 3).iterdir()):
+        source.upload(path, path.name)
+    args = ["batch", "s3://fp-batch-in/latents", "-o", "s3://fp-batch-out/videos", "--vae", str(vae_folder),
+            "--preset", "ultrafast", "--endpoint-url", s3_endpoint, "--json"]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["done"] == 3
+    out = open_destination("s3://fp-batch-out/videos", endpoint_url=s3_endpoint)
+    keys = sorted(info.key for info in out.list())
+    assert keys == [f"framepipe-batch/v{i}.json" for i in range(3)] + [f"v{i}.mp4" for i in range(3)]
+    entry = json.loads(out.read("framepipe-batch/v1.json"))
+    out.download("v1.mp4", tmp_path / "v1.mp4")
+    assert file_digest(tmp_path / "v1.mp4") == (entry["bytes"], entry["sha256"])
+    assert out.metadata("v1.mp4")["sha256"] == entry["sha256"]
+    assert _frames(tmp_path / "v1.mp4")[0] == 9
+    assert entry["output"] == "s3://fp-batch-out/videos/v1.mp4"
+
+    out.write("v2.mp4", b"not a video")  # another size: decoded again
+    assert main(args) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert (summary["done"], summary["skipped"]) == (1, 2)
+    missing = ["batch", "s3://fp-batch-in/none", "-o", str(tmp_path / "x"), "--endpoint-url", s3_endpoint]
+    assert main(missing) == 1
+    assert "No latent objects" in capsys.readouterr().err

@@ -200,10 +200,12 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument(
         "inputs",
         nargs="+",
-        help="latent files, folders (their .safetensors/.pt/.npy files), glob patterns, or .jsonl manifests "
+        help="latent files, folders (their .safetensors/.pt/.npy files), glob patterns, s3:// objects or prefixes, "
+        "or .jsonl manifests "
         '(one JSON object per line: {"latents": PATH, "name": NAME, "fps": N, "crf": N, "preset": P})',
     )
-    bt.add_argument("-o", "--output", required=True, help="output folder (created if missing)")
+    bt.add_argument("-o", "--output", required=True, help="output folder (created if missing) or s3://BUCKET/PREFIX")
+    bt.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// inputs and outputs (default: boto3's)")
     _add_model_options(bt)
     bt.add_argument("--seed", type=int, default=0, help="seed of the random weights with --arch (default 0)")
     bt.add_argument("--latent-format", choices=("pipeline", "raw"), default="pipeline", help="as for decode")
@@ -603,9 +605,10 @@ def _batch(args: argparse.Namespace) -> int:
     from ._models import resolve_device
     from .batch import BatchOptions, plan_batch, resolve_gpus, run_batch
 
-    tasks = plan_batch(args.inputs)
+    tasks = plan_batch(args.inputs, endpoint_url=args.endpoint_url)
     options = BatchOptions(vae=args.vae, arch=args.arch, seed=args.seed, video=_video(args), dtype=args.dtype,
-                           decoder=args.decoder, latent_format=args.latent_format, mode=args.mode)  # fmt: skip
+                           decoder=args.decoder, latent_format=args.latent_format, mode=args.mode,
+                           endpoint_url=args.endpoint_url)  # fmt: skip
     if args.ray is not None and args.gpus is not None:
         raise SettingsError("--ray and --gpus do not go together: on Ray, each actor takes one of the cluster's GPUs.")
     if args.ray is None:

@@ -31,10 +31,11 @@ class BatchTask:
         return {"latents": self.latents, "name": self.name, **self.settings}
 
 
-def plan_batch(inputs: Sequence[str]) -> list[BatchTask]:
+def plan_batch(inputs: Sequence[str], *, endpoint_url: str | None = None) -> list[BatchTask]:
     """The tasks for ``inputs``: latent files, folders (their latent files, recursively, sorted),
-    glob patterns, and ``.jsonl`` manifests (one JSON object per line: ``latents``, optional
-    ``name``, ``fps``, ``crf``, ``preset``; relative paths are relative to the manifest).
+    glob patterns, ``.jsonl`` manifests (one JSON object per line: ``latents``, optional ``name``,
+    ``fps``, ``crf``, ``preset``; relative paths are relative to the manifest), and ``s3://``
+    latent objects or prefixes (their latent objects, sorted).
 
     ``SettingsError`` names what is wrong: an input that matches nothing, a manifest line that is
     not valid, two videos that would write the same output.
@@ -42,7 +43,9 @@ def plan_batch(inputs: Sequence[str]) -> list[BatchTask]:
     tasks: list[BatchTask] = []
     for text in inputs:
         path = Path(text)
-        if path.is_dir():
+        if text.startswith("s3://"):
+            tasks += _object_tasks(text, endpoint_url)
+        elif path.is_dir():
             found = sorted(p for p in path.rglob("*") if p.suffix in LATENT_SUFFIXES and p.is_file())
             if not found:
                 raise SettingsError(f"No latent files ({', '.join(LATENT_SUFFIXES)}) in folder {text}.")
@@ -97,10 +100,13 @@ def read_manifest(path: Path) -> list[BatchTask]:
             known = ", ".join(("latents", "name", *PER_VIDEO_SETTINGS))
             raise SettingsError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; known: {known}.")
         latents = Path(entry["latents"])
-        latents = latents if latents.is_absolute() else path.parent / latents
-        if latents.suffix not in LATENT_SUFFIXES:
+        if entry["latents"].startswith("s3://"):
+            latents = entry["latents"]  # a URL, as it is
+        elif not latents.is_absolute():
+            latents = path.parent / latents
+        if Path(latents).suffix not in LATENT_SUFFIXES:
             raise SettingsError(f"{where}: {latents} is not a latent file ({', '.join(LATENT_SUFFIXES)}).")
-        name = entry.get("name", latents.stem)
+        name = entry.get("name", Path(latents).stem)
         if not isinstance(name, str) or not name or Path(name).name != name or name.startswith("."):
             raise SettingsError(f"{where}: name must be a plain file name without folders, got {name!r}.")
         settings = {k: entry[k] for k in PER_VIDEO_SETTINGS if k in entry}
@@ -112,3 +118,16 @@ def read_manifest(path: Path) -> list[BatchTask]:
     if not tasks:
         raise SettingsError(f"Manifest {path} lists no videos.")
     return tasks
+
+
+def _object_tasks(url: str, endpoint_url: str | None) -> list[BatchTask]:
+    """Tasks for an ``s3://`` latent object, or for every latent object under a prefix."""
+    from ..data._store import open_store
+
+    if Path(url).suffix in LATENT_SUFFIXES:
+        return [BatchTask(url, Path(url).stem)]
+    store = open_store(url, endpoint_url=endpoint_url)
+    found = sorted(info.key for info in store.list() if Path(info.key).suffix in LATENT_SUFFIXES)
+    if not found:
+        raise SettingsError(f"No latent objects ({', '.join(LATENT_SUFFIXES)}) under {url}.")
+    return [BatchTask(f"{store.url}/{key}", Path(key).stem) for key in found]

@@ -18,6 +18,8 @@ import numpy as np
 
 from .._errors import SettingsError
 from .._optional import require
+from .._paths import work_folder
+from ._destination import open_batch_destination
 from ._plan import BatchTask
 from ._task import BatchOptions, decode_task
 
@@ -33,10 +35,11 @@ class RayDecoder:
 
         from .._models import load_vae
 
-        self.outdir = Path(outdir)
-        self.outdir.mkdir(parents=True, exist_ok=True)
         self.options = options or BatchOptions()
         o = self.options
+        self.destination = open_batch_destination(outdir, endpoint_url=o.endpoint_url)
+        self._work = work_folder("framepipe-batch-")  # left when the actor's process ends: the next run removes it
+        self.work = self._work.__enter__()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")  # Ray sets CUDA_VISIBLE_DEVICES
         self.vae = load_vae(o.vae, arch=o.arch, dtype=o.dtype, device=device, seed=o.seed)
 
@@ -44,7 +47,7 @@ class RayDecoder:
         return os.getpid()
 
     def decode(self, task: BatchTask) -> dict[str, Any]:
-        return decode_task(task, self.outdir, self.options, self.vae)
+        return decode_task(task, self.destination, self.options, self.vae, self.work)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Ray Data: rows with ``latents`` (a path) and optional ``name``; one result row each."""
@@ -70,7 +73,7 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
 
 def run_on_ray(
     tasks: Sequence[BatchTask],
-    outdir: Path,
+    outdir: str,
     options: Any,
     finish: Callable[[dict[str, Any]], bool],
     *,

@@ -25,11 +25,12 @@ from typing import Any
 
 import torch
 
-from .._errors import DeviceError, FramepipeError, OutputError, SettingsError
+from .._errors import DeviceError, FramepipeError, SettingsError
 from .._models import load_vae
-from ._journal import Journal
+from .._paths import work_folder
+from ._destination import open_batch_destination
 from ._plan import BatchTask
-from ._task import BatchOptions, decode_task, output_path
+from ._task import BatchOptions, decode_task
 
 
 @dataclass
@@ -102,28 +103,23 @@ def run_batch(
     what the journal records done and still finds intact (``verify``: by its SHA-256 too).
     """
     options = options or BatchOptions()
-    outdir = Path(outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise SettingsError(f"The batch's output {outdir} is a file; give a folder.")
-    created = not outdir.exists()
+    local = not str(outdir).startswith("s3://")
+    created = local and not Path(outdir).exists()
+    destination = open_batch_destination(outdir, endpoint_url=options.endpoint_url)
     try:
-        outdir.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"Cannot create the batch's output folder {outdir}: {e.strerror or e}.") from e
-    try:
-        return _run(tasks, outdir, options, devices, fail_fast, verify, ray_address, workers, on_result)
+        return _run(tasks, destination, options, devices, fail_fast, verify, ray_address, workers, on_result)
     except BaseException:
-        if created and not any(outdir.iterdir()):  # a batch that wrote nothing leaves no folder
-            outdir.rmdir()
+        if created and not any(Path(outdir).iterdir()):  # a batch that wrote nothing leaves no folder
+            Path(outdir).rmdir()
         raise
 
 
-def _run(tasks, outdir: Path, options: BatchOptions, devices, fail_fast, verify, ray_address, workers, on_result):
-    journal = Journal(outdir)
+def _run(tasks, destination, options: BatchOptions, devices, fail_fast, verify, ray_address, workers, on_result):
+    journal = destination.journal()
     summary = BatchSummary(devices=list(devices), journal=str(journal.path))
     pending = []
     for task in tasks:
-        if journal.is_done(task.name, output_path(outdir, task), verify=verify):
+        if journal.is_done(task.name, destination.target(task.name, Path()), verify=verify):
             summary.skipped += 1
         else:
             pending.append(task)
@@ -148,20 +144,22 @@ def _run(tasks, outdir: Path, options: BatchOptions, devices, fail_fast, verify,
         if ray_address is not None:
             from ._ray import run_on_ray
 
-            summary.devices = run_on_ray(pending, outdir, options, finish, address=ray_address, workers=workers)
+            summary.devices = run_on_ray(pending, destination.url, options, finish, address=ray_address,
+                                         workers=workers)  # fmt: skip
         elif len(devices) == 1:
-            _run_here(pending, outdir, options, devices[0], finish)
+            _run_here(pending, destination, options, devices[0], finish)
         else:
-            _run_workers(pending, outdir, options, list(devices), finish)
+            _run_workers(pending, destination, options, list(devices), finish)
     summary.seconds = time.perf_counter() - start
     return summary
 
 
-def _run_here(tasks, outdir: Path, options: BatchOptions, device: str, finish) -> None:
+def _run_here(tasks, destination, options: BatchOptions, device: str, finish) -> None:
     vae = load_vae(options.vae, arch=options.arch, dtype=options.dtype, device=device, seed=options.seed)
-    for task in tasks:
-        if not finish(decode_task(task, outdir, options, vae)):
-            return
+    with work_folder("framepipe-batch-") as work:
+        for task in tasks:
+            if not finish(decode_task(task, destination, options, vae, work)):
+                return
 
 
 def _die_with_parent() -> None:
@@ -170,7 +168,7 @@ def _die_with_parent() -> None:
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def worker_main(index: int, device: str, outdir: str, options: BatchOptions, tasks, results) -> None:
+def worker_main(index: int, device: str, destination, options: BatchOptions, tasks, results) -> None:
     """Worker ``index``: load the VAE on ``device``, then decode tasks from ``tasks`` until None."""
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides; Ctrl-C reaches the whole group
@@ -181,24 +179,25 @@ def worker_main(index: int, device: str, outdir: str, options: BatchOptions, tas
     except FramepipeError as e:
         results.put({"worker_error": f"{device}: {e}"})
         return
-    while (task := tasks.get()) is not None:
-        results.put({"started": task.name, "worker": index})
-        try:
-            results.put(decode_task(task, Path(outdir), options, vae))
-        except Exception as e:  # an internal bug: its traceback goes to stderr, the batch goes on
-            traceback.print_exc(file=sys.stderr)
-            results.put({"name": task.name, "latents": task.latents, "status": "failed",
-                         "error": f"internal error ({type(e).__name__}: {e}); see the traceback above"})  # fmt: skip
+    with work_folder("framepipe-batch-") as work:
+        while (task := tasks.get()) is not None:
+            results.put({"started": task.name, "worker": index})
+            try:
+                results.put(decode_task(task, destination, options, vae, work))
+            except Exception as e:  # an internal bug: its traceback goes to stderr, the batch goes on
+                traceback.print_exc(file=sys.stderr)
+                error = f"internal error ({type(e).__name__}: {e}); see the traceback above"
+                results.put({"name": task.name, "latents": task.latents, "status": "failed", "error": error})
 
 
-def _run_workers(tasks, outdir: Path, options: BatchOptions, devices: list[str], finish) -> None:
+def _run_workers(tasks, destination, options: BatchOptions, devices: list[str], finish) -> None:
     ctx = multiprocessing.get_context("spawn")
     work, results = ctx.Queue(), ctx.Queue()
     for task in tasks:
         work.put(task)
     for _ in devices:
         work.put(None)
-    workers = [ctx.Process(target=worker_main, args=(i, d, str(outdir), options, work, results), daemon=True,
+    workers = [ctx.Process(target=worker_main, args=(i, d, destination, options, work, results), daemon=True,
                            name=f"framepipe-batch-{i}") for i, d in enumerate(devices)]  # fmt: skip
     by_name = {t.name: t for t in tasks}
     in_flight: dict[int, str] = {}  # worker -> the video it decodes

@@ -10,7 +10,7 @@ from typing import Any
 from .._api import decode
 from .._errors import FramepipeError
 from ..sinks import VideoSettings
-from ._journal import file_digest
+from ._destination import fetch_latents
 from ._plan import BatchTask
 
 
@@ -26,29 +26,32 @@ class BatchOptions:
     decoder: str = "framepipe"
     latent_format: str = "pipeline"
     mode: str = "async"
+    endpoint_url: str | None = None  # for s3:// latents and outputs (default: boto3's, e.g. AWS_ENDPOINT_URL)
 
 
-def output_path(outdir: Path, task: BatchTask) -> Path:
-    return outdir / f"{task.name}.mp4"
-
-
-def decode_task(task: BatchTask, outdir: Path, options: BatchOptions, vae) -> dict[str, Any]:
-    """Decode one task with a loaded ``vae``; the journal entry for it (``done`` or ``failed``)."""
-    output = output_path(outdir, task)
+def decode_task(task: BatchTask, destination, options: BatchOptions, vae, work: Path) -> dict[str, Any]:
+    """Decode one task with a loaded ``vae`` into ``destination`` (``work``: this worker's scratch
+    folder); the journal entry for it (``done`` or ``failed``)."""
     entry: dict[str, Any] = {"name": task.name, "latents": task.latents}
+    latents = None
     try:
         video = replace(options.video, **task.settings)
+        latents = fetch_latents(task.latents, work, endpoint_url=options.endpoint_url)
+        target = destination.target(task.name, work)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # said once by the driver, not once per video
-            result = decode(task.latents, output, vae=vae, video=video, mode=options.mode, decoder=options.decoder,
+            result = decode(str(latents), target, vae=vae, video=video, mode=options.mode, decoder=options.decoder,
                             latent_format=options.latent_format)  # fmt: skip
+        where, size, sha = destination.publish(task.name, target)
     except FramepipeError as e:
         return {**entry, "status": "failed", "error": str(e)}
-    size, sha = file_digest(output)
+    finally:
+        if latents is not None and latents.parent == work:
+            latents.unlink(missing_ok=True)
     return {
         **entry,
         "status": "done",
-        "output": str(output),
+        "output": where,
         "bytes": size,
         "sha256": sha,
         "seconds": round(result.seconds, 4),
