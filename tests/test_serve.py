@@ -212,3 +212,36 @@ def test_serve_command_line_refusals(capsys, monkeypatch):
     assert "error: --token-env NO_SUCH_TOKEN: that environment variable is empty or not set." in capsys.readouterr().err
     assert main(["serve", "--gpus", "all"]) == 1
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_latents_by_path_and_s3_with_an_s3_output(tmp_path, vae_folder, s3_endpoint):
+    from framepipe.data._store import open_destination
+
+    (tmp_path / "inputs").mkdir()
+    save_file({"latents": small_latents("wan2.1")}, tmp_path / "inputs" / "z.safetensors")
+    save_file({"latents": small_latents("wan2.1")}, tmp_path / "outside.safetensors")
+    bucket = open_destination("s3://fp-serve/in", endpoint_url=s3_endpoint)
+    bucket.upload(tmp_path / "inputs" / "z.safetensors", "z.safetensors")
+    options = ServiceOptions(vae=str(vae_folder), video=VideoSettings(preset="ultrafast"),
+                             input_root=str(tmp_path / "inputs"), endpoint_url=s3_endpoint)  # fmt: skip
+    s = Server(tmp_path / "state", options)
+    try:
+        with httpx.Client(base_url=s.url) as client:
+            by_path = client.post("/v1/jobs", json={"latents": str(tmp_path / "inputs" / "z.safetensors")})
+            assert by_path.status_code == 202, by_path.text
+            by_url = client.post("/v1/jobs", json={"latents": "s3://fp-serve/in/z.safetensors",
+                                                   "output": "s3://fp-serve/out/z.mp4"})  # fmt: skip
+            assert by_url.status_code == 202, by_url.text
+            for answer in (by_path, by_url):
+                assert _wait(client, answer.json()["id"])["state"] == "done"
+            uploaded = open_destination("s3://fp-serve/out", endpoint_url=s3_endpoint).read("z.mp4")
+            assert uploaded == client.get(by_url.json()["video"]).content and _frames(uploaded)[0] == 9
+            outside = client.post("/v1/jobs", json={"latents": str(tmp_path / "outside.safetensors")})
+            assert outside.status_code == 403
+            missing = client.post("/v1/jobs", json={"latents": "s3://fp-serve/in/none.safetensors"})
+            assert missing.status_code == 422 and "not found" in missing.json()["detail"]
+            bad = client.post("/v1/jobs", json={"latents": "x", "output": "/tmp/x.mp4"})
+            assert bad.status_code == 422 and "s3://" in bad.json()["detail"]
+    finally:
+        s.stop()
+    assert [p.name for p in (tmp_path / "state" / "latents").iterdir()] == []

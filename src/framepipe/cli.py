@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-queue", type=_count, default=16, help="jobs waiting at most; more get 429 (default 16)")
     sv.add_argument("--max-body-mb", type=_count, default=512, help="largest request body in MiB; more gets 413")
     sv.add_argument("--max-latent-frames", type=_count, default=64, help="latent frames per job at most (default 64)")
+    sv.add_argument("--input-root", default=None, help="jobs may name latents by path under this folder (default none)")
+    sv.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// latents and outputs (default: boto3's)")
     sv.add_argument(
         "--device", default=None, help="cuda, cuda:N or cpu for the one worker without --gpus (default: cuda if any)"
     )
@@ -653,7 +655,8 @@ def _serve(args: argparse.Namespace) -> int:
     options = ServiceOptions(vae=args.vae, arch=args.arch, dtype=args.dtype, decoder=args.decoder,
                              devices=tuple(devices), video=_video(args), max_queue=args.max_queue,
                              max_body_bytes=args.max_body_mb * 2**20,
-                             max_latent_frames=args.max_latent_frames)  # fmt: skip
+                             max_latent_frames=args.max_latent_frames, input_root=args.input_root,
+                             endpoint_url=args.endpoint_url)  # fmt: skip
     print(f"framepipe serve: http://{args.host}:{args.port} on {', '.join(devices)}; state in {args.state_dir}",
           file=sys.stderr)  # fmt: skip
     serve(options, args.state_dir, host=args.host, port=args.port, token=token)

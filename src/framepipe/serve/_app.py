@@ -9,16 +9,18 @@ GET  /healthz             -> {"ok": true}
 """
 
 import hmac  # no `from __future__ import annotations`: FastAPI reads the handlers' annotations at runtime
+import json
 import math
+import shutil
 import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .._errors import LatentsError, SettingsError
+from .._errors import FramepipeError, LatentsError, SettingsError
 from .._latents import LATENT_FORMATS, check_latents, load_latents
 from .._optional import require
-from ._jobs import STATES, Job, JobStore, QueueFull
+from ._jobs import STATES, Job, JobStore, QueueFull, fetch
 
 
 def _metrics(store: JobStore):
@@ -64,10 +66,41 @@ def _metrics(store: JobStore):
     return prom, registry
 
 
+def _fetch_named_latents(store: JobStore, incoming: Path) -> str | None:
+    """A JSON body ``{"latents": PATH or s3://..., "output": s3://... (optional)}``: bring the named
+    latents into ``incoming`` (replacing the JSON); the output URL, if any. HTTPException 422/403."""
+    fastapi = require("fastapi", "serve")
+    try:
+        body = json.loads(incoming.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise fastapi.HTTPException(422, f"The JSON body is not valid JSON ({e}).") from e
+    if not isinstance(body, dict) or not isinstance(body.get("latents"), str) or set(body) - {"latents", "output"}:
+        raise fastapi.HTTPException(422, 'Expected {"latents": PATH or s3://URL, "output": s3://URL (optional)}.')
+    source, output = body["latents"], body.get("output")
+    if output is not None and (not isinstance(output, str) or not output.startswith("s3://") or "/" not in output[5:]):
+        raise fastapi.HTTPException(422, f"output must be an s3://BUCKET/KEY.mp4 URL, got {output!r}.")
+    options = store.options
+    try:
+        if source.startswith("s3://"):
+            fetch(source, incoming, endpoint_url=options.endpoint_url)
+        else:
+            root = Path(options.input_root).resolve() if options.input_root else None
+            path = Path(source).resolve()
+            if root is None or not path.is_relative_to(root):
+                raise fastapi.HTTPException(403, "This service reads latents by path only under its --input-root.")
+            shutil.copyfile(path, incoming)
+    except FramepipeError as e:
+        raise fastapi.HTTPException(422, f"Cannot read the latents: {e}") from e
+    except OSError as e:
+        raise fastapi.HTTPException(422, f"Cannot read the latents: {e.strerror or e}") from e
+    return output
+
+
 def create_app(store: JobStore, *, token: str | None = None):
     """The ASGI app over ``store`` (whose workers are started); ``token``: required as a bearer token."""
     fastapi = require("fastapi", "serve")
     responses = require("fastapi.responses", "serve")
+    run_in_threadpool = require("starlette.concurrency", "serve").run_in_threadpool
     HTTPException, Request = fastapi.HTTPException, fastapi.Request
     prom, registry = _metrics(store)
     app = fastapi.FastAPI(title="framepipe", summary="Wan latents in, MP4 out, the GPU accounted per job")
@@ -106,6 +139,7 @@ def create_app(store: JobStore, *, token: str | None = None):
         except SettingsError as e:
             raise HTTPException(422, str(e)) from e
         incoming = store.incoming_path()
+        output_url = None
         try:
             size = 0
             with open(incoming, "wb") as f:
@@ -116,6 +150,8 @@ def create_app(store: JobStore, *, token: str | None = None):
                     f.write(chunk)
             if size == 0:
                 raise HTTPException(422, "The body is empty; send the latents as a safetensors file.")
+            if request.headers.get("content-type", "").startswith("application/json"):
+                output_url = await run_in_threadpool(_fetch_named_latents, store, incoming)
             try:
                 latents = check_latents(load_latents(incoming), z_dim=store.z_dim)
             except LatentsError as e:
@@ -128,7 +164,7 @@ def create_app(store: JobStore, *, token: str | None = None):
                     f"(at most {store.options.max_latent_frames} latent frames and "
                     f"{store.options.max_latent_pixels} latent pixels per frame).",
                 )
-            job = store.submit(incoming, settings, latent_format)
+            job = store.submit(incoming, settings, latent_format, output_url)
         except QueueFull:
             raise HTTPException(429, "The queue is full; try again later.", headers={"Retry-After": "5"}) from None
         finally:

@@ -49,6 +49,9 @@ class ServiceOptions:
     max_body_bytes: int = 512 * 2**20
     max_latent_frames: int = 64
     max_latent_pixels: int = 128 * 256  # latent H x W (1280x2048 pixels for Wan 2.1)
+    # Jobs may name their latents by path (under this folder only) or s3:// URL, and an s3:// output.
+    input_root: str | None = None
+    endpoint_url: str | None = None
 
 
 @dataclass
@@ -65,6 +68,7 @@ class Job:
     fps: float | None = None
     account: dict[str, Any] | None = None
     device: str | None = None
+    output_url: str | None = None  # where the finished MP4 is uploaded too (s3://bucket/key.mp4)
 
     def to_dict(self) -> dict[str, Any]:
         out = {k: v for k, v in self.__dict__.items()}
@@ -143,13 +147,14 @@ class JobStore:
         """A new hidden path in the state folder for a request's body while it is checked."""
         return self.dir / "latents" / f".incoming-{uuid.uuid4().hex}.partial.safetensors"
 
-    def submit(self, latents: Path, settings: dict[str, Any], latent_format: str) -> Job:
+    def submit(self, latents: Path, settings: dict[str, Any], latent_format: str, output_url: str | None = None) -> Job:
         """Queue a job for the checked latent file ``latents`` (moved into place, fsynced);
         ``QueueFull`` when the queue is full."""
         with self.lock:
             if self.queued() >= self.options.max_queue:
                 raise QueueFull()
-            job = Job(id=uuid.uuid4().hex[:16], state="queued", settings=settings, latent_format=latent_format)
+            job = Job(id=uuid.uuid4().hex[:16], state="queued", settings=settings, latent_format=latent_format,
+                      output_url=output_url)  # fmt: skip
             try:
                 with open(latents, "rb+") as f:
                     os.fsync(f.fileno())
@@ -209,8 +214,30 @@ class JobStore:
                 self._set(job, state="failed", finished=time.time(), error=f"internal error ({type(e).__name__}: {e})")
                 continue
             account = meter.stop()
+            if job.output_url:
+                try:
+                    upload(self.video_path(job_id), job.output_url, endpoint_url=o.endpoint_url)
+                except FramepipeError as e:
+                    self._set(job, state="failed", finished=time.time(), error=f"the video was made, but {e}")
+                    continue
             self.busy_seconds += result.seconds
             self.frames_done += result.total_frames
             self._set(job, state="done", finished=time.time(), frames=result.total_frames, fps=video.fps,
                       account=account.to_dict())  # fmt: skip
             self.latents_path(job_id).unlink(missing_ok=True)
+
+
+def upload(path: Path, url: str, *, endpoint_url: str | None = None) -> None:
+    """Put the file at ``path`` to ``s3://bucket/key``."""
+    from ..data._store import open_destination
+
+    parent, _, key = url.rpartition("/")
+    open_destination(parent, endpoint_url=endpoint_url).upload(path, key)
+
+
+def fetch(url: str, path: Path, *, endpoint_url: str | None = None) -> None:
+    """Get ``s3://bucket/key`` into ``path``."""
+    from ..data._store import open_store
+
+    parent, _, key = url.rpartition("/")
+    open_store(parent, endpoint_url=endpoint_url).download(key, path)
