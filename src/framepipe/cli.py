@@ -220,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="auto|ADDRESS",
         help="run on a Ray cluster (auto: the one this machine belongs to; or host:port), one decoder actor "
-        "per GPU; inputs and -o must be paths every node sees",
+        "per GPU; inputs and -o: paths every node sees, or s3:// URLs",
     )
     bt.add_argument("--workers", type=_count, default=None, metavar="N", help="with --ray: N decoder actors")
     bt.add_argument("--fail-fast", action="store_true", help="stop at the first video that fails")
@@ -610,7 +610,7 @@ def _batch(args: argparse.Namespace) -> int:
     tasks = plan_batch(args.inputs, endpoint_url=args.endpoint_url)
     options = BatchOptions(vae=args.vae, arch=args.arch, seed=args.seed, video=_video(args), dtype=args.dtype,
                            decoder=args.decoder, latent_format=args.latent_format, mode=args.mode,
-                           endpoint_url=args.endpoint_url)  # fmt: skip
+                           slots=args.slots, endpoint_url=args.endpoint_url)  # fmt: skip
     if args.ray is not None and args.gpus is not None:
         raise SettingsError("--ray and --gpus do not go together: on Ray, each actor takes one of the cluster's GPUs.")
     if args.ray is None:

@@ -26,6 +26,7 @@ class BatchOptions:
     decoder: str = "framepipe"
     latent_format: str = "pipeline"
     mode: str = "async"
+    slots: int = 2
     endpoint_url: str | None = None  # for s3:// latents and outputs (default: boto3's, e.g. AWS_ENDPOINT_URL)
 
 
@@ -41,7 +42,7 @@ def decode_task(task: BatchTask, destination, options: BatchOptions, vae, work: 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # said once by the driver, not once per video
             result = decode(str(latents), target, vae=vae, video=video, mode=options.mode, decoder=options.decoder,
-                            latent_format=options.latent_format)  # fmt: skip
+                            latent_format=options.latent_format, slots=options.slots)  # fmt: skip
         where, size, sha = destination.publish(task.name, target)
     except FramepipeError as e:
         return {**entry, "status": "failed", "error": str(e)}
