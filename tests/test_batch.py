@@ -162,7 +162,7 @@ def test_unwritable_output_folder_is_one_line(tmp_path, vae_folder, capsys):
     _latents(tmp_path / "in", 1)
     (tmp_path / "file").write_text("x")
     assert main(["batch", str(tmp_path / "in"), "-o", str(tmp_path / "file" / "out"), "--vae", str(vae_folder)]) == 1
-    assert "error: Cannot create the batch's output folder" in capsys.readouterr().err
+    assert "cannot create the destination folder" in capsys.readouterr().err
     readonly = tmp_path / "ro"
     readonly.mkdir()
     if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)],

@@ -13,7 +13,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .._errors import OutputError
 from ..data._store import S3Store, open_destination, open_store
 from ._journal import Journal, file_digest
 
@@ -102,18 +101,9 @@ class ObjectJournal:
 
 def open_batch_destination(url: str | Path, *, endpoint_url: str | None = None):
     """A ``LocalDestination`` for a folder (created if missing) or an ``ObjectDestination`` for
-    ``s3://bucket/prefix`` (the bucket created if missing)."""
-    text = str(url)
-    if text.startswith("s3://"):
-        return ObjectDestination(open_destination(text, endpoint_url=endpoint_url))
-    folder = Path(text)
-    if folder.exists() and not folder.is_dir():
-        raise OutputError(f"The batch's output {folder} is a file; give a folder.")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise OutputError(f"Cannot create the batch's output folder {folder}: {e.strerror or e}.") from e
-    return LocalDestination(folder)
+    ``s3://bucket/prefix`` (the bucket created if missing); the data side's checks and messages."""
+    store = open_destination(str(url), endpoint_url=endpoint_url)
+    return ObjectDestination(store) if isinstance(store, S3Store) else LocalDestination(store.root)
 
 
 def fetch_latents(url: str, work: Path, *, endpoint_url: str | None = None) -> Path:
