@@ -141,7 +141,7 @@ class JobStore:
         return self.dir / "videos" / f"{job_id}.mp4"
 
     def queued(self) -> int:
-        return sum(1 for j in self.jobs.values() if j.state == "queued")
+        return sum(1 for j in list(self.jobs.values()) if j.state == "queued")  # a copy: other threads add jobs
 
     def incoming_path(self) -> Path:
         """A new hidden path in the state folder for a request's body while it is checked."""
