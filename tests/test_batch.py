@@ -150,6 +150,13 @@ def test_a_torn_journal_line_is_cut(tmp_path, vae_folder):
     assert [json.loads(line)["name"] for line in lines] == ["v0", "v1"]
 
 
+def test_several_workers_start_with_the_longest_videos(tmp_path):
+    from framepipe.batch._run import longest_first
+
+    tasks = plan_batch([str(_latents(tmp_path / "in", 3))])  # 2, 3, 4 latent frames
+    assert [t.name for t in longest_first(tasks)] == ["v2", "v1", "v0"]
+
+
 def test_two_workers_share_the_work(tmp_path, vae_folder):
     tasks = plan_batch([str(_latents(tmp_path / "in", 5))])
     summary = run_batch(tasks, tmp_path / "out", _options(vae_folder), devices=["cpu", "cpu"])
