@@ -109,6 +109,12 @@ class JobStore:
                 except json.JSONDecodeError:
                     continue
                 self.jobs[entry["id"]] = Job(**entry)
+            # one line per job from here on: the journal does not grow with every restart
+            compact = self.journal.with_name(".jobs.jsonl.compacting")
+            compact.write_text("".join(json.dumps(j.__dict__, sort_keys=True) + "\n" for j in self.jobs.values()))
+            os.replace(compact, self.journal)
+        for stale in (self.dir / "latents").glob(".incoming-*"):  # bodies a stopped service was still checking
+            stale.unlink(missing_ok=True)
         for job in sorted(self.jobs.values(), key=lambda j: j.created):
             if job.state in ("queued", "running"):
                 if self.latents_path(job.id).exists():
