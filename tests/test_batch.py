@@ -110,6 +110,7 @@ def test_failures_are_recorded_and_the_batch_goes_on(tmp_path, vae_folder):
     journal = Journal(tmp_path / "out")
     entry = journal.entries["v0"]
     assert entry["status"] == "done" and file_digest(tmp_path / "out" / "v0.mp4") == (entry["bytes"], entry["sha256"])
+    assert entry["account"]["energy_joules"] is None and entry["account"]["gpu_seconds"] is None  # CPU: not measured
     assert summary.video_seconds == pytest.approx(5 / 16 + 13 / 24)
     json.dumps(summary.to_dict())
 

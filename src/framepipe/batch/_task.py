@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .._accounting import GpuMeter
 from .._api import decode
 from .._errors import FramepipeError
 from ..sinks import VideoSettings
@@ -32,21 +33,25 @@ class BatchOptions:
 
 def decode_task(task: BatchTask, destination, options: BatchOptions, vae, work: Path) -> dict[str, Any]:
     """Decode one task with a loaded ``vae`` into ``destination`` (``work``: this worker's scratch
-    folder); the journal entry for it (``done`` or ``failed``)."""
+    folder); the journal entry for it (``done`` or ``failed``), with the decode's GPU accounting."""
     entry: dict[str, Any] = {"name": task.name, "latents": task.latents}
     latents = None
+    meter = GpuMeter(next(vae.parameters()).device)
     try:
         video = replace(options.video, **task.settings)
         latents = fetch_latents(task.latents, work, endpoint_url=options.endpoint_url)
         target = destination.target(task.name, work)
+        meter.start()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # said once by the driver, not once per video
             result = decode(str(latents), target, vae=vae, video=video, mode=options.mode, decoder=options.decoder,
                             latent_format=options.latent_format, slots=options.slots)  # fmt: skip
+        account = meter.stop()
         where, size, sha = destination.publish(task.name, target)
     except FramepipeError as e:
         return {**entry, "status": "failed", "error": str(e)}
     finally:
+        meter.close()  # its sampler stopped, whether the decode ended or not
         if latents is not None and latents.parent == work:
             latents.unlink(missing_ok=True)
     return {
@@ -59,4 +64,5 @@ def decode_task(task: BatchTask, destination, options: BatchOptions, vae, work: 
         "frames": result.total_frames,
         "fps": video.fps,
         "device": result.device,
+        "account": account.to_dict(),
     }

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .._accounting import GpuMeter, JobAccount
 from .._optional import require
-from ._accounting import GpuMeter, JobAccount
 from ._app import create_app
 from ._jobs import Job, JobStore, QueueFull, ServiceOptions
 

@@ -22,11 +22,11 @@ from typing import Any
 
 import torch
 
+from .._accounting import GpuMeter
 from .._api import decode
 from .._errors import FramepipeError, OutputError
 from .._models import load_vae
 from ..sinks import VideoSettings
-from ._accounting import GpuMeter
 
 STATES = ("queued", "running", "done", "failed")
 
@@ -210,13 +210,13 @@ class JobStore:
                     result = decode(str(self.latents_path(job_id)), self.video_path(job_id), vae=vae, video=video,
                                     decoder=o.decoder, latent_format=job.latent_format)  # fmt: skip
             except FramepipeError as e:
-                meter.stop()
+                meter.close()
                 self._set(job, state="failed", finished=time.time(), error=str(e))
                 self.latents_path(job_id).unlink(missing_ok=True)
                 continue
             except Exception as e:  # an internal bug: its traceback to stderr; the worker goes on
                 traceback.print_exc(file=sys.stderr)
-                meter.stop()
+                meter.close()
                 self._set(job, state="failed", finished=time.time(), error=f"internal error ({type(e).__name__}: {e})")
                 continue
             account = meter.stop()

@@ -1,4 +1,5 @@
-"""Per-job GPU accounting from NVML: GPU seconds, SM utilization, peak memory, energy in joules.
+"""Per-job GPU accounting from NVML (the service's jobs, the batch's videos): GPU seconds, SM
+utilization, peak memory, energy in joules.
 
 Energy comes from the GPU's own counter (``nvmlDeviceGetTotalEnergyConsumption``, millijoules since
 the driver loaded), utilization from sampling ``nvmlDeviceGetUtilizationRates`` every 50 ms while
@@ -70,6 +71,13 @@ class GpuMeter:
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._sample, name="framepipe-nvml", daemon=True)
             self._thread.start()
+
+    def close(self) -> None:
+        """Stop the sampler if a measurement is still running (a job that failed midway)."""
+        stop = getattr(self, "_stop", None)
+        if stop is not None and not stop.is_set():
+            stop.set()
+            self._thread.join()
 
     def stop(self) -> JobAccount:
         seconds = time.perf_counter() - self._t0
