@@ -1,4 +1,5 @@
 import os
+import subprocess
 import threading
 
 import pytest
@@ -57,6 +58,18 @@ def no_thread_leak():
 
 
 __all__ = ["SMALL", "random_vae", "small_latents", "small_vae"]
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A read-only file system (a tmpfs mounted ro) at ``tmp_path/ro``; skipped where mounting needs root."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                      capture_output=True).returncode != 0:  # fmt: skip
+        pytest.skip("mounting a read-only file system needs root")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=False)
 
 
 @pytest.fixture(scope="session")

@@ -358,21 +358,13 @@ def test_ctrl_c_inside_one_long_native_operation_ends_within_the_grace(tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long.py"]
 
 
-def test_read_only_destinations_are_one_line(setup, capsys):
-    """decode, batch and pack into a read-only file system (root can mount one here; else skipped)."""
+def test_read_only_destinations_are_one_line(setup, capsys, read_only_folder):
+    """decode and pack into a read-only file system (root can mount one here; else skipped)."""
     tmp, _, _ = setup
-    readonly = tmp / "ro"
-    readonly.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(readonly)],
-                      capture_output=True).returncode != 0:  # fmt: skip
-        pytest.skip("mounting a read-only file system needs root")
-    try:
-        code, _, err = _run(capsys, "decode", tmp / "latents.safetensors", "-o", readonly / "v.mp4", "--vae",
-                            tmp / "vae")  # fmt: skip
-        assert code == 1 and err.strip().splitlines()[-1].startswith("framepipe: error: Cannot write")
-        (tmp / "files").mkdir()
-        (tmp / "files" / "a.txt").write_text("a")
-        code, _, err = _run(capsys, "pack", tmp / "files", readonly / "ds")
-        assert code == 1 and "Read-only file system" in err and len(err.strip().splitlines()) == 1
-    finally:
-        subprocess.run(["umount", str(readonly)], check=False)
+    code, _, err = _run(capsys, "decode", tmp / "latents.safetensors", "-o", read_only_folder / "v.mp4", "--vae",
+                        tmp / "vae")  # fmt: skip
+    assert code == 1 and err.strip().splitlines()[-1].startswith("framepipe: error: Cannot write")
+    (tmp / "files").mkdir()
+    (tmp / "files" / "a.txt").write_text("a")
+    code, _, err = _run(capsys, "pack", tmp / "files", read_only_folder / "ds")
+    assert code == 1 and "Read-only file system" in err and len(err.strip().splitlines()) == 1

@@ -83,18 +83,14 @@ class WanDecoderStep:
     """Decode one latent frame with ``vae``'s decoder: ``step(x, cache, first_chunk)`` equals
     ``vae.decoder(x, feat_cache=cache, feat_idx=[0], first_chunk=first_chunk)`` bit for bit.
 
-    ``cache`` is a list made by ``new_cache`` and kept across the frames of one video; its entries
+    ``cache`` is diffusers' list (one entry per causal conv) kept across the frames of one video; its entries
     for the causal convolutions run here hold their windows' last two frames (zeros included).
     """
 
     def __init__(self, vae: AutoencoderKLWan) -> None:
-        self.wan = require("diffusers.models.autoencoders.autoencoder_kl_wan", "video")
         self.decoder = vae.decoder
         self.conv3d = torch.nn.Conv3d.forward
         self.fused: bool | None = None  # decided on the first call, on the decoder's device
-
-    def new_cache(self) -> list:
-        return [None] * sum(isinstance(m, self.wan.WanCausalConv3d) for m in self.decoder.modules())
 
     def __call__(self, x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:
         if self.fused is None:

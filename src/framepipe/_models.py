@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ._checkpoint import detect_layout, infer_config, read_state_dict, to_diffusers
-from ._errors import CheckpointError, DeviceError
+from ._errors import CheckpointError, DeviceError, SettingsError
 from ._optional import require
 
 if TYPE_CHECKING:
@@ -72,6 +72,29 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     if device.type not in ("cuda", "cpu"):
         raise DeviceError(f"Unsupported device {str(device)!r}; use 'cuda' or 'cpu'.")
     return device
+
+
+def resolve_gpus(spec: str) -> list[str]:
+    """``"all"`` or ``"0,1,..."`` as device names; ``DeviceError`` where they are not there."""
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if spec == "all":
+        if count == 0:
+            raise DeviceError("--gpus all: no CUDA GPU is available; leave --gpus out to decode on the CPU.")
+        return [f"cuda:{i}" for i in range(count)]
+    try:
+        indices = [int(part) for part in spec.split(",") if part.strip()]
+    except ValueError:
+        raise SettingsError(f"--gpus takes 'all' or GPU numbers such as 0,1; got {spec!r}.") from None
+    if not indices or len(set(indices)) != len(indices) or min(indices) < 0:
+        raise SettingsError(f"--gpus takes 'all' or distinct GPU numbers such as 0,1; got {spec!r}.")
+    if max(indices) >= count:
+        raise DeviceError(f"--gpus {spec}: this machine has {count} CUDA GPU(s).")
+    return [f"cuda:{i}" for i in indices]
+
+
+def resolve_devices(gpus: str | None, device: str | None) -> list[str]:
+    """The devices of ``--gpus`` (one worker each), or the one ``device`` resolves to."""
+    return resolve_gpus(gpus) if gpus else [str(resolve_device(device))]
 
 
 def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:

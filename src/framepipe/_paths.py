@@ -101,6 +101,19 @@ def work_folder(prefix: str) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def removed_if_unused(folder: Path) -> Iterator[None]:
+    """Remove ``folder`` again if it did not exist before, the work inside fails, and it is empty:
+    a run that wrote nothing leaves no folder behind."""
+    existed = folder.exists()
+    try:
+        yield
+    except BaseException:
+        if not existed and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+        raise
+
+
 def check_writable(path: Path) -> None:
     """Raise ``OutputError`` unless a file can be created at ``path`` (its folder exists and is writable)."""
     parent = path.parent

@@ -67,11 +67,10 @@ def decode_chunks(
         raise SettingsError(f"Unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}.")
     unpatchify = require("diffusers.models.autoencoders.autoencoder_kl_wan", "video").unpatchify
     patch = vae.config.patch_size
+    feat_cache: list[torch.Tensor | None] = [None] * causal_conv_count(vae)
     if decoder == "framepipe":
         step = WanDecoderStep(vae)
-        feat_cache: list[torch.Tensor | None] = step.new_cache()
     else:
-        feat_cache = [None] * causal_conv_count(vae)
 
         def step(x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:
             return vae.decoder(x, feat_cache=cache, feat_idx=[0], first_chunk=first_chunk)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ._errors import FramepipeError, OutputError, SettingsError
+from ._paths import removed_if_unused
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -407,13 +408,9 @@ def _output_folder(folder: Path | None) -> Iterator[None]:
         return
     if not folder.parent.is_dir():
         raise OutputError(f"Cannot create output folder {folder}: {folder.parent} does not exist.")
-    folder.mkdir()
-    try:
+    with removed_if_unused(folder):
+        folder.mkdir()
         yield
-    except BaseException:
-        if not any(folder.iterdir()):
-            folder.rmdir()
-        raise
 
 
 def _decode(args: argparse.Namespace) -> int:
@@ -604,8 +601,8 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _batch(args: argparse.Namespace) -> int:
     from ._api import EMBEDDED_WARNING
-    from ._models import resolve_device
-    from .batch import BatchOptions, plan_batch, resolve_gpus, run_batch
+    from ._models import resolve_devices
+    from .batch import BatchOptions, plan_batch, run_batch
 
     tasks = plan_batch(args.inputs, endpoint_url=args.endpoint_url)
     options = BatchOptions(vae=args.vae, arch=args.arch, seed=args.seed, video=_video(args), dtype=args.dtype,
@@ -613,10 +610,7 @@ def _batch(args: argparse.Namespace) -> int:
                            slots=args.slots, endpoint_url=args.endpoint_url)  # fmt: skip
     if args.ray is not None and args.gpus is not None:
         raise SettingsError("--ray and --gpus do not go together: on Ray, each actor takes one of the cluster's GPUs.")
-    if args.ray is None:
-        devices = resolve_gpus(args.gpus) if args.gpus else [str(resolve_device(args.device))]
-    else:
-        devices = ["ray"]
+    devices = resolve_devices(args.gpus, args.device) if args.ray is None else ["ray"]
     if args.vae is None and args.arch is None:
         warnings.warn(EMBEDDED_WARNING, UserWarning, stacklevel=1)
     talk = not args.quiet and not args.json
@@ -642,11 +636,10 @@ def _batch(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from ._models import resolve_device
-    from .batch import resolve_gpus
+    from ._models import resolve_devices
     from .serve import ServiceOptions, serve
 
-    devices = resolve_gpus(args.gpus) if args.gpus else [str(resolve_device(args.device))]
+    devices = resolve_devices(args.gpus, args.device)
     token = None
     if args.token_env is not None:
         token = os.environ.get(args.token_env)

@@ -8,7 +8,7 @@ process per GPU takes videos from a shared queue.
 from ._journal import JOURNAL_NAME, Journal, file_digest
 from ._plan import BatchTask, plan_batch, read_manifest
 from ._ray import RayDecoder
-from ._run import BatchSummary, resolve_gpus, run_batch
+from ._run import BatchSummary, run_batch
 from ._task import BatchOptions, decode_task
 
 __all__ = [
@@ -22,6 +22,5 @@ __all__ = [
     "file_digest",
     "plan_batch",
     "read_manifest",
-    "resolve_gpus",
     "run_batch",
 ]

@@ -10,10 +10,12 @@ Latents given as ``s3://`` URLs are downloaded into the work folder first.
 from __future__ import annotations
 
 import json
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
-from ..data._store import S3Store, open_destination, open_store
+from ..data._store import S3Store, download_url, open_destination
 from ._journal import Journal, file_digest
 
 JOURNAL_PREFIX = "framepipe-batch/"
@@ -83,15 +85,11 @@ class ObjectJournal:
             return False
         if not verify:
             return True
-        import tempfile
-
         with tempfile.TemporaryDirectory(prefix="framepipe-verify-") as tmp:
             self.store.download(key, Path(tmp) / key)
             return file_digest(Path(tmp) / key) == (entry.get("bytes"), entry.get("sha256"))
 
     def record(self, entry: dict[str, Any]) -> None:
-        import time
-
         entry = {**entry, "time": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
         self.store.write(f"{JOURNAL_PREFIX}{entry['name']}.json", json.dumps(entry, sort_keys=True).encode())
         self.entries[entry["name"]] = entry
@@ -110,7 +108,6 @@ def fetch_latents(url: str, work: Path, *, endpoint_url: str | None = None) -> P
     """Download ``s3://bucket/key`` latents into ``work``; a local path is returned as it is."""
     if not url.startswith("s3://"):
         return Path(url)
-    parent, _, key = url.rpartition("/")
-    path = work / key
-    open_store(parent, endpoint_url=endpoint_url).download(key, path)
+    path = work / url.rpartition("/")[2]
+    download_url(url, path, endpoint_url=endpoint_url)
     return path

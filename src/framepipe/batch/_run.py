@@ -23,11 +23,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .._errors import DeviceError, FramepipeError, SettingsError
+from .._errors import DeviceError, FramepipeError
 from .._models import load_vae
-from .._paths import work_folder
+from .._paths import removed_if_unused, work_folder
 from ._destination import open_batch_destination
 from ._plan import BatchTask
 from ._task import BatchOptions, decode_task
@@ -65,24 +63,6 @@ class BatchSummary:
         }
 
 
-def resolve_gpus(spec: str) -> list[str]:
-    """``"all"`` or ``"0,1,..."`` as device names; ``DeviceError`` where they are not there."""
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    if spec == "all":
-        if count == 0:
-            raise DeviceError("--gpus all: no CUDA GPU is available; leave --gpus out to decode on the CPU.")
-        return [f"cuda:{i}" for i in range(count)]
-    try:
-        indices = [int(part) for part in spec.split(",") if part.strip()]
-    except ValueError:
-        raise SettingsError(f"--gpus takes 'all' or GPU numbers such as 0,1; got {spec!r}.") from None
-    if not indices or len(set(indices)) != len(indices) or min(indices) < 0:
-        raise SettingsError(f"--gpus takes 'all' or distinct GPU numbers such as 0,1; got {spec!r}.")
-    if max(indices) >= count:
-        raise DeviceError(f"--gpus {spec}: this machine has {count} CUDA GPU(s).")
-    return [f"cuda:{i}" for i in indices]
-
-
 def run_batch(
     tasks: Sequence[BatchTask],
     outdir: str | Path,
@@ -103,15 +83,10 @@ def run_batch(
     what the journal records done and still finds intact (``verify``: by its SHA-256 too).
     """
     options = options or BatchOptions()
-    local = not str(outdir).startswith("s3://")
-    created = local and not Path(outdir).exists()
-    destination = open_batch_destination(outdir, endpoint_url=options.endpoint_url)
-    try:
+    local = contextlib.nullcontext() if str(outdir).startswith("s3://") else removed_if_unused(Path(outdir))
+    with local:
+        destination = open_batch_destination(outdir, endpoint_url=options.endpoint_url)
         return _run(tasks, destination, options, devices, fail_fast, verify, ray_address, workers, on_result)
-    except BaseException:
-        if created and not any(Path(outdir).iterdir()):  # a batch that wrote nothing leaves no folder
-            Path(outdir).rmdir()
-        raise
 
 
 def _run(tasks, destination, options: BatchOptions, devices, fail_fast, verify, ray_address, workers, on_result):

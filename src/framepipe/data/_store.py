@@ -78,6 +78,18 @@ def open_destination(url: str | os.PathLike, *, endpoint_url: str | None = None)
     return store
 
 
+def download_url(url: str, path: Path, *, endpoint_url: str | None = None) -> int:
+    """Get the object ``s3://bucket/key`` (or a file) into ``path``; its size."""
+    parent, _, key = url.rpartition("/")
+    return open_store(parent, endpoint_url=endpoint_url).download(key, path)
+
+
+def upload_url(path: Path, url: str, *, endpoint_url: str | None = None) -> None:
+    """Put the file at ``path`` to ``s3://bucket/key`` (the bucket created if missing)."""
+    parent, _, key = url.rpartition("/")
+    open_destination(parent, endpoint_url=endpoint_url).upload(path, key)
+
+
 class LocalStore:
     """A folder; keys are relative POSIX paths. Writes are atomic (temp file, then rename)."""
 

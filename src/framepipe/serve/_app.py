@@ -20,7 +20,8 @@ from typing import Any
 from .._errors import FramepipeError, LatentsError, SettingsError
 from .._latents import LATENT_FORMATS, check_latents, load_latents
 from .._optional import require
-from ._jobs import STATES, Job, JobStore, QueueFull, fetch
+from ..data._store import download_url
+from ._jobs import STATES, Job, JobStore, QueueFull
 
 
 def _metrics(store: JobStore):
@@ -82,7 +83,7 @@ def _fetch_named_latents(store: JobStore, incoming: Path) -> str | None:
     options = store.options
     try:
         if source.startswith("s3://"):
-            fetch(source, incoming, endpoint_url=options.endpoint_url)
+            download_url(source, incoming, endpoint_url=options.endpoint_url)
         else:
             root = Path(options.input_root).resolve() if options.input_root else None
             path = Path(source).resolve()

@@ -25,7 +25,9 @@ import torch
 from .._accounting import GpuMeter
 from .._api import decode
 from .._errors import FramepipeError, OutputError
+from .._jsonl import append_jsonl, read_jsonl
 from .._models import load_vae
+from ..data._store import upload_url
 from ..sinks import VideoSettings
 
 STATES = ("queued", "running", "done", "failed")
@@ -98,18 +100,9 @@ class JobStore:
     # -- the journal ------------------------------------------------------------------------------
 
     def _replay(self) -> None:
-        if self.journal.exists():
-            data = self.journal.read_bytes()
-            if data and not data.endswith(b"\n"):  # a torn last line
-                data = data[: data.rfind(b"\n") + 1]
-                os.truncate(self.journal, len(data))
-            for line in data.decode().splitlines():
-                try:
-                    entry = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                self.jobs[entry["id"]] = Job(**entry)
-            # one line per job from here on: the journal does not grow with every restart
+        for entry in read_jsonl(self.journal):
+            self.jobs[entry["id"]] = Job(**entry)
+        if self.jobs:  # one line per job from here on: the journal does not grow with every restart
             compact = self.journal.with_name(".jobs.jsonl.compacting")
             compact.write_text("".join(json.dumps(j.__dict__, sort_keys=True) + "\n" for j in self.jobs.values()))
             os.replace(compact, self.journal)
@@ -123,18 +116,11 @@ class JobStore:
                 else:
                     self._set(job, state="failed", error="the service stopped and its latents were lost")
 
-    def _write(self, job: Job) -> None:
-        line = json.dumps(job.__dict__, sort_keys=True) + "\n"
-        with open(self.journal, "a") as f:
-            f.write(line)
-            f.flush()
-            os.fsync(f.fileno())
-
     def _set(self, job: Job, **changes: Any) -> None:
         with self.lock:
             for k, v in changes.items():
                 setattr(job, k, v)
-            self._write(job)
+            append_jsonl(self.journal, job.__dict__)
         for listener in self.listeners:
             listener(job)
 
@@ -168,7 +154,7 @@ class JobStore:
             except OSError as e:
                 raise OutputError(f"Cannot store the job's latents: {e.strerror or e}") from e
             self.jobs[job.id] = job
-            self._write(job)
+            append_jsonl(self.journal, job.__dict__)
         for listener in self.listeners:
             listener(job)
         self.queue.put(job.id)
@@ -222,7 +208,7 @@ class JobStore:
             account = meter.stop()
             if job.output_url:
                 try:
-                    upload(self.video_path(job_id), job.output_url, endpoint_url=o.endpoint_url)
+                    upload_url(self.video_path(job_id), job.output_url, endpoint_url=o.endpoint_url)
                 except FramepipeError as e:
                     self._set(job, state="failed", finished=time.time(), error=f"the video was made, but {e}")
                     continue
@@ -231,19 +217,3 @@ class JobStore:
             self._set(job, state="done", finished=time.time(), frames=result.total_frames, fps=video.fps,
                       account=account.to_dict())  # fmt: skip
             self.latents_path(job_id).unlink(missing_ok=True)
-
-
-def upload(path: Path, url: str, *, endpoint_url: str | None = None) -> None:
-    """Put the file at ``path`` to ``s3://bucket/key``."""
-    from ..data._store import open_destination
-
-    parent, _, key = url.rpartition("/")
-    open_destination(parent, endpoint_url=endpoint_url).upload(path, key)
-
-
-def fetch(url: str, path: Path, *, endpoint_url: str | None = None) -> None:
-    """Get ``s3://bucket/key`` into ``path``."""
-    from ..data._store import open_store
-
-    parent, _, key = url.rpartition("/")
-    open_store(parent, endpoint_url=endpoint_url).download(key, path)
