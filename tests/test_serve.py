@@ -245,3 +245,113 @@ def test_latents_by_path_and_s3_with_an_s3_output(tmp_path, vae_folder, s3_endpo
     finally:
         s.stop()
     assert [p.name for p in (tmp_path / "state" / "latents").iterdir()] == []
+
+
+def _store_with_jobs(tmp_path, vae_folder, shapes, **options):
+    """A store (workers not started yet) holding one queued job per (frames, height, width)."""
+    store = JobStore(tmp_path / "state", ServiceOptions(vae=str(vae_folder), video=VideoSettings(preset="ultrafast"),
+                                                        **options))  # fmt: skip
+    ids = []
+    for i, (frames, height, width) in enumerate(shapes):
+        save_file({"latents": small_latents("wan2.1", frames=frames, height=height, width=width, seed=i)},
+                  tmp_path / "in.safetensors")  # fmt: skip
+        ids.append(store.submit(tmp_path / "in.safetensors", {}, "pipeline").id)
+    return store, ids
+
+
+def _finish(store, ids, timeout=120):
+    end = time.time() + timeout
+    while any(store.jobs[i].state in ("queued", "running") for i in ids):
+        assert time.time() < end, "the jobs did not finish"
+        time.sleep(0.05)
+    return [store.jobs[i] for i in ids]
+
+
+def test_consecutive_jobs_of_one_size_flow_through_one_stream(tmp_path, vae_folder, monkeypatch):
+    from framepipe.serve import _stream
+
+    streams, run_async = [], _stream.run_async
+
+    def counting(jobs, **kwargs):
+        streams.append(kwargs["geometry"].height)
+        return run_async(jobs, **kwargs)
+
+    monkeypatch.setattr(_stream, "run_async", counting)
+    store, ids = _store_with_jobs(tmp_path, vae_folder, [(3, 4, 6), (2, 4, 6), (3, 6, 6), (4, 4, 6), (3, 4, 6)])
+    store.start_workers()
+    try:
+        jobs = _finish(store, ids)
+    finally:
+        store.stop_workers()
+    assert [j.state for j in jobs] == ["done"] * 5
+    assert [j.frames for j in jobs] == [9, 5, 9, 13, 9]
+    assert streams == [32, 48, 32]  # a job of another size starts a new stream; the rest share theirs
+    for job in jobs:
+        with av.open(str(store.video_path(job.id))) as container:
+            assert sum(1 for _ in container.decode(video=0)) == job.frames
+
+
+def test_a_job_that_breaks_its_stream_fails_alone(tmp_path, vae_folder, monkeypatch):
+    """A job fails midway through its decode: the stream's other jobs are run again and succeed."""
+    from framepipe._errors import CheckpointError
+    from framepipe.serve import _stream
+
+    decode_chunks = _stream.decode_chunks
+
+    def failing_on_two_frames(vae, latents, **kwargs):
+        for index, chunk in enumerate(decode_chunks(vae, latents, **kwargs)):
+            if latents.shape[2] == 2 and index == 1:
+                raise CheckpointError("The VAE decoded NaN (a test).")
+            yield chunk
+
+    monkeypatch.setattr(_stream, "decode_chunks", failing_on_two_frames)
+    store, ids = _store_with_jobs(tmp_path, vae_folder, [(3, 4, 6), (2, 4, 6), (3, 4, 6)])
+    store.start_workers()
+    try:
+        jobs = _finish(store, ids)
+    finally:
+        store.stop_workers()
+    assert [j.state for j in jobs] == ["done", "failed", "done"]
+    assert jobs[1].error == "The VAE decoded NaN (a test)."
+    assert not store.video_path(ids[1]).exists() and store.video_path(ids[2]).exists()
+    videos = sorted(p.name for p in store.video_path(ids[0]).parent.iterdir())
+    assert videos == sorted([f"{ids[0]}.mp4", f"{ids[2]}.mp4"])  # nothing half-written
+
+
+def test_finished_jobs_expire_with_their_videos(tmp_path, vae_folder):
+    store, ids = _store_with_jobs(tmp_path, vae_folder, [(3, 4, 6), (3, 4, 6)], keep_seconds=3600)
+    store.start_workers()
+    try:
+        _finish(store, ids)
+        assert store.expire() == 0
+        store.jobs[ids[0]].finished -= 3601  # as if it had ended an hour ago
+        assert store.expire() == 1
+    finally:
+        store.stop_workers()
+    assert not store.video_path(ids[0]).exists() and store.video_path(ids[1]).exists()
+    assert set(JobStore(tmp_path / "state", store.options).jobs) == {ids[1]}  # a restart remembers
+    with pytest.raises(SystemExit):
+        from framepipe.cli import main
+
+        main(["serve", "--keep-hours", "-1"])
+
+
+def test_named_latents_over_the_size_limit_get_413(tmp_path, vae_folder, s3_endpoint):
+    from framepipe.data._store import open_destination
+
+    (tmp_path / "inputs").mkdir()
+    save_file({"latents": small_latents("wan2.1", frames=8)}, tmp_path / "inputs" / "big.safetensors")
+    open_destination("s3://fp-big/in", endpoint_url=s3_endpoint).upload(tmp_path / "inputs" / "big.safetensors", "b")
+    options = ServiceOptions(vae=str(vae_folder), input_root=str(tmp_path / "inputs"), endpoint_url=s3_endpoint,
+                             max_body_bytes=4096)  # fmt: skip
+    s = Server(tmp_path / "state", options)
+    try:
+        with httpx.Client(base_url=s.url) as client:
+            for name in (str(tmp_path / "inputs" / "big.safetensors"), "s3://fp-big/in/b"):
+                answer = client.post("/v1/jobs", json={"latents": name})
+                assert answer.status_code == 413 and "over the 4096 allowed" in answer.json()["detail"], answer.text
+            two = client.post("/v1/jobs", content=save({"latents": small_latents("wan2.1", batch=2, frames=1)}))
+            assert two.status_code == 422 and "one video" in two.json()["detail"]
+    finally:
+        s.stop()
+    assert list((tmp_path / "state" / "latents").iterdir()) == [] and s.store.jobs == {}

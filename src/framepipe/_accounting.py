@@ -2,18 +2,24 @@
 utilization, peak memory, energy in joules.
 
 Energy comes from the GPU's own counter (``nvmlDeviceGetTotalEnergyConsumption``, millijoules since
-the driver loaded), utilization from sampling ``nvmlDeviceGetUtilizationRates`` every 50 ms while
-the job runs. Without a GPU or NVML every figure is None ("not measured"), never zero.
+the driver loaded), utilization from sampling ``nvmlDeviceGetUtilizationRates`` every 50 ms. A job's
+figures cover an interval between two ``Mark``s, so jobs that follow each other through one stream
+are accounted back to back, without overlap. Without a GPU or NVML every figure is None ("not
+measured"), never zero.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
+
+_SAMPLE_S = 0.05
+_PEAK_SAMPLES = 72_000  # an hour of samples kept for peaks; means use running sums, whatever the length
 
 
 @dataclass
@@ -30,12 +36,28 @@ class JobAccount:
         return asdict(self)
 
 
+@dataclass(frozen=True)
+class Mark:
+    """A moment on one device: the time, its energy counter, the utilization samples so far."""
+
+    time: float
+    energy_mj: int | None
+    samples: int
+    utilization_sum: float
+
+
 class GpuMeter:
-    """Measures the jobs run on one device, one at a time: ``start()`` before, ``stop()`` after."""
+    """Measures one device: ``mark()`` a moment, ``account(since, until)`` the interval between two;
+    or ``start()`` and ``stop()`` around one job. ``close()`` stops the sampler thread."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.handle = None
+        self._lock = threading.Lock()
+        self._count, self._sum = 0, 0.0
+        self._recent: deque[tuple[int, float]] = deque(maxlen=_PEAK_SAMPLES)  # (sample number, value)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
         if device.type == "cuda":
             try:
                 import pynvml
@@ -46,6 +68,9 @@ class GpuMeter:
                 self.nvml = pynvml
             except Exception:  # no NVML library or no permission: the figures stay "not measured"
                 self.handle = None
+        if self.handle is not None:
+            self._thread = threading.Thread(target=self._sample, name="framepipe-nvml", daemon=True)
+            self._thread.start()
 
     def _energy_mj(self) -> int | None:
         try:
@@ -54,45 +79,52 @@ class GpuMeter:
             return None
 
     def _sample(self) -> None:
-        while not self._stop.wait(0.05):
+        while not self._stop.wait(_SAMPLE_S):
             try:
-                self._samples.append(float(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu))
+                value = float(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu)
             except Exception:
                 return
+            with self._lock:
+                self._count += 1
+                self._sum += value
+                self._recent.append((self._count, value))
+
+    def mark(self) -> Mark:
+        """Now, on this device (host time; the caller knows which GPU work has finished by then)."""
+        energy = self._energy_mj() if self.handle is not None else None
+        with self._lock:
+            return Mark(time.perf_counter(), energy, self._count, self._sum)
+
+    def account(self, since: Mark, until: Mark, *, peak_memory_bytes: int | None = None) -> JobAccount:
+        """The device's use between two marks; ``peak_memory_bytes`` as the caller measured it."""
+        if self.device.type != "cuda":
+            return JobAccount()
+        account = JobAccount(gpu_seconds=round(until.time - since.time, 4), peak_memory_bytes=peak_memory_bytes)
+        if since.energy_mj is not None and until.energy_mj is not None:
+            account.energy_joules = round((until.energy_mj - since.energy_mj) / 1000, 3)
+        samples = until.samples - since.samples
+        if samples > 0:
+            account.sm_utilization_mean = round((until.utilization_sum - since.utilization_sum) / samples, 1)
+            with self._lock:
+                inside = [v for n, v in self._recent if since.samples < n <= until.samples]
+            account.sm_utilization_peak = max(inside) if inside else None
+        return account
 
     def start(self) -> None:
-        self._t0 = time.perf_counter()
-        if self.device.type != "cuda":
-            return
-        torch.cuda.reset_peak_memory_stats(self.device)
-        if self.handle is not None:
-            self._energy0 = self._energy_mj()
-            self._samples: list[float] = []
-            self._stop = threading.Event()
-            self._thread = threading.Thread(target=self._sample, name="framepipe-nvml", daemon=True)
-            self._thread.start()
-
-    def close(self) -> None:
-        """Stop the sampler if a measurement is still running (a job that failed midway)."""
-        stop = getattr(self, "_stop", None)
-        if stop is not None and not stop.is_set():
-            stop.set()
-            self._thread.join()
+        """Begin measuring one job (its peak memory from here)."""
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        self._since = self.mark()
 
     def stop(self) -> JobAccount:
-        seconds = time.perf_counter() - self._t0
+        """The job begun with ``start()``, once the device has finished its work."""
         if self.device.type != "cuda":
             return JobAccount()
         torch.cuda.synchronize(self.device)
-        peak = torch.cuda.max_memory_allocated(self.device)
-        account = JobAccount(gpu_seconds=round(seconds, 4), peak_memory_bytes=peak)
-        if self.handle is not None:
-            self._stop.set()
+        return self.account(self._since, self.mark(), peak_memory_bytes=torch.cuda.max_memory_allocated(self.device))
+
+    def close(self) -> None:
+        """Stop the sampler thread (safe to call more than once)."""
+        self._stop.set()
+        if self._thread is not None:
             self._thread.join()
-            energy = self._energy_mj()
-            if energy is not None and self._energy0 is not None:
-                account.energy_joules = round((energy - self._energy0) / 1000, 3)
-            if self._samples:
-                account.sm_utilization_mean = round(sum(self._samples) / len(self._samples), 1)
-                account.sm_utilization_peak = max(self._samples)
-        return account

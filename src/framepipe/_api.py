@@ -175,7 +175,7 @@ def decode_many(
     def prepare(index: int) -> Job:
         latents, output = inputs[index]
         name = f"input {index}" if isinstance(latents, torch.Tensor) else str(latents)
-        latents = _prepare(
+        latents = prepare_latents(
             latents if isinstance(latents, torch.Tensor) else load_latents(latents), vae, latent_format, name
         )
         g = geometry(vae, tuple(latents.shape), latent_frames_per_chunk=latent_frames_per_chunk)
@@ -265,7 +265,7 @@ def outputs_for(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathL
     )
 
 
-def _prepare(latents: torch.Tensor, vae, latent_format: str, name: str) -> torch.Tensor:
+def prepare_latents(latents: torch.Tensor, vae: Any, latent_format: str, name: str) -> torch.Tensor:
     """Check the latents against the VAE and bring them to its device and dtype, de-normalized."""
     param = next(vae.parameters())
     latents = check_latents(latents, z_dim=vae.config.z_dim)

@@ -45,6 +45,10 @@ class DataError(FramepipeError, ValueError):
 class ShardError(DataError):
     """One shard is missing or corrupt; the message starts with the shard's name."""
 
+
+class TooLargeError(DataError):
+    """An object is larger than the caller allows; nothing of it was kept."""
+
     def __init__(self, shard: str, problem: str | None = None) -> None:
         # One argument: an already formatted message (how DataLoader re-raises a worker's error).
         super().__init__(shard if problem is None else f"shard {shard}: {problem}")

@@ -72,6 +72,16 @@ def _count(text: str) -> int:
     return value
 
 
+def _hours(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:  # NaN and negatives too
+        raise argparse.ArgumentTypeError(f"expected a number of hours > 0 (or inf), got {text!r}")
+    return value
+
+
 def _sizes(count: int, example: str):
     """An argument type for ``count`` whole numbers joined by ``x`` (e.g. ``480x832``)."""
 
@@ -252,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--max-latent-frames", type=_count, default=64, help="latent frames per job at most (default 64)")
     sv.add_argument("--input-root", default=None, help="jobs may name latents by path under this folder (default none)")
     sv.add_argument("--endpoint-url", default=None, help="S3 endpoint for s3:// latents and outputs (default: boto3's)")
+    sv.add_argument(
+        "--keep-hours",
+        type=_hours,
+        default=24.0,
+        help="finished jobs and their videos are removed this long after they end (default 24; inf: never)",
+    )
     sv.add_argument(
         "--device", default=None, help="cuda, cuda:N or cpu for the one worker without --gpus (default: cuda if any)"
     )
@@ -649,7 +665,7 @@ def _serve(args: argparse.Namespace) -> int:
                              devices=tuple(devices), video=_video(args), max_queue=args.max_queue,
                              max_body_bytes=args.max_body_mb * 2**20,
                              max_latent_frames=args.max_latent_frames, input_root=args.input_root,
-                             endpoint_url=args.endpoint_url)  # fmt: skip
+                             endpoint_url=args.endpoint_url, keep_seconds=args.keep_hours * 3600)  # fmt: skip
     print(f"framepipe serve: http://{args.host}:{args.port} on {', '.join(devices)}; state in {args.state_dir}",
           file=sys.stderr)  # fmt: skip
     serve(options, args.state_dir, host=args.host, port=args.port, token=token)

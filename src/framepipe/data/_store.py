@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from .._errors import DataError
+from .._errors import DataError, TooLargeError
 from .._paths import is_work_in_progress, remove_path, temporary_sibling
 
 
@@ -34,7 +34,7 @@ class Store(Protocol):
 
     def read(self, key: str) -> bytes: ...
 
-    def download(self, key: str, path: Path) -> int: ...
+    def download(self, key: str, path: Path, *, max_bytes: int | None = None) -> int: ...
 
     def write(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None: ...
 
@@ -78,10 +78,17 @@ def open_destination(url: str | os.PathLike, *, endpoint_url: str | None = None)
     return store
 
 
-def download_url(url: str, path: Path, *, endpoint_url: str | None = None) -> int:
-    """Get the object ``s3://bucket/key`` (or a file) into ``path``; its size."""
+def download_url(url: str, path: Path, *, endpoint_url: str | None = None, max_bytes: int | None = None) -> int:
+    """Get the object ``s3://bucket/key`` (or a file) into ``path``; its size. ``TooLargeError``
+    (``path`` removed) for an object over ``max_bytes``."""
     parent, _, key = url.rpartition("/")
-    return open_store(parent, endpoint_url=endpoint_url).download(key, path)
+    return open_store(parent, endpoint_url=endpoint_url).download(key, path, max_bytes=max_bytes)
+
+
+def check_size(url: str, size: int, max_bytes: int | None) -> None:
+    """``TooLargeError`` when an object of ``size`` bytes is over ``max_bytes`` (None: no limit)."""
+    if max_bytes is not None and size > max_bytes:
+        raise TooLargeError(f"{url} is {size} bytes, over the {max_bytes} allowed")
 
 
 def upload_url(path: Path, url: str, *, endpoint_url: str | None = None) -> None:
@@ -131,8 +138,9 @@ class LocalStore:
         except FileNotFoundError:
             raise DataError(f"{self._path(key)}: not found") from None
 
-    def download(self, key: str, path: Path) -> int:
+    def download(self, key: str, path: Path, *, max_bytes: int | None = None) -> int:
         try:
+            check_size(str(self._path(key)), self._path(key).stat().st_size, max_bytes)
             shutil.copyfile(self._path(key), path)
         except FileNotFoundError:
             raise DataError(f"{self._path(key)}: not found") from None
@@ -230,13 +238,21 @@ class S3Store:
         response = self._call(key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
         return self._call(key, response["Body"].read)
 
-    def download(self, key: str, path: Path) -> int:
+    def download(self, key: str, path: Path, *, max_bytes: int | None = None) -> int:
         response = self._call(key, self.client.get_object, Bucket=self.bucket, Key=self._key(key))
+        url = f"s3://{self.bucket}/{self._key(key)}"
         size = 0
-        with open(path, "wb") as f:
-            for block in response["Body"].iter_chunks(1 << 20):
-                f.write(block)
-                size += len(block)
+        try:
+            check_size(url, int(response.get("ContentLength", 0)), max_bytes)
+            with open(path, "wb") as f:
+                for block in response["Body"].iter_chunks(1 << 20):
+                    size += len(block)
+                    check_size(url, size, max_bytes)  # a server that did not say, or said too little
+                    f.write(block)
+        except TooLargeError:
+            response["Body"].close()
+            path.unlink(missing_ok=True)
+            raise
         return size
 
     def write(self, key: str, data: bytes, metadata: dict[str, str] | None = None) -> None:

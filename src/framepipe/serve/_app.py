@@ -17,10 +17,10 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .._errors import FramepipeError, LatentsError, SettingsError
+from .._errors import FramepipeError, LatentsError, SettingsError, TooLargeError
 from .._latents import LATENT_FORMATS, check_latents, load_latents
 from .._optional import require
-from ..data._store import download_url
+from ..data._store import check_size, download_url
 from ._jobs import STATES, Job, JobStore, QueueFull
 
 
@@ -83,13 +83,16 @@ def _fetch_named_latents(store: JobStore, incoming: Path) -> str | None:
     options = store.options
     try:
         if source.startswith("s3://"):
-            download_url(source, incoming, endpoint_url=options.endpoint_url)
+            download_url(source, incoming, endpoint_url=options.endpoint_url, max_bytes=options.max_body_bytes)
         else:
             root = Path(options.input_root).resolve() if options.input_root else None
             path = Path(source).resolve()
             if root is None or not path.is_relative_to(root):
                 raise fastapi.HTTPException(403, "This service reads latents by path only under its --input-root.")
+            check_size(source, path.stat().st_size, options.max_body_bytes)
             shutil.copyfile(path, incoming)
+    except TooLargeError as e:
+        raise fastapi.HTTPException(413, f"The latents are too large: {e}.") from e
     except FramepipeError as e:
         raise fastapi.HTTPException(422, f"Cannot read the latents: {e}") from e
     except OSError as e:
@@ -157,7 +160,9 @@ def create_app(store: JobStore, *, token: str | None = None):
                 latents = check_latents(load_latents(incoming), z_dim=store.z_dim)
             except LatentsError as e:
                 raise HTTPException(422, str(e).replace(str(incoming), "the body")) from e
-            _, _, t, h, w = latents.shape
+            b, _, t, h, w = latents.shape
+            if b != 1:
+                raise HTTPException(422, f"A job decodes one video; these latents hold {b}. Send one job per video.")
             if t > store.options.max_latent_frames or h * w > store.options.max_latent_pixels:
                 raise HTTPException(
                     422,

@@ -8,27 +8,22 @@ starts: jobs that were queued or running are queued again, the rest keep their o
 from __future__ import annotations
 
 import json
+import math
 import os
 import queue
-import sys
 import threading
 import time
-import traceback
 import uuid
 import warnings
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from .._accounting import GpuMeter
-from .._api import decode
-from .._errors import FramepipeError, OutputError
+from .._errors import OutputError
 from .._jsonl import append_jsonl, read_jsonl
 from .._models import load_vae
-from ..data._store import upload_url
 from ..sinks import VideoSettings
+from ._stream import DeviceWorker
 
 STATES = ("queued", "running", "done", "failed")
 
@@ -54,6 +49,7 @@ class ServiceOptions:
     # Jobs may name their latents by path (under this folder only) or s3:// URL, and an s3:// output.
     input_root: str | None = None
     endpoint_url: str | None = None
+    keep_seconds: float = 24 * 3600  # finished jobs and their videos are removed this long after they end
 
 
 @dataclass
@@ -95,13 +91,18 @@ class JobStore:
         self.busy_seconds = 0.0
         self.frames_done = 0
         self.listeners: list[Any] = []  # called with (job) on every change (metrics)
+        self._stopping = threading.Event()
         self._replay()
 
     # -- the journal ------------------------------------------------------------------------------
 
     def _replay(self) -> None:
         for entry in read_jsonl(self.journal):
-            self.jobs[entry["id"]] = Job(**entry)
+            if entry["state"] == "expired":
+                self.jobs.pop(entry["id"], None)
+            else:
+                self.jobs[entry["id"]] = Job(**entry)
+        self.expire()
         if self.jobs:  # one line per job from here on: the journal does not grow with every restart
             compact = self.journal.with_name(".jobs.jsonl.compacting")
             compact.write_text("".join(json.dumps(j.__dict__, sort_keys=True) + "\n" for j in self.jobs.values()))
@@ -111,18 +112,34 @@ class JobStore:
         for job in sorted(self.jobs.values(), key=lambda j: j.created):
             if job.state in ("queued", "running"):
                 if self.latents_path(job.id).exists():
-                    self._set(job, state="queued", started=None)
+                    self.update(job, state="queued", started=None)
                     self.queue.put(job.id)
                 else:
-                    self._set(job, state="failed", error="the service stopped and its latents were lost")
+                    self.update(job, state="failed", error="the service stopped and its latents were lost")
 
-    def _set(self, job: Job, **changes: Any) -> None:
+    def update(self, job: Job, **changes: Any) -> None:
+        """Change ``job`` and journal it; the listeners (metrics) hear of it."""
         with self.lock:
             for k, v in changes.items():
                 setattr(job, k, v)
             append_jsonl(self.journal, job.__dict__)
         for listener in self.listeners:
             listener(job)
+
+    def expire(self, now: float | None = None) -> int:
+        """Remove the jobs (and videos) that finished more than ``keep_seconds`` ago; how many."""
+        horizon = (time.time() if now is None else now) - self.options.keep_seconds
+        old = [j for j in list(self.jobs.values()) if j.state in ("done", "failed") and (j.finished or 0) < horizon]
+        for job in old:
+            self.video_path(job.id).unlink(missing_ok=True)
+            with self.lock:
+                append_jsonl(self.journal, {**job.__dict__, "state": "expired"})
+                del self.jobs[job.id]
+        return len(old)
+
+    def _sweep(self) -> None:
+        while not self._stopping.wait(min(60.0, max(self.options.keep_seconds / 10, 0.05))):
+            self.expire()
 
     # -- paths and jobs ---------------------------------------------------------------------------
 
@@ -173,47 +190,23 @@ class JobStore:
         self.scale = (vaes[0].config.scale_factor_temporal, vaes[0].config.scale_factor_spatial)
         threads = []
         for device, vae in zip(o.devices, vaes, strict=True):
-            t = threading.Thread(target=self._work, args=(device, vae), name=f"framepipe-serve-{device}", daemon=True)
+            worker = DeviceWorker(self, device, vae)
+            t = threading.Thread(target=worker.run, name=f"framepipe-serve-{device}", daemon=True)
             t.start()
             threads.append(t)
+        if math.isfinite(o.keep_seconds):
+            sweeper = threading.Thread(target=self._sweep, name="framepipe-serve-expiry", daemon=True)
+            sweeper.start()
+            threads.append(sweeper)
         return threads
 
+    def record_busy(self, seconds: float, frames: int) -> None:
+        """A job's decode took ``seconds`` of its device and gave ``frames`` frames (for the metrics)."""
+        with self.lock:
+            self.busy_seconds += seconds
+            self.frames_done += frames
+
     def stop_workers(self) -> None:
+        self._stopping.set()
         for _ in self.options.devices:
             self.queue.put(None)
-
-    def _work(self, device: str, vae) -> None:
-        o = self.options
-        meter = GpuMeter(torch.device(device))
-        while (job_id := self.queue.get()) is not None:
-            job = self.jobs[job_id]
-            self._set(job, state="running", started=time.time(), device=device)
-            video = replace(o.video, **job.settings)
-            meter.start()
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    result = decode(str(self.latents_path(job_id)), self.video_path(job_id), vae=vae, video=video,
-                                    decoder=o.decoder, latent_format=job.latent_format)  # fmt: skip
-            except FramepipeError as e:
-                meter.close()
-                self._set(job, state="failed", finished=time.time(), error=str(e))
-                self.latents_path(job_id).unlink(missing_ok=True)
-                continue
-            except Exception as e:  # an internal bug: its traceback to stderr; the worker goes on
-                traceback.print_exc(file=sys.stderr)
-                meter.close()
-                self._set(job, state="failed", finished=time.time(), error=f"internal error ({type(e).__name__}: {e})")
-                continue
-            account = meter.stop()
-            if job.output_url:
-                try:
-                    upload_url(self.video_path(job_id), job.output_url, endpoint_url=o.endpoint_url)
-                except FramepipeError as e:
-                    self._set(job, state="failed", finished=time.time(), error=f"the video was made, but {e}")
-                    continue
-            self.busy_seconds += result.seconds
-            self.frames_done += result.total_frames
-            self._set(job, state="done", finished=time.time(), frames=result.total_frames, fps=video.fps,
-                      account=account.to_dict())  # fmt: skip
-            self.latents_path(job_id).unlink(missing_ok=True)
