@@ -60,6 +60,7 @@ class Job:
     latent_format: str = "pipeline"
     created: float = field(default_factory=time.time)
     started: float | None = None
+    decoded: float | None = None  # when its last chunk reached the host: the GPU's part was over
     finished: float | None = None
     error: str | None = None
     frames: int | None = None

@@ -204,8 +204,9 @@ class _Stream:
                 return
         video = replace(o.video, **job.settings)
         self.store.record_busy(running.end.time - since.time, running.frames)
-        self.store.update(job, state="done", finished=time.time(), frames=running.frames, fps=video.fps,
-                          account=account.to_dict())  # fmt: skip
+        decoded = time.time() - (time.perf_counter() - running.end.time)
+        self.store.update(job, state="done", decoded=decoded, finished=time.time(), frames=running.frames,
+                          fps=video.fps, account=account.to_dict())  # fmt: skip
         self.store.latents_path(job_id).unlink(missing_ok=True)
 
     def _fail(self, job_id: str, error: BaseException) -> None:
