@@ -100,7 +100,7 @@ class WanDecoderStep:
         x = self._causal_conv(d.conv_in, lambda out, x=x: out.copy_(x), x, d.conv_in.in_channels, cache, idx)
         x = self._residual(d.mid_block.resnets[0], x, cache, idx)
         for attention, resnet in zip(d.mid_block.attentions, d.mid_block.resnets[1:], strict=True):
-            x = attention(x)
+            x = self._attention(attention, x)
             x = self._residual(resnet, x, cache, idx)
         for block in d.up_blocks:
             shortcut = x  # WanResidualUpBlock clones it; nothing below writes into x
@@ -110,10 +110,18 @@ class WanDecoderStep:
             upsamplers = getattr(block, "upsamplers", None)
             sampler = upsamplers[0] if upsamplers is not None else getattr(block, "upsampler", None)
             if sampler is not None:
-                x = sampler(x, feat_cache=cache, feat_idx=idx)
+                x = self._resample(sampler, x, cache, idx)
             if getattr(block, "avg_shortcut", None) is not None:
                 x = x + block.avg_shortcut(shortcut, first_chunk=first_chunk)
         return self._causal_conv(d.conv_out, self._norm_silu(d.norm_out, x), x, x.shape[1], cache, idx)
+
+    def _attention(self, attention, x: torch.Tensor) -> torch.Tensor:
+        """The mid block's ``WanAttentionBlock`` (over each whole frame)."""
+        return attention(x)
+
+    def _resample(self, sampler, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
+        """An up block's ``WanResample``."""
+        return sampler(x, feat_cache=cache, feat_idx=idx)
 
     def _residual(self, block, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
         """``WanResidualBlock.forward`` (dropout is the identity at inference)."""
@@ -139,15 +147,25 @@ class WanDecoderStep:
         window = causal_window((b, channels, pad_t + t, h + 2 * pad_h, w + 2 * pad_w), (pad_t, pad_h, pad_w), x)
         rows, cols = slice(pad_h, pad_h + h), slice(pad_w, pad_w + w)
         fill(window[:, :, pad_t:, rows, cols])
+        self._exchange(window[:, :, pad_t:], pad_h)
+        kept = self._kept_rows(pad_h, h)
         previous = cache[idx[0]]
         if previous is None:
-            window[:, :, :pad_t, rows, cols].zero_()
+            window[:, :, :pad_t, kept, cols].zero_()
         else:
-            window[:, :, :pad_t, rows, cols].copy_(previous)
+            window[:, :, :pad_t, kept, cols].copy_(previous)
         out = self.conv3d(conv, window)
-        cache[idx[0]] = window[:, :, -_CACHE_T:, rows, cols].clone()
+        cache[idx[0]] = window[:, :, -_CACHE_T:, kept, cols].clone()
         idx[0] += 1
         return out
+
+    def _exchange(self, window: torch.Tensor, pad: int) -> None:
+        """Fill the ``pad`` rows above and below the interior of ``window`` (rows: dim -2): zeros here,
+        already; a band of a split frame gets its neighbours' rows (``SplitDecoderStep``)."""
+
+    def _kept_rows(self, pad: int, rows: int) -> slice:
+        """The window rows a causal conv's cache keeps: the interior (the border is zero)."""
+        return slice(pad, pad + rows)
 
 
 # Note [Exact fusion]

@@ -74,21 +74,21 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
-def resolve_gpus(spec: str) -> list[str]:
-    """``"all"`` or ``"0,1,..."`` as device names; ``DeviceError`` where they are not there."""
+def resolve_gpus(spec: str, option: str = "--gpus") -> list[str]:
+    """``"all"`` or ``"0,1,..."`` (given as ``option``) as device names; ``DeviceError`` where they are not there."""
     count = torch.cuda.device_count() if torch.cuda.is_available() else 0
     if spec == "all":
         if count == 0:
-            raise DeviceError("--gpus all: no CUDA GPU is available; leave --gpus out to decode on the CPU.")
+            raise DeviceError(f"{option} all: no CUDA GPU is available; leave {option} out to decode on the CPU.")
         return [f"cuda:{i}" for i in range(count)]
     try:
         indices = [int(part) for part in spec.split(",") if part.strip()]
     except ValueError:
-        raise SettingsError(f"--gpus takes 'all' or GPU numbers such as 0,1; got {spec!r}.") from None
+        raise SettingsError(f"{option} takes 'all' or GPU numbers such as 0,1; got {spec!r}.") from None
     if not indices or len(set(indices)) != len(indices) or min(indices) < 0:
-        raise SettingsError(f"--gpus takes 'all' or distinct GPU numbers such as 0,1; got {spec!r}.")
+        raise SettingsError(f"{option} takes 'all' or distinct GPU numbers such as 0,1; got {spec!r}.")
     if max(indices) >= count:
-        raise DeviceError(f"--gpus {spec}: this machine has {count} CUDA GPU(s).")
+        raise DeviceError(f"{option} {spec}: this machine has {count} CUDA GPU(s).")
     return [f"cuda:{i}" for i in indices]
 
 

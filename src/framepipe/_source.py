@@ -7,7 +7,7 @@ each chunk is handed on as soon as it exists and the whole video is never held o
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -49,17 +49,27 @@ def causal_conv_count(vae: AutoencoderKLWan) -> int:
     return sum(isinstance(m, wan.WanCausalConv3d) for m in vae.decoder.modules())
 
 
+#: One latent frame through the decoder: ``step(x, cache, first_chunk=...)`` (see ``WanDecoderStep``).
+DecoderStep = Callable[..., torch.Tensor]
+
+
 @torch.inference_mode()
 def decode_chunks(
-    vae: AutoencoderKLWan, latents: torch.Tensor, *, latent_frames_per_chunk: int = 1, decoder: str = "framepipe"
+    vae: AutoencoderKLWan,
+    latents: torch.Tensor,
+    *,
+    latent_frames_per_chunk: int = 1,
+    decoder: str = "framepipe",
+    step: DecoderStep | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield decoded chunks of ``latents`` (already de-normalized, on the VAE's device and dtype).
 
     # latents: [B, C, T, H, W] -> each chunk: [B, 3, t, H*s, W*s] in [-1, 1], vae dtype, on device.
     The first chunk holds 1 + 4 (k - 1) frames, later ones 4 k, for k latent frames per chunk
     (k = 1 by default, as diffusers). ``decoder``: ``"framepipe"`` (``WanDecoderStep``: the same
-    bits, fewer copies) or ``"diffusers"`` (its ``WanDecoder3d.forward`` as is). The kernels run on
-    the current CUDA stream; nothing here waits for the GPU (see ``FirstChunkCheck``).
+    bits, fewer copies) or ``"diffusers"`` (its ``WanDecoder3d.forward`` as is); ``step`` replaces
+    either (the split decode's band of rows uses it). The kernels run on the current CUDA stream;
+    nothing here waits for the GPU (see ``FirstChunkCheck``).
     """
     if latent_frames_per_chunk < 1:
         raise SettingsError(f"latent_frames_per_chunk must be >= 1, got {latent_frames_per_chunk}.")
@@ -68,9 +78,9 @@ def decode_chunks(
     unpatchify = require("diffusers.models.autoencoders.autoencoder_kl_wan", "video").unpatchify
     patch = vae.config.patch_size
     feat_cache: list[torch.Tensor | None] = [None] * causal_conv_count(vae)
-    if decoder == "framepipe":
+    if step is None and decoder == "framepipe":
         step = WanDecoderStep(vae)
-    else:
+    elif step is None:
 
         def step(x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:
             return vae.decoder(x, feat_cache=cache, feat_idx=[0], first_chunk=first_chunk)

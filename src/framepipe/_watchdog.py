@@ -10,6 +10,8 @@ status. When the normal path (KeyboardInterrupt, outputs aborted) finishes first
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import os
 import signal
 import socket
@@ -52,3 +54,9 @@ def install(output_folders: Sequence[Path], *, grace_s: float = 5.0) -> None:
         os._exit(EXIT_CODES[data[0]])
 
     threading.Thread(target=watch, name="framepipe-interrupt-watchdog", daemon=True).start()
+
+
+def die_with_parent() -> None:
+    """Linux: have the kernel kill this worker process when its parent dies (``kill -9`` included)."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG

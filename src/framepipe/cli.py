@@ -197,6 +197,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="with several inputs on CUDA: decode N at once, each on its own stream (same frames, "
         "more peak VRAM; default 1)",
     )
+    d.add_argument(
+        "--split-gpus",
+        default=None,
+        metavar="all|0,1,...",
+        help="decode each video on these GPUs together, split by rows (for latency: halo rows over NCCL; "
+        "for throughput over many videos use `framepipe batch --gpus`)",
+    )
     _add_run_options(d)
     _add_video_options(d)
 
@@ -433,21 +440,35 @@ def _decode(args: argparse.Namespace) -> int:
     from ._api import decode_many, outputs_for
 
     outputs = [args.output] if len(args.latents) == 1 else outputs_for(args.latents, args.output)
-    with _output_folder(Path(args.output) if len(args.latents) > 1 and "{name}" not in args.output else None):
+    model = {"vae": args.vae, "arch": args.arch, "device": args.device, "seed": args.seed}
+    with contextlib.ExitStack() as stack:
+        if args.split_gpus:
+            from ._models import resolve_gpus
+            from ._split import SplitDecoder
+
+            if args.device or args.concurrent_videos > 1 or args.mode != "async" or args.decoder != "framepipe":
+                raise SettingsError(
+                    "--split-gpus decodes one video at a time with framepipe's decoder in async mode; leave out "
+                    "--device, --concurrent-videos, --mode sync and --decoder diffusers."
+                )
+            devices = resolve_gpus(args.split_gpus, option="--split-gpus")
+            split = stack.enter_context(SplitDecoder(devices, vae=args.vae, arch=args.arch, dtype=args.dtype,
+                                                     seed=args.seed))  # fmt: skip
+            model = {"vae": split.vae, "chunk_source": split.chunks}
+        stack.enter_context(
+            _output_folder(Path(args.output) if len(args.latents) > 1 and "{name}" not in args.output else None)
+        )
         result = decode_many(
             list(zip(args.latents, outputs, strict=True)),
-            vae=args.vae,
-            arch=args.arch,
+            **model,
             video=_video(args),
             mode=args.mode,
-            device=args.device,
             dtype=args.dtype,
             latent_format=args.latent_format,
             decoder=args.decoder,
             slots=args.slots,
             concurrent_videos=args.concurrent_videos,
             progress=not args.quiet and not args.json,
-            seed=args.seed,
         )
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))

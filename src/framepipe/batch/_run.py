@@ -10,7 +10,6 @@ next run.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import multiprocessing
 import queue
 import signal
@@ -26,6 +25,7 @@ from typing import Any
 from .._errors import DeviceError, FramepipeError
 from .._models import load_vae
 from .._paths import removed_if_unused, work_folder
+from .._watchdog import die_with_parent
 from ._destination import open_batch_destination
 from ._plan import BatchTask
 from ._task import BatchOptions, decode_task
@@ -152,15 +152,9 @@ def _run_here(tasks, destination, options: BatchOptions, device: str, finish) ->
                 return
 
 
-def _die_with_parent() -> None:
-    """Linux: have the kernel kill this worker when its driver dies (``kill -9`` included)."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-
-
 def worker_main(index: int, device: str, destination, options: BatchOptions, tasks, results) -> None:
     """Worker ``index``: load the VAE on ``device``, then decode tasks from ``tasks`` until None."""
-    _die_with_parent()
+    die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides; Ctrl-C reaches the whole group
     try:
         with warnings.catch_warnings():
