@@ -664,9 +664,10 @@ def _batch(args: argparse.Namespace) -> int:
     elif not args.quiet:
         ratio = summary.gpu_seconds_per_video_second
         per = f", {ratio:.3f} GPU-s per video-s" if ratio is not None and devices[0] != "cpu" else ""
+        work = f" ({summary.work_seconds:.1f} s from the first video's start)" if summary.work_seconds else ""
         print(f"batch: {summary.done} done, {summary.skipped} skipped (done before), {summary.failed} failed in "
-              f"{summary.seconds:.1f} s on {', '.join(summary.devices)} ({summary.videos_per_hour:.0f} videos/h{per}); "
-              f"journal {summary.journal}")  # fmt: skip
+              f"{summary.seconds:.1f} s{work} on {', '.join(summary.devices)} "
+              f"({summary.videos_per_hour:.0f} videos/h{per}); journal {summary.journal}")  # fmt: skip
         for name, error in summary.failures:
             print(f"  failed {name}: {error}")
     return EXIT_ERROR if summary.failed else 0

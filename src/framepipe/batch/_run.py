@@ -33,7 +33,9 @@ from ._task import BatchOptions, decode_task
 
 @dataclass
 class BatchSummary:
-    """What a batch did. ``gpu_seconds`` sums each video's decode time on its device."""
+    """What a batch did. ``gpu_seconds`` sums each video's decode time on its device;
+    ``work_seconds`` is the wall time from the first video's start to the last one's end (the
+    workers' start-up, loading the model, left out)."""
 
     done: int = 0
     skipped: int = 0
@@ -41,6 +43,7 @@ class BatchSummary:
     seconds: float = 0.0
     gpu_seconds: float = 0.0
     video_seconds: float = 0.0
+    work_seconds: float | None = None
     devices: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     journal: str = ""
@@ -101,9 +104,15 @@ def _run(tasks, destination, options: BatchOptions, devices, fail_fast, verify, 
     start = time.perf_counter()
     counter = iter(range(1, len(pending) + 1))
 
+    starts: list[float] = []
+    ends: list[float] = []
+
     def finish(entry: dict[str, Any]) -> bool:
         """Journal one result; whether the batch goes on."""
         journal.record(entry)
+        if "started_at" in entry:  # not for a worker that died mid-video
+            starts.append(entry["started_at"])
+            ends.append(entry["finished_at"])
         if entry["status"] == "done":
             summary.done += 1
             summary.gpu_seconds += entry["seconds"]
@@ -128,6 +137,7 @@ def _run(tasks, destination, options: BatchOptions, devices, fail_fast, verify, 
         else:
             _run_workers(pending, destination, options, list(devices), finish)
     summary.seconds = time.perf_counter() - start
+    summary.work_seconds = round(max(ends) - min(starts), 3) if starts else None
     return summary
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,7 +35,7 @@ class BatchOptions:
 def decode_task(task: BatchTask, destination, options: BatchOptions, vae, work: Path) -> dict[str, Any]:
     """Decode one task with a loaded ``vae`` into ``destination`` (``work``: this worker's scratch
     folder); the journal entry for it (``done`` or ``failed``), with the decode's GPU accounting."""
-    entry: dict[str, Any] = {"name": task.name, "latents": task.latents}
+    entry: dict[str, Any] = {"name": task.name, "latents": task.latents, "started_at": round(time.time(), 3)}
     latents = None
     meter = GpuMeter(next(vae.parameters()).device)
     try:
@@ -49,13 +50,14 @@ def decode_task(task: BatchTask, destination, options: BatchOptions, vae, work: 
         account = meter.stop()
         where, size, sha = destination.publish(task.name, target)
     except FramepipeError as e:
-        return {**entry, "status": "failed", "error": str(e)}
+        return {**entry, "finished_at": round(time.time(), 3), "status": "failed", "error": str(e)}
     finally:
         meter.close()  # its sampler stopped, whether the decode ended or not
         if latents is not None and latents.parent == work:
             latents.unlink(missing_ok=True)
     return {
         **entry,
+        "finished_at": round(time.time(), 3),
         "status": "done",
         "output": where,
         "bytes": size,
