@@ -1,0 +1,73 @@
+"""``framepipe batch`` on one GPU against every GPU of the host, on videos of mixed lengths.
+
+Writes seeded random latents of the given lengths (frames per video), then runs the same batch with
+``--gpus 0`` and with ``--gpus 0,1,...`` into fresh folders, and compares the batches' work time
+(the first video's start to the last one's end: the workers' start-up and model loading left out)
+and their wall time.
+
+    python benchmarks/batch_scaling.py --gpus 0,1 --dtype bfloat16 --lengths 81,41,121,61,81,21,101,81 --out r/
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gpus", default="0,1")
+    p.add_argument("--arch", default="wan2.1")
+    p.add_argument("--dtype", default="float32")
+    p.add_argument("--size", default="480x832")
+    p.add_argument("--lengths", default="81,41,121,61,81,21,101,81,41,121,61,81", help="frames per video (1 + 4k)")
+    p.add_argument("--preset", default="medium")
+    p.add_argument("--crf", type=int, default=18)
+    p.add_argument("--segment-frames", default="tail")
+    p.add_argument("--out", default=None)
+    args = p.parse_args()
+    height, width = (int(v) for v in args.size.split("x"))
+    z, scale = (16, 8) if args.arch == "wan2.1" else (48, 16)
+    lengths = [int(v) for v in args.lengths.split(",")]
+    common = ["--arch", args.arch, "--dtype", args.dtype, "--preset", args.preset, "--crf", str(args.crf),
+              "--segment-frames", args.segment_frames, "--json", "--quiet"]  # fmt: skip
+    result = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+              "arch": args.arch, "dtype": args.dtype, "size": args.size, "lengths": lengths,
+              "encoder": f"libx264 {args.preset} crf {args.crf}, segments {args.segment_frames}"}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = Path(tmp) / "latents"
+        inputs.mkdir()
+        g = torch.Generator().manual_seed(0)
+        for i, frames in enumerate(lengths):
+            latents = torch.randn(1, z, 1 + (frames - 1) // 4, height // scale, width // scale, generator=g)
+            save_file({"latents": latents}, inputs / f"v{i:03d}.safetensors")
+        for name, gpus in (("one_gpu", args.gpus.split(",")[0]), ("all_gpus", args.gpus)):
+            command = [sys.executable, "-m", "framepipe", "batch", str(inputs), "-o", str(Path(tmp) / name),
+                       "--gpus", gpus, *common]  # fmt: skip
+            answer = subprocess.run(command, capture_output=True, text=True)
+            if answer.returncode != 0:
+                raise SystemExit(f"{' '.join(command)} failed:\n{answer.stderr}")
+            summary = json.loads(answer.stdout)
+            result[name] = {k: summary[k] for k in ("done", "failed", "seconds", "work_seconds", "gpu_seconds",
+                                                    "devices", "videos_per_hour")}  # fmt: skip
+            print(json.dumps({name: result[name]}), flush=True)
+    one, every = result["one_gpu"], result["all_gpus"]
+    result["work_speedup"] = round(one["work_seconds"] / every["work_seconds"], 3)
+    result["wall_speedup"] = round(one["seconds"] / every["seconds"], 3)
+    result["command"] = " ".join(["python", *sys.argv])
+    print(json.dumps(result, indent=2))
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / f"batch_scaling_{args.dtype}.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
