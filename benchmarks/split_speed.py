@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import tempfile
 import time
@@ -99,6 +100,8 @@ def measure(split: SplitDecoder, z: torch.Tensor, args) -> dict:
     levels = [(to_uint8_frames(a).int() - to_uint8_frames(b).int()).abs() for a, b in pairs]
     row["max_level_difference"] = max(int(d.max()) for d in levels)
     row["pixels_differing"] = sum(int((d > 0).sum()) for d in levels) / sum(d.numel() for d in levels)
+    mse = sum(float((d.double() ** 2).sum()) for d in levels) / sum(d.numel() for d in levels)
+    row["psnr_db"] = round(10 * math.log10(255**2 / mse), 2) if mse else None  # None: identical
     row["max_float_difference"] = max(float((a.float() - b.float()).abs().max()) for a, b in pairs)
     del single, both, pairs, levels
 

@@ -31,7 +31,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from . import _errors as errors
 from ._decoder import WanDecoderStep
 from ._errors import DeviceError, FramepipeError, SettingsError
 from ._models import load_vae, resolve_device
@@ -271,7 +270,7 @@ class SplitDecoder:
         try:
             message = self.results.get(timeout=2.0)
         except queue.Empty:
-            message = ("error", "DeviceError", f"the worker on {helper.name} stopped (exit code {helper.exitcode})")
+            message = ("error", DeviceError(f"the worker {helper.name} stopped (exit code {helper.exitcode})"))
         self.failure = _helper_error(message)
         with contextlib.suppress(Exception):
             dist.distributed_c10d._abort_process_group()
@@ -306,13 +305,12 @@ class SplitDecoder:
 
 
 def _helper_error(message: tuple) -> FramepipeError:
-    """The exception a helper's ``("error", kind, text)`` message stands for (kind: our error's class
-    name, or "internal" for a bug, whose traceback the helper printed)."""
-    _, kind, text = message
-    if kind == "internal":
-        return DeviceError(f"the split decode's worker failed: {text} (its traceback is above)")
-    kind = getattr(errors, kind, DeviceError)
-    return kind(text) if isinstance(kind, type) and issubclass(kind, FramepipeError) else DeviceError(text)
+    """The exception a helper's ``("error", error)`` message stands for: our own error as the helper
+    raised it, or a ``DeviceError`` naming an internal one (whose traceback the helper printed)."""
+    error = message[1]
+    if isinstance(error, FramepipeError):
+        return error
+    return DeviceError(f"the split decode's worker failed: {error} (its traceback is above)")
 
 
 def _free_port() -> int:
@@ -346,11 +344,11 @@ def _helper(rank: int, world: int, port: int, device: str, spec: tuple, timeout_
             if cuda:
                 torch.cuda.synchronize(device)
     except FramepipeError as e:
-        results.put(("error", type(e).__name__, f"{device}: {e}"))
+        results.put(("error", type(e)(f"{device}: {e}")))
         raise SystemExit(1) from None
     except BaseException as e:
         traceback.print_exc()
-        results.put(("error", "internal", f"{device}: {type(e).__name__}: {e}"))
+        results.put(("error", f"{device}: {type(e).__name__}: {e}"))
         raise SystemExit(1) from None
     with contextlib.suppress(Exception):
         dist.destroy_process_group()

@@ -18,7 +18,7 @@ import traceback
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
@@ -31,9 +31,6 @@ from .._pipeline import run_async
 from .._source import VideoGeometry, check_fits, decode_chunks, geometry
 from ..data._store import upload_url
 from ..sinks import Sink, open_sink
-
-if TYPE_CHECKING:
-    from ._jobs import JobStore
 
 
 class _NewStream:
@@ -74,7 +71,7 @@ class _ClosingSink:
 class DeviceWorker:
     """Takes jobs from the store's queue and decodes them on one device, stream after stream."""
 
-    def __init__(self, store: JobStore, device: str, vae: Any) -> None:
+    def __init__(self, store: Any, device: str, vae: Any) -> None:  # store: the JobStore that owns this worker
         self.store, self.device, self.vae = store, device, vae
         self.meter = GpuMeter(torch.device(device))
         self.lock = threading.Lock()
