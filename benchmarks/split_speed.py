@@ -75,6 +75,8 @@ def main() -> None:
                 row = {"arch": args.arch, "dtype": dtype, "size": size, "frames": args.frames, "gpus": len(devices)}
 
                 row.update(measure(split, z, args))
+                if args.mp4:
+                    row.update(to_mp4(split, z, args))
                 print(json.dumps(row), flush=True)
                 rows.append(row)
     result = {
