@@ -18,11 +18,13 @@ from ._errors import (
     OutputError,
     SettingsError,
     ShardError,
+    TooLargeError,
 )
 from ._latents import check_latents, denormalize, latent_shape, load_latents, random_latents
 from ._models import ARCHITECTURES, EMBEDDED_VAE, embedded_vae, load_vae, random_vae
 from ._postprocess import to_uint8_frames
 from ._source import decode_chunks
+from ._split import SplitDecoder
 from .sinks import (
     ArraySink,
     NpySink,
@@ -55,6 +57,8 @@ __all__ = [
     "SettingsError",
     "ShardError",
     "Sink",
+    "SplitDecoder",
+    "TooLargeError",
     "VideoFileSink",
     "VideoSettings",
     "check_latents",
