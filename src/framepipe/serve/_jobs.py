@@ -134,8 +134,11 @@ class JobStore:
         for job in old:
             self.video_path(job.id).unlink(missing_ok=True)
             with self.lock:
-                append_jsonl(self.journal, {**job.__dict__, "state": "expired"})
+                job.state = "expired"
+                append_jsonl(self.journal, job.__dict__)
                 del self.jobs[job.id]
+            for listener in self.listeners:
+                listener(job)
         return len(old)
 
     def _sweep(self) -> None:
