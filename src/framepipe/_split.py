@@ -197,9 +197,12 @@ class SplitDecoder:
         port = _free_port()
         spec = (str(vae) if vae is not None else None, arch, dtype, seed)
         self.helpers = [
-            context.Process(target=_helper, name=f"framepipe-split-{rank}", daemon=True,
-                            args=(rank, len(self.devices), port, device, spec, timeout_s, self.commands[rank - 1],
-                                  self.results))  # fmt: skip
+            context.Process(
+                target=_helper,
+                name=f"framepipe-split-{rank}",
+                daemon=True,
+                args=(rank, len(self.devices), port, device, spec, timeout_s, self.commands[rank - 1], self.results),
+            )  # fmt: skip
             for rank, device in enumerate(self.devices[1:], start=1)
         ]
         for helper in self.helpers:
