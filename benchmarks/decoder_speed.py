@@ -19,6 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from gpu_timing import peak, timed
 
 from framepipe import random_vae, to_uint8_frames
 from framepipe._decoder import fused_norm_silu_is_exact, same_bits, verified_equivalences
@@ -34,26 +35,9 @@ KINDS = [  # (kind, substrings of kernel names), first match wins
 ]
 
 
-def timed(fn) -> float:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
 def chunked(vae, z, decoder: str) -> None:
     for chunk in decode_chunks(vae, z, decoder=decoder):
         to_uint8_frames(chunk)
-
-
-def peak(fn) -> float:
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated() / 2**30
 
 
 def compare(vae, z) -> dict:

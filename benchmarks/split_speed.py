@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import torch
+from gpu_timing import peak, timed
 
 import framepipe
 from framepipe import to_uint8_frames
@@ -29,23 +30,6 @@ from framepipe._latents import latent_shape, random_latents
 from framepipe._source import decode_chunks
 from framepipe._split import SplitDecoder
 from framepipe.sinks import VideoSettings, open_sink, parse_segment_frames
-
-
-def timed(fn) -> float:
-    torch.cuda.synchronize()
-    start = time.perf_counter()
-    fn()
-    torch.cuda.synchronize()
-    return time.perf_counter() - start
-
-
-def peak_gib(fn) -> float:
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    fn()
-    torch.cuda.synchronize()
-    return round(torch.cuda.max_memory_allocated() / 2**30, 3)
 
 
 def main() -> None:
@@ -122,7 +106,7 @@ def measure(split: SplitDecoder, z: torch.Tensor, args) -> dict:
         times["split"].append(timed(all_gpus))
     row["one_gpu_s"], row["split_s"] = round(min(times["one"]), 4), round(min(times["split"]), 4)
     row["speedup"] = round(row["one_gpu_s"] / row["split_s"], 3)
-    row["peak_gib_one"], row["peak_gib_split_first_gpu"] = peak_gib(one_gpu), peak_gib(all_gpus)
+    row["peak_gib_one"], row["peak_gib_split_first_gpu"] = round(peak(one_gpu), 3), round(peak(all_gpus), 3)
     row["peak_share"] = round(row["peak_gib_split_first_gpu"] / row["peak_gib_one"], 3)
     return row
 

@@ -89,8 +89,9 @@ class SplitDecoderStep(WanDecoderStep):
         return slice(0, rows + 2 * pad)  # the halo rows too: the next chunk's history needs them
 
     def _attention(self, attention, x: torch.Tensor) -> torch.Tensor:
-        start, stop = self.level_bands(x)[self.rank]
-        return attention(gather_rows(x, self.level_bands(x)))[..., start:stop, :].contiguous()
+        level = self.level_bands(x)
+        start, stop = level[self.rank]
+        return attention(gather_rows(x, level))[..., start:stop, :].contiguous()
 
     def _resample(self, sampler, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
         """``WanResample.forward`` (upsample2d/3d) with its 3x3 convolution over a haloed window."""

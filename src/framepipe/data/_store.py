@@ -139,11 +139,12 @@ class LocalStore:
             raise DataError(f"{self._path(key)}: not found") from None
 
     def download(self, key: str, path: Path, *, max_bytes: int | None = None) -> int:
+        source = self._path(key)
         try:
-            check_size(str(self._path(key)), self._path(key).stat().st_size, max_bytes)
-            shutil.copyfile(self._path(key), path)
+            check_size(str(source), source.stat().st_size, max_bytes)
+            shutil.copyfile(source, path)
         except FileNotFoundError:
-            raise DataError(f"{self._path(key)}: not found") from None
+            raise DataError(f"{source}: not found") from None
         return path.stat().st_size
 
     @contextlib.contextmanager

@@ -43,6 +43,7 @@ class _Running:
 
     sink: Sink
     frames: int
+    fps: float
     written: int = 0
     start: Mark | None = None
     end: Mark | None = None
@@ -162,7 +163,7 @@ class _Stream:
             self.store.latents_path(job_id).unlink(missing_ok=True)
             return None
         self.store.update(job, state="running", started=time.time(), device=self.worker.device)
-        running = self.running[job_id] = _Running(sink, g.frames)
+        running = self.running[job_id] = _Running(sink, g.frames, video.fps)
         chunks = self._measured(job_id, decode_chunks(vae, latents, decoder=o.decoder))
         self.sources.append(chunks)
         return PipelineJob(chunks, [_ClosingSink(sink, lambda: self._done(job_id))],
@@ -199,11 +200,10 @@ class _Stream:
             except FramepipeError as e:
                 self.store.update(job, state="failed", finished=time.time(), error=f"the video was made, but {e}")
                 return
-        video = replace(o.video, **job.settings)
         self.store.record_busy(running.end.time - since.time, running.frames)
         decoded = time.time() - (time.perf_counter() - running.end.time)
         self.store.update(job, state="done", decoded=decoded, finished=time.time(), frames=running.frames,
-                          fps=video.fps, account=account.to_dict())  # fmt: skip
+                          fps=running.fps, account=account.to_dict())  # fmt: skip
         self.store.latents_path(job_id).unlink(missing_ok=True)
 
     def _fail(self, job_id: str, error: BaseException) -> None:
