@@ -7,7 +7,8 @@
    timestamps: accepted -> finished), GPU energy per video, and kernel utilization from a
    torch.profiler trace of the whole phase (the bench's measure): over the whole phase, and over the
    time some job was waiting or decoding (accepted -> its last chunk on the host), where an idle
-   GPU means a gap between requests.
+   GPU means a gap between requests; and how long a job waits from its acceptance to its first
+   kernels' launch (``start_delay``).
 
     python benchmarks/serve_load.py --arch wan2.1 --size 480x832 --frames 81 --dtype bfloat16 --out load.json
 """
@@ -141,6 +142,7 @@ def main() -> int:
             timeline = profile_run(load, device=device)
             jobs, t0 = phase["jobs"], phase["t0"]
             latency = [j["finished"] - j["created"] for j in jobs]
+            start_delay = [j["started"] - j["created"] for j in jobs]  # accepted -> its first kernels launched
             with_work = [(j["created"] - t0, j["decoded"] - t0) for j in jobs]
             covered = union_length(with_work, 0.0, timeline.window_s)
             busy_with_work = None
@@ -162,6 +164,8 @@ def main() -> int:
                          "latency_p50_s": round(percentile(latency, 50), 4),
                          "latency_p99_s": round(percentile(latency, 99), 4),
                          "p99_over_single": round(percentile(latency, 99) / single_s, 3),
+                         "start_delay_p50_s": round(percentile(start_delay, 50), 4),
+                         "start_delay_max_s": round(max(start_delay), 4),
                          "kernel_utilization": _round(timeline.kernel_utilization),
                          "kernel_utilization_with_work": _round(busy_with_work),
                          "share_of_time_with_work": round(covered / timeline.window_s, 4),

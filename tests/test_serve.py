@@ -268,7 +268,7 @@ def _finish(store, ids, timeout=120):
 
 
 def test_consecutive_jobs_of_one_size_flow_through_one_stream(tmp_path, vae_folder, monkeypatch):
-    from framepipe.serve import _stream
+    from framepipe import _device_worker as _stream
 
     streams, run_async = [], _stream.run_async
 
@@ -293,8 +293,8 @@ def test_consecutive_jobs_of_one_size_flow_through_one_stream(tmp_path, vae_fold
 
 def test_a_job_that_breaks_its_stream_fails_alone(tmp_path, vae_folder, monkeypatch):
     """A job fails midway through its decode: the stream's other jobs are run again and succeed."""
+    from framepipe import _device_worker as _stream
     from framepipe._errors import CheckpointError
-    from framepipe.serve import _stream
 
     decode_chunks = _stream.decode_chunks
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -108,6 +109,6 @@ def fetch_latents(url: str, work: Path, *, endpoint_url: str | None = None) -> P
     """Download ``s3://bucket/key`` latents into ``work``; a local path is returned as it is."""
     if not url.startswith("s3://"):
         return Path(url)
-    path = work / url.rpartition("/")[2]
+    path = work / f"{uuid.uuid4().hex[:8]}-{url.rpartition('/')[2]}"  # unique: a worker holds several at once
     download_url(url, path, endpoint_url=endpoint_url)
     return path

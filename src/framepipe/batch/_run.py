@@ -14,6 +14,7 @@ import multiprocessing
 import queue
 import signal
 import sys
+import threading
 import time
 import traceback
 import warnings
@@ -22,13 +23,14 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._device_worker import DeviceWorker
 from .._errors import DeviceError, FramepipeError
 from .._models import load_vae
 from .._paths import removed_if_unused, work_folder
 from .._watchdog import die_with_parent
 from ._destination import open_batch_destination
 from ._plan import BatchTask
-from ._task import BatchOptions, decode_task
+from ._task import BatchOptions, TaskFeed, decode_task
 
 
 @dataclass
@@ -156,10 +158,35 @@ def longest_first(tasks: Sequence[BatchTask]) -> list[BatchTask]:
 
 def _run_here(tasks, destination, options: BatchOptions, device: str, finish) -> None:
     vae = load_vae(options.vae, arch=options.arch, dtype=options.dtype, device=device, seed=options.seed)
+    todo, stop, lock = iter(tasks), threading.Event(), threading.Lock()
+
+    def take() -> BatchTask | None:
+        return None if stop.is_set() else next(todo, None)
+
+    def report(entry: dict[str, Any]) -> None:  # from the worker's threads: one journal line at a time
+        with lock:
+            if not finish(entry):
+                stop.set()
+
     with work_folder("framepipe-batch-") as work:
-        for task in tasks:
-            if not finish(decode_task(task, destination, options, vae, work)):
-                return
+        decode_all(take, report, destination, options, vae, work)
+
+
+def decode_all(take, report, destination, options: BatchOptions, vae, work: Path) -> None:
+    """Decode the tasks ``take()`` gives until None, each one's journal entry to ``report``: streamed
+    through one pipeline by a ``DeviceWorker`` (the next video decodes while the last one's encoder
+    drains), or with ``mode="sync"`` one after the other through the reference executor."""
+    if options.mode != "sync":
+        DeviceWorker(TaskFeed(take, report, destination, options, vae, work), vae, decoder=options.decoder,
+                     slots=options.slots).run()  # fmt: skip
+        return
+    while (task := take()) is not None:
+        try:
+            report(decode_task(task, destination, options, vae, work))
+        except Exception as e:  # an internal bug: its traceback goes to stderr, the batch goes on
+            traceback.print_exc(file=sys.stderr)
+            error = f"internal error ({type(e).__name__}: {e}); see the traceback above"
+            report({"name": task.name, "latents": task.latents, "status": "failed", "error": error})
 
 
 def worker_main(index: int, device: str, destination, options: BatchOptions, tasks, results) -> None:
@@ -173,15 +200,15 @@ def worker_main(index: int, device: str, destination, options: BatchOptions, tas
     except FramepipeError as e:
         results.put({"worker_error": f"{device}: {e}"})
         return
-    with work_folder("framepipe-batch-") as work:
-        while (task := tasks.get()) is not None:
+
+    def take() -> BatchTask | None:
+        task = tasks.get()
+        if task is not None:  # the driver counts it as this worker's until its result comes
             results.put({"started": task.name, "worker": index})
-            try:
-                results.put(decode_task(task, destination, options, vae, work))
-            except Exception as e:  # an internal bug: its traceback goes to stderr, the batch goes on
-                traceback.print_exc(file=sys.stderr)
-                error = f"internal error ({type(e).__name__}: {e}); see the traceback above"
-                results.put({"name": task.name, "latents": task.latents, "status": "failed", "error": error})
+        return task
+
+    with work_folder("framepipe-batch-") as work:
+        decode_all(take, results.put, destination, options, vae, work)
 
 
 def _run_workers(tasks, destination, options: BatchOptions, devices: list[str], finish) -> None:
@@ -194,7 +221,7 @@ def _run_workers(tasks, destination, options: BatchOptions, devices: list[str], 
     workers = [ctx.Process(target=worker_main, args=(i, d, destination, options, work, results), daemon=True,
                            name=f"framepipe-batch-{i}") for i, d in enumerate(devices)]  # fmt: skip
     by_name = {t.name: t for t in tasks}
-    in_flight: dict[int, str] = {}  # worker -> the video it decodes
+    in_flight: dict[int, list[str]] = {i: [] for i in range(len(workers))}  # worker -> the videos it holds
     remaining = len(tasks)
     try:
         for w in workers:
@@ -204,8 +231,8 @@ def _run_workers(tasks, destination, options: BatchOptions, devices: list[str], 
                 message = results.get(timeout=0.5)
             except queue.Empty:
                 for i, (w, device) in enumerate(zip(workers, devices, strict=True)):
-                    if not w.is_alive() and i in in_flight:  # died mid-video: that video failed
-                        name = in_flight.pop(i)
+                    while not w.is_alive() and in_flight[i]:  # died mid-video: its videos failed
+                        name = in_flight[i].pop(0)
                         remaining -= 1
                         entry = {"name": name, "latents": by_name[name].latents, "status": "failed",
                                  "error": f"the worker on {device} died (exit code {w.exitcode})"}  # fmt: skip
@@ -217,9 +244,11 @@ def _run_workers(tasks, destination, options: BatchOptions, devices: list[str], 
             if "worker_error" in message:
                 raise DeviceError(message["worker_error"])
             if "started" in message:
-                in_flight[message["worker"]] = message["started"]
+                in_flight[message["worker"]].append(message["started"])
                 continue
-            in_flight = {i: n for i, n in in_flight.items() if n != message["name"]}
+            for names in in_flight.values():
+                if message["name"] in names:
+                    names.remove(message["name"])
             remaining -= 1
             if not finish(message):
                 return

@@ -1,16 +1,20 @@
-"""One video of a batch, decoded: the options every video shares and the journal entry it gives."""
+"""One video of a batch, decoded: the options every video shares and the journal entry it gives,
+for a video decoded on its own (``decode_task``) or streamed by a device worker (``TaskFeed``)."""
 
 from __future__ import annotations
 
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from .._accounting import GpuMeter
-from .._api import decode
+from .._api import decode, prepare_latents
+from .._device_worker import DecodedVideo, VideoOrder
 from .._errors import FramepipeError
+from .._latents import load_latents
 from ..sinks import VideoSettings
 from ._destination import fetch_latents
 from ._plan import BatchTask
@@ -68,3 +72,56 @@ def decode_task(task: BatchTask, destination, options: BatchOptions, vae, work: 
         "device": result.device,
         "account": account.to_dict(),
     }
+
+
+class TaskFeed:
+    """A batch's videos as a device worker's feed (``DeviceWorker``): tasks from ``take``, each
+    one's journal entry to ``report`` (``done`` from its writer thread)."""
+
+    def __init__(self, take: Callable[[], BatchTask | None], report: Callable[[dict[str, Any]], None],
+                 destination, options: BatchOptions, vae, work: Path) -> None:  # fmt: skip
+        self._take, self.report = take, report
+        self.destination, self.options, self.vae, self.work = destination, options, vae, work
+        self.device = str(next(vae.parameters()).device)
+        self.fetched: dict[str, Path] = {}  # task name -> latents downloaded into work
+        self.targets: dict[str, Path] = {}
+        self.started_at: dict[str, float] = {}
+
+    def take(self) -> BatchTask | None:
+        return self._take()
+
+    def open(self, task: BatchTask) -> VideoOrder:
+        video = replace(self.options.video, **task.settings)
+        path = fetch_latents(task.latents, self.work, endpoint_url=self.options.endpoint_url)
+        if path.parent == self.work:
+            self.fetched[task.name] = path
+        latents = prepare_latents(load_latents(path), self.vae, self.options.latent_format, task.latents)
+        self.targets[task.name] = target = self.destination.target(task.name, self.work)
+        return VideoOrder(latents, target, video)
+
+    def started(self, task: BatchTask) -> None:
+        self.started_at[task.name] = round(time.time(), 3)
+
+    def done(self, task: BatchTask, video: DecodedVideo) -> None:
+        self._forget_latents(task)
+        try:
+            where, size, sha = self.destination.publish(task.name, self.targets.pop(task.name))
+        except FramepipeError as e:
+            self.failed(task, str(e), internal=False)
+            return
+        self.report({"name": task.name, "latents": task.latents, "started_at": self.started_at.pop(task.name),
+                     "finished_at": round(time.time(), 3), "status": "done", "output": where, "bytes": size,
+                     "sha256": sha, "seconds": round(video.busy_seconds, 4), "frames": video.frames,
+                     "fps": video.fps, "device": self.device, "account": video.account.to_dict()})  # fmt: skip
+
+    def failed(self, task: BatchTask, message: str, *, internal: bool) -> None:
+        self._forget_latents(task)
+        self.targets.pop(task.name, None)
+        entry = {"name": task.name, "latents": task.latents}
+        if task.name in self.started_at:
+            entry.update(started_at=self.started_at.pop(task.name), finished_at=round(time.time(), 3))
+        self.report({**entry, "status": "failed", "error": message})
+
+    def _forget_latents(self, task: BatchTask) -> None:
+        if (path := self.fetched.pop(task.name, None)) is not None:
+            path.unlink(missing_ok=True)

@@ -19,11 +19,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._device_worker import DeviceWorker
 from .._errors import OutputError
 from .._jsonl import append_jsonl, read_jsonl
 from .._models import load_vae
 from ..sinks import VideoSettings
-from ._stream import DeviceWorker
+from ._feed import JobFeed
 
 STATES = ("queued", "running", "done", "failed")
 
@@ -194,7 +195,7 @@ class JobStore:
         self.scale = (vaes[0].config.scale_factor_temporal, vaes[0].config.scale_factor_spatial)
         threads = []
         for device, vae in zip(o.devices, vaes, strict=True):
-            worker = DeviceWorker(self, device, vae)
+            worker = DeviceWorker(JobFeed(self, device, vae), vae, decoder=o.decoder)
             t = threading.Thread(target=worker.run, name=f"framepipe-serve-{device}", daemon=True)
             t.start()
             threads.append(t)
