@@ -3,7 +3,8 @@
 Videos of one frame size follow each other through one ``run_async`` stream, so the GPU decodes
 the next video while the last one's encoder drains its look-ahead. The next video is taken and
 opened (its latents read and on the device, its encoder started) in a background thread while the
-one before it decodes, so the GPU does not wait for that either. When a stream breaks (a video
+one before it decodes its last ``OPEN_AHEAD_CHUNKS`` chunks, so the GPU does not wait for that
+either; taken no earlier, so that workers sharing a queue still share it out evenly. When a stream breaks (a video
 decodes NaN, a disk fills up), the videos it had not finished run again, each alone, so only the
 one at fault fails. Each video's GPU account runs from its first kernel's launch (or the end of
 the video before it, whichever is later) to its last chunk's arrival on the host: back to back,
@@ -12,6 +13,7 @@ no overlap.
 
 from __future__ import annotations
 
+import itertools
 import queue
 import sys
 import threading
@@ -30,6 +32,8 @@ from ._errors import GPU_OUT_OF_MEMORY, DeviceError, FramepipeError
 from ._pipeline import Job, run_async
 from ._source import VideoGeometry, check_fits, decode_chunks, geometry
 from .sinks import Sink, VideoSettings, open_sink
+
+OPEN_AHEAD_CHUNKS = 2  # the next video is taken and opened while this many chunks are left to decode
 
 
 @dataclass
@@ -264,10 +268,7 @@ class _Stream:
     def _jobs(self) -> Iterator[Job]:
         opened, size = self.first, self.first.geometry
         while True:
-            job = self._job(opened)
-            if not self.alone:
-                self.worker.ahead.request()  # the next video opens while this one decodes
-            yield job
+            yield self._job(opened)
             if self.alone:
                 return
             opened = self.worker.ahead.next()  # waits while the last video's encoder drains
@@ -281,19 +282,32 @@ class _Stream:
 
     def _job(self, opened: _Opened) -> Job:
         running = self.running[id(opened)] = _Running(opened)
-        chunks = self._measured(running, decode_chunks(self.worker.vae, opened.latents, decoder=self.worker.decoder))
+        count = opened.latents.shape[2]  # chunks: one per latent frame
+        chunks = decode_chunks(self.worker.vae, opened.latents, decoder=self.worker.decoder)
+        chunks = self._measured(running, chunks, count)
         self.sources.append(chunks)
         opened.latents = None  # the chunk source holds them until it is done
         sink = _ClosingSink(opened.sink, lambda: self._done(running))
         return Job(chunks, [sink], progress=lambda t: self._written(running, t))
 
-    def _measured(self, running: _Running, chunks: Iterator[torch.Tensor]) -> Iterator[torch.Tensor]:
-        """``chunks``, with the video's start marked when its first chunk's kernels are launched."""
+    def _measured(self, running: _Running, chunks: Iterator[torch.Tensor], count: int) -> Iterator[torch.Tensor]:
+        """``chunks``, with the video's start marked when its first chunk's kernels are launched, and
+        the next video asked for when ``OPEN_AHEAD_CHUNKS`` of its ``count`` chunks are left."""
         if self.worker.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.worker.device)
         running.start = self.worker.meter.mark()
         self.worker.feed.started(running.opened.item)
-        yield from chunks
+        try:
+            for index in itertools.count():
+                if index == max(count - OPEN_AHEAD_CHUNKS, 0) and not self.alone:
+                    self.worker.ahead.request()
+                chunk = next(chunks, None)
+                if chunk is None:
+                    return
+                yield chunk
+                del chunk
+        finally:
+            chunks.close()  # the decoder's cache goes with it, also when the stream breaks
 
     def _written(self, running: _Running, frames: int) -> None:
         running.written += frames
