@@ -3,12 +3,13 @@
 1. Single job: one job at a time (the first is a warm-up); its latency, submit to MP4 in place.
 2. Capacity: ``--saturate`` jobs submitted at once; jobs/s from the first to the last finish.
 3. Load: ``--jobs`` jobs submitted at ``--load`` (default 0.8) of that capacity, at a fixed pace
-   (``--arrivals poisson`` for random gaps); jobs/s, p50/p99 latency (the service's own job
-   timestamps: accepted -> finished), GPU energy per video, and kernel utilization from a
-   torch.profiler trace of the whole phase (the bench's measure): over the whole phase, and over the
-   time some job was waiting or decoding (accepted -> its last chunk on the host), where an idle
-   GPU means a gap between requests; and how long a job waits from its acceptance to its first
-   kernels' launch (``start_delay``).
+   (``--arrivals poisson`` for random gaps); jobs/s, p50/p99 latency (the client's: from sending
+   the request to the MP4 in place), GPU energy per video, and kernel utilization from a
+   torch.profiler trace of the whole phase (the bench's measure): over the whole phase, over the
+   time some job was waiting or decoding (accepted, its latents durable -> its last chunk on the
+   host), where an idle GPU means a gap between requests, and over the time some job was decoding
+   (its first kernels launched -> its last chunk on the host); and how long a job waits from its
+   acceptance to its first kernels' launch (``start_delay``).
 
     python benchmarks/serve_load.py --arch wan2.1 --size 480x832 --frames 81 --dtype bfloat16 --out load.json
 """
@@ -114,8 +115,9 @@ def main() -> int:
         try:
             single = []
             for i in range(3):
+                sent = time.time()
                 job = service.wait([service.submit(bodies[i % 4])])[0]
-                single.append(job["finished"] - job["created"])
+                single.append(job["finished"] - sent)
             single_s = statistics.median(single[1:])
             say(f"single job: {single_s:.3f} s (submit -> MP4), warm-up {single[0]:.3f} s")
 
@@ -130,9 +132,10 @@ def main() -> int:
 
             def load(_trace) -> None:
                 phase["t0"] = time.time()
-                ids, due = [], time.time()
+                ids, due, phase["sent"] = [], time.time(), []
                 for i in range(args.jobs):
                     time.sleep(max(0.0, due - time.time()))
+                    phase["sent"].append(time.time())
                     ids.append(service.submit(bodies[i % 4]))
                     due += rng.expovariate(rate) if args.arrivals == "poisson" else 1 / rate
                 phase["jobs"] = service.wait(ids)
@@ -141,15 +144,15 @@ def main() -> int:
             device = torch.device(args.device)
             timeline = profile_run(load, device=device)
             jobs, t0 = phase["jobs"], phase["t0"]
-            latency = [j["finished"] - j["created"] for j in jobs]
+            latency = [j["finished"] - sent for j, sent in zip(jobs, phase["sent"], strict=True)]
             start_delay = [j["started"] - j["created"] for j in jobs]  # accepted -> its first kernels launched
             with_work = [(j["created"] - t0, j["decoded"] - t0) for j in jobs]
             covered = union_length(with_work, 0.0, timeline.window_s)
-            busy_with_work = None
+            decoding = [(j["started"] - t0, j["decoded"] - t0) for j in jobs]
+            busy_with_work = busy_decoding = None
             if timeline.cuda and covered > 0:
-                merged = sorted(with_work)
-                busy = sum(union_length(timeline.kernels, a, b) for a, b in merge(merged))
-                busy_with_work = busy / covered
+                busy_with_work = _busy(timeline, with_work) / covered
+                busy_decoding = _busy(timeline, decoding) / union_length(decoding, 0.0, timeline.window_s)
             joules = [j["account"]["energy_joules"] for j in jobs if j["account"]["energy_joules"] is not None]
             result = {
                 "date": time.strftime("%Y-%m-%d"),
@@ -168,6 +171,7 @@ def main() -> int:
                          "start_delay_max_s": round(max(start_delay), 4),
                          "kernel_utilization": _round(timeline.kernel_utilization),
                          "kernel_utilization_with_work": _round(busy_with_work),
+                         "kernel_utilization_while_decoding": _round(busy_decoding),
                          "share_of_time_with_work": round(covered / timeline.window_s, 4),
                          "joules_per_video": round(statistics.mean(joules), 2) if joules else None,
                          "gpu_seconds_per_video": _mean([j["account"]["gpu_seconds"] for j in jobs])},
@@ -180,6 +184,11 @@ def main() -> int:
     if args.out:
         Path(args.out).write_text(text + "\n")
     return 0
+
+
+def _busy(timeline, intervals: list[tuple[float, float]]) -> float:
+    """Seconds of kernel time within the union of ``intervals``."""
+    return sum(union_length(timeline.kernels, a, b) for a, b in merge(sorted(intervals)))
 
 
 def _round(value: float | None) -> float | None:

@@ -268,6 +268,8 @@ def outputs_for(inputs: Sequence[str | os.PathLike[str]], output: str | os.PathL
 def prepare_latents(latents: torch.Tensor, vae: Any, latent_format: str, name: str) -> torch.Tensor:
     """Check the latents against the VAE and bring them to its device and dtype, de-normalized."""
     param = next(vae.parameters())
+    if isinstance(latents, torch.Tensor):  # the checks below read every value: on a GPU in microseconds
+        latents = latents.to(param.device)
     latents = check_latents(latents, z_dim=vae.config.z_dim)
     if latent_format == "pipeline" and looks_raw(latents, vae.config.latents_mean, vae.config.latents_std):
         warnings.warn(
@@ -277,7 +279,6 @@ def prepare_latents(latents: torch.Tensor, vae: Any, latent_format: str, name: s
             UserWarning,
             stacklevel=4,
         )
-    latents = latents.to(param.device)
     if latent_format == "pipeline":
         return denormalize(latents, vae.config.latents_mean, vae.config.latents_std, dtype=param.dtype)
     return latents.to(param.dtype)

@@ -296,12 +296,13 @@ class _Stream:
         if self.worker.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(self.worker.device)
         running.start = self.worker.meter.mark()
-        self.worker.feed.started(running.opened.item)
         try:
             for index in itertools.count():
                 if index == max(count - OPEN_AHEAD_CHUNKS, 0) and not self.alone:
                     self.worker.ahead.request()
                 chunk = next(chunks, None)
+                if index == 0:  # told once the first chunk's kernels are queued (a journal's fsync waits here)
+                    self.worker.feed.started(running.opened.item)
                 if chunk is None:
                     return
                 yield chunk

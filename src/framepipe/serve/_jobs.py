@@ -167,14 +167,15 @@ class JobStore:
         with self.lock:
             if self.queued() >= self.options.max_queue:
                 raise QueueFull()
-            job = Job(id=uuid.uuid4().hex[:16], state="queued", settings=settings, latent_format=latent_format,
-                      output_url=output_url)  # fmt: skip
+            job_id = uuid.uuid4().hex[:16]
             try:
                 with open(latents, "rb+") as f:
                     os.fsync(f.fileno())
-                os.replace(latents, self.latents_path(job.id))
+                os.replace(latents, self.latents_path(job_id))
             except OSError as e:
                 raise OutputError(f"Cannot store the job's latents: {e.strerror or e}") from e
+            # created: once its latents are durable, as its journal line is about to be
+            job = Job(id=job_id, state="queued", settings=settings, latent_format=latent_format, output_url=output_url)
             self.jobs[job.id] = job
             append_jsonl(self.journal, job.__dict__)
         for listener in self.listeners:
