@@ -33,7 +33,27 @@ from safetensors.torch import save
 
 from framepipe.bench._profile import merge, profile_run, union_length
 from framepipe.serve import JobStore, ServiceOptions, create_app
+from framepipe.serve._feed import JobFeed
 from framepipe.sinks import VideoSettings, parse_segment_frames
+
+
+def record_steps(marks: dict[str, dict[str, float]]) -> None:
+    """Record when the worker took each job from the queue and when it had opened it (its latents on
+    the GPU, its encoder open), to show where a job's wait before its first kernels goes."""
+    take, open_ = JobFeed.take, JobFeed.open
+
+    def timed_take(self):
+        job_id = take(self)
+        if job_id is not None:
+            marks.setdefault(job_id, {})["taken"] = time.time()
+        return job_id
+
+    def timed_open(self, job_id):
+        order = open_(self, job_id)
+        marks[job_id]["opened"] = time.time()
+        return order
+
+    JobFeed.take, JobFeed.open = timed_take, timed_open
 
 
 class Service:
@@ -110,6 +130,8 @@ def main() -> int:
     bodies = [save({"latents": torch.randn(shape, generator=g)}) for _ in range(4)]
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
 
+    marks: dict[str, dict[str, float]] = {}
+    record_steps(marks)
     with tempfile.TemporaryDirectory() as state:
         service = Service(options, Path(state))
         try:
@@ -146,6 +168,11 @@ def main() -> int:
             jobs, t0 = phase["jobs"], phase["t0"]
             latency = [j["finished"] - sent for j, sent in zip(jobs, phase["sent"], strict=True)]
             start_delay = [j["started"] - j["created"] for j in jobs]  # accepted -> its first kernels launched
+            steps = {
+                "accepted_to_taken": [marks[j["id"]]["taken"] - j["created"] for j in jobs],
+                "taken_to_opened": [marks[j["id"]]["opened"] - marks[j["id"]]["taken"] for j in jobs],
+                "opened_to_first_chunk_queued": [j["started"] - marks[j["id"]]["opened"] for j in jobs],
+            }
             with_work = [(j["created"] - t0, j["decoded"] - t0) for j in jobs]
             covered = union_length(with_work, 0.0, timeline.window_s)
             decoding = [(j["started"] - t0, j["decoded"] - t0) for j in jobs]
@@ -169,6 +196,7 @@ def main() -> int:
                          "p99_over_single": round(percentile(latency, 99) / single_s, 3),
                          "start_delay_p50_s": round(percentile(start_delay, 50), 4),
                          "start_delay_max_s": round(max(start_delay), 4),
+                         "start_delay_steps_p50_s": {k: round(percentile(v, 50), 4) for k, v in steps.items()},
                          "kernel_utilization": _round(timeline.kernel_utilization),
                          "kernel_utilization_with_work": _round(busy_with_work),
                          "kernel_utilization_while_decoding": _round(busy_decoding),

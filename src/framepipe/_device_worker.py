@@ -30,6 +30,7 @@ import torch
 from ._accounting import GpuMeter, JobAccount, Mark
 from ._errors import GPU_OUT_OF_MEMORY, DeviceError, FramepipeError
 from ._pipeline import Job, run_async
+from ._postprocess import to_uint8_frames
 from ._source import VideoGeometry, check_fits, decode_chunks, geometry
 from .sinks import Sink, VideoSettings, open_sink
 
@@ -114,6 +115,7 @@ class DeviceWorker:
         """One stream per run of videos of one frame size, until the feed gives None."""
         carry: _Opened | None = None
         try:
+            self.warm_up()
             while True:
                 first = carry if carry is not None else self.ahead.next()
                 if first is None:
@@ -129,6 +131,19 @@ class DeviceWorker:
         finally:
             self.ahead.close()
             self.meter.close()
+
+    def warm_up(self) -> None:
+        """Decode two small latent frames once, so that the first video does not wait for what a
+        process does on its first decode (CUDA libraries loaded, the fused kernel compiled and checked)."""
+        param = next(self.vae.parameters())
+        latents = torch.zeros(1, self.vae.config.z_dim, 2, 8, 8, device=param.device, dtype=param.dtype)
+        try:
+            for chunk in decode_chunks(self.vae, latents, decoder=self.decoder):
+                to_uint8_frames(chunk)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        except Exception as e:  # the first video meets it again and fails with it, on its own
+            warnings.warn(f"warming up the decoder on {self.device} failed ({type(e).__name__}: {e})", stacklevel=2)
 
     def _take_and_open(self) -> _Opened | None:
         """The feed's next item that opens; None once the feed is dry (runs in the look-ahead thread)."""
