@@ -34,7 +34,7 @@ from ._postprocess import to_uint8_frames
 from ._source import VideoGeometry, check_fits, decode_chunks, geometry
 from .sinks import Sink, VideoSettings, open_sink
 
-OPEN_AHEAD_CHUNKS = 2  # the next video is taken and opened while this many chunks are left to decode
+OPEN_AHEAD_CHUNKS = 4  # the next video is taken and opened while this many chunks are left to decode
 
 
 @dataclass
