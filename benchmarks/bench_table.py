@@ -61,7 +61,7 @@ def command(settings: dict, modes: list[str] | None = None) -> str:
 
 def table(report: dict) -> str:
     s, env = report["settings"], report["environment"]
-    base = s["baseline"].replace("-", "_")
+    base = (s["baseline"] or "").replace("-", "_")  # no baseline mode: no savings column values
     lines = [
         f"**{s['height']}x{s['width']}, {s['frames_per_video']} frames, {s['dtype']}, "
         f"{s['encoder']['codec']} `{s['encoder']['preset']}` crf {s['encoder']['crf']}**: "
