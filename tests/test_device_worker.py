@@ -4,6 +4,7 @@ import threading
 import time
 
 import numpy as np
+import pytest
 
 from conftest import small_latents, small_vae
 from framepipe import _device_worker, decode
@@ -92,3 +93,21 @@ def test_a_bug_in_the_feed_keeps_its_traceback(tmp_path, capsys, no_thread_leak)
     assert failed[0][2].startswith("internal error (AttributeError")
     assert "Traceback" in capsys.readouterr().err
     assert sorted(feed.results) == [0]
+
+
+def test_a_feed_that_raises_stops_the_worker_with_its_traceback(tmp_path, no_thread_leak):
+    from framepipe._device_worker import FeedFailed
+
+    class Broken(ListFeed):
+        def take(self):
+            if len(self.todo) == 1:
+                raise RuntimeError("a bug in take")
+            return super().take()
+
+    vae = small_vae("wan2.1")
+    feed = Broken(vae, [small_latents("wan2.1", frames=2) for _ in range(3)], tmp_path)
+    with pytest.raises(FeedFailed) as info:
+        DeviceWorker(feed, vae).run()
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert sorted(feed.results) == [0]  # video 1 was decoding: aborted, nothing of it written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v0.npy"]

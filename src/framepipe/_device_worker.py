@@ -171,6 +171,10 @@ class DeviceWorker:
         self.feed.failed(item, message, internal=internal)
 
 
+class FeedFailed(Exception):
+    """The feed itself raised (a bug): the worker stops, with the feed's traceback as the cause."""
+
+
 class _Ahead:
     """Runs ``fetch`` in a background thread, one call ahead: ``request()`` starts the next call,
     ``next()`` waits for its result (starting it first if needed)."""
@@ -187,7 +191,7 @@ class _Ahead:
         while self.requests.get():
             try:
                 self.results.put((self.fetch(), None))
-            except BaseException as e:  # handed to the caller of next()
+            except BaseException as e:  # a bug in the feed: handed to the caller of next()
                 self.results.put((None, e))
 
     def request(self) -> None:
@@ -200,7 +204,7 @@ class _Ahead:
         value, error = self.results.get()
         self.pending = False
         if error is not None:
-            raise error
+            raise FeedFailed(f"the feed failed ({type(error).__name__}: {error})") from error
         return value
 
     def close(self, wait_s: float = 10.0) -> None:
@@ -269,7 +273,7 @@ class _Stream:
         except BaseException as e:
             for running in list(self.running.values()):
                 running.opened.sink.abort()
-            if not isinstance(e, Exception):  # Ctrl-C, exit: nothing is retried
+            if isinstance(e, FeedFailed) or not isinstance(e, Exception):  # a bug, Ctrl-C, exit: no retry
                 raise
             if self.alone:
                 for running in list(self.running.values()):
