@@ -1,10 +1,10 @@
 """Run a batch: every task decoded once, journaled, on one device or one worker process per GPU.
 
 Work is handed out one video at a time from a shared queue, so a long video does not hold the
-others back. Only the driver writes the journal. A video that fails with a user error (bad
-latents, an unwritable output...) is recorded with its one-line error and the batch goes on
-(``fail_fast`` stops it); a worker that dies has its video recorded as failed, to be redone by the
-next run.
+others back; each worker streams its videos through one pipeline (``DeviceWorker``). Only the
+driver writes the journal. A video that fails with a user error (bad latents, an unwritable
+output...) is recorded with its one-line error and the batch goes on (``fail_fast`` stops it); a
+worker that dies has the videos it held recorded as failed, to be redone by the next run.
 """
 
 from __future__ import annotations

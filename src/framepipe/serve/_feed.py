@@ -51,6 +51,6 @@ class JobFeed:
         store.latents_path(job_id).unlink(missing_ok=True)
 
     def failed(self, job_id: str, message: str, *, internal: bool) -> None:
-        if not internal:  # an internal bug keeps the latents, for a restarted service
+        if not internal:  # an internal bug keeps the latents (until the job expires), to reproduce it
             self.store.latents_path(job_id).unlink(missing_ok=True)
         self.store.update(self.store.jobs[job_id], state="failed", finished=time.time(), error=message)

@@ -134,6 +134,7 @@ class JobStore:
         old = [j for j in list(self.jobs.values()) if j.state in ("done", "failed") and (j.finished or 0) < horizon]
         for job in old:
             self.video_path(job.id).unlink(missing_ok=True)
+            self.latents_path(job.id).unlink(missing_ok=True)  # kept after an internal error, for a look
             with self.lock:
                 job.state = "expired"
                 append_jsonl(self.journal, job.__dict__)
