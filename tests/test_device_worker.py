@@ -109,5 +109,5 @@ def test_a_feed_that_raises_stops_the_worker_with_its_traceback(tmp_path, no_thr
     with pytest.raises(FeedFailed) as info:
         DeviceWorker(feed, vae).run()
     assert isinstance(info.value.__cause__, RuntimeError)
-    assert sorted(feed.results) == [0]  # video 1 was decoding: aborted, nothing of it written
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["v0.npy"]
+    assert 0 in feed.results and 2 not in feed.results  # video 1 may have been closed before the stop
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"v{i}.npy" for i in sorted(feed.results)]  # no partial
