@@ -166,6 +166,31 @@ def test_two_workers_share_the_work(tmp_path, vae_folder):
         assert _frames(tmp_path / "out" / f"{task.name}.mp4")[0] in (5, 9, 13)
 
 
+def test_a_worker_that_dies_fails_the_videos_it_held_and_a_rerun_finishes(tmp_path, vae_folder):
+    import multiprocessing
+
+    tasks = plan_batch([str(_latents(tmp_path / "in", 6))])
+    killed = []
+
+    def kill_one_worker(entry, index, total):  # at the first result: kill -9 one worker mid-stream
+        if not killed:
+            worker = multiprocessing.active_children()[0]
+            os.kill(worker.pid, signal.SIGKILL)
+            killed.append(worker.pid)
+
+    summary = run_batch(tasks, tmp_path / "out", _options(vae_folder), devices=["cpu", "cpu"],
+                        on_result=kill_one_worker)  # fmt: skip
+    assert summary.done + summary.failed == 6 and summary.failed >= 1
+    assert all("died (exit code -9)" in error for _, error in summary.failures)
+    again = run_batch(tasks, tmp_path / "out", _options(vae_folder), devices=["cpu", "cpu"])
+    assert (again.skipped, again.done, again.failed) == (summary.done, summary.failed, 0)
+    for task in tasks:
+        assert _frames(tmp_path / "out" / f"{task.name}.mp4")[0] in (5, 9, 13)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [JOURNAL_NAME] + [f"{t.name}.mp4" for t in tasks]
+    )  # nothing half-written
+
+
 def test_unwritable_output_folder_is_one_line(tmp_path, vae_folder, capsys):
     _latents(tmp_path / "in", 1)
     (tmp_path / "file").write_text("x")
