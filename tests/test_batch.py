@@ -191,6 +191,17 @@ def test_a_worker_that_dies_fails_the_videos_it_held_and_a_rerun_finishes(tmp_pa
     )  # nothing half-written
 
 
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_a_file_of_several_videos_fails_in_one_line(tmp_path, vae_folder, mode):
+    (tmp_path / "in").mkdir()
+    save_file({"latents": small_latents("wan2.1", batch=2, frames=2)}, tmp_path / "in" / "two.safetensors")
+    options = BatchOptions(vae=str(vae_folder), video=VideoSettings(preset="ultrafast"), mode=mode)
+    summary = run_batch(plan_batch([str(tmp_path / "in")]), tmp_path / "out", options)
+    assert (summary.done, summary.failed) == (0, 1)
+    assert summary.failures[0][1].startswith("The latents hold 2 videos (batch dimension)")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [JOURNAL_NAME]
+
+
 def test_unwritable_output_folder_is_one_line(tmp_path, vae_folder, capsys):
     _latents(tmp_path / "in", 1)
     (tmp_path / "file").write_text("x")

@@ -76,10 +76,13 @@ def test_videos_stream_with_the_reference_frames_and_open_ahead(tmp_path, monkey
 
 def test_a_video_that_cannot_open_fails_alone(tmp_path, no_thread_leak):
     vae = small_vae("wan2.1")
-    latents = [small_latents("wan2.1", frames=3), None, small_latents("wan2.1", frames=2)]
+    two = small_latents("wan2.1", batch=2, frames=2)
+    latents = [small_latents("wan2.1", frames=3), None, small_latents("wan2.1", frames=2), two]
     feed = ListFeed(vae, latents, tmp_path)
     DeviceWorker(feed, vae).run()
     assert ("failed", 1, "video 1 has no latents", False) in feed.events
+    failed = [e for e in feed.events if e[0] == "failed" and e[1] == 3]
+    assert failed and failed[0][2].startswith("The latents hold 2 videos") and failed[0][3] is False
     assert sorted(feed.results) == [0, 2]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["v0.npy", "v2.npy"]  # nothing half-written
 

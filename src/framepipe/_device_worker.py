@@ -29,6 +29,7 @@ import torch
 
 from ._accounting import GpuMeter, JobAccount, Mark
 from ._errors import GPU_OUT_OF_MEMORY, DeviceError, FramepipeError
+from ._latents import check_one_video
 from ._pipeline import Job, run_async
 from ._postprocess import to_uint8_frames
 from ._source import VideoGeometry, check_fits, decode_chunks, geometry
@@ -158,6 +159,7 @@ class DeviceWorker:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # said once by the caller, not once per video
                 order = self.feed.open(item)
+            check_one_video(order.latents)
             g = geometry(self.vae, tuple(order.latents.shape))
             sink = open_sink(order.output, order.video)
             sink.open(frames=g.frames, height=g.height, width=g.width)

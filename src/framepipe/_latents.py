@@ -131,6 +131,16 @@ def check_latents(latents: torch.Tensor, *, z_dim: int) -> torch.Tensor:
     return latents
 
 
+def check_one_video(latents: torch.Tensor) -> None:
+    """LatentsError unless ``latents`` ([B, C, T, H, W]) hold one video: a batch's file, like a
+    service's job, is one video and one output."""
+    if latents.dim() == 5 and latents.shape[0] != 1:
+        raise LatentsError(
+            f"The latents hold {latents.shape[0]} videos (batch dimension); give one video per latent file "
+            "(split them, e.g. latents[i:i+1])."
+        )
+
+
 def denormalize(
     latents: torch.Tensor, latents_mean: list[float], latents_std: list[float], *, dtype: torch.dtype
 ) -> torch.Tensor:

@@ -14,7 +14,7 @@ from .._accounting import GpuMeter
 from .._api import decode, prepare_latents
 from .._device_worker import DecodedVideo, VideoOrder
 from .._errors import FramepipeError
-from .._latents import load_latents
+from .._latents import check_one_video, load_latents
 from ..sinks import VideoSettings
 from ._destination import fetch_latents
 from ._plan import BatchTask
@@ -45,11 +45,13 @@ def decode_task(task: BatchTask, destination, options: BatchOptions, vae, work: 
     try:
         video = replace(options.video, **task.settings)
         latents = fetch_latents(task.latents, work, endpoint_url=options.endpoint_url)
+        z = load_latents(latents)
+        check_one_video(z)
         target = destination.target(task.name, work)
         meter.start()
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # said once by the driver, not once per video
-            result = decode(str(latents), target, vae=vae, video=video, mode=options.mode, decoder=options.decoder,
+            result = decode(z, target, vae=vae, video=video, mode=options.mode, decoder=options.decoder,
                             latent_format=options.latent_format, slots=options.slots)  # fmt: skip
         account = meter.stop()
         where, size, sha = destination.publish(task.name, target)
