@@ -322,7 +322,7 @@ class _Stream:
                 if index == max(count - OPEN_AHEAD_CHUNKS, 0) and not self.alone:
                     self.worker.ahead.request()
                 chunk = next(chunks, None)
-                if index == 0:  # told once the first chunk's kernels are queued (a journal's fsync waits here)
+                if index == 0:  # told once the first chunk's kernels are queued
                     self.worker.feed.started(running.opened.item)
                 if chunk is None:
                     return

@@ -32,9 +32,11 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return entries
 
 
-def append_jsonl(path: Path, entry: dict[str, Any]) -> None:
-    """Append ``entry`` as one line and make it durable (OSError if it cannot be written)."""
+def append_jsonl(path: Path, entry: dict[str, Any], *, durable: bool = True) -> None:
+    """Append ``entry`` as one line and make it durable (OSError if it cannot be written); with
+    ``durable=False`` it is only handed to the OS, for a line whose loss a restart does not mind."""
     with open(path, "a") as f:
         f.write(json.dumps(entry, sort_keys=True) + "\n")
         f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            os.fsync(f.fileno())

@@ -35,7 +35,9 @@ class JobFeed:
                           store.video_path(job_id), video)  # fmt: skip
 
     def started(self, job_id: str) -> None:
-        self.store.update(self.store.jobs[job_id], state="running", started=time.time(), device=self.device)
+        # called on the decoding thread: no fsync there, a lost "running" line changes nothing after a restart
+        self.store.update(self.store.jobs[job_id], durable=False, state="running", started=time.time(),
+                          device=self.device)  # fmt: skip
 
     def done(self, job_id: str, video: DecodedVideo) -> None:
         job, store = self.store.jobs[job_id], self.store

@@ -119,12 +119,13 @@ class JobStore:
                 else:
                     self.update(job, state="failed", error="the service stopped and its latents were lost")
 
-    def update(self, job: Job, **changes: Any) -> None:
-        """Change ``job`` and journal it; the listeners (metrics) hear of it."""
+    def update(self, job: Job, *, durable: bool = True, **changes: Any) -> None:
+        """Change ``job`` and journal it; the listeners (metrics) hear of it. ``durable=False``: the
+        line is not fsynced (a restart queues a running job again whether it reads the line or not)."""
         with self.lock:
             for k, v in changes.items():
                 setattr(job, k, v)
-            append_jsonl(self.journal, job.__dict__)
+            append_jsonl(self.journal, job.__dict__, durable=durable)
         for listener in self.listeners:
             listener(job)
 
