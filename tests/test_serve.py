@@ -148,6 +148,22 @@ def test_a_full_queue_answers_429(tmp_path, vae_folder):
         s.stop()
 
 
+def test_a_journal_that_cannot_be_written_answers_503_and_keeps_nothing(tmp_path, vae_folder):
+    s = Server(tmp_path / "state", ServiceOptions(vae=str(vae_folder), video=VideoSettings(preset="ultrafast")))
+    try:
+        s.store.journal.unlink(missing_ok=True)
+        s.store.journal.mkdir()  # appending to it fails as a full or read-only disk would
+        with httpx.Client(base_url=s.url) as client:
+            answer = client.post("/v1/jobs", content=_body())
+            assert answer.status_code == 503 and "Cannot journal the job" in answer.json()["detail"]
+            assert list((s.store.dir / "latents").iterdir()) == [] and s.store.jobs == {}
+            s.store.journal.rmdir()
+            job = client.post("/v1/jobs", content=_body()).json()
+            assert _wait(client, job["id"])["state"] == "done"
+    finally:
+        s.stop()
+
+
 def test_bearer_token(tmp_path, vae_folder):
     s = Server(tmp_path / "state", ServiceOptions(vae=str(vae_folder)), token="s3cret")
     try:

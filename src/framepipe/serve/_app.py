@@ -17,7 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .._errors import FramepipeError, LatentsError, SettingsError, TooLargeError
+from .._errors import FramepipeError, LatentsError, OutputError, SettingsError, TooLargeError
 from .._latents import LATENT_FORMATS, check_latents, load_latents
 from .._optional import require
 from ..data._store import check_size, download_url
@@ -173,6 +173,8 @@ def create_app(store: JobStore, *, token: str | None = None):
             job = store.submit(incoming, settings, latent_format, output_url)
         except QueueFull:
             raise HTTPException(429, "The queue is full; try again later.", headers={"Retry-After": "5"}) from None
+        except OutputError as e:  # the state folder cannot take the job (disk full, permissions)
+            raise HTTPException(503, f"The service cannot store the job: {e}") from e
         finally:
             incoming.unlink(missing_ok=True)
         return {"id": job.id, "state": job.state, "status": f"/v1/jobs/{job.id}", "video": f"/v1/jobs/{job.id}/video"}

@@ -178,8 +178,12 @@ class JobStore:
                 raise OutputError(f"Cannot store the job's latents: {e.strerror or e}") from e
             # created: once its latents are durable, as its journal line is about to be
             job = Job(id=job_id, state="queued", settings=settings, latent_format=latent_format, output_url=output_url)
+            try:
+                append_jsonl(self.journal, job.__dict__)
+            except OSError as e:  # not accepted: nothing of it stays
+                self.latents_path(job_id).unlink(missing_ok=True)
+                raise OutputError(f"Cannot journal the job: {e.strerror or e}") from e
             self.jobs[job.id] = job
-            append_jsonl(self.journal, job.__dict__)
         for listener in self.listeners:
             listener(job)
         self.queue.put(job.id)
