@@ -164,6 +164,31 @@ def test_a_journal_that_cannot_be_written_answers_503_and_keeps_nothing(tmp_path
         s.stop()
 
 
+def test_healthz_says_when_a_device_worker_has_stopped(tmp_path, vae_folder, monkeypatch):
+    from framepipe.serve import _jobs
+
+    class Broken(_jobs.DeviceWorker):
+        def run(self):
+            raise RuntimeError("a bug in the worker (a test)")
+
+    s = Server(tmp_path / "state", ServiceOptions(vae=str(vae_folder)))
+    try:
+        assert httpx.get(f"{s.url}/healthz").json() == {"ok": True}
+    finally:
+        s.stop()
+    monkeypatch.setattr(_jobs, "DeviceWorker", Broken)
+    monkeypatch.setattr(threading, "excepthook", lambda args: None)  # quiet: a real one prints its traceback
+    s = Server(tmp_path / "state2", ServiceOptions(vae=str(vae_folder)))
+    try:
+        for thread in s.store.workers.values():
+            thread.join(timeout=30)
+        with httpx.Client(base_url=s.url) as client:
+            answer = client.get("/healthz")
+            assert answer.status_code == 503 and answer.json() == {"ok": False, "dead_workers": ["cpu"]}
+    finally:
+        s.stop()
+
+
 def test_bearer_token(tmp_path, vae_folder):
     s = Server(tmp_path / "state", ServiceOptions(vae=str(vae_folder)), token="s3cret")
     try:

@@ -5,7 +5,7 @@ POST /v1/jobs?fps=&crf=&preset=&latent_format=   body: a safetensors file of lat
 GET  /v1/jobs/{id}        -> the job: state, times, frames, GPU accounting
 GET  /v1/jobs/{id}/video  -> the MP4 once done (409 before, 404 unknown)
 GET  /metrics             -> Prometheus text
-GET  /healthz             -> {"ok": true}
+GET  /healthz             -> {"ok": true}; 503 {"ok": false, "dead_workers": [...]} if a device's worker stopped
 """
 
 import hmac  # no `from __future__ import annotations`: FastAPI reads the handlers' annotations at runtime
@@ -200,7 +200,9 @@ def create_app(store: JobStore, *, token: str | None = None):
         return responses.Response(prom.generate_latest(registry), media_type=prom.CONTENT_TYPE_LATEST)
 
     @app.get("/healthz")
-    def healthz() -> dict[str, bool]:
+    def healthz() -> Any:
+        if dead := store.dead_workers():  # its jobs would wait forever: take this instance out of rotation
+            return responses.JSONResponse({"ok": False, "dead_workers": dead}, status_code=503)
         return {"ok": True}
 
     return app

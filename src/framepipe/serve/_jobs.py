@@ -94,6 +94,7 @@ class JobStore:
         self.frames_done = 0
         self.listeners: list[Any] = []  # called with (job) on every change (metrics)
         self._stopping = threading.Event()
+        self.workers: dict[str, threading.Thread] = {}  # device -> its worker's thread
         self._replay()
 
     # -- the journal ------------------------------------------------------------------------------
@@ -206,11 +207,18 @@ class JobStore:
             t = threading.Thread(target=worker.run, name=f"framepipe-serve-{device}", daemon=True)
             t.start()
             threads.append(t)
+            self.workers[device] = t
         if math.isfinite(o.keep_seconds):
             sweeper = threading.Thread(target=self._sweep, name="framepipe-serve-expiry", daemon=True)
             sweeper.start()
             threads.append(sweeper)
         return threads
+
+    def dead_workers(self) -> list[str]:
+        """The devices whose worker has stopped while the service runs (a bug: its traceback is on stderr)."""
+        if self._stopping.is_set():
+            return []
+        return [device for device, thread in self.workers.items() if not thread.is_alive()]
 
     def record_busy(self, seconds: float, frames: int) -> None:
         """A job's decode took ``seconds`` of its device and gave ``frames`` frames (for the metrics)."""
