@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
+from script_inputs import add_encoder_arguments, latents_shape
 
 
 def main() -> None:
@@ -29,13 +30,10 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--size", default="480x832")
     p.add_argument("--lengths", default="81,41,121,61,81,21,101,81,41,121,61,81", help="frames per video (1 + 4k)")
-    p.add_argument("--preset", default="medium")
-    p.add_argument("--crf", type=int, default=18)
-    p.add_argument("--segment-frames", default="tail")
+    add_encoder_arguments(p)
     p.add_argument("--out", default=None)
     args = p.parse_args()
     height, width = (int(v) for v in args.size.split("x"))
-    z, scale = (16, 8) if args.arch == "wan2.1" else (48, 16)
     lengths = [int(v) for v in args.lengths.split(",")]
     common = ["--arch", args.arch, "--dtype", args.dtype, "--preset", args.preset, "--crf", str(args.crf),
               "--segment-frames", args.segment_frames, "--json", "--quiet"]  # fmt: skip
@@ -47,7 +45,8 @@ def main() -> None:
         inputs.mkdir()
         g = torch.Generator().manual_seed(0)
         for i, frames in enumerate(lengths):
-            latents = torch.randn(1, z, 1 + (frames - 1) // 4, height // scale, width // scale, generator=g)
+            shape = latents_shape(args.arch, frames=frames, height=height, width=width)
+            latents = torch.randn(shape, generator=g)
             save_file({"latents": latents}, inputs / f"v{i:03d}.safetensors")
         for name, gpus in (("one_gpu", args.gpus.split(",")[0]), ("all_gpus", args.gpus)):
             command = [sys.executable, "-m", "framepipe", "batch", str(inputs), "-o", str(Path(tmp) / name),

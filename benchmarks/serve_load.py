@@ -30,11 +30,11 @@ import httpx
 import torch
 import uvicorn
 from safetensors.torch import save
+from script_inputs import add_encoder_arguments, latents_shape, video_settings
 
 from framepipe.bench._profile import merge, profile_run, union_length
 from framepipe.serve import JobStore, ServiceOptions, create_app
 from framepipe.serve._feed import JobFeed
-from framepipe.sinks import VideoSettings, parse_segment_frames
 
 
 def record_steps(marks: dict[str, dict[str, float]]) -> None:
@@ -108,9 +108,7 @@ def main() -> int:
     p.add_argument("--frames", type=int, default=81, help="frames per video (1 + 4k)")
     p.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     p.add_argument("--device", default="cuda")
-    p.add_argument("--preset", default="medium")
-    p.add_argument("--crf", type=int, default=18)
-    p.add_argument("--segment-frames", default="tail")
+    add_encoder_arguments(p)
     p.add_argument("--saturate", type=int, default=8, help="jobs submitted at once to measure capacity")
     p.add_argument("--jobs", type=int, default=16, help="jobs of the load phase")
     p.add_argument("--load", type=float, default=0.8, help="arrival rate as a share of the capacity")
@@ -119,13 +117,11 @@ def main() -> int:
     args = p.parse_args()
 
     height, width = (int(v) for v in args.size.lower().split("x"))
-    video = VideoSettings(preset=args.preset, crf=args.crf, segment_frames=parse_segment_frames(args.segment_frames))
+    video = video_settings(args)
     options = ServiceOptions(arch=args.arch, dtype=args.dtype, devices=(args.device,), video=video,
                              max_queue=max(args.saturate, args.jobs) + 1, max_body_bytes=2**31,
                              max_latent_frames=1 + (args.frames - 1) // 4, max_latent_pixels=2**20)  # fmt: skip
-    z = 16 if args.arch == "wan2.1" else 48
-    scale = 8 if args.arch == "wan2.1" else 16
-    shape = (1, z, 1 + (args.frames - 1) // 4, height // scale, width // scale)
+    shape = latents_shape(args.arch, frames=args.frames, height=height, width=width)
     g = torch.Generator().manual_seed(0)
     bodies = [save({"latents": torch.randn(shape, generator=g)}) for _ in range(4)]
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 from gpu_timing import peak, timed
+from script_inputs import add_encoder_arguments, video_settings
 
 import framepipe
 from framepipe import to_uint8_frames
@@ -29,7 +30,7 @@ from framepipe._decoder import same_bits
 from framepipe._latents import latent_shape, random_latents
 from framepipe._source import decode_chunks
 from framepipe._split import SplitDecoder
-from framepipe.sinks import VideoSettings, open_sink, parse_segment_frames
+from framepipe.sinks import open_sink
 
 
 def main() -> None:
@@ -41,9 +42,7 @@ def main() -> None:
     p.add_argument("--frames", type=int, default=81)
     p.add_argument("--runs", type=int, default=2)
     p.add_argument("--mp4", action="store_true", help="also decode -> MP4 both ways, and the encoders alone")
-    p.add_argument("--preset", default="medium")
-    p.add_argument("--crf", type=int, default=18)
-    p.add_argument("--segment-frames", default="tail")
+    add_encoder_arguments(p)
     p.add_argument("--out", default=None)
     args = p.parse_args()
     devices = [f"cuda:{i}" for i in args.gpus.split(",")]
@@ -113,7 +112,7 @@ def measure(split: SplitDecoder, z: torch.Tensor, args) -> dict:
 
 def to_mp4(split: SplitDecoder, z: torch.Tensor, args) -> dict:
     """decode -> MP4 on one GPU and split (best of ``--runs``), and the encoders alone on the frames."""
-    settings = VideoSettings(preset=args.preset, crf=args.crf, segment_frames=parse_segment_frames(args.segment_frames))
+    settings = video_settings(args)
     out: dict = {"encoder": f"libx264 {args.preset} crf {args.crf}, segments {args.segment_frames}"}
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "v.mp4"
