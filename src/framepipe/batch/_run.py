@@ -13,17 +13,15 @@ import contextlib
 import multiprocessing
 import queue
 import signal
-import sys
 import threading
 import time
-import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._device_worker import DeviceWorker
+from .._device_worker import DeviceWorker, failure_message
 from .._errors import DeviceError, FramepipeError
 from .._models import load_vae
 from .._paths import removed_if_unused, work_folder
@@ -184,9 +182,7 @@ def decode_all(take, report, destination, options: BatchOptions, vae, work: Path
         try:
             report(decode_task(task, destination, options, vae, work))
         except Exception as e:  # an internal bug: its traceback goes to stderr, the batch goes on
-            traceback.print_exc(file=sys.stderr)
-            error = f"internal error ({type(e).__name__}: {e}); see the traceback above"
-            report({"name": task.name, "latents": task.latents, "status": "failed", "error": error})
+            report({"name": task.name, "latents": task.latents, "status": "failed", "error": failure_message(e)[0]})
 
 
 def worker_main(index: int, device: str, destination, options: BatchOptions, tasks, results) -> None:

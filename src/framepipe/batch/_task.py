@@ -86,7 +86,6 @@ class TaskFeed:
         self.destination, self.options, self.vae, self.work = destination, options, vae, work
         self.device = str(next(vae.parameters()).device)
         self.fetched: dict[str, Path] = {}  # task name -> latents downloaded into work
-        self.targets: dict[str, Path] = {}
         self.started_at: dict[str, float] = {}
 
     def take(self) -> BatchTask | None:
@@ -98,8 +97,7 @@ class TaskFeed:
         if path.parent == self.work:
             self.fetched[task.name] = path
         latents = prepare_latents(load_latents(path), self.vae, self.options.latent_format, task.latents)
-        self.targets[task.name] = target = self.destination.target(task.name, self.work)
-        return VideoOrder(latents, target, video)
+        return VideoOrder(latents, self.destination.target(task.name, self.work), video)
 
     def started(self, task: BatchTask) -> None:
         self.started_at[task.name] = round(time.time(), 3)
@@ -107,7 +105,7 @@ class TaskFeed:
     def done(self, task: BatchTask, video: DecodedVideo) -> None:
         self._forget_latents(task)
         try:
-            where, size, sha = self.destination.publish(task.name, self.targets.pop(task.name))
+            where, size, sha = self.destination.publish(task.name, self.destination.target(task.name, self.work))
         except FramepipeError as e:
             self.failed(task, str(e), internal=False)
             return
@@ -118,7 +116,6 @@ class TaskFeed:
 
     def failed(self, task: BatchTask, message: str, *, internal: bool) -> None:
         self._forget_latents(task)
-        self.targets.pop(task.name, None)
         entry = {"name": task.name, "latents": task.latents}
         if task.name in self.started_at:
             entry.update(started_at=self.started_at.pop(task.name), finished_at=round(time.time(), 3))
