@@ -11,6 +11,7 @@ spent waiting for data with the step.
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import random
 import shutil
@@ -79,8 +80,11 @@ def _make_files(store: S3Store, files: int, min_kb: int, max_kb: int, seed: int,
     sizes = np.random.default_rng(seed).integers(min_kb * 1024, max_kb * 1024 + 1, size=files)
     step = 5000
     done = 0
-    # boto3 spends each small PUT mostly under the interpreter lock: spread them over processes.
-    with ProcessPoolExecutor(max(2, os.cpu_count() or 2)) as pool:
+    # boto3 spends each small PUT mostly under the interpreter lock: spread them over processes, forked
+    # from a fresh single-threaded server: a child forked from a process with other threads (a caller's,
+    # Ray's) can inherit a lock one of them held and wait for it forever (seen once in the test suite)
+    context = multiprocessing.get_context("forkserver")
+    with ProcessPoolExecutor(max(2, os.cpu_count() or 2), mp_context=context) as pool:
         jobs = [pool.submit(_upload_range, store, sizes[a : a + step], a, min(a + step, files), seed)
                 for a in range(0, files, step)]  # fmt: skip
         for job in as_completed(jobs):
