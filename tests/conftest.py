@@ -1,5 +1,7 @@
+import faulthandler
 import os
 import subprocess
+import sys
 import threading
 
 import pytest
@@ -24,6 +26,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "needs_cuda" in item.keywords:
             item.add_marker(skip)
+
+
+TEST_TIME_LIMIT_S = 600  # the slowest test takes about a minute on CI's two cores
+
+
+@pytest.fixture(autouse=True)
+def hang_guard():
+    """A test that hangs prints every thread's stack and ends the run, instead of holding CI until
+    its time limit with nothing to show for it."""
+    faulthandler.dump_traceback_later(TEST_TIME_LIMIT_S, exit=True, file=sys.stderr)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 def small_vae(version: str, seed: int = 0):

@@ -2,7 +2,7 @@
 
 A journal in the output folder records each finished video (size, SHA-256) once it is in place, so
 a re-run after any failure or ``kill -9`` skips what is done and decodes the rest; one worker
-process per GPU takes videos from a shared queue.
+process per GPU asks the driver for one video at a time.
 """
 
 from ._journal import JOURNAL_NAME, Journal, file_digest

@@ -1,7 +1,8 @@
 """Run a batch: every task decoded once, journaled, on one device or one worker process per GPU.
 
-Work is handed out one video at a time from a shared queue, so a long video does not hold the
-others back; each worker streams its videos through one pipeline (``DeviceWorker``). Only the
+Work is handed out one video at a time to the worker that asks (``_processes``), so a long video
+does not hold the others back; each worker streams its videos through one pipeline
+(``DeviceWorker``). Only the
 driver writes the journal. A video that fails with a user error (bad latents, an unwritable
 output...) is recorded with its one-line error and the batch goes on (``fail_fast`` stops it); a
 worker that dies has the videos it held recorded as failed, to be redone by the next run.
@@ -10,25 +11,19 @@ worker that dies has the videos it held recorded as failed, to be redone by the 
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
-import queue
-import signal
 import threading
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .._device_worker import DeviceWorker, failure_message
-from .._errors import DeviceError, FramepipeError
 from .._models import load_vae
 from .._paths import removed_if_unused, work_folder
-from .._watchdog import die_with_parent
 from ._destination import open_batch_destination
 from ._plan import BatchTask
-from ._task import BatchOptions, TaskFeed, decode_task
+from ._processes import run_workers
+from ._task import BatchOptions, decode_all
 
 
 @dataclass
@@ -135,7 +130,7 @@ def _run(tasks, destination, options: BatchOptions, devices, fail_fast, verify, 
         elif len(devices) == 1:
             _run_here(pending, destination, options, devices[0], finish)
         else:
-            _run_workers(pending, destination, options, list(devices), finish)
+            run_workers(pending, destination, options, list(devices), finish)
     summary.seconds = time.perf_counter() - start
     summary.work_seconds = round(max(ends) - min(starts), 3) if starts else None
     return summary
@@ -168,90 +163,3 @@ def _run_here(tasks, destination, options: BatchOptions, device: str, finish) ->
 
     with work_folder("framepipe-batch-") as work:
         decode_all(take, report, destination, options, vae, work)
-
-
-def decode_all(take, report, destination, options: BatchOptions, vae, work: Path) -> None:
-    """Decode the tasks ``take()`` gives until None, each one's journal entry to ``report``: streamed
-    through one pipeline by a ``DeviceWorker`` (the next video decodes while the last one's encoder
-    drains), or with ``mode="sync"`` one after the other through the reference executor."""
-    if options.mode != "sync":
-        DeviceWorker(TaskFeed(take, report, destination, options, vae, work), vae, decoder=options.decoder,
-                     slots=options.slots).run()  # fmt: skip
-        return
-    while (task := take()) is not None:
-        try:
-            report(decode_task(task, destination, options, vae, work))
-        except Exception as e:  # an internal bug: its traceback goes to stderr, the batch goes on
-            report({"name": task.name, "latents": task.latents, "status": "failed", "error": failure_message(e)[0]})
-
-
-def worker_main(index: int, device: str, destination, options: BatchOptions, tasks, results) -> None:
-    """Worker ``index``: load the VAE on ``device``, then decode tasks from ``tasks`` until None."""
-    die_with_parent()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides; Ctrl-C reaches the whole group
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            vae = load_vae(options.vae, arch=options.arch, dtype=options.dtype, device=device, seed=options.seed)
-    except FramepipeError as e:
-        results.put({"worker_error": f"{device}: {e}"})
-        return
-
-    def take() -> BatchTask | None:
-        task = tasks.get()
-        if task is not None:  # the driver counts it as this worker's until its result comes
-            results.put({"started": task.name, "worker": index})
-        return task
-
-    with work_folder("framepipe-batch-") as work:
-        decode_all(take, results.put, destination, options, vae, work)
-
-
-def _run_workers(tasks, destination, options: BatchOptions, devices: list[str], finish) -> None:
-    ctx = multiprocessing.get_context("spawn")
-    work, results = ctx.Queue(), ctx.Queue()
-    for task in tasks:
-        work.put(task)
-    for _ in devices:
-        work.put(None)
-    workers = [ctx.Process(target=worker_main, args=(i, d, destination, options, work, results), daemon=True,
-                           name=f"framepipe-batch-{i}") for i, d in enumerate(devices)]  # fmt: skip
-    by_name = {t.name: t for t in tasks}
-    in_flight: dict[int, list[str]] = {i: [] for i in range(len(workers))}  # worker -> the videos it holds
-    remaining = len(tasks)
-    try:
-        for w in workers:
-            w.start()
-        while remaining:
-            try:
-                message = results.get(timeout=0.5)
-            except queue.Empty:
-                for i, (w, device) in enumerate(zip(workers, devices, strict=True)):
-                    while not w.is_alive() and in_flight[i]:  # died mid-video: its videos failed
-                        name = in_flight[i].pop(0)
-                        remaining -= 1
-                        entry = {"name": name, "latents": by_name[name].latents, "status": "failed",
-                                 "error": f"the worker on {device} died (exit code {w.exitcode})"}  # fmt: skip
-                        if not finish(entry):
-                            return
-                if not any(w.is_alive() for w in workers):
-                    raise DeviceError("Every batch worker has stopped; see the errors above.") from None
-                continue
-            if "worker_error" in message:
-                raise DeviceError(message["worker_error"])
-            if "started" in message:
-                in_flight[message["worker"]].append(message["started"])
-                continue
-            for names in in_flight.values():
-                if message["name"] in names:
-                    names.remove(message["name"])
-            remaining -= 1
-            if not finish(message):
-                return
-    finally:
-        for w in workers:
-            if w.is_alive():
-                w.kill()
-            w.join(timeout=5)
-        work.cancel_join_thread()
-        results.cancel_join_thread()

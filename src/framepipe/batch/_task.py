@@ -1,5 +1,6 @@
 """One video of a batch, decoded: the options every video shares and the journal entry it gives,
-for a video decoded on its own (``decode_task``) or streamed by a device worker (``TaskFeed``)."""
+for a video decoded on its own (``decode_task``) or streamed by a device worker (``TaskFeed``,
+``decode_all``)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from typing import Any
 
 from .._accounting import GpuMeter
 from .._api import decode, prepare_latents
-from .._device_worker import DecodedVideo, VideoOrder
+from .._device_worker import DecodedVideo, DeviceWorker, VideoOrder, failure_message
 from .._errors import FramepipeError
 from .._latents import check_one_video, load_latents
 from ..sinks import VideoSettings
@@ -124,3 +125,18 @@ class TaskFeed:
     def _forget_latents(self, task: BatchTask) -> None:
         if (path := self.fetched.pop(task.name, None)) is not None:
             path.unlink(missing_ok=True)
+
+
+def decode_all(take, report, destination, options: BatchOptions, vae, work: Path) -> None:
+    """Decode the tasks ``take()`` gives until None, each one's journal entry to ``report``: streamed
+    through one pipeline by a ``DeviceWorker`` (the next video decodes while the last one's encoder
+    drains), or with ``mode="sync"`` one after the other through the reference executor."""
+    if options.mode != "sync":
+        DeviceWorker(TaskFeed(take, report, destination, options, vae, work), vae, decoder=options.decoder,
+                     slots=options.slots).run()  # fmt: skip
+        return
+    while (task := take()) is not None:
+        try:
+            report(decode_task(task, destination, options, vae, work))
+        except Exception as e:  # an internal bug: its traceback goes to stderr, the batch goes on
+            report({"name": task.name, "latents": task.latents, "status": "failed", "error": failure_message(e)[0]})
