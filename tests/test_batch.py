@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import av
 import pytest
@@ -284,12 +285,12 @@ def ray_cluster():
     cluster.shutdown()
 
 
-def _kill_a_decoding_actor(killed: list[int]) -> None:
-    """Kill -9 the first Ray actor process seen decoding a video (Ray titles it so)."""
-    for _ in range(600):
+def _kill_a_decoding_actor(killed: list[int], out: Path) -> None:
+    """Kill -9 a Ray actor running the batch (Ray titles it so) once a video is being written."""
+    for _ in range(1200):
         listing = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True).stdout
-        pids = [int(line.split()[0]) for line in listing.splitlines() if "ray::RayDecoder.decode" in line]
-        if pids:
+        pids = [int(line.split()[0]) for line in listing.splitlines() if "ray::RayDecoder.run" in line]
+        if pids and out.is_dir() and any(".partial" in p.name for p in out.iterdir()):
             os.kill(pids[0], signal.SIGKILL)
             killed.append(pids[0])
             return
@@ -301,7 +302,7 @@ def test_ray_batch_survives_a_killed_worker(tmp_path, vae_folder, ray_cluster):
 
     tasks = plan_batch([str(_latents(tmp_path / "in", 6, frames=5))])
     killed: list[int] = []
-    threading.Thread(target=_kill_a_decoding_actor, args=(killed,), daemon=True).start()
+    threading.Thread(target=_kill_a_decoding_actor, args=(killed, tmp_path / "out"), daemon=True).start()
     summary = run_batch(tasks, tmp_path / "out", _options(vae_folder), ray_address=ray_cluster, workers=2)
     assert killed, "no actor was seen decoding"
     assert (summary.done, summary.failed) == (6, 0)
@@ -326,6 +327,13 @@ def test_ray_cli_and_ray_data(tmp_path, vae_folder, ray_cluster, capsys):
     assert json.loads(capsys.readouterr().out)["done"] == 2
     assert main(["batch", str(tmp_path / "in"), "-o", str(tmp_path / "x"), "--ray", "127.0.0.1:1"]) == 1
     assert "error: Cannot join the Ray cluster at '127.0.0.1:1'" in capsys.readouterr().err
+    (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
+    bad = ["batch", str(tmp_path / "in"), "-o", str(tmp_path / "y"), "--vae", str(tmp_path / "bad.safetensors"),
+           "--ray", ray_cluster]  # fmt: skip
+    assert main(bad) == 1  # the actors cannot load it: one line, no folder left
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [err[0]] and "error: A Ray worker could not start: Cannot read VAE checkpoint" in err[0], err
+    assert not (tmp_path / "y").exists()
 
     import ray
 

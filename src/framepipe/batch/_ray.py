@@ -1,30 +1,39 @@
-"""A batch on a Ray cluster: one decoder actor per GPU, videos handed out one at a time.
+"""A batch on a Ray cluster: one decoder actor per GPU, each streaming the videos it asks for.
 
-Ray restarts an actor whose process or node dies (on any node with room) and retries the video it
-was decoding; the driver alone writes the journal, so the batch keeps its journal's guarantees.
-Inputs and outputs are paths every node sees (shared storage). ``RayDecoder`` is also a callable
-class for Ray Data: ``ds.map_batches(RayDecoder, fn_constructor_kwargs=..., batch_size=1, ...)``.
+Each actor runs the same device worker as a local GPU (``decode_all``): the next video decodes
+while the last one's encoder drains. Actors ask a small dispatcher actor, on the driver's node, for
+one video at a time (so a busy actor never holds a queued video while another idles), and the
+dispatcher knows which videos each actor holds. When an actor's process or node dies, Ray restarts
+the actor where there is room, and the videos it held go back to the front of the queue, for any
+actor (at most ``RETRIES`` times each). The driver alone writes the journal, so the batch keeps its
+journal's guarantees. Inputs and outputs are paths every node sees (shared storage) or object-store
+URLs. ``RayDecoder`` is also a callable class for Ray Data:
+``ds.map_batches(RayDecoder, fn_constructor_kwargs=..., batch_size=1, ...)``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
+from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .._errors import SettingsError
+from .._errors import DeviceError, SettingsError
 from .._optional import require
 from .._paths import work_folder
 from ._destination import open_batch_destination
 from ._plan import BatchTask
-from ._task import BatchOptions, decode_task
+from ._task import BatchOptions, decode_all, decode_task
 
 #: What a Ray Data batch returns per row: the journal entry's fields.
 RESULT_FIELDS = ("name", "latents", "status", "output", "bytes", "sha256", "seconds", "frames", "error")
+RETRIES = 3  # a video whose actor dies goes back to the queue at most this many times
+POLL_S = 0.2  # how often the driver collects results
 
 
 class RayDecoder:
@@ -49,11 +58,62 @@ class RayDecoder:
     def decode(self, task: BatchTask) -> dict[str, Any]:
         return decode_task(task, self.destination, self.options, self.vae, self.work)
 
+    def run(self, worker: int, dispatcher: Any) -> None:
+        """Decode the videos ``dispatcher`` hands to ``worker`` until it has none, streamed through
+        one pipeline; each one's journal entry back to the dispatcher."""
+        import ray
+
+        def take() -> BatchTask | None:
+            return ray.get(dispatcher.take.remote(worker))
+
+        def report(entry: dict[str, Any]) -> None:
+            ray.get(dispatcher.report.remote(worker, entry))
+
+        decode_all(take, report, self.destination, self.options, self.vae, self.work)
+
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Ray Data: rows with ``latents`` (a path) and optional ``name``; one result row each."""
         names = batch.get("name", [Path(str(p)).stem for p in batch["latents"]])
         rows = [self.decode(BatchTask(str(p), str(n))) for p, n in zip(batch["latents"], names, strict=True)]
         return {k: np.array([row.get(k) for row in rows], dtype=object) for k in RESULT_FIELDS}
+
+
+class Dispatcher:
+    """The batch's queue on the cluster: videos handed out one at a time, who holds which, and the
+    results not yet collected by the driver."""
+
+    def __init__(self, tasks: Sequence[BatchTask]) -> None:
+        self.todo = deque(tasks)
+        self.held: dict[int, dict[str, BatchTask]] = {}
+        self.took: dict[int, int] = {}  # videos each worker took since its last start
+        self.results: list[dict[str, Any]] = []
+        self.stopped = False
+
+    def take(self, worker: int) -> BatchTask | None:
+        if self.stopped or not self.todo:
+            return None
+        task = self.todo.popleft()
+        self.held.setdefault(worker, {})[task.name] = task
+        self.took[worker] = self.took.get(worker, 0) + 1
+        return task
+
+    def report(self, worker: int, entry: dict[str, Any]) -> None:
+        self.held.get(worker, {}).pop(entry["name"], None)
+        self.results.append(entry)
+
+    def collect(self) -> list[dict[str, Any]]:
+        results, self.results = self.results, []
+        return results
+
+    def release(self, worker: int) -> tuple[list[BatchTask], int]:
+        """The videos a dead worker held, no longer its own, and how many it took in its life."""
+        return list(self.held.pop(worker, {}).values()), self.took.pop(worker, 0)
+
+    def requeue(self, tasks: Sequence[BatchTask]) -> None:
+        self.todo.extendleft(reversed(tasks))
+
+    def stop(self) -> None:
+        self.stopped = True
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
@@ -87,6 +147,8 @@ def run_on_ray(
     each takes a GPU when the cluster has one per worker.
     """
     ray = require("ray", "ray")
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
     started_here = not ray.is_initialized()
     if started_here:
         check_reachable(address)
@@ -100,26 +162,81 @@ def run_on_ray(
         gpus = int(ray.cluster_resources().get("GPU", 0))
         count = workers or max(1, gpus)
         per_worker = 1 if gpus >= count else 0
-        actor = ray.remote(num_gpus=per_worker, num_cpus=1, max_restarts=-1, max_task_retries=3)(RayDecoder)
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        dispatcher = ray.remote(num_cpus=0, scheduling_strategy=here)(Dispatcher).remote(list(tasks))
+        actor = ray.remote(num_gpus=per_worker, num_cpus=1, max_restarts=-1)(RayDecoder)
         actors = [actor.remote(str(outdir), options) for _ in range(count)]
-        queue = list(tasks)
-        in_flight: dict[Any, tuple[Any, BatchTask]] = {}
-        idle = list(actors)
-        while queue or in_flight:
-            while idle and queue:
-                worker, task = idle.pop(), queue.pop(0)
-                in_flight[worker.decode.remote(task)] = (worker, task)
-            (ref,), _ = ray.wait(list(in_flight), num_returns=1)
-            worker, task = in_flight.pop(ref)
-            try:
-                entry = ray.get(ref)
-            except ray.exceptions.RayError as e:  # retries spent, or the actor cannot start again
-                first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                entry = {"name": task.name, "latents": task.latents, "status": "failed", "error": f"on Ray: {first}"}
-            idle.append(worker)
-            if not finish(entry):
-                break
+        try:
+            ray.get([a.pid.remote() for a in actors])  # a worker that cannot load the VAE says so once
+        except ray.exceptions.RayActorError as e:
+            raise DeviceError(f"A Ray worker could not start: {_creation_error(e)}") from e
+        _stream(ray, actors, dispatcher, tasks, finish)
         return [f"ray:{count} worker(s), {per_worker} GPU each"]
     finally:
         if started_here:
             ray.shutdown()
+
+
+def _stream(ray: Any, actors: list[Any], dispatcher: Any, tasks: Sequence[BatchTask], finish) -> None:
+    """Run every actor on the dispatcher's queue until every task has its result. A dead actor's
+    videos go back to the queue (``RETRIES`` times each) and the actor, restarted by Ray, runs
+    again; one that dies ``RETRIES`` times in a row before it takes a video is given up."""
+    running = {a.run.remote(i, dispatcher): i for i, a in enumerate(actors)}
+    deaths: dict[str, int] = {}
+    strikes = dict.fromkeys(range(len(actors)), 0)
+    idle: list[int] = []  # actors that found the queue empty
+    remaining, error = len(tasks), ""
+    try:
+        while remaining and running:
+            ended, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
+            for entry in ray.get(dispatcher.collect.remote()):
+                remaining -= 1
+                if not finish(entry):
+                    return
+            for ref in ended:
+                worker = running.pop(ref)
+                try:
+                    ray.get(ref)
+                    idle.append(worker)  # the queue was empty
+                    continue
+                except ray.exceptions.RayActorError as e:
+                    error = _first_line(e)
+                lost, took = ray.get(dispatcher.release.remote(worker))
+                again = []
+                for task in lost:
+                    deaths[task.name] = deaths.get(task.name, 0) + 1
+                    if deaths[task.name] <= RETRIES:
+                        again.append(task)
+                        continue
+                    remaining -= 1
+                    entry = {"name": task.name, "latents": task.latents, "status": "failed",
+                             "error": f"on Ray: its worker died {deaths[task.name]} times; last: {error}"}  # fmt: skip
+                    if not finish(entry):
+                        return
+                ray.get(dispatcher.requeue.remote(again))
+                strikes[worker] = 0 if took else strikes[worker] + 1
+                restart = [worker] if strikes[worker] < RETRIES else []  # run again once Ray has restarted it
+                if again:  # and the idle ones, for the videos that came back
+                    restart, idle[:] = restart + idle, []
+                for w in restart:
+                    running[actors[w].run.remote(w, dispatcher)] = w
+        if remaining:
+            raise DeviceError(f"Every Ray worker has stopped with {remaining} video(s) left; last: {error}")
+    finally:
+        with contextlib.suppress(ray.exceptions.RayError):
+            ray.get(dispatcher.stop.remote())
+        for a in [*actors, dispatcher]:
+            ray.kill(a)
+
+
+def _creation_error(error: BaseException) -> str:
+    """The one line that says why an actor's constructor failed: our own error's message where it
+    was ours (Ray's text ends with the traceback's last line), else Ray's first line."""
+    last = str(error).strip().splitlines()[-1] if str(error).strip() else ""
+    kind, sep, message = last.partition(": ")
+    return message if sep and kind.startswith("framepipe.") else _first_line(error)
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
