@@ -167,7 +167,7 @@ def test_two_workers_share_the_work(tmp_path, vae_folder):
         assert _frames(tmp_path / "out" / f"{task.name}.mp4")[0] in (5, 9, 13)
 
 
-def test_a_worker_that_dies_fails_the_videos_it_held_and_a_rerun_finishes(tmp_path, vae_folder):
+def test_a_worker_that_dies_hands_its_videos_to_the_other(tmp_path, vae_folder):
     import multiprocessing
 
     tasks = plan_batch([str(_latents(tmp_path / "in", 6))])
@@ -181,12 +181,9 @@ def test_a_worker_that_dies_fails_the_videos_it_held_and_a_rerun_finishes(tmp_pa
 
     summary = run_batch(tasks, tmp_path / "out", _options(vae_folder), devices=["cpu", "cpu"],
                         on_result=kill_one_worker)  # fmt: skip
-    # Usually the killed worker held two videos (failed here); on a loaded machine it may not have taken
-    # one yet (still starting) and the other worker did them all. Either way none is lost.
-    assert summary.done + summary.failed == 6
-    assert all("died (exit code -9)" in error for _, error in summary.failures)
+    assert killed and (summary.done, summary.failed) == (6, 0)  # what the dead one held, the other decoded
     again = run_batch(tasks, tmp_path / "out", _options(vae_folder), devices=["cpu", "cpu"])
-    assert (again.skipped, again.done, again.failed) == (summary.done, summary.failed, 0)
+    assert (again.skipped, again.done, again.failed) == (6, 0, 0)
     for task in tasks:
         assert _frames(tmp_path / "out" / f"{task.name}.mp4")[0] in (5, 9, 13)
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(

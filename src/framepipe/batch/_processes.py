@@ -3,12 +3,15 @@
 The driver hands out one video at a time to the worker that asks for it, so a long video does not
 hold the others back, and it knows at every moment which videos each worker holds. Each worker has
 a pipe of its own (nothing shared between workers): a worker killed at any moment, even halfway
-through a message, breaks only its own pipe, and the driver records the videos it held as failed
-(the next run redoes them) while the others go on. Only the driver writes the journal.
+through a message, breaks only its own pipe; the driver hands the videos it held to the others
+(once: a video whose second worker dies too is recorded failed, for the next run). A worker that
+asks while the queue is empty but others still hold videos waits for an answer, in case one of
+them comes back. Only the driver writes the journal.
 """
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import signal
 import threading
@@ -61,7 +64,9 @@ class _Worker:
     device: str
     process: Any
     conn: Connection
-    held: list[str] = field(default_factory=list)  # the videos sent to it whose results have not come
+    held: list[BatchTask] = field(default_factory=list)  # sent to it, their results not yet back
+    asking: bool = False  # waits for an answer: the queue is empty but videos held elsewhere may come back
+    told_to_stop: bool = False
 
 
 def run_workers(
@@ -72,11 +77,12 @@ def run_workers(
     finish: Callable[[dict[str, Any]], bool],
 ) -> None:
     """Decode ``tasks`` with one worker process per device; ``finish(entry)`` journals each result
-    and says whether to go on. ``DeviceError`` when a worker cannot start, or every worker stopped
-    with videos left."""
+    and says whether to go on. The videos a worker held when it died go to the others (a video
+    whose second worker dies too is recorded failed). ``DeviceError`` when a worker cannot start,
+    or every worker stopped with videos left."""
     ctx = multiprocessing.get_context("spawn")
     todo = deque(tasks)
-    latents = {t.name: t.latents for t in tasks}
+    died_holding: set[str] = set()
     workers: list[_Worker] = []
     try:
         for i, device in enumerate(devices):
@@ -92,41 +98,67 @@ def run_workers(
                 worker = next(w for w in live if w.conn is c)
                 try:
                     message = worker.conn.recv()
-                except (EOFError, OSError):  # the worker ended; the videos it held are lost with it
+                except (EOFError, OSError):
+                    message = None
+                if message is None:  # the worker ended
                     live.remove(worker)
-                    if not _fail_held(worker, latents, finish):
+                    if not _hand_back(worker, todo, died_holding, finish):
                         return
-                    continue
-                if "worker_error" in message:
+                elif "worker_error" in message:
                     raise DeviceError(message["worker_error"])
-                if WANT in message:
-                    task = todo.popleft() if todo else None
-                    if task is not None:
-                        worker.held.append(task.name)
-                    worker.conn.send(task)
-                    continue
-                worker.held.remove(message["name"])
-                if not finish(message):
-                    return
+                elif WANT in message:
+                    worker.asking = True
+                else:
+                    worker.held = [t for t in worker.held if t.name != message["name"]]
+                    if not finish(message):
+                        return
+                _answer(live, todo, last=not any(w.held for w in workers))
         if todo:
             raise DeviceError("Every batch worker has stopped; see the errors above.")
+        for w in live:  # every video has its result: the next answer each one reads is None
+            if not w.told_to_stop:
+                w.told_to_stop = True
+                with contextlib.suppress(OSError):
+                    w.conn.send(None)
     finally:
         for w in workers:
+            w.process.join(timeout=10 if w.told_to_stop else 0)  # let those told to stop end on their own
             if w.process.is_alive():
                 w.process.kill()
             w.process.join(timeout=5)
             w.conn.close()
 
 
-def _fail_held(worker: _Worker, latents: dict[str, str], finish: Callable[[dict[str, Any]], bool]) -> bool:
-    """Record the videos a worker that ended still held as failed; whether the batch goes on."""
+def _answer(live: list[_Worker], todo: deque[BatchTask], *, last: bool) -> None:
+    """Give each asking worker its next video; None once nothing is queued or held anywhere."""
+    for w in live:
+        if w.asking and (todo or last):
+            task = todo.popleft() if todo else None
+            if task is None:
+                w.told_to_stop = True
+            else:
+                w.held.append(task)
+            w.asking = False
+            w.conn.send(task)
+
+
+def _hand_back(worker: _Worker, todo: deque[BatchTask], died_holding: set[str], finish) -> bool:
+    """The videos a worker that ended held: back to the front of the queue, or failed when a worker
+    died holding them before; whether the batch goes on."""
     worker.process.join(timeout=5)
-    while worker.held:
-        name = worker.held.pop(0)
-        entry = {"name": name, "latents": latents[name], "status": "failed",
-                 "error": f"the worker on {worker.device} died (exit code {worker.process.exitcode})"}  # fmt: skip
+    again = []
+    for task in worker.held:
+        if task.name not in died_holding:
+            died_holding.add(task.name)
+            again.append(task)
+            continue
+        entry = {"name": task.name, "latents": task.latents, "status": "failed",
+                 "error": f"two workers died decoding it (the last on {worker.device}, exit code "
+                          f"{worker.process.exitcode})"}  # fmt: skip
         if not finish(entry):
             return False
+    worker.held = []
+    todo.extendleft(reversed(again))
     return True
 
 
