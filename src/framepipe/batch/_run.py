@@ -1,11 +1,11 @@
-"""Run a batch: every task decoded once, journaled, on one device or one worker process per GPU.
+"""Run a batch: every task decoded once, journaled, on one device, one worker process per GPU
+(``_processes``) or Ray actors (``_ray``).
 
-Work is handed out one video at a time to the worker that asks (``_processes``), so a long video
-does not hold the others back; each worker streams its videos through one pipeline
-(``DeviceWorker``). Only the
+Work is handed out one video at a time to the worker that asks, so a long video does not hold the
+others back; each worker streams its videos through one pipeline (``DeviceWorker``). Only the
 driver writes the journal. A video that fails with a user error (bad latents, an unwritable
-output...) is recorded with its one-line error and the batch goes on (``fail_fast`` stops it); a
-worker that dies has the videos it held recorded as failed, to be redone by the next run.
+output...) is recorded with its one-line error and the batch goes on (``fail_fast`` stops it); the
+videos of a worker that dies go to the others.
 """
 
 from __future__ import annotations
