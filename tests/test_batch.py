@@ -14,7 +14,7 @@ import pytest
 from safetensors.torch import save_file
 
 from conftest import small_latents, small_vae
-from framepipe import SettingsError
+from framepipe import DeviceError, SettingsError
 from framepipe.batch import JOURNAL_NAME, BatchOptions, Journal, file_digest, plan_batch, run_batch
 from framepipe.cli import main
 from framepipe.sinks import VideoSettings
@@ -191,6 +191,27 @@ def test_a_worker_that_dies_hands_its_videos_to_the_other(tmp_path, vae_folder):
     )  # nothing half-written
 
 
+def test_when_every_worker_dies_the_batch_stops_in_one_line_and_a_rerun_finishes(tmp_path, vae_folder):
+    import multiprocessing
+
+    tasks = plan_batch([str(_latents(tmp_path / "in", 6))])
+
+    def kill_every_worker(entry, index, total):
+        for worker in multiprocessing.active_children():
+            if worker.name.startswith("framepipe-batch-"):
+                os.kill(worker.pid, signal.SIGKILL)
+
+    with pytest.raises(DeviceError, match="Every batch worker has stopped"):
+        run_batch(tasks, tmp_path / "out", _options(vae_folder), devices=["cpu", "cpu"], on_result=kill_every_worker)
+    first = Journal(tmp_path / "out").entries
+    assert all(e["status"] == "done" for e in first.values())  # what was not done is not in the journal
+    again = run_batch(tasks, tmp_path / "out", _options(vae_folder), devices=["cpu", "cpu"])
+    assert (again.skipped, again.done, again.failed) == (len(first), 6 - len(first), 0)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [JOURNAL_NAME] + [f"{t.name}.mp4" for t in tasks]
+    )
+
+
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_a_file_of_several_videos_fails_in_one_line(tmp_path, vae_folder, mode):
     (tmp_path / "in").mkdir()
@@ -239,8 +260,9 @@ def test_cli(tmp_path, vae_folder, capsys):
 
 
 def test_kill_minus_9_at_random_moments_loses_nothing(tmp_path, vae_folder):
-    """The batch is killed (SIGKILL) three times at random moments, then run to the end: every
-    output exists once, matches its journal entry, and decodes to the right number of frames."""
+    """The batch is killed (SIGKILL) three times at random moments while a video is being written,
+    then run to the end: every output exists once, matches its journal entry, and decodes to the
+    right number of frames."""
     _latents(tmp_path / "in", 8, frames=6)
     command = [sys.executable, "-m", "framepipe", "batch", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
                "--vae", str(vae_folder), "--preset", "ultrafast", "--quiet"]  # fmt: skip
@@ -251,12 +273,15 @@ def test_kill_minus_9_at_random_moments_loses_nothing(tmp_path, vae_folder):
     def done() -> int:
         return journal.read_text().count('"done"') if journal.exists() else 0
 
-    for _ in range(3):  # each kill lands while a video is being decoded or written
+    def writing() -> bool:
+        return (tmp_path / "out").is_dir() and any(".partial" in p.name for p in (tmp_path / "out").iterdir())
+
+    for _ in range(3):  # each kill lands while a video is being written (the next one decoding)
         target = done() + rng.randint(0, 2)
         process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        while done() < target and process.poll() is None:
-            time.sleep(0.02)
-        time.sleep(rng.uniform(0.05, 0.4))
+        while (done() < target or not writing()) and process.poll() is None:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0.0, 0.03))
         process.send_signal(signal.SIGKILL)
         process.wait()
     assert done() < 8, "every kill came after the batch had finished: the test proved nothing"

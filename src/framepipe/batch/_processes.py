@@ -92,7 +92,7 @@ def run_workers(
             workers.append(_Worker(device, process, conn))
             process.start()
             child.close()  # the worker holds the only other end: its death reads as end of file here
-        live = list(workers)
+        live, ended = list(workers), workers[0]
         while live and (todo or any(w.held for w in workers)):
             for c in wait([w.conn for w in live]):
                 worker = next(w for w in live if w.conn is c)
@@ -102,6 +102,7 @@ def run_workers(
                     message = None
                 if message is None:  # the worker ended
                     live.remove(worker)
+                    ended = worker
                     if not _hand_back(worker, todo, died_holding, finish):
                         return
                 elif "worker_error" in message:
@@ -114,7 +115,9 @@ def run_workers(
                         return
                 _answer(live, todo, last=not any(w.held for w in workers))
         if todo:
-            raise DeviceError("Every batch worker has stopped; see the errors above.")
+            raise DeviceError(f"Every batch worker has stopped (the last on {ended.device}: exit code "
+                              f"{ended.process.exitcode}) with {len(todo)} video(s) not decoded; the same "
+                              "command again decodes them.")  # fmt: skip
         for w in live:  # every video has its result: the next answer each one reads is None
             if not w.told_to_stop:
                 w.told_to_stop = True
