@@ -342,9 +342,9 @@ def test_ray_cli_and_ray_data(tmp_path, vae_folder, ray_cluster, capsys):
     ray_data = pytest.importorskip("ray.data")
     from framepipe.batch import RayDecoder
 
-    _latents(tmp_path / "in", 2)
+    _latents(tmp_path / "in", 2)  # three workers on a cluster with room for two: the third waits, unused
     args = ["batch", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--vae", str(vae_folder),
-            "--preset", "ultrafast", "--ray", ray_cluster, "--workers", "2", "--json"]  # fmt: skip
+            "--preset", "ultrafast", "--ray", ray_cluster, "--workers", "3", "--json"]  # fmt: skip
     assert main(args) == 0
     assert json.loads(capsys.readouterr().out)["done"] == 2
     assert main(["batch", str(tmp_path / "in"), "-o", str(tmp_path / "x"), "--ray", "127.0.0.1:1"]) == 1

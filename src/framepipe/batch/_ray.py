@@ -166,8 +166,9 @@ def run_on_ray(
         dispatcher = ray.remote(num_cpus=0, scheduling_strategy=here)(Dispatcher).remote(list(tasks))
         actor = ray.remote(num_gpus=per_worker, num_cpus=1, max_restarts=-1)(RayDecoder)
         actors = [actor.remote(str(outdir), options) for _ in range(count)]
+        first, _ = ray.wait([a.pid.remote() for a in actors], num_returns=1)  # the others may wait for room
         try:
-            ray.get([a.pid.remote() for a in actors])  # a worker that cannot load the VAE says so once
+            ray.get(first)  # one that cannot load the VAE says so once, before any video is handed out
         except ray.exceptions.RayActorError as e:
             raise DeviceError(f"A Ray worker could not start: {_creation_error(e)}") from e
         _stream(ray, actors, dispatcher, tasks, finish)
