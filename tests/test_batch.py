@@ -298,8 +298,9 @@ def test_kill_minus_9_at_random_moments_loses_nothing(tmp_path, vae_folder):
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """A real Ray cluster on loopback: a head node and a second node, one CPU each."""
+def ray_cluster(s3_endpoint):
+    """A real Ray cluster on loopback: a head node and a second node, one CPU each (started after
+    the S3 server, so that its workers have the server's credentials, as a real cluster's nodes would)."""
     cluster_utils = pytest.importorskip("ray.cluster_utils")
     cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=1)
@@ -408,3 +409,23 @@ def test_batch_from_and_to_an_object_store(tmp_path, vae_folder, s3_endpoint, ca
     missing = ["batch", "s3://fp-batch-in/none", "-o", str(tmp_path / "x"), "--endpoint-url", s3_endpoint]
     assert main(missing) == 1
     assert "No latent objects" in capsys.readouterr().err
+
+
+def test_ray_batch_from_and_to_an_object_store(tmp_path, vae_folder, ray_cluster, s3_endpoint, capsys):
+    """The Ray actors read latents from an s3:// prefix and upload each video whole to another."""
+    from framepipe.data._store import open_destination
+
+    source = open_destination("s3://fp-ray-in/latents", endpoint_url=s3_endpoint)
+    for path in sorted(_latents(tmp_path / "in", 3).iterdir()):
+        source.upload(path, path.name)
+    args = ["batch", "s3://fp-ray-in/latents", "-o", "s3://fp-ray-out/videos", "--vae", str(vae_folder),
+            "--preset", "ultrafast", "--endpoint-url", s3_endpoint, "--ray", ray_cluster, "--workers", "2",
+            "--json"]  # fmt: skip
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out)["done"] == 3
+    out = open_destination("s3://fp-ray-out/videos", endpoint_url=s3_endpoint)
+    for i in range(3):
+        entry = json.loads(out.read(f"framepipe-batch/v{i}.json"))
+        out.download(f"v{i}.mp4", tmp_path / f"v{i}.mp4")
+        assert file_digest(tmp_path / f"v{i}.mp4") == (entry["bytes"], entry["sha256"])
+        assert _frames(tmp_path / f"v{i}.mp4")[0] == 1 + 4 * (2 + i % 3 - 1)
