@@ -3,7 +3,7 @@
 Writes seeded random latents of the given lengths (frames per video), then runs the same batch with
 ``--gpus 0`` and with ``--gpus 0,1,...`` into fresh folders, and compares the batches' work time
 (the first video's start to the last one's end: the workers' start-up and model loading left out)
-and their wall time.
+and their wall time, with each worker's share (when it began and ended, how much of it it decoded).
 
     python benchmarks/batch_scaling.py --gpus 0,1 --dtype bfloat16 --lengths 81,41,121,61,81,21,101,81 --out r/
 """
@@ -56,7 +56,7 @@ def main() -> None:
                 raise SystemExit(f"{' '.join(command)} failed:\n{answer.stderr}")
             summary = json.loads(answer.stdout)
             result[name] = {k: summary[k] for k in ("done", "failed", "seconds", "work_seconds", "gpu_seconds",
-                                                    "devices", "videos_per_hour")}  # fmt: skip
+                                                    "devices", "videos_per_hour", "per_worker")}  # fmt: skip
             print(json.dumps({name: result[name]}), flush=True)
     one, every = result["one_gpu"], result["all_gpus"]
     result["work_speedup"] = round(one["work_seconds"] / every["work_seconds"], 3)

@@ -165,6 +165,14 @@ def test_two_workers_share_the_work(tmp_path, vae_folder):
     assert (summary.done, summary.failed) == (5, 0)
     for task in tasks:
         assert _frames(tmp_path / "out" / f"{task.name}.mp4")[0] in (5, 9, 13)
+    # each worker's share: named in the journal and the summary, its times within the batch's
+    figures = summary.to_dict()["per_worker"]
+    assert set(figures) <= {"cpu#0", "cpu#1"} and sum(f["videos"] for f in figures.values()) == 5
+    assert {e["worker"] for e in Journal(tmp_path / "out").entries.values()} == set(figures)
+    assert min(f["started_after_s"] for f in figures.values()) == 0
+    assert min(f["ended_before_s"] for f in figures.values()) == 0
+    for f in figures.values():
+        assert f["gpu_seconds"] > 0 and f["span_seconds"] > 0 and f["busy_share"] > 0
 
 
 def test_a_worker_that_dies_hands_its_videos_to_the_other(tmp_path, vae_folder):
@@ -259,6 +267,23 @@ def test_cli(tmp_path, vae_folder, capsys):
     assert "CUDA GPU" in capsys.readouterr().err
 
 
+def test_cli_says_where_each_workers_time_went(tmp_path, monkeypatch, capsys):
+    import framepipe.batch
+    from framepipe.batch._run import BatchSummary, WorkerShare
+
+    summary = BatchSummary(done=3, seconds=9.0, devices=["cuda:0", "cuda:1"])
+    for name, entries in {"cuda:0": [(0.0, 4.0, 3.5)], "cuda:1": [(0.5, 2.5, 1.9), (2.4, 4.5, 2.0)]}.items():
+        share = summary.per_worker[name] = WorkerShare()
+        for start, end, seconds in entries:
+            share.add({"started_at": 100 + start, "finished_at": 100 + end, "seconds": seconds})
+    monkeypatch.setattr(framepipe.batch, "run_batch", lambda *a, **k: summary)
+    assert main(["batch", str(_latents(tmp_path / "in", 1)), "-o", str(tmp_path / "out")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == ("  cuda:0: 1 video, 3.50 s decoding in 4.00 s (87.5% of it decoding); began 0.00 s after "
+                        "the first worker, ended 0.50 s before the last")  # fmt: skip
+    assert lines[2].startswith("  cuda:1: 2 videos, 3.90 s decoding in 4.00 s (97.5% of it decoding); began 0.50 s")
+
+
 def test_kill_minus_9_at_random_moments_loses_nothing(tmp_path, vae_folder):
     """The batch is killed (SIGKILL) three times at random moments while a video is being written,
     then run to the end: every output exists once, matches its journal entry, and decodes to the
@@ -347,7 +372,8 @@ def test_ray_cli_and_ray_data(tmp_path, vae_folder, ray_cluster, capsys):
     args = ["batch", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--vae", str(vae_folder),
             "--preset", "ultrafast", "--ray", ray_cluster, "--workers", "3", "--json"]  # fmt: skip
     assert main(args) == 0
-    assert json.loads(capsys.readouterr().out)["done"] == 2
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["done"] == 2 and all(name.startswith("ray-") for name in summary["per_worker"])
     assert main(["batch", str(tmp_path / "in"), "-o", str(tmp_path / "x"), "--ray", "127.0.0.1:1"]) == 1
     assert "error: Cannot join the Ray cluster at '127.0.0.1:1'" in capsys.readouterr().err
     (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")

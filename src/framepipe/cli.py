@@ -668,6 +668,13 @@ def _batch(args: argparse.Namespace) -> int:
         print(f"batch: {summary.done} done, {summary.skipped} skipped (done before), {summary.failed} failed in "
               f"{summary.seconds:.1f} s{work} on {', '.join(summary.devices)} "
               f"({summary.videos_per_hour:.0f} videos/h{per}); journal {summary.journal}")  # fmt: skip
+        figures = summary.per_worker_figures()
+        for name, w in figures.items() if len(figures) > 1 else ():  # where each worker's time went
+            busy = f" ({w['busy_share']:.1%} of it decoding)" if w["busy_share"] is not None else ""
+            videos = f"{w['videos']} video" + ("s" if w["videos"] != 1 else "")
+            print(f"  {name}: {videos}, {w['gpu_seconds']:.2f} s decoding in {w['span_seconds']:.2f} s"
+                  f"{busy}; began {w['started_after_s']:.2f} s after the first worker, ended "
+                  f"{w['ended_before_s']:.2f} s before the last")  # fmt: skip
         for name, error in summary.failures:
             print(f"  failed {name}: {error}")
     return EXIT_ERROR if summary.failed else 0

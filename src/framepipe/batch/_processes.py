@@ -62,6 +62,7 @@ def worker_main(device: str, destination, options: BatchOptions, conn: Connectio
 @dataclass
 class _Worker:
     device: str
+    label: str  # its name in the journal's entries ("worker"): the device, numbered where devices repeat
     process: Any
     conn: Connection
     held: list[BatchTask] = field(default_factory=list)  # sent to it, their results not yet back
@@ -89,7 +90,8 @@ def run_workers(
             conn, child = ctx.Pipe()
             process = ctx.Process(target=worker_main, args=(device, destination, options, child), daemon=True,
                                   name=f"framepipe-batch-{i}")  # fmt: skip
-            workers.append(_Worker(device, process, conn))
+            label = device if list(devices).count(device) == 1 else f"{device}#{i}"
+            workers.append(_Worker(device, label, process, conn))
             process.start()
             child.close()  # the worker holds the only other end: its death reads as end of file here
         live, ended = list(workers), workers[0]
@@ -111,7 +113,7 @@ def run_workers(
                     worker.asking = True
                 else:
                     worker.held = [t for t in worker.held if t.name != message["name"]]
-                    if not finish(message):
+                    if not finish({**message, "worker": worker.label}):
                         return
                 _answer(live, todo, last=not any(w.held for w in workers))
         if todo:
@@ -155,7 +157,7 @@ def _hand_back(worker: _Worker, todo: deque[BatchTask], died_holding: set[str], 
             died_holding.add(task.name)
             again.append(task)
             continue
-        entry = {"name": task.name, "latents": task.latents, "status": "failed",
+        entry = {"name": task.name, "latents": task.latents, "status": "failed", "worker": worker.label,
                  "error": f"two workers died decoding it (the last on {worker.device}, exit code "
                           f"{worker.process.exitcode})"}  # fmt: skip
         if not finish(entry):

@@ -99,7 +99,7 @@ class Dispatcher:
 
     def report(self, worker: int, entry: dict[str, Any]) -> None:
         self.held.get(worker, {}).pop(entry["name"], None)
-        self.results.append(entry)
+        self.results.append({**entry, "worker": f"ray-{worker}"})
 
     def collect(self) -> list[dict[str, Any]]:
         results, self.results = self.results, []

@@ -27,6 +27,35 @@ from ._task import BatchOptions, decode_all
 
 
 @dataclass
+class WorkerShare:
+    """One worker's part of a batch: the videos it decoded, their GPU-seconds (its decodes back to
+    back), and the wall-clock times of its first video's start and its last video's end."""
+
+    videos: int = 0
+    gpu_seconds: float = 0.0
+    first_start: float = float("inf")
+    last_end: float = float("-inf")
+
+    def add(self, entry: dict[str, Any]) -> None:
+        self.videos += 1
+        self.gpu_seconds += entry["seconds"]
+        self.first_start = min(self.first_start, entry["started_at"])
+        self.last_end = max(self.last_end, entry["finished_at"])
+
+    def to_dict(self, start: float, end: float) -> dict[str, Any]:
+        """Its figures against the batch's work from ``start`` to ``end``: where its time went."""
+        span = self.last_end - self.first_start
+        return {
+            "videos": self.videos,
+            "gpu_seconds": round(self.gpu_seconds, 3),
+            "span_seconds": round(span, 3),  # its first video's start to its last one's end
+            "busy_share": round(self.gpu_seconds / span, 4) if span > 0 else None,
+            "started_after_s": round(self.first_start - start, 3),  # the batch's first start to its own
+            "ended_before_s": round(end - self.last_end, 3),  # its last end to the batch's
+        }
+
+
+@dataclass
 class BatchSummary:
     """What a batch did. ``gpu_seconds`` sums each video's decode time on its device;
     ``work_seconds`` is the wall time from the first video's start to the last one's end (the
@@ -42,6 +71,7 @@ class BatchSummary:
     devices: list[str] = field(default_factory=list)
     failures: list[tuple[str, str]] = field(default_factory=list)
     journal: str = ""
+    per_worker: dict[str, WorkerShare] = field(default_factory=dict)  # by the entries' "worker"
 
     @property
     def videos_per_hour(self) -> float:
@@ -51,10 +81,19 @@ class BatchSummary:
     def gpu_seconds_per_video_second(self) -> float | None:
         return self.gpu_seconds / self.video_seconds if self.video_seconds > 0 else None
 
+    def per_worker_figures(self) -> dict[str, dict[str, Any]]:
+        """Each worker's ``WorkerShare.to_dict`` against the whole batch's work."""
+        if not self.per_worker:
+            return {}
+        start = min(w.first_start for w in self.per_worker.values())
+        end = max(w.last_end for w in self.per_worker.values())
+        return {name: share.to_dict(start, end) for name, share in sorted(self.per_worker.items())}
+
     def to_dict(self) -> dict[str, Any]:
         ratio = self.gpu_seconds_per_video_second
         return {
             **asdict(self),
+            "per_worker": self.per_worker_figures(),
             "failures": [{"name": n, "error": e} for n, e in self.failures],
             "videos_per_hour": round(self.videos_per_hour, 1),
             "gpu_seconds_per_video_second": None if ratio is None else round(ratio, 4),
@@ -111,6 +150,7 @@ def _run(tasks, destination, options: BatchOptions, devices, fail_fast, verify, 
         if entry["status"] == "done":
             summary.done += 1
             summary.gpu_seconds += entry["seconds"]
+            summary.per_worker.setdefault(entry.get("worker", "?"), WorkerShare()).add(entry)
             summary.video_seconds += entry["frames"] / entry["fps"]
         else:
             summary.failed += 1
@@ -158,7 +198,7 @@ def _run_here(tasks, destination, options: BatchOptions, device: str, finish) ->
 
     def report(entry: dict[str, Any]) -> None:  # from the worker's threads: one journal line at a time
         with lock:
-            if not finish(entry):
+            if not finish({**entry, "worker": device}):
                 stop.set()
 
     with work_folder("framepipe-batch-") as work:
