@@ -284,6 +284,26 @@ def test_cli_says_where_each_workers_time_went(tmp_path, monkeypatch, capsys):
     assert lines[2].startswith("  cuda:1: 2 videos, 3.90 s decoding in 4.00 s (97.5% of it decoding); began 0.50 s")
 
 
+def test_a_batch_removes_partial_videos_that_dead_processes_left(tmp_path, vae_folder):
+    """Also of videos that are done and will not be written again (a worker died mid-video, another
+    one finished it); a live process's and another host's are left alone."""
+    from framepipe._paths import temporary_sibling
+
+    tasks = plan_batch([str(_latents(tmp_path / "in", 2))])
+    out = tmp_path / "out"
+    run_batch(tasks, out, _options(vae_folder))
+    code = ("import sys; from pathlib import Path; from framepipe._paths import temporary_sibling; "
+            "temporary_sibling(Path(sys.argv[1]), clean=False).write_bytes(b'partial')")  # fmt: skip
+    subprocess.run([sys.executable, "-c", code, str(out / "v0.mp4")], check=True)  # its process is gone
+    mine = temporary_sibling(out / "v1.mp4", clean=False)
+    mine.write_bytes(b"partial")  # this live process's
+    elsewhere = out / ".v1.mp4.otherhost-1-0123abcd.partial.mp4"
+    elsewhere.write_bytes(b"partial")  # another host's: its process may be alive
+    assert run_batch(tasks, out, _options(vae_folder)).skipped == 2
+    left = sorted(p.name for p in out.iterdir())
+    assert left == sorted([JOURNAL_NAME, "v0.mp4", "v1.mp4", mine.name, elsewhere.name])
+
+
 def test_kill_minus_9_at_random_moments_loses_nothing(tmp_path, vae_folder):
     """The batch is killed (SIGKILL) three times at random moments while a video is being written,
     then run to the end: every output exists once, matches its journal entry, and decodes to the
@@ -320,6 +340,51 @@ def test_kill_minus_9_at_random_moments_loses_nothing(tmp_path, vae_folder):
         entry = journal.entries[f"v{i}"]
         assert file_digest(output) == (entry["bytes"], entry["sha256"])
         assert _frames(output)[0] == 1 + 4 * (6 + i % 3 - 1)
+
+
+def test_ray_batch_survives_a_lost_node(tmp_path, vae_folder):
+    """A node of the cluster goes away (its raylet and every process on it killed) while its actor
+    writes a video: the other node's actor decodes what it held; all outputs once."""
+    import threading
+
+    import ray
+
+    cluster_utils = pytest.importorskip("ray.cluster_utils")
+    tasks = plan_batch([str(_latents(tmp_path / "in", 6, frames=5))])
+    cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]  # one actor on each
+    removed: list[str] = []
+
+    def remove_node_mid_batch() -> None:
+        out = tmp_path / "out"
+        for _ in range(1200):
+            listing = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+            running = listing.count("ray::RayDecoder.run")
+            if running >= 2 and out.is_dir() and any(".partial" in p.name for p in out.iterdir()):
+                driver = ray.get_runtime_context().get_node_id()  # its node, and the dispatcher's, stay
+                victim = next(n for n in nodes if n.node_id != driver)
+                cluster.remove_node(victim, allow_graceful=False)
+                removed.append(victim.node_id)
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=remove_node_mid_batch, daemon=True).start()
+    try:
+        summary = run_batch(tasks, tmp_path / "out", _options(vae_folder), ray_address=cluster.address, workers=2)
+    finally:
+        cluster.shutdown()
+    assert removed, "the node was not removed mid-batch"
+    assert (summary.done, summary.failed) == (6, 0)
+    # the lost node's actor may have outlived the batch by a moment: its partial video, if any, goes
+    # with the next run into the folder (here one that finds every video done)
+    assert run_batch(tasks, tmp_path / "out", _options(vae_folder)).skipped == 6
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
+        [JOURNAL_NAME] + [f"v{i}.mp4" for i in range(6)]
+    )
+    journal = Journal(tmp_path / "out")
+    for i in range(6):
+        assert file_digest(tmp_path / "out" / f"v{i}.mp4") == (journal.entries[f"v{i}"]["bytes"],
+                                                               journal.entries[f"v{i}"]["sha256"])  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -62,6 +62,20 @@ def remove_stale(folder: Path, prefix: str) -> int:
     return removed
 
 
+def remove_stale_work(folder: Path) -> int:
+    """Remove every hidden work in progress (``temporary_sibling`` names) in ``folder`` that a dead
+    process of this host left, whatever its destination; return how many."""
+    owner = re.compile(rf"\.{re.escape(_HOST)}-(?P<pid>\d+)-[0-9a-f]{{8}}\.partial(\.|$)")
+    removed = 0
+    with contextlib.suppress(OSError):
+        for entry in folder.iterdir():
+            match = owner.search(entry.name) if is_work_in_progress(entry.name) else None
+            if match is not None and _left_by_the_dead(f"{_HOST}-{match['pid']}-"):
+                remove_path(entry)
+                removed += 1
+    return removed
+
+
 def remove_own_work(folder: Path) -> int:
     """Remove this process's work in progress (hidden ``temporary_sibling`` names) in ``folder``;
     for the last-resort exit after an interrupt (see ``_watchdog``). Returns how many."""

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from .._paths import remove_stale_work
 from ..data._store import S3Store, download_url, open_destination
 from ._journal import Journal, file_digest
 
@@ -41,6 +42,11 @@ class LocalDestination:
     def journal(self) -> Journal:
         return Journal(self.folder)
 
+    def clean(self) -> None:
+        """Remove the partial videos that dead processes of this host left (a worker killed, a node
+        lost), also of videos that are done by now and will not be written again."""
+        remove_stale_work(self.folder)
+
 
 class ObjectDestination:
     """A prefix in an object store (S3 or compatible)."""
@@ -60,6 +66,9 @@ class ObjectDestination:
 
     def journal(self) -> ObjectJournal:
         return ObjectJournal(self.store)
+
+    def clean(self) -> None:
+        """Nothing here: videos are encoded in work folders, which clean up after the dead themselves."""
 
 
 class ObjectJournal:

@@ -128,6 +128,7 @@ def run_batch(
 
 def _run(tasks, destination, options: BatchOptions, devices, fail_fast, verify, ray_address, workers, on_result):
     journal = destination.journal()
+    destination.clean()
     summary = BatchSummary(devices=list(devices), journal=str(journal.path))
     pending = []
     for task in tasks:
@@ -171,6 +172,7 @@ def _run(tasks, destination, options: BatchOptions, devices, fail_fast, verify, 
             _run_here(pending, destination, options, devices[0], finish)
         else:
             run_workers(pending, destination, options, list(devices), finish)
+    destination.clean()  # what workers that died in this batch left
     summary.seconds = time.perf_counter() - start
     summary.work_seconds = round(max(ends) - min(starts), 3) if starts else None
     return summary
