@@ -118,8 +118,8 @@ def run_workers(
                 _answer(live, todo, last=not any(w.held for w in workers))
         if todo:
             raise DeviceError(f"Every batch worker has stopped (the last on {ended.device}: exit code "
-                              f"{ended.process.exitcode}) with {len(todo)} video(s) not decoded; the same "
-                              "command again decodes them.")  # fmt: skip
+                              f"{ended.process.exitcode}) with {len(todo)} video(s) not decoded; see any errors above, "
+                              "then run the same command again to decode them.")  # fmt: skip
         for w in live:  # every video has its result: the next answer each one reads is None
             if not w.told_to_stop:
                 w.told_to_stop = True
@@ -144,7 +144,8 @@ def _answer(live: list[_Worker], todo: deque[BatchTask], *, last: bool) -> None:
             else:
                 w.held.append(task)
             w.asking = False
-            w.conn.send(task)
+            with contextlib.suppress(OSError):  # it died since it asked: its end of file hands the task back
+                w.conn.send(task)
 
 
 def _hand_back(worker: _Worker, todo: deque[BatchTask], died_holding: set[str], finish) -> bool:
