@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -123,9 +124,13 @@ def pack(
     reused = len(plan) - len(todo)
     # Object-store sources cost a request per file, and boto3 spends most of that under the
     # interpreter lock: build their shards in processes. Folders and tars do fine in threads.
+    # The processes come from a fresh single-threaded server: a child forked from this process, which
+    # may run other threads (a progress bar's, Ray's), can inherit a lock one of them held and wait for
+    # it forever (seen in the test suite, 2026-11-30).
     processes = isinstance(source, S3Store) and len(todo) > 1
-    pool_type = ProcessPoolExecutor if processes else ThreadPoolExecutor
-    with pool_type(max(1, workers)) as pool:
+    pool = (ProcessPoolExecutor(max(1, workers), mp_context=multiprocessing.get_context("forkserver")) if processes
+            else ThreadPoolExecutor(max(1, workers)))  # fmt: skip
+    with pool:
         futures = {pool.submit(_build_shard, source, target, names[i], plan[i], from_tars): i for i in todo}
         finished = reused
         try:
