@@ -28,7 +28,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 # the slowest test takes about 20 s on CI's two cores; a slower machine may raise the limit
-TEST_TIME_LIMIT_S = float(os.environ.get("FRAMEPIPE_TEST_TIME_LIMIT_S", "600"))
+TEST_TIME_LIMIT_S = float(os.environ.get("FRAMEPIPE_TEST_TIME_LIMIT_S", "300"))
 
 
 _TERMINAL: dict[str, int] = {}
