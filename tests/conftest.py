@@ -19,6 +19,9 @@ SMALL = {
 
 
 def pytest_collection_modifyitems(config, items):
+    # Tests that use Ray in this process run last: a process forked after Ray's gRPC threads ran here
+    # (a DataLoader worker, a process pool's) can hang; two such hangs were seen in the data tests.
+    items.sort(key=lambda item: "ray" in item.keywords)  # a stable sort: the order is kept otherwise
     if torch.cuda.is_available() or os.environ.get("FAIL_WITHOUT_CUDA"):
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (set FAIL_WITHOUT_CUDA=1 to fail instead)")

@@ -342,6 +342,7 @@ def test_kill_minus_9_at_random_moments_loses_nothing(tmp_path, vae_folder):
         assert _frames(output)[0] == 1 + 4 * (6 + i % 3 - 1)
 
 
+@pytest.mark.ray
 def test_ray_batch_survives_a_lost_node(tmp_path, vae_folder):
     """A node of the cluster goes away (its raylet and every process on it killed) while its actor
     writes a video: the other node's actor decodes what it held; all outputs once."""
@@ -410,6 +411,7 @@ def _kill_a_decoding_actor(killed: list[int], out: Path) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.ray
 def test_ray_batch_survives_a_killed_worker(tmp_path, vae_folder, ray_cluster):
     import threading
 
@@ -429,6 +431,7 @@ def test_ray_batch_survives_a_killed_worker(tmp_path, vae_folder, ray_cluster):
         assert _frames(tmp_path / "out" / f"v{i}.mp4")[0] == 1 + 4 * (5 + i % 3 - 1)
 
 
+@pytest.mark.ray
 def test_ray_cli_and_ray_data(tmp_path, vae_folder, ray_cluster, capsys):
     ray_data = pytest.importorskip("ray.data")
     from framepipe.batch import RayDecoder
@@ -502,6 +505,7 @@ def test_batch_from_and_to_an_object_store(tmp_path, vae_folder, s3_endpoint, ca
     assert "No latent objects" in capsys.readouterr().err
 
 
+@pytest.mark.ray
 def test_ray_batch_from_and_to_an_object_store(tmp_path, vae_folder, ray_cluster, s3_endpoint, capsys):
     """The Ray actors read latents from an s3:// prefix and upload each video whole to another."""
     from framepipe.data._store import open_destination
