@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from ._errors import CheckpointError
+from ._errors import CheckpointError, first_line
 from ._optional import require
 
 _WRAPPER_KEYS = ("state_dict", "model", "vae")
@@ -36,8 +36,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except SafetensorError as e:
         raise CheckpointError(f"Cannot read VAE checkpoint {path}: not a valid safetensors file ({e}).") from e
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"Cannot read VAE checkpoint {path}: {detail}") from e
+        raise CheckpointError(f"Cannot read VAE checkpoint {path}: {first_line(e)}") from e
     for key in _WRAPPER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

@@ -53,3 +53,18 @@ class TooLargeError(DataError):
         # One argument: an already formatted message (how DataLoader re-raises a worker's error).
         super().__init__(shard if problem is None else f"shard {shard}: {problem}")
         self.shard = shard if problem is not None else None
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of ``error``'s message (its type's name when it has none): the detail that
+    fits into one of our one-line messages."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def traceback_message(text: str) -> str | None:
+    """Our own error's message where ``text`` ends with it, as a traceback carried in another
+    error's message does (DataLoader and Ray re-raise a worker's error so); None otherwise."""
+    lines = text.strip().splitlines()
+    kind, sep, message = lines[-1].partition(": ") if lines else ("", "", "")
+    return message if sep and kind.startswith("framepipe.") else None

@@ -10,7 +10,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ._errors import LatentsError, SettingsError
+from ._errors import LatentsError, SettingsError, first_line
 from ._optional import require
 
 LatentFormat = Literal["pipeline", "raw"]
@@ -47,8 +47,7 @@ def load_latents(path: str | Path) -> torch.Tensor:
     except LatentsError:
         raise
     except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise LatentsError(f"Cannot read latents from {path}: {first_line}") from e
+        raise LatentsError(f"Cannot read latents from {path}: {first_line(e)}") from e
     if isinstance(tensor, torch.Tensor):
         declared, held = tensor.numel() * tensor.element_size(), tensor.untyped_storage().nbytes()
         if declared > held:  # a broadcast view (expand): a few bytes on disk, any size once copied

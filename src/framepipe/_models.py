@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ._checkpoint import detect_layout, infer_config, read_state_dict, to_diffusers
-from ._errors import CheckpointError, DeviceError, SettingsError
+from ._errors import CheckpointError, DeviceError, SettingsError, first_line
 from ._optional import require
 
 if TYPE_CHECKING:
@@ -196,8 +196,7 @@ def _load_checkpoint(path: Path):
         try:
             vae = AutoencoderKLWan.from_pretrained(str(folder), local_files_only=True, low_cpu_mem_usage=False)
         except (OSError, ValueError, RuntimeError, TypeError) as e:
-            detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise CheckpointError(f"Cannot load the diffusers VAE in {folder}: {detail}") from e
+            raise CheckpointError(f"Cannot load the diffusers VAE in {folder}: {first_line(e)}") from e
         return vae.eval()
 
     state = read_state_dict(path)

@@ -53,24 +53,29 @@ def _left_by_the_dead(name: str) -> bool:
 
 def remove_stale(folder: Path, prefix: str) -> int:
     """Remove the entries of ``folder`` named ``prefix`` + a dead process's owner tag; return how many."""
-    removed = 0
-    with contextlib.suppress(OSError):
-        for entry in folder.glob(glob.escape(prefix) + "*"):
-            if _left_by_the_dead(entry.name[len(prefix) :]):
-                remove_path(entry)
-                removed += 1
-    return removed
+    return _remove_left_by_the_dead(lambda: folder.glob(glob.escape(prefix) + "*"), lambda name: name[len(prefix) :])
 
 
 def remove_stale_work(folder: Path) -> int:
     """Remove every hidden work in progress (``temporary_sibling`` names) in ``folder`` that a dead
     process of this host left, whatever its destination; return how many."""
-    owner = re.compile(rf"\.{re.escape(_HOST)}-(?P<pid>\d+)-[0-9a-f]{{8}}\.partial(\.|$)")
+    owner = re.compile(rf"\.(?={re.escape(_HOST)}-\d+-[0-9a-f]{{8}}\.partial(\.|$))")
+
+    def tagged(name: str) -> str | None:  # the name from its owner tag on
+        match = owner.search(name) if is_work_in_progress(name) else None
+        return None if match is None else name[match.end() :]
+
+    return _remove_left_by_the_dead(folder.iterdir, tagged)
+
+
+def _remove_left_by_the_dead(entries, tagged) -> int:
+    """Remove each of ``entries()`` whose ``tagged(name)`` (the name from its owner tag on) says a
+    dead process of this host left it; how many. A folder that cannot be listed removes nothing."""
     removed = 0
     with contextlib.suppress(OSError):
-        for entry in folder.iterdir():
-            match = owner.search(entry.name) if is_work_in_progress(entry.name) else None
-            if match is not None and _left_by_the_dead(f"{_HOST}-{match['pid']}-"):
+        for entry in entries():
+            tag = tagged(entry.name)
+            if tag is not None and _left_by_the_dead(tag):
                 remove_path(entry)
                 removed += 1
     return removed

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .._errors import DeviceError, SettingsError
+from .._errors import DeviceError, SettingsError, first_line, traceback_message
 from .._optional import require
 from .._paths import work_folder
 from ._destination import open_batch_destination
@@ -156,8 +156,7 @@ def run_on_ray(
         if started_here:
             ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise SettingsError(f"Cannot join the Ray cluster at {address!r}: {detail}") from e
+        raise SettingsError(f"Cannot join the Ray cluster at {address!r}: {first_line(e)}") from e
     try:
         gpus = int(ray.cluster_resources().get("GPU", 0))
         count = workers or max(1, gpus)
@@ -170,7 +169,8 @@ def run_on_ray(
         try:
             ray.get(first)  # one that cannot load the VAE says so once, before any video is handed out
         except ray.exceptions.RayActorError as e:
-            raise DeviceError(f"A Ray worker could not start: {_creation_error(e)}") from e
+            why = traceback_message(str(e)) or first_line(e)  # our own error's message where it was ours
+            raise DeviceError(f"A Ray worker could not start: {why}") from e
         _stream(ray, actors, dispatcher, tasks, finish)
         return [f"ray:{count} worker(s), {per_worker} GPU each"]
     finally:
@@ -201,7 +201,7 @@ def _stream(ray: Any, actors: list[Any], dispatcher: Any, tasks: Sequence[BatchT
                     idle.append(worker)  # the queue was empty
                     continue
                 except ray.exceptions.RayActorError as e:
-                    error = _first_line(e)
+                    error = first_line(e)
                 lost, took = ray.get(dispatcher.release.remote(worker))
                 again = []
                 for task in lost:
@@ -228,16 +228,3 @@ def _stream(ray: Any, actors: list[Any], dispatcher: Any, tasks: Sequence[BatchT
             ray.get(dispatcher.stop.remote())
         for a in [*actors, dispatcher]:
             ray.kill(a)
-
-
-def _creation_error(error: BaseException) -> str:
-    """The one line that says why an actor's constructor failed: our own error's message where it
-    was ours (Ray's text ends with the traceback's last line), else Ray's first line."""
-    last = str(error).strip().splitlines()[-1] if str(error).strip() else ""
-    kind, sep, message = last.partition(": ")
-    return message if sep and kind.startswith("framepipe.") else _first_line(error)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__

@@ -11,14 +11,13 @@ spent waiting for data with the step.
 from __future__ import annotations
 
 import contextlib
-import multiprocessing
 import os
 import random
 import shutil
 import tempfile
 import time
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ from ._dataset import ShardedDataset
 from ._loader import Loader
 from ._pack import pack
 from ._shards import INDEX_NAME, DatasetIndex
-from ._store import S3Store, open_store
+from ._store import S3Store, open_store, s3_process_pool
 
 MODES = ("per-file", "framepipe-cold", "framepipe-warm", "local-disk", "webdataset")
 BUCKET = "framepipe-feedbench"
@@ -80,11 +79,7 @@ def _make_files(store: S3Store, files: int, min_kb: int, max_kb: int, seed: int,
     sizes = np.random.default_rng(seed).integers(min_kb * 1024, max_kb * 1024 + 1, size=files)
     step = 5000
     done = 0
-    # boto3 spends each small PUT mostly under the interpreter lock: spread them over processes, forked
-    # from a fresh single-threaded server: a child forked from a process with other threads (a caller's,
-    # Ray's) can inherit a lock one of them held and wait for it forever (seen once in the test suite)
-    context = multiprocessing.get_context("forkserver")
-    with ProcessPoolExecutor(max(2, os.cpu_count() or 2), mp_context=context) as pool:
+    with s3_process_pool(max(2, os.cpu_count() or 2)) as pool:
         jobs = [pool.submit(_upload_range, store, sizes[a : a + step], a, min(a + step, files), seed)
                 for a in range(0, files, step)]  # fmt: skip
         for job in as_completed(jobs):

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .._errors import DataError
+from .._errors import DataError, traceback_message
 from ._dataset import ShardedDataset
 
 _END = object()
@@ -48,8 +48,8 @@ def _to_device(batch, device: torch.device, compute: torch.cuda.Stream):
 
 def _clean(error: DataError) -> DataError:
     """DataLoader re-raises a worker's error with its traceback in the message; keep the last line."""
-    last = str(error).strip().splitlines()[-1]
-    return type(error)(last.split(": ", 1)[1] if last.startswith("framepipe.") else last)
+    message = traceback_message(str(error))
+    return type(error)(message if message is not None else str(error).strip().splitlines()[-1])
 
 
 class Loader:

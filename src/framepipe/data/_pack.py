@@ -11,18 +11,17 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._errors import DataError
 from .._paths import work_folder
 from ._shards import INDEX_NAME, DatasetIndex, ShardInfo, read_tar_members, split_key, write_shard
-from ._store import LocalStore, S3Store, Store, open_destination, open_store
+from ._store import LocalStore, S3Store, Store, open_destination, open_store, s3_process_pool
 
 PLAN_NAME = "pack-plan.json"
 
@@ -124,12 +123,8 @@ def pack(
     reused = len(plan) - len(todo)
     # Object-store sources cost a request per file, and boto3 spends most of that under the
     # interpreter lock: build their shards in processes. Folders and tars do fine in threads.
-    # The processes come from a fresh single-threaded server: a child forked from this process, which
-    # may run other threads (a progress bar's, Ray's), can inherit a lock one of them held and wait for
-    # it forever (seen in the test suite, 2026-11-30).
     processes = isinstance(source, S3Store) and len(todo) > 1
-    pool = (ProcessPoolExecutor(max(1, workers), mp_context=multiprocessing.get_context("forkserver")) if processes
-            else ThreadPoolExecutor(max(1, workers)))  # fmt: skip
+    pool = s3_process_pool(max(1, workers)) if processes else ThreadPoolExecutor(max(1, workers))
     with pool:
         futures = {pool.submit(_build_shard, source, target, names[i], plan[i], from_tars): i for i in todo}
         finished = reused

@@ -7,10 +7,12 @@ comes from ``endpoint_url``, else boto3's own ``AWS_ENDPOINT_URL`` and credentia
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import re
 import shutil
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -172,6 +174,14 @@ class LocalStore:
 
     def metadata(self, key: str) -> dict[str, str] | None:
         return {} if self._path(key).exists() else None
+
+
+def s3_process_pool(workers: int) -> ProcessPoolExecutor:
+    """Processes for many small S3 requests (boto3 spends each mostly under the interpreter lock),
+    started from a fresh single-threaded server: a child forked from a process with other threads
+    (a progress bar's, Ray's) can inherit a lock one of them held and wait for it forever (seen in the
+    test suite, 2026-11-30)."""
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("forkserver"))
 
 
 class S3Store:
