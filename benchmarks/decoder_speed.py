@@ -22,7 +22,7 @@ import torch
 from gpu_timing import peak, timed
 
 from framepipe import random_vae, to_uint8_frames
-from framepipe._decoder import fused_norm_silu_is_exact, same_bits, verified_equivalences
+from framepipe._decoder import norm_silu_is_exact, same_bits, verified_equivalences
 from framepipe._source import decode_chunks
 
 KINDS = [  # (kind, substrings of kernel names), first match wins
@@ -90,8 +90,8 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
     z = z.to(vae.dtype)
     row: dict = {"arch": arch, "dtype": dtype, "height": size[0], "width": size[1], "frames": frames}
     with torch.inference_mode():
-        row["fused_norm_silu"] = fused_norm_silu_is_exact(z.device, vae.dtype)
-        # framepipe's first decode at these shapes also checks each bfloat16 norm's float32 accumulation
+        row["fused_norm_silu"] = norm_silu_is_exact(z.device, vae.dtype)
+        # framepipe's first decode at these shapes also checks each norm's and convolution's bits
         first_use = round(peak(lambda: chunked(vae, z, "framepipe")), 2)
         row.update(compare(vae, z))
         chunked(vae, z, "diffusers")  # warm-up of both
@@ -112,7 +112,11 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
             "framepipe first use": first_use,
         }
         checked = verified_equivalences().items()
-        row["norm_without_copy"] = [v for k, v in checked if k[0] == "norm" and k[3] == vae.dtype]
+        row["shapes_checked_exact"] = {  # kind -> [shapes where framepipe's way gave the same bits, shapes]
+            kind: [sum(v for k, v in checked if k[0] == kind and vae.dtype in k),
+                   sum(1 for k, v in checked if k[0] == kind and vae.dtype in k)]
+            for kind in ("norm", "conv")
+        }  # fmt: skip
         if profile:
             row["gpu_seconds_by_kind"] = {
                 name: breakdown(lambda n=name: chunked(vae, z, n)) for name in ("diffusers", "framepipe")

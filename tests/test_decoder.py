@@ -5,7 +5,7 @@ import torch
 
 from conftest import small_latents, small_vae
 from framepipe import SettingsError
-from framepipe._decoder import fused_norm_silu, fused_norm_silu_is_exact, same_bits, verified_equivalences
+from framepipe._decoder import norm_silu, norm_silu_is_exact, same_bits, verified_equivalences
 from framepipe._source import decode_chunks
 
 
@@ -37,24 +37,24 @@ def test_unknown_decoder_is_a_settings_error():
 
 
 def test_no_fused_kernel_on_the_cpu():
-    assert not fused_norm_silu_is_exact(torch.device("cpu"), torch.float32)
+    assert not norm_silu_is_exact(torch.device("cpu"), torch.float32)
 
 
 @pytest.mark.needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_same_bits_as_diffusers_on_cuda(version, dtype):
-    assert fused_norm_silu_is_exact(torch.device("cuda"), dtype), "the fused norm + SiLU differs from PyTorch's"
+    assert norm_silu_is_exact(torch.device("cuda"), dtype), "the fused norm + SiLU differs from PyTorch's"
     vae = small_vae(version).to("cuda", dtype)
     z = small_latents(version, frames=6, height=12, width=20).to("cuda", dtype)
-    _same_chunks(vae, z)  # the first run verifies each bfloat16 norm's shape, the second uses what held
+    _same_chunks(vae, z)  # the first run verifies each norm's and convolution's shape, the second uses what held
     _same_chunks(vae, z)
-    if dtype == torch.bfloat16:
-        assert any(v for k, v in verified_equivalences().items() if k[0] == "norm")
+    assert any(v for k, v in verified_equivalences().items() if k[0] == "norm" and k[-2] == dtype)
 
 
 @pytest.mark.needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_fused_norm_silu_on_large_strided_inputs(dtype):
+@pytest.mark.parametrize("layout", ["frame-major", "channels-last"])
+def test_fused_norm_silu_on_large_strided_inputs(dtype, layout):
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
 
     g = torch.Generator(device="cuda").manual_seed(1)
@@ -64,6 +64,10 @@ def test_fused_norm_silu_on_large_strided_inputs(dtype):
         x = (torch.randn(1, 4, 192, 60, 104, generator=g, device="cuda") * 3).to(dtype).permute(0, 2, 1, 3, 4)
         want = torch.nn.functional.silu(norm(x))
         window = torch.zeros(1, 192, 6, 62, 106, device="cuda", dtype=dtype)
-        fused_norm_silu(x, norm, window[:, :, 2:, 1:61, 1:105])
+        if layout == "channels-last":
+            x = x.contiguous(memory_format=torch.channels_last_3d)
+            window = window.contiguous(memory_format=torch.channels_last_3d)
+        norm_silu(x, norm, window[:, :, 2:, 1:61, 1:105])
     assert same_bits(window[:, :, 2:, 1:61, 1:105], want)
+    assert verified_equivalences()[("norm", tuple(x.shape), dtype, x.device)]  # the kernel ran, no fallback
     assert window[:, :, :2].abs().sum() == 0 and window[:, :, :, 0].abs().sum() == 0  # the border untouched

@@ -55,6 +55,8 @@ class SplitDecoderStep(WanDecoderStep):
     """``WanDecoderStep`` over this rank's band of rows: halo rows exchanged before each 3x3
     convolution, the attention over the gathered frame; the same values as the whole frame's."""
 
+    layout_free = False  # the halo exchange and the gathers move channel-first rows
+
     def __init__(self, vae: Any, latent_bands: list[tuple[int, int]], rank: int) -> None:
         super().__init__(vae)
         self.latent_bands, self.rank, self.world = latent_bands, rank, len(latent_bands)
