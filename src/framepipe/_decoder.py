@@ -12,6 +12,7 @@ that step runs as diffusers runs it. Attention and resampling run diffusers' mod
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from diffusers import AutoencoderKLWan
 
 DECODERS = ("framepipe", "diffusers")
+CHANNELS_LAST = torch.channels_last_3d
 _CACHE_T = 2  # frames of history a causal 3x3x3 convolution reads (diffusers' CACHE_T)
 
 
@@ -61,9 +63,6 @@ def causal_window(
         window[:, :, :, ph : window.shape[3] - ph, :pw].zero_()
         window[:, :, :, ph : window.shape[3] - ph, -pw:].zero_()
     return window
-
-
-CHANNELS_LAST = torch.channels_last_3d
 
 
 def proven_shape(latents: torch.Tensor) -> bool:
@@ -159,7 +158,8 @@ class WanDecoderStep:
             return conv._conv_forward(x.contiguous(memory_format=CHANNELS_LAST), weight, conv.bias)
 
         key = ("conv", tuple(x.shape), tuple(weight.shape), x.dtype, x.device)
-        if verified(key, lambda: torch.nn.Conv3d.forward(conv, probe(x)), lambda: channels_last(probe(x))):
+        sample = functools.cache(lambda: probe(x))  # drawn once, and only for a shape not yet checked
+        if verified(key, lambda: torch.nn.Conv3d.forward(conv, sample()), lambda: channels_last(sample())):
             return channels_last(x)
         return torch.nn.Conv3d.forward(conv, x.contiguous())
 
