@@ -26,7 +26,7 @@ from framepipe._decoder import norm_silu_is_exact, same_bits, verified_equivalen
 from framepipe._source import decode_chunks
 
 KINDS = [  # (kind, substrings of kernel names), first match wins
-    ("fused norm+SiLU (Triton)", ("norm_silu",)),
+    ("fused kernels (Triton)", ("norm_silu", "bias_residual")),
     ("convolution math", ("conv", "gemm", "xmma", "sm90", "sm80", "cutlass", "implicit")),
     ("layout transposes", ("nchwtonhwc", "nhwctonchw", "transpose")),
     ("norm reductions", ("reduce", "norm")),
@@ -115,7 +115,7 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
         row["shapes_checked_exact"] = {  # kind -> [shapes where framepipe's way gave the same bits, shapes]
             kind: [sum(v for k, v in checked if k[0] == kind and vae.dtype in k),
                    sum(1 for k, v in checked if k[0] == kind and vae.dtype in k)]
-            for kind in ("norm", "conv")
+            for kind in ("norm", "conv", "bias_residual")
         }  # fmt: skip
         if profile:
             row["gpu_seconds_by_kind"] = {

@@ -5,6 +5,7 @@ import torch
 
 from conftest import small_latents, small_vae
 from framepipe import SettingsError
+from framepipe import _decoder as decoder
 from framepipe._decoder import norm_silu, norm_silu_is_exact, same_bits, verified_equivalences
 from framepipe._source import decode_chunks
 
@@ -31,6 +32,20 @@ def test_same_bits_as_diffusers_on_cpu(version, frames, per_chunk, batch):
         assert same_bits(torch.cat(chunks, 2), vae.decode(z).sample)
 
 
+def test_channels_last_steps_give_diffusers_bits_where_every_check_falls_back(version, monkeypatch):
+    """The channels-last path's own steps (windows, resampling, the time convolution's cache rules)
+    on the CPU, where no fused kernel runs and each convolution's check is made to fail."""
+    monkeypatch.setattr(decoder, "verified", lambda key, reference, candidate: False)
+    vae = small_vae(version)
+    z = small_latents(version, frames=5, height=6, width=10)
+    step = decoder.WanDecoderStep(vae)
+    step.fused = step.channels_last = True
+    with torch.no_grad():
+        ours = [c.clone() for c in decode_chunks(vae, z, step=step)]
+    theirs = _chunks(vae, z, "diffusers")
+    assert len(ours) == len(theirs) == 5 and all(same_bits(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
 def test_unknown_decoder_is_a_settings_error():
     with pytest.raises(SettingsError, match="Unknown decoder 'fast'"):
         next(decode_chunks(small_vae("wan2.1"), small_latents("wan2.1"), decoder="fast"))
@@ -48,7 +63,10 @@ def test_same_bits_as_diffusers_on_cuda(version, dtype):
     z = small_latents(version, frames=6, height=12, width=20).to("cuda", dtype)
     _same_chunks(vae, z)  # the first run verifies each norm's and convolution's shape, the second uses what held
     _same_chunks(vae, z)
-    assert any(v for k, v in verified_equivalences().items() if k[0] == "norm" and k[-2] == dtype)
+    checked = verified_equivalences()
+    for kind in ("norm", "bias_residual"):  # the fused kernels ran somewhere
+        assert any(v for k, v in checked.items() if k[0] == kind and k[2] == dtype), kind
+    assert any(k[0] == "conv" and len(k[1]) == 4 and k[3] == dtype for k in checked)  # a resampler's, here
 
 
 @pytest.mark.needs_cuda
@@ -69,5 +87,5 @@ def test_fused_norm_silu_on_large_strided_inputs(dtype, layout):
             window = window.contiguous(memory_format=torch.channels_last_3d)
         norm_silu(x, norm, window[:, :, 2:, 1:61, 1:105])
     assert same_bits(window[:, :, 2:, 1:61, 1:105], want)
-    assert verified_equivalences()[("norm", tuple(x.shape), dtype, x.device)]  # the kernel ran, no fallback
+    assert verified_equivalences()[("norm", tuple(x.shape), dtype, x.device, False)]  # the kernel ran, no fallback
     assert window[:, :, :2].abs().sum() == 0 and window[:, :, :, 0].abs().sum() == 0  # the border untouched

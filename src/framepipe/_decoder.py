@@ -79,6 +79,34 @@ def channel_first(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous() if x.shape[1] > 1 and x.stride(1) == 1 else x
 
 
+def silu_into(x: torch.Tensor, out: torch.Tensor) -> None:
+    """Write ``F.silu(x)``'s bits into ``out`` (any strides): CUDA's elementwise kernels do the same
+    arithmetic whatever the output's strides; the CPU's vectorized SiLU runs on contiguous outputs only."""
+    if out.is_cuda:
+        torch.ops.aten.silu.out(x, out=out)
+    else:
+        out.copy_(F.silu(x))
+
+
+def added(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``out`` with a convolution's bias added as PyTorch adds it after cuDNN's convolution (in place)."""
+    return out if bias is None else out.add_(bias.reshape(-1, *(1,) * (out.dim() - 2)))
+
+
+def upsampled(x: torch.Tensor, pairs: bool, channels_last: bool) -> torch.Tensor:
+    """diffusers' ``WanUpsample`` (nearest-exact, 2x: each pixel repeated 2x2) of x's frames as one
+    [B * T, C, 2H, 2W] batch, in one copy. With ``pairs``, x is a time convolution's [B, 2C, T, H, W]
+    output whose channel halves are the even and the odd frames (diffusers' reshape + stack)."""
+    b, c, t, h, w = x.shape
+    p = 2 if pairs else 1
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty((b * t * p, c // p, 2 * h, 2 * w), dtype=x.dtype, device=x.device, memory_format=layout)
+    target = out.unflatten(0, (b, t, p)).unflatten(4, (h, 2)).unflatten(6, (w, 2))  # [B, T, P, C, H, 2, W, 2]
+    source = x.unflatten(1, (p, c // p)).permute(0, 3, 1, 2, 4, 5)  # [B, T, P, C, H, W]
+    target.copy_(source[:, :, :, :, :, None, :, None])
+    return out
+
+
 class WanDecoderStep:
     """Decode one latent frame with ``vae``'s decoder: ``step(x, cache, first_chunk)`` equals
     ``vae.decoder(x, feat_cache=cache, feat_idx=[0], first_chunk=first_chunk)`` bit for bit.
@@ -86,9 +114,6 @@ class WanDecoderStep:
     ``cache`` is diffusers' list (one entry per causal conv) kept across the frames of one video; its entries
     for the causal convolutions run here hold their windows' last two frames (zeros included).
     """
-
-    #: whether the activations may live channels-last on CUDA (a split decode keeps them channel-first)
-    layout_free = True
 
     def __init__(self, vae: AutoencoderKLWan) -> None:
         self.decoder = vae.decoder
@@ -99,10 +124,10 @@ class WanDecoderStep:
     def __call__(self, x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:
         if self.fused is None:
             self.fused = proven_shape(x) and norm_silu_is_exact(x.device, next(self.decoder.parameters()).dtype)
-            self.channels_last = self.fused and self.layout_free
+            self.channels_last = self.fused
         d = self.decoder
         idx = [0]
-        x = self._causal_conv(d.conv_in, lambda out, x=x: out.copy_(x), x, d.conv_in.in_channels, cache, idx)
+        x = added(*self._causal_conv(d.conv_in, lambda out, x=x: out.copy_(x), x, d.conv_in.in_channels, cache, idx))
         x = self._residual(d.mid_block.resnets[0], x, cache, idx)
         for attention, resnet in zip(d.mid_block.attentions, d.mid_block.resnets[1:], strict=True):
             x = self._attention(attention, x)
@@ -118,7 +143,8 @@ class WanDecoderStep:
                 x = self._resample(sampler, x, cache, idx)
             if getattr(block, "avg_shortcut", None) is not None:
                 x = x + block.avg_shortcut(channel_first(shortcut), first_chunk=first_chunk)
-        x = self._causal_conv(d.conv_out, self._norm_silu(d.norm_out, x), x, x.shape[1], cache, idx)
+        fill = self._norm_silu(d.norm_out, x)
+        x = added(*self._causal_conv(d.conv_out, fill, x, x.shape[1], cache, idx))
         return x.contiguous()
 
     def _attention(self, attention, x: torch.Tensor) -> torch.Tensor:
@@ -126,46 +152,75 @@ class WanDecoderStep:
         return attention(channel_first(x))
 
     def _resample(self, sampler, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
-        """An up block's ``WanResample``, on x as diffusers holds it."""
-        return sampler(channel_first(x), feat_cache=cache, feat_idx=idx)
+        """An up block's ``WanResample`` step by step: the time convolution (upsample3d) with diffusers'
+        cache rules, the nearest 2x upsampling as one copy that also interleaves the time
+        convolution's frame pairs, the 3x3 convolution."""
+        if sampler.mode not in ("upsample2d", "upsample3d"):  # not in Wan's decoders
+            return sampler(channel_first(x), feat_cache=cache, feat_idx=idx)
+        pairs = False
+        if sampler.mode == "upsample3d":
+            if cache[idx[0]] is None:  # the first chunk: no time upsampling; "Rep" marks it, as diffusers does
+                cache[idx[0]] = "Rep"
+                idx[0] += 1
+            else:
+                if isinstance(cache[idx[0]], str):  # the second chunk: the history is diffusers' zero padding
+                    cache[idx[0]] = None
+                copy = lambda out, x=x: out.copy_(x)  # noqa: E731
+                x = added(*self._causal_conv(sampler.time_conv, copy, x, x.shape[1], cache, idx))
+                pairs = True  # channels [0, c) are the even output frames, [c, 2c) the odd ones
+        y = self._upsample_conv(sampler.resample[1], upsampled(x, pairs, self.channels_last))
+        return y.unflatten(0, (x.shape[0], -1)).transpose(1, 2)  # diffusers' view + permute
+
+    def _upsample_conv(self, conv: torch.nn.Conv2d, frames: torch.Tensor) -> torch.Tensor:
+        """A resampler's 3x3 convolution (padding 1) over the upsampled frames [B * T, C, H, W]."""
+        return added(*self._conv(conv, frames))
 
     def _residual(self, block, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
-        """``WanResidualBlock.forward`` (dropout is the identity at inference)."""
+        """``WanResidualBlock.forward`` (dropout is the identity at inference). Channels-last, the
+        convolutions' biases are left to the kernels that read their outputs: conv1's to norm2's
+        kernel, conv2's to the residual add."""
         shortcut = block.conv_shortcut  # a 1x1x1 conv whose F.pad(x, 0) is only a clone of x
-        h = x if isinstance(shortcut, torch.nn.Identity) else self._conv(shortcut, x)
-        y = self._causal_conv(block.conv1, self._norm_silu(block.norm1, x), x, x.shape[1], cache, idx)
-        y = self._causal_conv(block.conv2, self._norm_silu(block.norm2, y), y, y.shape[1], cache, idx)
-        return y.add_(h)
+        h = x if isinstance(shortcut, torch.nn.Identity) else added(*self._conv(shortcut, x))
+        y, bias = self._causal_conv(block.conv1, self._norm_silu(block.norm1, x), x, x.shape[1], cache, idx, True)
+        fill = self._norm_silu(block.norm2, y, bias)
+        y, bias = self._causal_conv(block.conv2, fill, y, y.shape[1], cache, idx, True)
+        return y.add_(h) if bias is None else add_bias_residual(y, bias, h)
 
-    def _norm_silu(self, norm, x: torch.Tensor) -> Callable[[torch.Tensor], object]:
-        """What writes ``silu(norm(x))`` into a window's interior."""
+    def _norm_silu(self, norm, x: torch.Tensor, bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], object]:
+        """What writes ``silu(norm(x + bias))`` into a window's interior (bias: a convolution's, left to
+        be added here, channels-last only)."""
         if self.fused:
-            return lambda out: norm_silu(x, norm, out)
-        if x.is_cuda:  # CUDA's elementwise kernels do the same arithmetic whatever the output's strides
-            return lambda out: torch.ops.aten.silu.out(norm(x), out=out)
-        return lambda out: out.copy_(F.silu(norm(x)))  # the CPU's vectorized SiLU runs on contiguous outputs only
+            return lambda out: norm_silu(x, norm, out, bias)
+        return lambda out: silu_into(norm(x), out)
 
-    def _conv(self, conv, x: torch.Tensor) -> torch.Tensor:
-        """``conv`` (no padding of its own) over ``x``: channels-last where that was checked to give the
-        channel-first convolution's bits for these shapes."""
+    def _conv(self, conv, x: torch.Tensor, defer_bias: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``conv`` (a Conv3d without padding of its own, or a Conv2d) over ``x``, and the part of its
+        bias still to be added (None: none). Channels-last where that was checked to give the
+        channel-first convolution's bits for these shapes, the bias then left to the caller if
+        ``defer_bias`` (checked too: PyTorch adds it after cuDNN's convolution, with ``add_``)."""
         if not self.channels_last:
-            return torch.nn.Conv3d.forward(conv, x)
+            return conv._conv_forward(x, conv.weight, conv.bias), None
+        layout = CHANNELS_LAST if x.dim() == 5 else torch.channels_last
         weight = self.weights.get(conv)
         if weight is None:
-            weight = self.weights[conv] = conv.weight.contiguous(memory_format=CHANNELS_LAST)
+            weight = self.weights[conv] = conv.weight.contiguous(memory_format=layout)
+        bias = conv.bias if defer_bias else None
 
         def channels_last(x: torch.Tensor) -> torch.Tensor:
-            return conv._conv_forward(x.contiguous(memory_format=CHANNELS_LAST), weight, conv.bias)
+            return conv._conv_forward(x.contiguous(memory_format=layout), weight, None if defer_bias else conv.bias)
 
-        key = ("conv", tuple(x.shape), tuple(weight.shape), x.dtype, x.device)
+        key = ("conv", tuple(x.shape), tuple(weight.shape), x.dtype, x.device, defer_bias)
         sample = functools.cache(lambda: probe(x))  # drawn once, and only for a shape not yet checked
-        if verified(key, lambda: torch.nn.Conv3d.forward(conv, sample()), lambda: channels_last(sample())):
-            return channels_last(x)
-        return torch.nn.Conv3d.forward(conv, x.contiguous())
+        if verified(key, lambda: conv._conv_forward(sample(), conv.weight, conv.bias),
+                    lambda: added(channels_last(sample()), bias)):  # fmt: skip
+            return channels_last(x), bias
+        return conv._conv_forward(x.contiguous(), conv.weight, conv.bias), None
 
-    def _causal_conv(self, conv, fill, x: torch.Tensor, channels: int, cache: list, idx: list[int]) -> torch.Tensor:
+    def _causal_conv(self, conv, fill, x: torch.Tensor, channels: int, cache: list, idx: list[int],
+                     defer_bias: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
         """``WanCausalConv3d.forward`` over [its cache, x] with its causal and spatial zero padding,
-        the window filled by ``fill``; the window's last two frames become the conv's cache."""
+        the window filled by ``fill``; the window's last two frames become the conv's cache. Returns
+        what ``_conv`` returns."""
         pad_w, _, pad_h, _, pad_t, _ = conv._padding
         b, _, t, h, w = x.shape
         shape = (b, channels, pad_t + t, h + 2 * pad_h, w + 2 * pad_w)
@@ -179,7 +234,7 @@ class WanDecoderStep:
             window[:, :, :pad_t, kept, cols].zero_()
         else:
             window[:, :, :pad_t, kept, cols].copy_(previous)
-        out = self._conv(conv, window)
+        out = self._conv(conv, window, defer_bias)
         cache[idx[0]] = window[:, :, -_CACHE_T:, kept, cols].clone()
         idx[0] += 1
         return out
@@ -213,11 +268,11 @@ _SPLITS: dict[tuple, int | None] = {}
 _EXACT: dict[tuple, bool] = {}
 
 
-def probe(like: torch.Tensor) -> torch.Tensor:
+def probe(like: torch.Tensor, seed: int = 0) -> torch.Tensor:
     """Seeded random values of ``like``'s shape, dtype and device, channel-first, their scale varying
     by up to 2**6 either way from channel to channel: sums over channels that round often, so two
     summation orders that differ show it."""
-    g = torch.Generator(device=like.device).manual_seed(0)
+    g = torch.Generator(device=like.device).manual_seed(seed)
     b, c = like.shape[:2]
     x = torch.randn(like.shape, generator=g, device=like.device, dtype=like.dtype)
     scale = torch.randint(-6, 7, (b, c) + (1,) * (like.dim() - 2), generator=g, device=like.device)
@@ -259,13 +314,14 @@ def _fusable(x: torch.Tensor, norm) -> bool:
     )  # fmt: skip
 
 
-def norm_split(x: torch.Tensor, norm) -> int | None:
-    """The thread split with which the fused kernel gives PyTorch's bits for ``norm`` over x's shape,
-    whether x is contiguous or frame-major (as after a resampler) in diffusers' decoder; None where
-    those differ or the check on random values failed. Checked once per shape."""
-    key = ("norm", tuple(x.shape), x.dtype, x.device)
+def norm_split(x: torch.Tensor, norm, bias: torch.Tensor | None = None) -> int | None:
+    """The thread split with which the fused kernel gives PyTorch's bits for ``norm`` over x's shape
+    (with ``bias`` added first, as PyTorch adds a convolution's), whether x is contiguous or
+    frame-major (as after a resampler) in diffusers' decoder; None where those differ or the check on
+    random values failed. Checked once per shape."""
+    key = ("norm", tuple(x.shape), x.dtype, x.device, bias is not None)
     if key not in _SPLITS:
-        from ._norm_silu_kernel import launch
+        from ._exact_kernels import norm_silu as fused
 
         frame_major = torch.empty(x.shape[:1] + x.shape[2:3] + x.shape[1:2] + x.shape[3:], device="meta")
         splits = {reduction_split(tuple(x.shape), s) for s in (torch.empty(x.shape, device="meta").stride(),
@@ -274,25 +330,43 @@ def norm_split(x: torch.Tensor, norm) -> int | None:
         if found is not None:
             sample = probe(x)
             got = torch.empty_like(sample)
-            launch(sample, norm.gamma.reshape(-1), float(norm.scale), got, found)
+            fused(sample, bias, norm.gamma.reshape(-1), float(norm.scale), got, found)
             for layout in (sample, sample.transpose(1, 2).contiguous().transpose(1, 2)):
-                if not same_bits(got, F.silu(norm(layout))):
+                if not same_bits(got, F.silu(norm(added(layout.clone(), bias)))):
                     found = None
         _SPLITS[key] = found
         _VERIFIED[key] = found is not None
     return _SPLITS[key]
 
 
-def norm_silu(x: torch.Tensor, norm, out: torch.Tensor) -> None:
-    """Write ``silu(norm(x))`` into ``out`` (any strides) for a channel-first ``WanRMS_norm``: the fused
-    kernel where it gives PyTorch's bits for x's shape, else PyTorch's ops on channel-first x."""
-    split = norm_split(x, norm) if _fusable(x, norm) else None
+def norm_silu(x: torch.Tensor, norm, out: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    """Write ``silu(norm(x + bias))`` into ``out`` (any strides) for a channel-first ``WanRMS_norm``
+    (``bias``: a convolution's, not yet added to x; or None): the fused kernel where it gives PyTorch's
+    bits for x's shape, else PyTorch's ops on channel-first x."""
+    split = norm_split(x, norm, bias) if _fusable(x, norm) else None
     if split is None:
-        torch.ops.aten.silu.out(norm(channel_first(x)), out=out)
+        silu_into(norm(channel_first(x if bias is None else added(x.clone(), bias))), out)
         return
-    from ._norm_silu_kernel import launch
+    from ._exact_kernels import norm_silu as fused
 
-    launch(x, norm.gamma.reshape(-1), float(norm.scale), out, split)
+    fused(x, bias, norm.gamma.reshape(-1), float(norm.scale), out, split)
+
+
+def add_bias_residual(y: torch.Tensor, bias: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``(y + bias) + h`` into y, a residual block's end (``bias``: its conv2's, not yet added): one
+    kernel where y and h are channels-last alike and that was checked for y's shape, else two adds."""
+    fits = y.is_cuda and y.dtype in (torch.float32, torch.bfloat16) and h.dtype == y.dtype
+    if fits and y.stride() == h.stride() and y.is_contiguous(memory_format=CHANNELS_LAST):
+        from ._exact_kernels import bias_residual
+
+        def sample(seed: int) -> torch.Tensor:
+            return probe(y, seed).contiguous(memory_format=CHANNELS_LAST)
+
+        key = ("bias_residual", tuple(y.shape), y.dtype, y.device)
+        reference = lambda: added(sample(0), bias).add_(sample(1))  # noqa: E731
+        if verified(key, reference, lambda: bias_residual(sample(0), bias, sample(1))):
+            return bias_residual(y, bias, h)
+    return added(y, bias).add_(h)
 
 
 def norm_silu_is_exact(device: torch.device, dtype: torch.dtype) -> bool:
@@ -324,7 +398,7 @@ def norm_silu_is_exact(device: torch.device, dtype: torch.dtype) -> bool:
                 warnings.warn(f"framepipe's fused norm + SiLU kernel is not used ({reason})", stacklevel=2)
                 _EXACT[key] = False
                 return False
-        _EXACT[key] = same_bits(want, got) and bool(_VERIFIED.get(("norm", tuple(x.shape), dtype, x.device)))
+        _EXACT[key] = same_bits(want, got) and bool(_VERIFIED.get(("norm", tuple(x.shape), dtype, x.device, False)))
     return _EXACT[key]
 
 

@@ -55,8 +55,6 @@ class SplitDecoderStep(WanDecoderStep):
     """``WanDecoderStep`` over this rank's band of rows: halo rows exchanged before each 3x3
     convolution, the attention over the gathered frame; the same values as the whole frame's."""
 
-    layout_free = False  # the halo exchange and the gathers move channel-first rows
-
     def __init__(self, vae: Any, latent_bands: list[tuple[int, int]], rank: int) -> None:
         super().__init__(vae)
         self.latent_bands, self.rank, self.world = latent_bands, rank, len(latent_bands)
@@ -96,39 +94,19 @@ class SplitDecoderStep(WanDecoderStep):
         return attention(gather_rows(x, level))[..., start:stop, :].contiguous()
 
     def _resample(self, sampler, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
-        """``WanResample.forward`` (upsample2d/3d) with its 3x3 convolution over a haloed window."""
         if sampler.mode not in ("upsample2d", "upsample3d"):
             raise SettingsError(f"A split decode cannot run a {sampler.mode!r} resampler.")
-        if sampler.mode == "upsample3d":  # the time convolution and its cache, as diffusers runs them
-            x = self._time_upsample(sampler, x, cache, idx)
-        b, c, t, h, w = x.shape
-        upsample, conv = sampler.resample
-        x = upsample(x.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w))  # row r -> rows 2r, 2r+1: local
-        window = x.new_zeros(x.shape[0], c, x.shape[2] + 2, x.shape[3] + 2)
-        window[:, :, 1:-1, 1:-1].copy_(x)
-        self._exchange(window, 1)
-        x = F.conv2d(window, conv.weight, conv.bias)
-        return x.view(b, t, x.size(1), x.size(2), x.size(3)).permute(0, 2, 1, 3, 4)
+        return super()._resample(sampler, x, cache, idx)  # upsampling row r makes rows 2r, 2r + 1: local
 
-    @staticmethod
-    def _time_upsample(sampler, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
-        """The upsample3d time convolution with diffusers' cache rules ("Rep" marks the first chunk)."""
-        b, c, t, h, w = x.shape
-        i = idx[0]
-        idx[0] += 1
-        previous = cache[i]
-        if previous is None:
-            cache[i] = "Rep"
-            return x
-        first = isinstance(previous, str)
-        history = x[:, :, -2:].clone()
-        if history.shape[2] < 2:
-            before = torch.zeros_like(history) if first else previous[:, :, -1:]
-            history = torch.cat([before, history], dim=2)
-        x = sampler.time_conv(x) if first else sampler.time_conv(x, previous)
-        cache[i] = history
-        x = x.reshape(b, 2, c, t, h, w)
-        return torch.stack((x[:, 0], x[:, 1]), 3).reshape(b, c, t * 2, h, w)
+    def _upsample_conv(self, conv: torch.nn.Conv2d, frames: torch.Tensor) -> torch.Tensor:
+        """The 3x3 convolution over a zero-bordered window whose border rows are the neighbours' rows."""
+        n, c, h, w = frames.shape
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        window = torch.empty((n, c, h + 2, w + 2), dtype=frames.dtype, device=frames.device, memory_format=layout)
+        window.zero_()
+        window[:, :, 1:-1, 1:-1].copy_(frames)
+        self._exchange(window, 1)
+        return F.conv2d(window, conv.weight, conv.bias)
 
 
 def gather_rows(band: torch.Tensor, level: list[tuple[int, int]], dst: int | None = None) -> torch.Tensor | None:

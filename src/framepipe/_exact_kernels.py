@@ -1,0 +1,137 @@
+"""The Triton kernels behind framepipe's decoder step, each several of PyTorch's ops in one pass.
+
+``norm_silu``: a convolution's bias (optional), Wan's channel RMS norm and SiLU. ``bias_residual``: a
+convolution's bias and a residual block's shortcut. Imported only where Triton is (CUDA). See Note
+[Exact fusion] in ``_decoder.py`` for why their bits are PyTorch's: the sum of squares over channels
+is added up in the order PyTorch's reduction kernel uses (``SPLIT`` interleaved threads of four
+accumulators each, then a tree); every other step is repeated operation by operation with PyTorch's
+roundings.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra import libdevice
+
+PIXELS = 64  # pixels (b, t, h, w positions) per program
+CHANNELS = 16  # channels per step of the normalizing loop
+ELEMENTS = 1024  # values per program of the bias + residual kernel
+
+
+@triton.jit
+def _halve(t, N: tl.constexpr, P: tl.constexpr):
+    """[N, P] -> [N // 2, P]: row i plus row i + N // 2 (one step of PyTorch's block_y_reduce tree)."""
+    lo, hi = tl.split(tl.permute(tl.reshape(t, [2, N // 2, P]), [1, 2, 0]))
+    return lo + hi
+
+
+@triton.jit
+def _load(x_ptr, b_ptr, c, offsets, m, C, sxc, HAS_BIAS: tl.constexpr, ROUND_BF16: tl.constexpr):
+    """Channels ``c`` of the pixels at ``offsets`` in float32, with the bias added as PyTorch's
+    ``add_`` adds a convolution's bias (rounded to bfloat16 where the tensor is); 0.0 where masked."""
+    x = tl.load(x_ptr + c[:, None].to(tl.int64) * sxc + offsets[None, :], mask=m, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        x = x + tl.load(b_ptr + c, mask=c < C, other=0.0).to(tl.float32)[:, None]
+        if ROUND_BF16:
+            x = x.to(tl.bfloat16).to(tl.float32)
+    return x
+
+
+@triton.jit
+def _channel_norm(x_ptr, b_ptr, offsets, mask, C, sxc, HAS_BIAS: tl.constexpr, ROUND_BF16: tl.constexpr,
+                  SPLIT: tl.constexpr, P: tl.constexpr):  # fmt: skip
+    """The L2 norm over C channels of P pixels, in PyTorch's ``ReduceOp`` order: thread y of SPLIT
+    adds channels y, y + SPLIT, ... into four accumulators in turn (``vt0`` = 4, fused multiply-add),
+    combined ((a0 + a1) + a2) + a3, then the SPLIT threads pairwise, halving; IEEE square root."""
+    R: tl.constexpr = 4 * SPLIT  # row r = i * SPLIT + y holds accumulator i of thread y
+    acc = tl.zeros([R, P], dtype=tl.float32)
+    for c0 in range(0, C, R):
+        c = c0 + tl.arange(0, R)
+        m = (c < C)[:, None] & mask[None, :]
+        x = _load(x_ptr, b_ptr, c, offsets, m, C, sxc, HAS_BIAS, ROUND_BF16)
+        acc = tl.fma(x, x, acc)  # a missing channel adds +0.0 to a sum that is >= +0.0: no change
+    even, odd = tl.split(tl.reshape(tl.permute(tl.reshape(acc, [4, SPLIT, P]), [1, 2, 0]), [SPLIT, P, 2, 2]))
+    a0, a2 = tl.split(even)
+    a1, a3 = tl.split(odd)
+    t = ((a0 + a1) + a2) + a3
+    if SPLIT >= 16:
+        t = _halve(t, 16, P)
+    if SPLIT >= 8:
+        t = _halve(t, 8, P)
+    if SPLIT >= 4:
+        t = _halve(t, 4, P)
+    if SPLIT >= 2:
+        t = _halve(t, 2, P)
+    return tl.sqrt_rn(tl.reshape(t, [P]))
+
+
+@triton.jit
+def _norm_silu(x_ptr, b_ptr, g_ptr, o_ptr, N, C, T, H, W, sxb, sxc, sxt, sxh, sxw, sob, soc, sot, soh, sow, scale,
+               eps, HAS_BIAS: tl.constexpr, ROUND_BF16: tl.constexpr, SPLIT: tl.constexpr, P: tl.constexpr,
+               BC: tl.constexpr):  # fmt: skip
+    p = tl.program_id(0).to(tl.int64) * P + tl.arange(0, P)
+    mask = p < N
+    w = p % W
+    h = (p // W) % H
+    t = (p // (W * H)) % T
+    b = p // (W * H * T)
+    x_at = b * sxb + t * sxt + h * sxh + w * sxw
+    o_at = b * sob + t * sot + h * soh + w * sow
+    d = _channel_norm(x_ptr, b_ptr, x_at, mask, C, sxc, HAS_BIAS, ROUND_BF16, SPLIT, P)
+    d = tl.maximum(d, eps, propagate_nan=tl.PropagateNan.ALL)  # F.normalize's clamp_min(eps)
+    for c0 in range(0, C, BC):
+        c = c0 + tl.arange(0, BC)
+        m = (c < C)[:, None] & mask[None, :]
+        x = _load(x_ptr, b_ptr, c, x_at, m, C, sxc, HAS_BIAS, ROUND_BF16)
+        g = tl.load(g_ptr + c, mask=c < C).to(tl.float32)
+        y = tl.math.div_rn(x, d[None, :])
+        if ROUND_BF16:
+            y = y.to(tl.bfloat16).to(tl.float32)
+        y = y * scale
+        if ROUND_BF16:
+            y = y.to(tl.bfloat16).to(tl.float32)
+        y = y * g[:, None]
+        if ROUND_BF16:
+            y = y.to(tl.bfloat16).to(tl.float32)
+        y = y + 0.0  # diffusers adds its bias 0.0: -0.0 becomes +0.0
+        y = tl.math.div_rn(y, 1.0 + libdevice.exp(-y))
+        tl.store(o_ptr + c[:, None].to(tl.int64) * soc + o_at[None, :], y.to(o_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _bias_residual(y_ptr, b_ptr, h_ptr, N, C, ROUND_BF16: tl.constexpr, BLOCK: tl.constexpr):
+    """y = (y + bias) + h over channels-last y and h of the same strides, each add rounded as PyTorch's."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < N
+    y = tl.load(y_ptr + i, mask=m).to(tl.float32) + tl.load(b_ptr + i % C, mask=m).to(tl.float32)
+    if ROUND_BF16:
+        y = y.to(tl.bfloat16).to(tl.float32)
+    y = y + tl.load(h_ptr + i, mask=m).to(tl.float32)
+    tl.store(y_ptr + i, y.to(y_ptr.dtype.element_ty), mask=m)
+
+
+def norm_silu(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor, scale: float, out: torch.Tensor,
+              split: int) -> None:  # fmt: skip
+    """``out`` = silu(y / max(||y||_channels, eps) * scale * gamma) with y = x + bias (bias: one value a
+    channel, or None), any strides; PyTorch's bits when ``split`` is the thread split PyTorch's
+    reduction uses for x's shape."""
+    b, c, t, h, w = x.shape
+    n = b * t * h * w
+    _norm_silu[(triton.cdiv(n, PIXELS),)](
+        x, x if bias is None else bias, gamma, out, n, c, t, h, w, *x.stride(), *out.stride(), scale, 1e-12,
+        HAS_BIAS=bias is not None, ROUND_BF16=x.dtype == torch.bfloat16, SPLIT=split, P=PIXELS, BC=CHANNELS,
+        num_warps=8, enable_fp_fusion=False,
+    )  # fmt: skip
+
+
+def bias_residual(y: torch.Tensor, bias: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``y.add_(bias[:, None, None, None]).add_(h)`` in one pass, for y and h channels-last with the
+    same strides (``fits_bias_residual``); returns y."""
+    n = y.numel()
+    _bias_residual[(triton.cdiv(n, ELEMENTS),)](
+        y, bias, h, n, y.shape[1], ROUND_BF16=y.dtype == torch.bfloat16, BLOCK=ELEMENTS, num_warps=4,
+        enable_fp_fusion=False,
+    )  # fmt: skip
+    return y
