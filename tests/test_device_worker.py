@@ -52,9 +52,12 @@ def test_videos_stream_with_the_reference_frames_and_open_ahead(tmp_path, monkey
     latents = [small_latents("wan2.1", frames=f, seed=f) for f in (3, 2, 4)]
     feed = ListFeed(vae, latents, tmp_path)
     original = _device_worker.decode_chunks
+    warm_ups = []
 
     def slow(vae, z, **kwargs):  # each chunk takes 0.2 s: the next video's opening must not wait for it
-        video = [i for i, x in enumerate(latents) if x.shape == z.shape]  # none: the worker's warm-up
+        video = [i for i, x in enumerate(latents) if x.shape == z.shape and z.any()]  # none: a warm-up (zeros)
+        if not z.any():
+            warm_ups.append(tuple(z.shape[-2:]))
         for index, chunk in enumerate(original(vae, z, **kwargs)):
             time.sleep(0.2)
             if index == z.shape[2] - 1 and video:
@@ -63,6 +66,7 @@ def test_videos_stream_with_the_reference_frames_and_open_ahead(tmp_path, monkey
 
     monkeypatch.setattr(_device_worker, "decode_chunks", slow)
     DeviceWorker(feed, vae).run()
+    assert warm_ups == [(8, 8), tuple(latents[0].shape[-2:])]  # at start, then once for the videos' frame size
 
     for i, z in enumerate(latents):
         decode(z, tmp_path / f"ref{i}.npy", vae=vae, mode="sync", latent_format="raw")
