@@ -4,10 +4,12 @@ Bit-exact by construction and by check. ``WanCausalConv3d`` concatenates its cac
 pads the result (two copies of every activation a convolution reads); here each convolution's input
 window is one zero-bordered tensor into which the norm + SiLU before it writes directly. On CUDA the
 norm + SiLU is one Triton kernel that adds up each pixel's sum of squares in PyTorch's own order and
-repeats every other step with PyTorch's roundings (Note [Exact fusion]), and the activations live
-channels-last (NDHWC), where cuDNN reads them without its layout transposes. Both are checked bit for
-bit against PyTorch on the device, per shape, before first use (``verified``); where a check fails,
-that step runs as diffusers runs it. Attention and resampling run diffusers' modules.
+repeats every other step with PyTorch's roundings (Note [Exact fusion]); a convolution's bias is
+added by the kernel that reads its output (the next norm's, or one bias + residual kernel); the
+activations live channels-last (NDHWC), where cuDNN reads them without its layout transposes, the
+resamplers' included. Each is checked bit for bit against PyTorch on the device, per shape, before
+first use (``verified``); where a check fails, that step runs as diffusers runs it. The attention
+runs diffusers' module.
 """
 
 from __future__ import annotations
@@ -252,7 +254,7 @@ class WanDecoderStep:
 # ~~~~~~~~~~~~~~~~~~~
 # diffusers computes ``silu(F.normalize(x, dim=1) * scale * gamma + 0.0)`` as several kernels, each
 # rounding its result to the tensor's dtype (bfloat16: the norm in float32, then rounded). The fused
-# kernel (``_norm_silu_kernel.py``) adds each pixel's squares in the order of PyTorch's reduction
+# kernel (``_exact_kernels.py``) adds each pixel's squares in the order of PyTorch's reduction
 # kernel for a reduction over a channel dimension that is not the innermost one: ``SPLIT`` threads,
 # thread y taking channels y, y + SPLIT, ... into four accumulators in turn with fused multiply-adds,
 # then combined in a fixed tree. PyTorch picks ``SPLIT`` from the channel count and its launch
@@ -263,6 +265,10 @@ class WanDecoderStep:
 # no multiply-add contraction (enable_fp_fusion=False), libdevice's expf as PyTorch's CUDA build calls
 # it, bfloat16 rounding after each op where PyTorch stores a bfloat16 tensor. The kernel reads any
 # strides, so the activations can live channels-last (NDHWC) and still give channel-first bits.
+# PyTorch adds a convolution's bias after cuDNN's convolution, in an ``add_`` of its own (float32
+# arithmetic, then rounded); a kernel that reads the convolution's output can add it first with the
+# same rounding: the norm kernel (``HAS_BIAS``) and the bias + residual kernel. Whether the bias-less
+# channels-last convolution plus that ``add_`` gives the convolution's bits is checked with it.
 
 _SPLITS: dict[tuple, int | None] = {}
 _EXACT: dict[tuple, bool] = {}

@@ -143,7 +143,7 @@ def _add_run_options(p: argparse.ArgumentParser, *, demo: bool = False, mode: bo
             "--decoder",
             choices=("framepipe", "diffusers"),
             default="framepipe",
-            help="framepipe: diffusers' decoder modules with fewer copies and fused norm + SiLU (default); "
+            help="framepipe: diffusers' decoder modules with fewer copies and fused kernels (default); "
             "diffusers: its decoder as is; same frames",
         )
     p.add_argument(
