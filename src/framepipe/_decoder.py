@@ -90,6 +90,11 @@ def silu_into(x: torch.Tensor, out: torch.Tensor) -> None:
         out.copy_(F.silu(x))
 
 
+def copy_of(x: torch.Tensor) -> Callable[[torch.Tensor], object]:
+    """What fills a window's interior with x as it is (a convolution with no norm before it)."""
+    return lambda out: out.copy_(x)
+
+
 def added(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``out`` with a convolution's bias added as PyTorch adds it after cuDNN's convolution (in place)."""
     return out if bias is None else out.add_(bias.reshape(-1, *(1,) * (out.dim() - 2)))
@@ -129,7 +134,7 @@ class WanDecoderStep:
             self.channels_last = self.fused
         d = self.decoder
         idx = [0]
-        x = added(*self._causal_conv(d.conv_in, lambda out, x=x: out.copy_(x), x, d.conv_in.in_channels, cache, idx))
+        x = added(*self._causal_conv(d.conv_in, copy_of(x), x, d.conv_in.in_channels, cache, idx))
         x = self._residual(d.mid_block.resnets[0], x, cache, idx)
         for attention, resnet in zip(d.mid_block.attentions, d.mid_block.resnets[1:], strict=True):
             x = self._attention(attention, x)
@@ -167,8 +172,7 @@ class WanDecoderStep:
             else:
                 if isinstance(cache[idx[0]], str):  # the second chunk: the history is diffusers' zero padding
                     cache[idx[0]] = None
-                copy = lambda out, x=x: out.copy_(x)  # noqa: E731
-                x = added(*self._causal_conv(sampler.time_conv, copy, x, x.shape[1], cache, idx))
+                x = added(*self._causal_conv(sampler.time_conv, copy_of(x), x, x.shape[1], cache, idx))
                 pairs = True  # channels [0, c) are the even output frames, [c, 2c) the odd ones
         y = self._upsample_conv(sampler.resample[1], upsampled(x, pairs, self.channels_last))
         return y.unflatten(0, (x.shape[0], -1)).transpose(1, 2)  # diffusers' view + permute
@@ -368,8 +372,10 @@ def add_bias_residual(y: torch.Tensor, bias: torch.Tensor, h: torch.Tensor) -> t
         def sample(seed: int) -> torch.Tensor:
             return probe(y, seed).contiguous(memory_format=CHANNELS_LAST)
 
+        def reference() -> torch.Tensor:
+            return added(sample(0), bias).add_(sample(1))
+
         key = ("bias_residual", tuple(y.shape), y.dtype, y.device)
-        reference = lambda: added(sample(0), bias).add_(sample(1))  # noqa: E731
         if verified(key, reference, lambda: bias_residual(sample(0), bias, sample(1))):
             return bias_residual(y, bias, h)
     return added(y, bias).add_(h)

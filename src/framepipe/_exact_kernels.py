@@ -128,7 +128,7 @@ def norm_silu(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor, s
 
 def bias_residual(y: torch.Tensor, bias: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """``y.add_(bias[:, None, None, None]).add_(h)`` in one pass, for y and h channels-last with the
-    same strides (``fits_bias_residual``); returns y."""
+    same strides (``_decoder.add_bias_residual`` sees to that); returns y."""
     n = y.numel()
     _bias_residual[(triton.cdiv(n, ELEMENTS),)](
         y, bias, h, n, y.shape[1], ROUND_BF16=y.dtype == torch.bfloat16, BLOCK=ELEMENTS, num_warps=4,
