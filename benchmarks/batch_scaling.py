@@ -30,16 +30,24 @@ def main() -> None:
     p.add_argument("--dtype", default="float32")
     p.add_argument("--size", default="480x832")
     p.add_argument("--lengths", default="81,41,121,61,81,21,101,81,41,121,61,81", help="frames per video (1 + 4k)")
+    p.add_argument(
+        "--content",
+        choices=("decoded", "procedural"),
+        default="decoded",
+        help="what the encoders get: the random weights' decode (noise, x264's worst case) or procedural "
+        "clips of its size, which encode like real video (the GPU decodes all the same)",
+    )
     add_encoder_arguments(p)
     p.add_argument("--out", default=None)
     args = p.parse_args()
     height, width = (int(v) for v in args.size.split("x"))
     lengths = [int(v) for v in args.lengths.split(",")]
     common = ["--arch", args.arch, "--dtype", args.dtype, "--preset", args.preset, "--crf", str(args.crf),
-              "--segment-frames", args.segment_frames, "--json", "--quiet"]  # fmt: skip
+              "--segment-frames", args.segment_frames, "--content", args.content, "--json", "--quiet"]  # fmt: skip
     result = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
               "arch": args.arch, "dtype": args.dtype, "size": args.size, "lengths": lengths,
-              "encoder": f"libx264 {args.preset} crf {args.crf}, segments {args.segment_frames}"}  # fmt: skip
+              "encoder": f"libx264 {args.preset} crf {args.crf}, segments {args.segment_frames}",
+              "content": args.content}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         inputs = Path(tmp) / "latents"
         inputs.mkdir()
@@ -65,7 +73,8 @@ def main() -> None:
     print(json.dumps(result, indent=2))
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
-        (Path(args.out) / f"batch_scaling_{args.dtype}.json").write_text(json.dumps(result, indent=2) + "\n")
+        suffix = "" if args.content == "decoded" else f"_{args.content}"
+        (Path(args.out) / f"batch_scaling_{args.dtype}{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -267,6 +267,36 @@ def test_cli(tmp_path, vae_folder, capsys):
     assert "CUDA GPU" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("mode", ["async", "sync"])
+def test_procedural_content_reaches_the_encoders(tmp_path, mode):
+    """--content procedural (random weights): the videos show the procedural clip of their size."""
+    import numpy as np
+
+    from framepipe import to_uint8_frames
+    from framepipe._synth import synth_clips
+
+    _latents(tmp_path / "in", 2)
+    options = BatchOptions(arch="tiny-wan2.1", video=VideoSettings(preset="ultrafast"), mode=mode, content="procedural")
+    assert run_batch(plan_batch([str(tmp_path / "in")]), tmp_path / "out", options).done == 2
+    for i, frames in enumerate((5, 9)):  # 2 and 3 latent frames
+        with av.open(str(tmp_path / "out" / f"v{i}.mp4")) as container:
+            got = np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)]).astype(np.float64)
+        clip = to_uint8_frames(synth_clips(1, frames, 32, 48))[0].numpy().astype(np.float64)
+        assert got.shape == clip.shape
+        assert 10 * np.log10(255**2 / ((got - clip) ** 2).mean()) > 25  # H.264 (yuv420p) of the clip, not the decode
+
+
+def test_procedural_content_needs_random_weights(tmp_path, vae_folder, capsys):
+    with pytest.raises(SettingsError, match="random weights"):
+        BatchOptions(content="procedural")
+    with pytest.raises(SettingsError, match="random weights"):
+        BatchOptions(vae=str(vae_folder), arch="wan2.1", content="procedural")
+    with pytest.raises(SettingsError, match="Unknown content"):
+        BatchOptions(arch="wan2.1", content="noise")
+    assert main(["batch", str(tmp_path), "-o", str(tmp_path / "out"), "--content", "procedural"]) == 1
+    assert "error: --content procedural replaces" in capsys.readouterr().err
+
+
 def test_cli_says_where_each_workers_time_went(tmp_path, monkeypatch, capsys):
     import framepipe.batch
     from framepipe.batch._run import BatchSummary, WorkerShare

@@ -239,6 +239,7 @@ def test_the_table_has_no_saving_column_without_a_baseline():
 def test_procedural_content_reaches_the_encoders_while_the_gpu_decodes(tmp_path, monkeypatch):
     """With content="procedural", the frames written are the procedural clip's, and the decode
     still ran on the latents (the VAE's own chunks were made, then set aside)."""
+    import framepipe._source as source
     import framepipe.bench._run as run_module
     from framepipe import ArraySink, decode, to_uint8_frames
     from framepipe._source import decode_chunks
@@ -254,7 +255,7 @@ def test_procedural_content_reaches_the_encoders_while_the_gpu_decodes(tmp_path,
             decoded.append(chunk.clone())
             yield chunk
 
-    monkeypatch.setattr(run_module, "decode_chunks", spy)
+    monkeypatch.setattr(source, "decode_chunks", spy)
     sink = ArraySink()
     decode(z, sink, vae=vae, chunk_source=bench.chunks)
     g = bench.geometry

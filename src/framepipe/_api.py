@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -18,7 +18,7 @@ from ._latents import LATENT_FORMATS, LatentFormat, check_latents, denormalize, 
 from ._models import load_vae, model_name, resolve_device
 from ._pipeline import Job, run_async, run_sync
 from ._progress import FrameProgress
-from ._source import VideoGeometry, check_fits, decode_chunks, geometry
+from ._source import ChunkSource, VideoGeometry, check_fits, decode_chunks, geometry
 from ._trace import PipelineTrace
 from .sinks import Sink, VideoSettings, batch_paths, open_sink
 
@@ -32,7 +32,6 @@ Mode = Literal["async", "sync"]
 MODES: tuple[str, ...] = ("async", "sync")
 
 #: What makes a video's chunks from (vae, latents, **options): ``decode_chunks`` by default.
-ChunkSource = Callable[..., Iterator[torch.Tensor]]
 #: What a video's latents may be given as: a tensor, or a path to a latent file.
 Latents = torch.Tensor | str | os.PathLike[str]
 #: Where a video's frames go: an output path, or one sink per video of the latents' batch.

@@ -32,7 +32,7 @@ from ._errors import GPU_OUT_OF_MEMORY, DeviceError, FramepipeError
 from ._latents import check_one_video
 from ._pipeline import Job, run_async
 from ._postprocess import to_uint8_frames
-from ._source import VideoGeometry, check_fits, decode_chunks, geometry
+from ._source import ChunkSource, VideoGeometry, check_fits, decode_chunks, geometry
 from .sinks import Sink, VideoSettings, open_sink
 
 OPEN_AHEAD_CHUNKS = 4  # the next video is taken and opened while this many chunks are left to decode
@@ -104,8 +104,10 @@ class _Opened:
 class DeviceWorker:
     """Decodes ``feed``'s videos on ``vae``'s device until the feed runs dry; ``run()`` blocks."""
 
-    def __init__(self, feed: VideoFeed, vae: Any, *, decoder: str = "framepipe", slots: int = 2) -> None:
+    def __init__(self, feed: VideoFeed, vae: Any, *, decoder: str = "framepipe", slots: int = 2,
+                 chunk_source: ChunkSource = decode_chunks) -> None:  # fmt: skip
         self.feed, self.vae, self.decoder, self.slots = feed, vae, decoder, slots
+        self.chunk_source = chunk_source
         self.device = next(vae.parameters()).device
         self.meter = GpuMeter(self.device)
         self.lock = threading.Lock()
@@ -310,7 +312,7 @@ class _Stream:
     def _job(self, opened: _Opened) -> Job:
         running = self.running[id(opened)] = _Running(opened)
         count = opened.latents.shape[2]  # chunks: one per latent frame
-        chunks = decode_chunks(self.worker.vae, opened.latents, decoder=self.worker.decoder)
+        chunks = self.worker.chunk_source(self.worker.vae, opened.latents, decoder=self.worker.decoder)
         chunks = self._measured(running, chunks, count)
         self.sources.append(chunks)
         opened.latents = None  # the chunk source holds them until it is done

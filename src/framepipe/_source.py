@@ -21,6 +21,10 @@ if TYPE_CHECKING:
     from diffusers import AutoencoderKLWan
 
 
+#: What makes a video's chunks, called as ``decode_chunks`` is: ``decode_chunks`` or ``ProceduralChunks()``.
+ChunkSource = Callable[..., Iterator[torch.Tensor]]
+
+
 @dataclass(frozen=True)
 class VideoGeometry:
     """Sizes of the decoded video: ``batch`` videos of ``frames`` frames of ``height`` x ``width``."""
@@ -113,6 +117,33 @@ def decode_chunks(
         raise DeviceError(GPU_OUT_OF_MEMORY) from e
     finally:
         feat_cache.clear()
+
+
+class ProceduralChunks:
+    """A chunk source for benchmarks with random weights, whose decode is noise (x264's worst case):
+    it decodes as ``decode_chunks`` does, so the GPU does the same work, and hands on in each chunk's
+    place the frames of a procedural clip of the decoded size, which encode like real video."""
+
+    def __init__(self) -> None:
+        self.clip: torch.Tensor | None = None  # the longest clip drawn so far, [B, 3, F, H, W]
+
+    def frames(self, g: VideoGeometry, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """A procedural clip of ``g``'s size per video; drawn again only for a longer or another-sized video."""
+        c = self.clip
+        if c is None or c.shape[2] < g.frames or c.shape[:1] + c.shape[3:] != (g.batch, g.height, g.width):
+            from ._synth import synth_clips
+
+            c = synth_clips(g.batch, g.frames, g.height, g.width, device=device)
+        self.clip = c = c.to(device, dtype)
+        return c[:, :, : g.frames]
+
+    def __call__(self, vae: AutoencoderKLWan, latents: torch.Tensor, **options) -> Iterator[torch.Tensor]:
+        g = geometry(vae, tuple(latents.shape))
+        start = 0
+        for chunk in decode_chunks(vae, latents, **options):
+            n = chunk.shape[2]
+            yield self.frames(g, chunk.device, chunk.dtype)[:, :, start : start + n]
+            start += n
 
 
 class FirstChunkCheck:

@@ -241,6 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
         "per GPU; inputs and -o: paths every node sees, or s3:// URLs",
     )
     bt.add_argument("--workers", type=_count, default=None, metavar="N", help="with --ray: N decoder actors")
+    bt.add_argument(
+        "--content",
+        choices=("decoded", "procedural"),
+        default="decoded",
+        help="what the encoders get: decoded (default: the VAE's output) or, for benchmarks with random weights "
+        "(--arch), procedural clips of the same size, which encode like real video while the GPU decodes all the same",
+    )
     bt.add_argument("--fail-fast", action="store_true", help="stop at the first video that fails")
     bt.add_argument("--verify", action="store_true", help="check finished outputs' SHA-256 before skipping them")
     _add_run_options(bt)
@@ -641,10 +648,10 @@ def _batch(args: argparse.Namespace) -> int:
     from ._models import resolve_devices
     from .batch import BatchOptions, plan_batch, run_batch
 
-    tasks = plan_batch(args.inputs, endpoint_url=args.endpoint_url)
     options = BatchOptions(vae=args.vae, arch=args.arch, seed=args.seed, video=_video(args), dtype=args.dtype,
                            decoder=args.decoder, latent_format=args.latent_format, mode=args.mode,
-                           slots=args.slots, endpoint_url=args.endpoint_url)  # fmt: skip
+                           slots=args.slots, endpoint_url=args.endpoint_url, content=args.content)  # fmt: skip
+    tasks = plan_batch(args.inputs, endpoint_url=args.endpoint_url)
     if args.ray is not None and args.gpus is not None:
         raise SettingsError("--ray and --gpus do not go together: on Ray, each actor takes one of the cluster's GPUs.")
     devices = resolve_devices(args.gpus, args.device) if args.ray is None else ["ray"]

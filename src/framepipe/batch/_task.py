@@ -14,11 +14,14 @@ from typing import Any
 from .._accounting import GpuMeter
 from .._api import decode, prepare_latents
 from .._device_worker import DecodedVideo, DeviceWorker, VideoOrder, failure_message
-from .._errors import FramepipeError
+from .._errors import FramepipeError, SettingsError
 from .._latents import check_one_video, load_latents
+from .._source import ChunkSource, ProceduralChunks, decode_chunks
 from ..sinks import VideoSettings
 from ._destination import fetch_latents
 from ._plan import BatchTask
+
+CONTENTS = ("decoded", "procedural")
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,20 @@ class BatchOptions:
     mode: str = "async"
     slots: int = 2
     endpoint_url: str | None = None  # for s3:// latents and outputs (default: boto3's, e.g. AWS_ENDPOINT_URL)
+    #: what the encoders get: "decoded" (the VAE's output) or, for benchmarks with random weights (``arch``),
+    #: "procedural" (procedural clips of the decoded size, which encode like real video; the GPU decodes all the same)
+    content: str = "decoded"
+
+    def __post_init__(self) -> None:
+        if self.content not in CONTENTS:
+            raise SettingsError(f"Unknown content {self.content!r}; choose one of {', '.join(CONTENTS)}.")
+        if self.content == "procedural" and (self.arch is None or self.vae is not None):
+            raise SettingsError("--content procedural replaces what the VAE decodes: it is for benchmarks with "
+                                "random weights (--arch, no --vae).")  # fmt: skip
+
+    def chunk_source(self) -> ChunkSource:
+        """What makes each video's chunks (a fresh one per worker)."""
+        return decode_chunks if self.content == "decoded" else ProceduralChunks()
 
 
 def decode_task(task: BatchTask, destination, options: BatchOptions, vae, work: Path) -> dict[str, Any]:
@@ -53,7 +70,8 @@ def decode_task(task: BatchTask, destination, options: BatchOptions, vae, work: 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # said once by the driver, not once per video
             result = decode(z, target, vae=vae, video=video, mode=options.mode, decoder=options.decoder,
-                            latent_format=options.latent_format, slots=options.slots)  # fmt: skip
+                            latent_format=options.latent_format, slots=options.slots,
+                            chunk_source=options.chunk_source())  # fmt: skip
         account = meter.stop()
         where, size, sha = destination.publish(task.name, target)
     except FramepipeError as e:
@@ -133,7 +151,7 @@ def decode_all(take, report, destination, options: BatchOptions, vae, work: Path
     drains), or with ``mode="sync"`` one after the other through the reference executor."""
     if options.mode != "sync":
         DeviceWorker(TaskFeed(take, report, destination, options, vae, work), vae, decoder=options.decoder,
-                     slots=options.slots).run()  # fmt: skip
+                     slots=options.slots, chunk_source=options.chunk_source()).run()  # fmt: skip
         return
     while (task := take()) is not None:
         try:

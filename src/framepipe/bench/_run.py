@@ -24,7 +24,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -37,8 +37,7 @@ from .._errors import SettingsError
 from .._latents import denormalize
 from .._pipeline import numbered_chunks
 from .._postprocess import to_uint8_frames
-from .._source import decode_chunks, geometry
-from .._synth import synth_clips
+from .._source import ProceduralChunks, decode_chunks, geometry
 from .._trace import PipelineTrace, stage
 from ..sinks import Sink, VideoSettings, open_sink, parse_segment_frames
 from ._cost import FORMULA
@@ -155,23 +154,12 @@ class Bench:
         # "procedural": the encoders get procedural clips of the decoded size (they encode like real
         # video) while the GPU still decodes the latents; "decoded": the VAE's output itself.
         self.content = content
-        self._clip: torch.Tensor | None = None
+        self.procedural = ProceduralChunks()
+        self.chunks = decode_chunks if content == "decoded" else self.procedural
 
     def clip(self) -> torch.Tensor:
         """Procedural clips of the decoded video's shape, on the device, in the VAE's dtype."""
-        if self._clip is None:
-            g = self.geometry
-            self._clip = synth_clips(g.batch, g.frames, g.height, g.width, device=self.device).to(self.dtype)
-        return self._clip
-
-    def chunks(self, vae, latents: torch.Tensor, **options) -> Iterator[torch.Tensor]:
-        """``decode_chunks``; with procedural content, each decoded chunk's frames are swapped for the
-        clip's (the decode has run: the GPU does the same work, the encoders get other pictures)."""
-        start = 0
-        for chunk in decode_chunks(vae, latents, **options):
-            n = chunk.shape[2]
-            yield chunk if self.content == "decoded" else self.clip()[:, :, start : start + n]
-            start += n
+        return self.procedural.frames(self.geometry, self.device, self.dtype)
 
     # -- the modes: each does one whole run and returns once the device is idle ------------------
 
