@@ -46,6 +46,20 @@ def test_channels_last_steps_give_diffusers_bits_where_every_check_falls_back(ve
     assert len(ours) == len(theirs) == 5 and all(same_bits(a, b) for a, b in zip(ours, theirs, strict=True))
 
 
+@pytest.mark.parametrize(
+    "shape, split",
+    [
+        ((1, 96, 4, 480, 832), 4),  # 4 outputs a thread, 32 x 4 threads: 4 split each pixel's channels
+        ((1, 384, 1, 241, 417), 16),  # an odd pixel count: 1 output a thread, 32 x 16 threads
+        ((2, 384, 1, 8, 12), 4),  # block.x spans all 2 x 96 outputs, not one video's
+        ((1, 12, 1, 30, 52), 1),  # too few channels to split: each thread adds them all
+        ((1, 1024, 1, 30, 52), None),  # 256 channels a thread: PyTorch splits over thread blocks too
+    ],
+)
+def test_reduction_split_follows_pytorchs_launch_rule(shape, split):
+    assert decoder.reduction_split(shape, torch.empty(shape, device="meta").stride()) == split
+
+
 def test_unknown_decoder_is_a_settings_error():
     with pytest.raises(SettingsError, match="Unknown decoder 'fast'"):
         next(decode_chunks(small_vae("wan2.1"), small_latents("wan2.1"), decoder="fast"))

@@ -15,6 +15,7 @@ runs diffusers' module.
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Callable
 from typing import TYPE_CHECKING
@@ -289,11 +290,14 @@ def probe(like: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return x.mul_(torch.exp2(scale.to(like.dtype)))
 
 
-def reduction_split(shape: tuple[int, ...], strides: tuple[int, ...]) -> int:
+def reduction_split(shape: tuple[int, ...], strides: tuple[int, ...]) -> int | None:
     """The number of threads among which PyTorch's CUDA reduction kernel splits each output's channels
     when it reduces dim 1 of a tensor of ``shape`` and ``strides`` (w innermost, freshly allocated):
-    ``setReduceConfig`` for a reduction over a dimension that is not the innermost one."""
+    ``setReduceConfig`` for a reduction over a dimension that is not the innermost one. None where it
+    also splits them over several thread blocks (256 or more channels a thread, as Wan 2.2's 1024):
+    an order the fused kernel does not repeat."""
     c = shape[1]
+    outputs = math.prod(shape) // c
     # TensorIterator drops size-1 dimensions and merges the output dimensions that follow each other
     dims = sorted((strides[i], shape[i]) for i in (0, 2, 3, 4) if shape[i] > 1)
     inner, others = 1, []
@@ -307,9 +311,11 @@ def reduction_split(shape: tuple[int, ...], strides: tuple[int, ...]) -> int:
         while n % vec:
             vec //= 2
     threads = 512 // vec
-    width = min(_floor_pow2(inner // vec) if inner // vec < threads else threads, 32)
+    width = min(_floor_pow2(outputs // vec) if outputs // vec < threads else threads, 32)  # block.x over all outputs
     height = min(_floor_pow2(c) if c < threads else threads, threads // width)
-    return height if c >= min(height * 16, 256) else 1
+    if c < min(height * 16, 256):
+        return 1
+    return height if -(-c // height) < 256 else None
 
 
 def _floor_pow2(n: int) -> int:
