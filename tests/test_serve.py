@@ -341,7 +341,7 @@ def test_a_job_that_breaks_its_stream_fails_alone(tmp_path, vae_folder, monkeypa
 
     def failing_on_two_frames(vae, latents, **kwargs):
         for index, chunk in enumerate(decode_chunks(vae, latents, **kwargs)):
-            if latents.shape[2:] == (2, 4, 6) and index == 1:  # the jobs' size, not the worker's warm-up
+            if latents.shape[2:] == (2, 4, 6) and latents.any() and index == 1:  # a job's, not a warm-up (zeros)
                 raise CheckpointError("The VAE decoded NaN (a test).")
             yield chunk
 

@@ -105,9 +105,9 @@ class DeviceWorker:
     """Decodes ``feed``'s videos on ``vae``'s device until the feed runs dry; ``run()`` blocks."""
 
     def __init__(self, feed: VideoFeed, vae: Any, *, decoder: str = "framepipe", slots: int = 2,
-                 chunk_source: ChunkSource = decode_chunks) -> None:  # fmt: skip
+                 chunk_source: ChunkSource | None = None) -> None:  # fmt: skip
         self.feed, self.vae, self.decoder, self.slots = feed, vae, decoder, slots
-        self.chunk_source = chunk_source
+        self.chunk_source = decode_chunks if chunk_source is None else chunk_source
         self.device = next(vae.parameters()).device
         self.meter = GpuMeter(self.device)
         self.lock = threading.Lock()

@@ -16,7 +16,7 @@ from .._api import decode, prepare_latents
 from .._device_worker import DecodedVideo, DeviceWorker, VideoOrder, failure_message
 from .._errors import FramepipeError, SettingsError
 from .._latents import check_one_video, load_latents
-from .._source import ChunkSource, ProceduralChunks, decode_chunks
+from .._source import ChunkSource, ProceduralChunks
 from ..sinks import VideoSettings
 from ._destination import fetch_latents
 from ._plan import BatchTask
@@ -49,9 +49,9 @@ class BatchOptions:
             raise SettingsError("--content procedural replaces what the VAE decodes: it is for benchmarks with "
                                 "random weights (--arch, no --vae).")  # fmt: skip
 
-    def chunk_source(self) -> ChunkSource:
-        """What makes each video's chunks (a fresh one per worker)."""
-        return decode_chunks if self.content == "decoded" else ProceduralChunks()
+    def chunk_source(self) -> ChunkSource | None:
+        """What makes each video's chunks (a fresh one per worker); None: ``decode_chunks``."""
+        return None if self.content == "decoded" else ProceduralChunks()
 
 
 def decode_task(task: BatchTask, destination, options: BatchOptions, vae, work: Path) -> dict[str, Any]:
