@@ -31,7 +31,6 @@ EMBEDDED_WARNING = (
 Mode = Literal["async", "sync"]
 MODES: tuple[str, ...] = ("async", "sync")
 
-#: What makes a video's chunks from (vae, latents, **options): ``decode_chunks`` by default.
 #: What a video's latents may be given as: a tensor, or a path to a latent file.
 Latents = torch.Tensor | str | os.PathLike[str]
 #: Where a video's frames go: an output path, or one sink per video of the latents' batch.

@@ -126,13 +126,11 @@ class WanDecoderStep:
     def __init__(self, vae: AutoencoderKLWan) -> None:
         self.decoder = vae.decoder
         self.fused: bool | None = None  # decided on the first call, on the decoder's device
-        self.channels_last = False
         self.weights: dict[torch.nn.Module, torch.Tensor] = {}  # channels-last copies, made at first use
 
     def __call__(self, x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:
         if self.fused is None:
             self.fused = proven_shape(x) and norm_silu_is_exact(x.device, next(self.decoder.parameters()).dtype)
-            self.channels_last = self.fused
         d = self.decoder
         idx = [0]
         x = added(*self._causal_conv(d.conv_in, copy_of(x), x, d.conv_in.in_channels, cache, idx))
@@ -154,6 +152,11 @@ class WanDecoderStep:
         fill = self._norm_silu(d.norm_out, x)
         x = added(*self._causal_conv(d.conv_out, fill, x, x.shape[1], cache, idx))
         return x.contiguous()
+
+    @property
+    def channels_last(self) -> bool:
+        """Whether the activations live channels-last: with the fused kernels, which read any layout."""
+        return bool(self.fused)
 
     def _attention(self, attention, x: torch.Tensor) -> torch.Tensor:
         """The mid block's ``WanAttentionBlock`` (over each whole frame), on x as diffusers holds it."""
@@ -188,9 +191,10 @@ class WanDecoderStep:
         kernel, conv2's to the residual add."""
         shortcut = block.conv_shortcut  # a 1x1x1 conv whose F.pad(x, 0) is only a clone of x
         h = x if isinstance(shortcut, torch.nn.Identity) else added(*self._conv(shortcut, x))
-        y, bias = self._causal_conv(block.conv1, self._norm_silu(block.norm1, x), x, x.shape[1], cache, idx, True)
+        fill = self._norm_silu(block.norm1, x)
+        y, bias = self._causal_conv(block.conv1, fill, x, x.shape[1], cache, idx, defer_bias=True)
         fill = self._norm_silu(block.norm2, y, bias)
-        y, bias = self._causal_conv(block.conv2, fill, y, y.shape[1], cache, idx, True)
+        y, bias = self._causal_conv(block.conv2, fill, y, y.shape[1], cache, idx, defer_bias=True)
         return y.add_(h) if bias is None else add_bias_residual(y, bias, h)
 
     def _norm_silu(self, norm, x: torch.Tensor, bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], object]:

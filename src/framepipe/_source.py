@@ -139,10 +139,12 @@ class ProceduralChunks:
 
     def __call__(self, vae: AutoencoderKLWan, latents: torch.Tensor, **options) -> Iterator[torch.Tensor]:
         g = geometry(vae, tuple(latents.shape))
-        start = 0
+        clip, start = None, 0
         for chunk in decode_chunks(vae, latents, **options):
+            if clip is None:  # once per video, on the decode's device and in its dtype
+                clip = self.frames(g, chunk.device, chunk.dtype)
             n = chunk.shape[2]
-            yield self.frames(g, chunk.device, chunk.dtype)[:, :, start : start + n]
+            yield clip[:, :, start : start + n]
             start += n
 
 
