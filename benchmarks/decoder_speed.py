@@ -1,10 +1,12 @@
-"""framepipe's decoder against diffusers' on one GPU: same bits, time, peak VRAM, where the time goes.
+"""framepipe's decoders against diffusers' on one GPU: same bits, time, peak VRAM, where the time goes.
 
 For each architecture (seeded random weights), dtype and frame size: diffusers' whole-video
 ``vae.decode`` (the baseline users run), and the chunked GPU-only decode with diffusers' decoder
-forward and with framepipe's (``decode_chunks(decoder=...)``), timed alternately in one process.
-Every chunk of the two chunked decoders is compared bit for bit, and the whole video against
-``vae.decode`` in uint8. With ``--profile``, one decode of each is broken down by kernel kind.
+forward, with framepipe's and with framepipe's fast one (``decode_chunks(decoder=...)``), timed
+alternately in one process. Every chunk of diffusers' and framepipe's chunked decoders is compared
+bit for bit, and the whole video against ``vae.decode`` in uint8; the fast decoder's difference
+from them is reported (its error against the fp32 reference: ``framepipe compare --decoder fast``).
+With ``--profile``, one decode of each is broken down by kernel kind.
 
     python benchmarks/decoder_speed.py --out results/ --sizes 480x832 720x1280 --dtypes float32 bfloat16
 """
@@ -22,7 +24,7 @@ import torch
 from gpu_timing import peak, timed
 
 from framepipe import random_vae, to_uint8_frames
-from framepipe._decoder import norm_silu_is_exact, same_bits, verified_equivalences
+from framepipe._decoder import chosen_ways, norm_silu_is_exact, same_bits, verified_equivalences
 from framepipe._source import decode_chunks
 
 KINDS = [  # (kind, substrings of kernel names), first match wins
@@ -52,11 +54,14 @@ def compare(vae, z) -> dict:
         frames.append(to_uint8_frames(a).cpu())
     whole = to_uint8_frames(vae.decode(z).sample).cpu()
     ours_u8 = torch.cat(frames, 1)
+    fast_u8 = torch.cat([to_uint8_frames(c).cpu() for c in decode_chunks(vae, z, decoder="fast")], 1)
     return {
         "chunks_same_bits": same,
         "chunks_max_abs_diff": max_diff,
         "uint8_same_as_vae_decode": bool(torch.equal(ours_u8, whole)),
         "uint8_levels_differing": int((ours_u8.int() - whole.int()).abs().max()),
+        "fast_uint8_levels_differing": int((fast_u8.int() - whole.int()).abs().max()),
+        "fast_uint8_share_differing": round(float((fast_u8 != whole).float().mean()), 6),
     }
 
 
@@ -94,21 +99,24 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
         # framepipe's first decode at these shapes also checks each norm's and convolution's bits
         first_use = round(peak(lambda: chunked(vae, z, "framepipe")), 2)
         row.update(compare(vae, z))
-        chunked(vae, z, "diffusers")  # warm-up of both
-        chunked(vae, z, "framepipe")
-        times: dict[str, list[float]] = {"vae.decode": [], "diffusers": [], "framepipe": []}
-        for _ in range(runs):  # alternated, so drift hits both alike
+        decoders = ("diffusers", "framepipe", "fast")
+        for name in decoders:  # warm-up
+            chunked(vae, z, name)
+        times: dict[str, list[float]] = {"vae.decode": [], **{name: [] for name in decoders}}
+        for _ in range(runs):  # alternated, so drift hits all alike
             times["vae.decode"].append(timed(lambda: to_uint8_frames(vae.decode(z).sample)))
-            times["diffusers"].append(timed(lambda: chunked(vae, z, "diffusers")))
-            times["framepipe"].append(timed(lambda: chunked(vae, z, "framepipe")))
+            for name in decoders:
+                times[name].append(timed(lambda n=name: chunked(vae, z, n)))
         row["seconds"] = {k: round(min(v), 4) for k, v in times.items()}
         row["all_seconds"] = {k: [round(x, 4) for x in v] for k, v in times.items()}
         row["speedup_vs_vae_decode"] = round(min(times["vae.decode"]) / min(times["framepipe"]), 3)
         row["speedup_vs_diffusers_chunked"] = round(min(times["diffusers"]) / min(times["framepipe"]), 3)
+        row["fast_speedup_vs_vae_decode"] = round(min(times["vae.decode"]) / min(times["fast"]), 3)
         row["peak_vram_gib"] = {
             "vae.decode": round(peak(lambda: vae.decode(z)), 2),
             "diffusers": round(peak(lambda: chunked(vae, z, "diffusers")), 2),
             "framepipe": round(peak(lambda: chunked(vae, z, "framepipe")), 2),
+            "fast": round(peak(lambda: chunked(vae, z, "fast")), 2),
             "framepipe first use": first_use,
         }
         checked = verified_equivalences().items()
@@ -117,10 +125,13 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
                    sum(1 for k, v in checked if k[0] == kind and vae.dtype in k)]
             for kind in ("norm", "conv", "bias_residual")
         }  # fmt: skip
+        ways = [(k[-1], way) for k, way in chosen_ways().items() if k[0] == "conv" and vae.dtype in k]
+        row["conv_shapes_padded"] = {  # decoder -> [shapes computed with padded output channels, shapes]
+            name: [sum(way is True for e, way in ways if e == exact), sum(e == exact for e, _ in ways)]
+            for name, exact in (("framepipe", True), ("fast", False))
+        }
         if profile:
-            row["gpu_seconds_by_kind"] = {
-                name: breakdown(lambda n=name: chunked(vae, z, n)) for name in ("diffusers", "framepipe")
-            }
+            row["gpu_seconds_by_kind"] = {name: breakdown(lambda n=name: chunked(vae, z, n)) for name in decoders}
     return row
 
 

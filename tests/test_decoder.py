@@ -36,6 +36,7 @@ def test_channels_last_steps_give_diffusers_bits_where_every_check_falls_back(ve
     """The channels-last path's own steps (windows, resampling, the time convolution's cache rules)
     on the CPU, where no fused kernel runs and each convolution's check is made to fail."""
     monkeypatch.setattr(decoder, "verified", lambda key, reference, candidate: False)
+    monkeypatch.setattr(decoder, "fastest_way", lambda key, reference, ways, **_: None)
     vae = small_vae(version)
     z = small_latents(version, frames=5, height=6, width=10)
     step = decoder.WanDecoderStep(vae)
@@ -44,6 +45,57 @@ def test_channels_last_steps_give_diffusers_bits_where_every_check_falls_back(ve
         ours = [c.clone() for c in decode_chunks(vae, z, step=step)]
     theirs = _chunks(vae, z, "diffusers")
     assert len(ours) == len(theirs) == 5 and all(same_bits(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+def test_padded_convolution_outputs_flow_through_the_decoder(version, monkeypatch):
+    """Every convolution computed with 4 zero output channels more (as cuDNN's tile asks for 96 and
+    192 channels) and sliced: the norms, residual adds, resamplers and caches read the slices."""
+    ways = []
+
+    def padded_way(key, reference, runs, **_):
+        ways.append(True in runs)
+        return True
+
+    monkeypatch.setattr(decoder, "padded_channels", lambda n: n + 4)
+    monkeypatch.setattr(decoder, "fastest_way", padded_way)
+    vae = small_vae(version)
+    z = small_latents(version, frames=5, height=6, width=10)
+    step = decoder.WanDecoderStep(vae)
+    step.fused = True
+    with torch.no_grad():
+        ours = [c.clone() for c in decode_chunks(vae, z, step=step)]
+    theirs = _chunks(vae, z, "diffusers")
+    assert ways and all(ways)
+    assert any(w[1] for w in step.weights)  # padded weights were made and used
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)  # the CPU's convolution may round otherwise
+
+
+def test_pixel_stride_tells_padded_channels_last_slices():
+    whole = torch.empty(1, 128, 2, 3, 5, memory_format=torch.channels_last_3d)
+    assert decoder.pixel_stride(whole) == 128
+    assert decoder.pixel_stride(whole[:, :96]) == 128
+    assert decoder.pixel_stride(whole[:, :, 1:]) == 128  # whole frames dropped: still uniform
+    assert decoder.pixel_stride(whole[:, :, :, 1:]) is None  # rows dropped: pixels not evenly spaced
+    assert decoder.pixel_stride(torch.empty(1, 96, 2, 3, 5)) is None  # channel-first
+    assert decoder.padded_channels(96) == 128 and decoder.padded_channels(384) == 384
+    assert decoder.padded_channels(3) == 3 and decoder.padded_channels(192) == 256
+
+
+def test_fastest_way_keeps_the_bits_unless_told_not_to(monkeypatch):
+    monkeypatch.setattr(decoder, "_WAYS", {})
+    monkeypatch.setattr(decoder, "_VERIFIED", {})
+    want = torch.tensor([1.0, 2.0])
+    ways = {"slow": lambda: want.clone(), "fast": lambda: want.clone(), "wrong": lambda: want + 1e-3}
+    timing = {ways["slow"]: 2.0, ways["fast"]: 1.0, ways["wrong"]: 0.5}
+    monkeypatch.setattr(decoder, "seconds", lambda run, device: timing[run])
+    cpu = torch.device("cpu")
+    assert decoder.fastest_way(("t", 1), lambda: want, ways, device=cpu) == "fast"
+    assert decoder.verified_equivalences()[("t", 1)]
+    assert decoder.fastest_way(("t", 2), lambda: want, ways, device=cpu, exact=False) == "wrong"
+    assert decoder.fastest_way(("t", 3), lambda: want, {"wrong": ways["wrong"]}, device=cpu) is None
+    assert not decoder.verified_equivalences()[("t", 3)]
+    assert decoder.fastest_way(("t", 1), lambda: want, {}, device=cpu) == "fast"  # chosen once
 
 
 @pytest.mark.parametrize(
@@ -61,8 +113,8 @@ def test_reduction_split_follows_pytorchs_launch_rule(shape, split):
 
 
 def test_unknown_decoder_is_a_settings_error():
-    with pytest.raises(SettingsError, match="Unknown decoder 'fast'"):
-        next(decode_chunks(small_vae("wan2.1"), small_latents("wan2.1"), decoder="fast"))
+    with pytest.raises(SettingsError, match="Unknown decoder 'fastest'"):
+        next(decode_chunks(small_vae("wan2.1"), small_latents("wan2.1"), decoder="fastest"))
 
 
 def test_no_fused_kernel_on_the_cpu():
@@ -79,7 +131,7 @@ def test_same_bits_as_diffusers_on_cuda(version, dtype):
     _same_chunks(vae, z)
     checked = verified_equivalences()
     for kind in ("norm", "bias_residual"):  # the fused kernels ran somewhere
-        assert any(v for k, v in checked.items() if k[0] == kind and k[2] == dtype), kind
+        assert any(v for k, v in checked.items() if k[0] == kind and dtype in k), kind
     assert any(k[0] == "conv" and len(k[1]) == 4 and k[3] == dtype for k in checked)  # a resampler's, here
 
 
@@ -103,3 +155,21 @@ def test_fused_norm_silu_on_large_strided_inputs(dtype, layout):
     assert same_bits(window[:, :, 2:, 1:61, 1:105], want)
     assert verified_equivalences()[("norm", tuple(x.shape), dtype, x.device, False)]  # the kernel ran, no fallback
     assert window[:, :, :2].abs().sum() == 0 and window[:, :, :, 0].abs().sum() == 0  # the border untouched
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_a_96_channel_convolution_and_residual_keep_their_bits_padded_or_not(dtype):
+    conv = torch.nn.Conv3d(96, 96, 3).to("cuda", dtype)
+    g = torch.Generator(device="cuda").manual_seed(2)
+    x = torch.randn(1, 96, 6, 34, 66, generator=g, device="cuda").to(dtype)
+    h = torch.randn(1, 96, 4, 32, 64, generator=g, device="cuda").to(dtype)
+    exact, fast = decoder.WanDecoderStep(small_vae("wan2.1")), decoder.WanDecoderStep(small_vae("wan2.1"), exact=False)
+    exact.fused = fast.fused = True
+    with torch.no_grad():
+        want = conv(x).add_(h)  # diffusers: the convolution (bias added by PyTorch), then the shortcut
+        out, bias = exact._conv(conv, x.contiguous(memory_format=torch.channels_last_3d), defer_bias=True)
+        got = decoder.add_bias_residual(out, bias, h.contiguous(memory_format=torch.channels_last_3d))
+        quick = decoder.added(*fast._conv(conv, x.contiguous(memory_format=torch.channels_last_3d))).add_(h)
+    assert same_bits(got, want)
+    torch.testing.assert_close(quick, want, rtol=2e-2, atol=2e-2)

@@ -2,7 +2,7 @@
 
 The reference is what diffusers gives: ``AutoencoderKLWan.decode`` of the whole video in float32,
 converted with framepipe's uint8 rule. The candidate is framepipe's decode with the settings
-under test (dtype, executor, ring depth). Any faster path that changes pixels reports its
+under test (dtype, executor, decoder, ring depth). Any faster path that changes pixels reports its
 error here.
 """
 
@@ -40,6 +40,7 @@ def compare(
     *,
     dtype: str | torch.dtype = "bfloat16",
     mode: str = "async",
+    decoder: str = "framepipe",
     slots: int = 2,
     latent_format: str = "pipeline",
 ) -> dict[str, Any]:
@@ -57,7 +58,7 @@ def compare(
         copy.deepcopy(vae), device=param.device, dtype=candidate_dtype
     )  # fmt: skip
     sinks = [ArraySink() for _ in range(latents.shape[0])]
-    decode(latents, sinks, vae=candidate_vae, mode=mode, slots=slots, latent_format=latent_format)
+    decode(latents, sinks, vae=candidate_vae, mode=mode, decoder=decoder, slots=slots, latent_format=latent_format)
     candidate = np.stack([s.frames for s in sinks])
     overall = frame_error(torch.from_numpy(reference), torch.from_numpy(candidate))
     pairs = zip(reference, candidate, strict=True)
@@ -66,7 +67,7 @@ def compare(
         "model": model_name(vae),
         "reference": {"path": "diffusers AutoencoderKLWan.decode", "dtype": "float32", "device": str(param.device)},
         "candidate": {
-            "path": f"framepipe {mode}",
+            "path": f"framepipe {mode}, {decoder} decoder",
             "dtype": str(candidate_dtype).removeprefix("torch."),
             "device": str(param.device),
             "slots": slots,

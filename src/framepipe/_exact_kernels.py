@@ -101,15 +101,17 @@ def _norm_silu(x_ptr, b_ptr, g_ptr, o_ptr, N, C, T, H, W, sxb, sxc, sxt, sxh, sx
 
 
 @triton.jit
-def _bias_residual(y_ptr, b_ptr, h_ptr, N, C, ROUND_BF16: tl.constexpr, BLOCK: tl.constexpr):
-    """y = (y + bias) + h over channels-last y and h of the same strides, each add rounded as PyTorch's."""
+def _bias_residual(y_ptr, b_ptr, h_ptr, N, C, SY, SH, ROUND_BF16: tl.constexpr, BLOCK: tl.constexpr):
+    """y = (y + bias) + h over channels-last y and h (pixel strides SY, SH), each add rounded as PyTorch's."""
     i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = i < N
-    y = tl.load(y_ptr + i, mask=m).to(tl.float32) + tl.load(b_ptr + i % C, mask=m).to(tl.float32)
+    pixel, c = i // C, i % C
+    y_at = pixel * SY + c
+    y = tl.load(y_ptr + y_at, mask=m).to(tl.float32) + tl.load(b_ptr + c, mask=m).to(tl.float32)
     if ROUND_BF16:
         y = y.to(tl.bfloat16).to(tl.float32)
-    y = y + tl.load(h_ptr + i, mask=m).to(tl.float32)
-    tl.store(y_ptr + i, y.to(y_ptr.dtype.element_ty), mask=m)
+    y = y + tl.load(h_ptr + pixel * SH + c, mask=m).to(tl.float32)
+    tl.store(y_ptr + y_at, y.to(y_ptr.dtype.element_ty), mask=m)
 
 
 def norm_silu(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor, scale: float, out: torch.Tensor,
@@ -126,12 +128,13 @@ def norm_silu(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor, s
     )  # fmt: skip
 
 
-def bias_residual(y: torch.Tensor, bias: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """``y.add_(bias[:, None, None, None]).add_(h)`` in one pass, for y and h channels-last with the
-    same strides (``_decoder.add_bias_residual`` sees to that); returns y."""
+def bias_residual(y: torch.Tensor, bias: torch.Tensor, h: torch.Tensor, strides: tuple[int, int]) -> torch.Tensor:
+    """``y.add_(bias[:, None, None, None]).add_(h)`` in one pass, for y and h channels-last, each
+    perhaps the first channels of a wider tensor: ``strides`` are their pixels' (``_decoder.pixel_stride``);
+    returns y."""
     n = y.numel()
     _bias_residual[(triton.cdiv(n, ELEMENTS),)](
-        y, bias, h, n, y.shape[1], ROUND_BF16=y.dtype == torch.bfloat16, BLOCK=ELEMENTS, num_warps=4,
-        enable_fp_fusion=False,
+        y, bias, h, n, y.shape[1], *strides, ROUND_BF16=y.dtype == torch.bfloat16,
+        BLOCK=ELEMENTS, num_warps=4, enable_fp_fusion=False,
     )  # fmt: skip
     return y

@@ -71,7 +71,8 @@ def decode_chunks(
     # latents: [B, C, T, H, W] -> each chunk: [B, 3, t, H*s, W*s] in [-1, 1], vae dtype, on device.
     The first chunk holds 1 + 4 (k - 1) frames, later ones 4 k, for k latent frames per chunk
     (k = 1 by default, as diffusers). ``decoder``: ``"framepipe"`` (``WanDecoderStep``: the same
-    bits, fewer copies) or ``"diffusers"`` (its ``WanDecoder3d.forward`` as is); ``step`` replaces
+    bits, fewer copies), ``"fast"`` (the same, its convolutions free to change the bits) or
+    ``"diffusers"`` (its ``WanDecoder3d.forward`` as is); ``step`` replaces
     either (the split decode's band of rows uses it). The kernels run on the current CUDA stream;
     nothing here waits for the GPU (see ``FirstChunkCheck``).
     """
@@ -82,8 +83,8 @@ def decode_chunks(
     unpatchify = require("diffusers.models.autoencoders.autoencoder_kl_wan", "video").unpatchify
     patch = vae.config.patch_size
     feat_cache: list[torch.Tensor | None] = [None] * causal_conv_count(vae)
-    if step is None and decoder == "framepipe":
-        step = WanDecoderStep(vae)
+    if step is None and decoder != "diffusers":
+        step = WanDecoderStep(vae, exact=decoder == "framepipe")
     elif step is None:
 
         def step(x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:

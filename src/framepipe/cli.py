@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ._decoder import DECODERS
 from ._errors import FramepipeError, OutputError, SettingsError
 from ._paths import removed_if_unused
 
@@ -141,10 +142,11 @@ def _add_run_options(p: argparse.ArgumentParser, *, demo: bool = False, mode: bo
         )
         p.add_argument(
             "--decoder",
-            choices=("framepipe", "diffusers"),
+            choices=DECODERS,
             default="framepipe",
             help="framepipe: diffusers' decoder modules with fewer copies and fused kernels (default); "
-            "diffusers: its decoder as is; same frames",
+            "diffusers: its decoder as is; same frames. fast: framepipe's with convolutions free to change "
+            "the pixels (opt-in; its error: docs/benchmarks.md)",
         )
     p.add_argument(
         "--device", default=None, help="cuda, cuda:N or cpu (default: " + ("cpu" if demo else "cuda if available") + ")"
@@ -286,7 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--device", default=None, help="cuda, cuda:N or cpu for the one worker without --gpus (default: cuda if any)"
     )
     sv.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="VAE compute dtype")
-    sv.add_argument("--decoder", choices=("framepipe", "diffusers"), default="framepipe", help="as for decode")
+    sv.add_argument("--decoder", choices=DECODERS, default="framepipe", help="as for decode")
     _add_video_options(sv)
 
     b = sub.add_parser(
@@ -364,7 +366,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_video_options(b)
 
     c = sub.add_parser(
-        "compare", help="pixel error of a candidate path (dtype, executor) against the plain fp32 diffusers decode"
+        "compare", help="pixel error of a candidate path (dtype, executor, decoder) against the plain fp32 decode"
     )
     c.add_argument(
         "latents",
@@ -393,6 +395,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--dtype", choices=("float32", "bfloat16"), default="bfloat16", help="the candidate's dtype")
     c.add_argument("--mode", choices=("async", "sync"), default="async", help="the candidate's executor")
+    c.add_argument("--decoder", choices=DECODERS, default="framepipe", help="the candidate's decoder (as for decode)")
     c.add_argument("--slots", type=int, default=2, help="the candidate's async ring depth (default 2)")
     c.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     c.add_argument("--seed", type=int, default=0, help="seed of the clip, random latents or weights (default 0)")
@@ -594,7 +597,8 @@ def _compare(args: argparse.Namespace) -> int:
         latents = procedural_latents(vae, *args.clip, seed=args.seed)
         latent_format = "raw"
         source = f"procedural clip {'x'.join(map(str, args.clip))} (FxHxW, seed {args.seed}) encoded by this VAE"
-    report = compare(vae, latents, dtype=args.dtype, mode=args.mode, slots=args.slots, latent_format=latent_format)
+    candidate = {"dtype": args.dtype, "mode": args.mode, "decoder": args.decoder, "slots": args.slots}
+    report = compare(vae, latents, **candidate, latent_format=latent_format)
     report["latents"] = source
     if args.json:
         print(json.dumps(report, indent=2))
