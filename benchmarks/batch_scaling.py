@@ -44,9 +44,12 @@ def main() -> None:
     lengths = [int(v) for v in args.lengths.split(",")]
     common = ["--arch", args.arch, "--dtype", args.dtype, "--preset", args.preset, "--crf", str(args.crf),
               "--segment-frames", args.segment_frames, "--content", args.content, "--json", "--quiet"]  # fmt: skip
+    for option in args.encoder_option:
+        common += ["--encoder-option", option]
     result = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name(0), "torch": torch.__version__,
               "arch": args.arch, "dtype": args.dtype, "size": args.size, "lengths": lengths,
               "encoder": f"libx264 {args.preset} crf {args.crf}, segments {args.segment_frames}",
+              "encoder_options": args.encoder_option,
               "content": args.content}  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         inputs = Path(tmp) / "latents"
@@ -74,6 +77,7 @@ def main() -> None:
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         suffix = "" if args.content == "decoded" else f"_{args.content}"
+        suffix += "".join(f"_{option.replace('=', '')}" for option in args.encoder_option)
         (Path(args.out) / f"batch_scaling_{args.dtype}{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -12,15 +12,19 @@ from framepipe.sinks import VideoSettings, parse_segment_frames
 
 
 def add_encoder_arguments(parser: argparse.ArgumentParser) -> None:
-    """``--preset``, ``--crf`` and ``--segment-frames``, as ``framepipe``'s commands take them."""
+    """``--preset``, ``--crf``, ``--segment-frames`` and ``--encoder-option``, as ``framepipe``'s commands
+    take them."""
     parser.add_argument("--preset", default="medium")
     parser.add_argument("--crf", type=int, default=18)
     parser.add_argument("--segment-frames", default="tail")
+    parser.add_argument("--encoder-option", action="append", default=[], metavar="KEY=VALUE")
 
 
 def video_settings(args: argparse.Namespace) -> VideoSettings:
     """The ``VideoSettings`` that ``add_encoder_arguments``' options give."""
-    return VideoSettings(preset=args.preset, crf=args.crf, segment_frames=parse_segment_frames(args.segment_frames))
+    options = dict(option.split("=", 1) for option in args.encoder_option)
+    return VideoSettings(preset=args.preset, crf=args.crf, segment_frames=parse_segment_frames(args.segment_frames),
+                         encoder_options=options)  # fmt: skip
 
 
 def latents_shape(arch: str, *, frames: int, height: int, width: int) -> tuple[int, int, int, int, int]:

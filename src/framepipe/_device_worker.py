@@ -30,7 +30,7 @@ import torch
 from ._accounting import GpuMeter, JobAccount, Mark
 from ._errors import GPU_OUT_OF_MEMORY, DeviceError, FramepipeError
 from ._latents import check_one_video
-from ._pipeline import Job, run_async
+from ._pipeline import Job, on_device, run_async
 from ._postprocess import to_uint8_frames
 from ._source import ChunkSource, VideoGeometry, check_fits, decode_chunks, geometry
 from .sinks import Sink, VideoSettings, open_sink
@@ -119,20 +119,21 @@ class DeviceWorker:
         """One stream per run of videos of one frame size, until the feed gives None."""
         carry: _Opened | None = None
         try:
-            self.warm_up()
-            while True:
-                first = carry if carry is not None else self.ahead.next()
-                if first is None:
-                    return
-                self.warm_up(tuple(first.latents.shape[-2:]))
-                stream = _Stream(self, first, alone=False)
-                stream.run()
-                for item in stream.unfinished:  # a broken stream: each of its videos again, alone
-                    if (opened := self.open(item)) is not None:
-                        _Stream(self, opened, alone=True).run()
-                if stream.stopped:
-                    return
-                carry = stream.carry
+            with on_device(self.device):
+                self.warm_up()
+                while True:
+                    first = carry if carry is not None else self.ahead.next()
+                    if first is None:
+                        return
+                    self.warm_up(tuple(first.latents.shape[-2:]))
+                    stream = _Stream(self, first, alone=False)
+                    stream.run()
+                    for item in stream.unfinished:  # a broken stream: each of its videos again, alone
+                        if (opened := self.open(item)) is not None:
+                            _Stream(self, opened, alone=True).run()
+                    if stream.stopped:
+                        return
+                    carry = stream.carry
         finally:
             self.ahead.close()
             self.meter.close()
@@ -156,9 +157,10 @@ class DeviceWorker:
 
     def _take_and_open(self) -> _Opened | None:
         """The feed's next item that opens; None once the feed is dry (runs in the look-ahead thread)."""
-        while (item := self.feed.take()) is not None:
-            if (opened := self.open(item)) is not None:
-                return opened
+        with on_device(self.device):
+            while (item := self.feed.take()) is not None:
+                if (opened := self.open(item)) is not None:
+                    return opened
         return None
 
     def open(self, item: Any) -> _Opened | None:

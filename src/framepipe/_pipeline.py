@@ -322,6 +322,13 @@ class _Ring:
                 continue
 
 
+def on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """Make ``device`` this thread's current CUDA device for a while (nothing for a CPU device), so
+    that what is made without a device (pinned host memory, events) belongs to it: a thread starts
+    on GPU 0, and a worker of GPU 1 that touches GPU 0 opens a second context there and slows it."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _stream_cuda(
     jobs,
     start,
@@ -339,7 +346,8 @@ def _stream_cuda(
     idle_streams = list(streams)
     copy = torch.cuda.Stream(device)
     g = geometry
-    ring = _Ring(slots * concurrent, (g.batch, g.max_chunk_frames, g.height, g.width, 3), device)
+    with on_device(device):
+        ring = _Ring(slots * concurrent, (g.batch, g.max_chunk_frames, g.height, g.width, 3), device)
 
     def release(item: object) -> None:
         if item is not _CLOSE:
@@ -390,7 +398,7 @@ def _stream_cuda(
         return True
 
     try:
-        with torch.cuda.device(device):
+        with on_device(device):
             _take_turns(jobs, concurrent, open_lane, step)
     except BaseException:
         cancel_all()

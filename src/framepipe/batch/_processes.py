@@ -25,6 +25,7 @@ from typing import Any
 from .._errors import DeviceError, FramepipeError
 from .._models import load_vae
 from .._paths import work_folder
+from .._pipeline import on_device
 from .._watchdog import die_with_parent
 from ._plan import BatchTask
 from ._task import BatchOptions, decode_all
@@ -55,8 +56,8 @@ def worker_main(device: str, destination, options: BatchOptions, conn: Connectio
             send({WANT: True})
             return conn.recv()
 
-    with work_folder("framepipe-batch-") as work:
-        decode_all(take, send, destination, options, vae, work)
+    with on_device(next(vae.parameters()).device), work_folder("framepipe-batch-") as work:
+        decode_all(take, send, destination, options, vae, work)  # this process touches no other GPU
 
 
 @dataclass
