@@ -96,6 +96,8 @@ def test_fastest_way_keeps_the_bits_unless_told_not_to(monkeypatch):
     assert decoder.fastest_way(("t", 3), lambda: want, {"wrong": ways["wrong"]}, device=cpu) is None
     assert not decoder.verified_equivalences()[("t", 3)]
     assert decoder.fastest_way(("t", 1), lambda: want, {}, device=cpu) == "fast"  # chosen once
+    timing[ways["fast"]] = 1.9  # not clearly faster than the first way: the first is kept
+    assert decoder.fastest_way(("t", 4), lambda: want, ways, device=cpu) == "slow"
 
 
 @pytest.mark.parametrize(
