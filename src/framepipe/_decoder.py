@@ -7,9 +7,11 @@ norm + SiLU is one Triton kernel that adds up each pixel's sum of squares in PyT
 repeats every other step with PyTorch's roundings (Note [Exact fusion]); a convolution's bias is
 added by the kernel that reads its output (the next norm's, or one bias + residual kernel); the
 activations live channels-last (NDHWC), where cuDNN reads them without its layout transposes, the
-resamplers' included. Each is checked bit for bit against PyTorch on the device, per shape, before
-first use (``verified``); where a check fails, that step runs as diffusers runs it. The attention
-runs diffusers' module.
+resamplers' included, and a convolution may be computed with its output channels padded to cuDNN's
+tile (``padded_channels``) where that is faster and keeps the bits (``fastest_way``). Each is checked
+bit for bit against PyTorch on the device, per shape, before first use (``verified``); where a check
+fails, that step runs as diffusers runs it. The attention runs diffusers' module. The fast decoder
+(``exact=False``, opt-in) takes each convolution's fastest way whatever its bits.
 """
 
 from __future__ import annotations
