@@ -5,11 +5,13 @@ import time
 
 import numpy as np
 import pytest
+import torch
 
 from conftest import small_latents, small_vae
 from framepipe import _device_worker, decode
 from framepipe._device_worker import DeviceWorker, VideoOrder
 from framepipe._errors import LatentsError
+from framepipe._pipeline import on_device
 from framepipe.sinks import VideoSettings
 
 
@@ -118,3 +120,12 @@ def test_a_feed_that_raises_stops_the_worker_with_its_traceback(tmp_path, no_thr
     assert isinstance(info.value.__cause__, RuntimeError)
     assert 0 in feed.results and 2 not in feed.results  # video 1 may have been closed before the stop
     assert sorted(p.name for p in tmp_path.iterdir()) == [f"v{i}.npy" for i in sorted(feed.results)]  # no partial
+
+
+def test_a_worker_thread_makes_its_own_gpu_current():
+    """What a worker makes without naming a device (pinned buffers, events) must go to its own GPU:
+    a thread starts on GPU 0 (no GPU needed to build the context manager)."""
+    context = on_device(torch.device("cuda:1"))
+    assert isinstance(context, torch.cuda.device) and context.idx == 1
+    with on_device(torch.device("cpu")):  # nothing to switch
+        pass

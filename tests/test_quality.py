@@ -49,6 +49,11 @@ def test_compare_cli(tmp_path, capsys):
     assert code == 0, err
     report = json.loads(out)
     assert report["candidate"]["dtype"] == "bfloat16" and report["error"]["max_abs"] > 0
+    assert report["candidate"]["path"] == "framepipe async, framepipe decoder"
+    code = main(["compare", "--vae", str(tmp_path / "vae"), "--shape", "1x2x3x3", "--decoder", "fast", "--json"])
+    fast = json.loads(capsys.readouterr().out)
+    assert code == 0 and fast["candidate"]["path"] == "framepipe async, fast decoder"
+    assert fast["error"] == report["error"]  # on the CPU the fast decoder's convolutions are the exact ones
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", "--vae", str(tmp_path / "vae"), "--shape", "1x2x3", "--json"])
     assert exit_info.value.code == 2 and "expected 4 whole numbers" in capsys.readouterr().err

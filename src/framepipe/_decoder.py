@@ -106,8 +106,9 @@ def seconds(run: Callable[[], object], device: torch.device, runs: int = 3) -> f
 
 def padded_channels(n: int) -> int:
     """The output channels a convolution may be computed with: ``n`` rounded up to a multiple of 128,
-    the N tile of cuDNN's Hopper kernels, from 64 channels up. On an H200 the TF32 convolutions of 96
-    and 192 channels ran 1.8x and 1.3x faster so, with the same bits (each shape is checked)."""
+    the N tile of cuDNN's Hopper kernels, from 64 channels up. Padded so, Wan 2.1's TF32 convolutions
+    of 96 and 192 channels ran 1.8x and 1.3x faster on an H200 with the same bits (each shape is
+    checked; ``benchmarks/conv_padding.py``)."""
     return n if n < 64 or n % 128 == 0 else -(-n // 128) * 128
 
 
