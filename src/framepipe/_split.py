@@ -211,7 +211,7 @@ class SplitDecoder:
         if vae is not self.vae:
             raise SettingsError("A split decode decodes with its own VAE: pass vae=split.vae.")
         if decoder != "framepipe":
-            raise SettingsError("A split decode runs framepipe's decoder; --decoder diffusers cannot be split.")
+            raise SettingsError(f"A split decode runs framepipe's exact decoder; --decoder {decoder} cannot be split.")
         self._raise_if_failed()
         if self.active:
             raise SettingsError("A split decode decodes one video at a time (concurrent_videos=1).")

@@ -459,7 +459,7 @@ def _decode(args: argparse.Namespace) -> int:
             if args.device or args.concurrent_videos > 1 or args.mode != "async" or args.decoder != "framepipe":
                 raise SettingsError(
                     "--split-gpus decodes one video at a time with framepipe's decoder in async mode; leave out "
-                    "--device, --concurrent-videos, --mode sync and --decoder diffusers."
+                    "--device, --concurrent-videos, --mode sync and any --decoder but framepipe."
                 )
             devices = resolve_gpus(args.split_gpus, option="--split-gpus")
             split = stack.enter_context(SplitDecoder(devices, vae=args.vae, arch=args.arch, dtype=args.dtype,
