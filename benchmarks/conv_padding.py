@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from gpu_timing import timed
 
 from framepipe import random_vae
 from framepipe._decoder import CHANNELS_LAST, WanDecoderStep, probe, same_bits
@@ -43,15 +44,9 @@ def chunk_shapes(vae, z: torch.Tensor) -> collections.Counter:
 
 
 def seconds(run: Callable[[], torch.Tensor], n: int = 5) -> float:
+    """Mean seconds of ``run`` over ``n`` calls back to back, after one untimed call."""
     run()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(n):
-        run()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / n / 1000
+    return timed(lambda: [run() for _ in range(n)]) / n
 
 
 def rounded_up(n: int, m: int) -> int:

@@ -36,7 +36,7 @@ def test_channels_last_steps_give_diffusers_bits_where_every_check_falls_back(ve
     """The channels-last path's own steps (windows, resampling, the time convolution's cache rules)
     on the CPU, where no fused kernel runs and each convolution's check is made to fail."""
     monkeypatch.setattr(decoder, "verified", lambda key, reference, candidate: False)
-    monkeypatch.setattr(decoder, "fastest_way", lambda key, reference, ways, **_: None)
+    monkeypatch.setattr(decoder, "fastest_way", lambda key, reference, run, ways, **_: None)
     vae = small_vae(version)
     z = small_latents(version, frames=5, height=6, width=10)
     step = decoder.WanDecoderStep(vae)
@@ -52,8 +52,8 @@ def test_padded_convolution_outputs_flow_through_the_decoder(version, monkeypatc
     192 channels) and sliced: the norms, residual adds, resamplers and caches read the slices."""
     ways = []
 
-    def padded_way(key, reference, runs, **_):
-        ways.append(True in runs)
+    def padded_way(key, reference, run, offered, **_):
+        ways.append(True in offered)
         return True
 
     monkeypatch.setattr(decoder, "padded_channels", lambda n: n + 4)
@@ -86,18 +86,23 @@ def test_fastest_way_keeps_the_bits_unless_told_not_to(monkeypatch):
     monkeypatch.setattr(decoder, "_WAYS", {})
     monkeypatch.setattr(decoder, "_VERIFIED", {})
     want = torch.tensor([1.0, 2.0])
-    ways = {"slow": lambda: want.clone(), "fast": lambda: want.clone(), "wrong": lambda: want + 1e-3}
-    timing = {ways["slow"]: 2.0, ways["fast"]: 1.0, ways["wrong"]: 0.5}
-    monkeypatch.setattr(decoder, "seconds", lambda run, device: timing[run])
+    results = {"slow": want.clone(), "fast": want.clone(), "wrong": want + 1e-3}
+    timing = {"slow": 2.0, "fast": 1.0, "wrong": 0.5}
+    monkeypatch.setattr(decoder, "seconds", lambda run, device: timing[run.args[0]])
     cpu = torch.device("cpu")
-    assert decoder.fastest_way(("t", 1), lambda: want, ways, device=cpu) == "fast"
+
+    def way(key, ways, **options):
+        return decoder.fastest_way(key, lambda: want, results.get, ways, device=cpu, **options)
+
+    ways = list(results)
+    assert way(("t", 1), ways) == "fast"
     assert decoder.verified_equivalences()[("t", 1)]
-    assert decoder.fastest_way(("t", 2), lambda: want, ways, device=cpu, exact=False) == "wrong"
-    assert decoder.fastest_way(("t", 3), lambda: want, {"wrong": ways["wrong"]}, device=cpu) is None
+    assert way(("t", 2), ways, exact=False) == "wrong"
+    assert way(("t", 3), ["wrong"]) is None
     assert not decoder.verified_equivalences()[("t", 3)]
-    assert decoder.fastest_way(("t", 1), lambda: want, {}, device=cpu) == "fast"  # chosen once
-    timing[ways["fast"]] = 1.9  # not clearly faster than the first way: the first is kept
-    assert decoder.fastest_way(("t", 4), lambda: want, ways, device=cpu) == "slow"
+    assert way(("t", 1), []) == "fast"  # chosen once
+    timing["fast"] = 1.9  # not clearly faster than the first way: the first is kept
+    assert way(("t", 4), ways) == "slow"
 
 
 @pytest.mark.parametrize(

@@ -20,7 +20,7 @@ import functools
 import math
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
@@ -66,21 +66,21 @@ MARGIN = 0.9  # a way other than the first must take less than this share of its
 # made a whole decode 2 % slower on an H200)
 
 
-def fastest_way(key: tuple, reference: Callable[[], torch.Tensor], ways: dict[object, Callable[[], torch.Tensor]],
-                *, device: torch.device, exact: bool = True) -> object | None:  # fmt: skip
-    """The fastest of ``ways`` whose result has ``reference()``'s bits (with ``exact``; else any of
-    them), None where none has; chosen once per process for ``key``: compared, then timed, the first
-    of them kept unless another takes under ``MARGIN`` of its time."""
+def fastest_way(key: tuple, reference: Callable[[], torch.Tensor], run: Callable[[object], torch.Tensor],
+                ways: Sequence[object], *, device: torch.device, exact: bool = True) -> object | None:  # fmt: skip
+    """The fastest of ``ways`` whose ``run(way)`` has ``reference()``'s bits (with ``exact``; else any
+    of them), None where none has; chosen once per process for ``key``: compared, then timed, the
+    first of them kept unless another takes under ``MARGIN`` of its time."""
     if key not in _WAYS:
         if exact:
             want = reference()
-            ways = {way: run for way, run in ways.items() if same_bits(want, run())}
+            ways = [way for way in ways if same_bits(want, run(way))]
             del want
             _VERIFIED[key] = bool(ways)
         chosen, best = next(iter(ways), None), math.inf
         if len(ways) > 1:
-            for way, run in ways.items():  # the first way unless another is clearly faster
-                if (took := seconds(run, device)) < best * MARGIN:
+            for way in ways:  # the first way unless another is clearly faster
+                if (took := seconds(functools.partial(run, way), device)) < best * MARGIN:
                     chosen, best = way, took
         _WAYS[key] = chosen
     return _WAYS[key]
@@ -121,6 +121,11 @@ def pixel_stride(x: torch.Tensor) -> int | None:
     expected = (s * math.prod(x.shape[2:]), 1, s * x.shape[3] * x.shape[4], s * x.shape[4], s)
     fits = all(n == 1 or have == want for n, have, want in zip(x.shape, x.stride(), expected, strict=True))
     return s if fits and s >= x.shape[1] else None
+
+
+def channels_last_format(dims: int) -> torch.memory_format:
+    """The channels-last memory format of a tensor of ``dims`` dimensions (5: NDHWC, 4: NHWC)."""
+    return CHANNELS_LAST if dims == 5 else torch.channels_last
 
 
 def causal_window(
@@ -291,9 +296,9 @@ class WanDecoderStep:
         bias = conv.bias if defer_bias else None
 
         def run(x: torch.Tensor, padded: bool) -> torch.Tensor:
-            weight, full_bias = self._weights(conv, x.dim(), padded)
-            layout = CHANNELS_LAST if x.dim() == 5 else torch.channels_last
-            out = conv._conv_forward(x.contiguous(memory_format=layout), weight, None if defer_bias else full_bias)
+            weight, full_bias = self._weights(conv, padded)
+            out = conv._conv_forward(x.contiguous(memory_format=channels_last_format(x.dim())), weight,
+                                     None if defer_bias else full_bias)  # fmt: skip
             return out[:, : conv.out_channels] if padded else out
 
         ways = (False, True) if padded_channels(conv.out_channels) != conv.out_channels else (False,)
@@ -302,7 +307,8 @@ class WanDecoderStep:
         way = fastest_way(
             key,
             lambda: conv._conv_forward(sample(), conv.weight, conv.bias),
-            {padded: functools.partial(lambda p: added(run(sample(), p), bias), padded) for padded in ways},
+            lambda padded: added(run(sample(), padded), bias),
+            ways,
             device=x.device,
             exact=self.exact,
         )
@@ -310,7 +316,7 @@ class WanDecoderStep:
             return conv._conv_forward(x.contiguous(), conv.weight, conv.bias), None
         return run(x, way), bias
 
-    def _weights(self, conv, dims: int, padded: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def _weights(self, conv, padded: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``conv``'s weight channels-last, and its bias, with zero output channels added up to
         ``padded_channels`` if ``padded`` (made at first use)."""
         if (conv, padded) not in self.weights:
@@ -319,8 +325,7 @@ class WanDecoderStep:
                 extra = padded_channels(conv.out_channels) - conv.out_channels
                 weight = torch.cat([weight, weight.new_zeros(extra, *weight.shape[1:])])
                 bias = None if bias is None else torch.cat([bias, bias.new_zeros(extra)])
-            layout = CHANNELS_LAST if dims == 5 else torch.channels_last
-            self.weights[conv, padded] = (weight.contiguous(memory_format=layout), bias)
+            self.weights[conv, padded] = (weight.contiguous(memory_format=channels_last_format(weight.dim())), bias)
         return self.weights[conv, padded]
 
     def _causal_conv(self, conv, fill, x: torch.Tensor, channels: int, cache: list, idx: list[int],
