@@ -131,19 +131,21 @@ def channels_last_format(dims: int) -> torch.memory_format:
 def causal_window(
     shape: tuple[int, ...], pad: tuple[int, int, int], like: torch.Tensor, channels_last: bool = False
 ) -> torch.Tensor:
-    """An uninitialized [B, C, T, H, W] input window (NDHWC in memory if ``channels_last``) whose spatial
-    border of ``pad`` = (t, h, w) is zeroed: the zero padding ``F.pad`` adds; the history frames and
-    the interior are written by the caller. Allocated per convolution, as diffusers' padded copy is,
-    so peak memory stays its own."""
+    """An uninitialized [B, C, T, H, W] input window (NDHWC in memory if ``channels_last``) whose
+    frames after the first ``pad[0]`` (the history, written by the caller whole, border included) have
+    their spatial border of ``pad`` = (t, h, w) zeroed: the zero padding ``F.pad`` adds; the interior
+    is written by the caller too. Allocated per convolution, as diffusers' padded copy is, so peak
+    memory stays its own."""
     layout = CHANNELS_LAST if channels_last else torch.contiguous_format
     window = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=layout)
-    _, ph, pw = pad
+    pt, ph, pw = pad
+    frames = window[:, :, pt:]
     if ph:
-        window[:, :, :, :ph].zero_()
-        window[:, :, :, -ph:].zero_()
+        frames[:, :, :, :ph].zero_()
+        frames[:, :, :, -ph:].zero_()
     if pw:
-        window[:, :, :, ph : window.shape[3] - ph, :pw].zero_()
-        window[:, :, :, ph : window.shape[3] - ph, -pw:].zero_()
+        frames[:, :, :, ph : window.shape[3] - ph, :pw].zero_()
+        frames[:, :, :, ph : window.shape[3] - ph, -pw:].zero_()
     return window
 
 
@@ -199,7 +201,9 @@ class WanDecoderStep:
     ``vae.decoder(x, feat_cache=cache, feat_idx=[0], first_chunk=first_chunk)`` bit for bit.
 
     ``cache`` is diffusers' list (one entry per causal conv) kept across the frames of one video; its entries
-    for the causal convolutions run here hold their windows' last two frames (zeros included).
+    for the causal convolutions run here hold their windows' last two frames whole: the zero frames
+    before the first, and each frame's zero border (so that it goes back into the next window in one
+    contiguous copy channels-last).
     """
 
     def __init__(self, vae: AutoencoderKLWan, *, exact: bool = True) -> None:
@@ -340,24 +344,20 @@ class WanDecoderStep:
         rows, cols = slice(pad_h, pad_h + h), slice(pad_w, pad_w + w)
         fill(window[:, :, pad_t:, rows, cols])
         self._exchange(window[:, :, pad_t:], pad_h)
-        kept = self._kept_rows(pad_h, h)
-        previous = cache[idx[0]]
+        history, previous = window[:, :, :pad_t], cache[idx[0]]
         if previous is None:
-            window[:, :, :pad_t, kept, cols].zero_()
+            history.zero_()
         else:
-            window[:, :, :pad_t, kept, cols].copy_(previous)
+            history.copy_(previous)
         out = self._conv(conv, window, defer_bias)
-        cache[idx[0]] = window[:, :, -_CACHE_T:, kept, cols].clone()
+        # the last frames whole (zero border, a split band's halo rows): one block of memory channels-last
+        cache[idx[0]] = window[:, :, -_CACHE_T:].clone()
         idx[0] += 1
         return out
 
     def _exchange(self, window: torch.Tensor, pad: int) -> None:
         """Fill the ``pad`` rows above and below the interior of ``window`` (rows: dim -2): zeros here,
         already; a band of a split frame gets its neighbours' rows (``SplitDecoderStep``)."""
-
-    def _kept_rows(self, pad: int, rows: int) -> slice:
-        """The window rows a causal conv's cache keeps: the interior (the border is zero)."""
-        return slice(pad, pad + rows)
 
 
 # Note [Exact fusion]

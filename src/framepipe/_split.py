@@ -85,9 +85,6 @@ class SplitDecoderStep(WanDecoderStep):
         for where, halo in received:
             window[..., where, :].copy_(halo)
 
-    def _kept_rows(self, pad: int, rows: int) -> slice:
-        return slice(0, rows + 2 * pad)  # the halo rows too: the next chunk's history needs them
-
     def _attention(self, attention, x: torch.Tensor) -> torch.Tensor:
         level = self.level_bands(x)
         start, stop = level[self.rank]
