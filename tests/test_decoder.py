@@ -56,6 +56,9 @@ def test_padded_convolution_outputs_flow_through_the_decoder(version, monkeypatc
         ways.append(True in offered)
         return True
 
+    made = []
+    copies = decoder.conv_copies
+    monkeypatch.setattr(decoder, "conv_copies", lambda conv, padded: made.append(padded) or copies(conv, padded))
     monkeypatch.setattr(decoder, "padded_channels", lambda n: n + 4)
     monkeypatch.setattr(decoder, "fastest_way", padded_way)
     vae = small_vae(version)
@@ -66,9 +69,31 @@ def test_padded_convolution_outputs_flow_through_the_decoder(version, monkeypatc
         ours = [c.clone() for c in decode_chunks(vae, z, step=step)]
     theirs = _chunks(vae, z, "diffusers")
     assert ways and all(ways)
-    assert any(w[1] for w in step.weights)  # padded weights were made and used
+    assert made and all(made)  # padded weights were made and used
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)  # the CPU's convolution may round otherwise
+
+
+def test_weight_copies_are_kept_until_the_parameters_change():
+    """Channels-last weight copies serve every video of a stream, and are made again after an in-place
+    write, a load_state_dict or a move to another dtype."""
+    conv = torch.nn.Conv3d(4, 6, 3)
+    first = decoder.conv_copies(conv, False)
+    assert decoder.conv_copies(conv, False) is first
+    assert first[0].is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(first[0], conv.weight)
+    with torch.no_grad():
+        conv.weight.mul_(2)
+    second = decoder.conv_copies(conv, False)
+    assert second is not first and torch.equal(second[0], conv.weight)
+    conv.load_state_dict({"weight": torch.ones_like(conv.weight), "bias": torch.zeros(6)})
+    third = decoder.conv_copies(conv, False)
+    assert torch.equal(third[0], torch.ones_like(conv.weight)) and torch.equal(third[1], torch.zeros(6))
+    conv.to(torch.float64)
+    assert decoder.conv_copies(conv, False)[0].dtype == torch.float64
+    wide = torch.nn.Conv3d(2, 96, 1)
+    weight, bias = decoder.conv_copies(wide, True)  # zero output channels up to cuDNN's tile
+    assert weight.shape[0] == bias.shape[0] == 128 and torch.equal(weight[:96], wide.weight)
+    assert not weight[96:].any() and not bias[96:].any() and torch.equal(bias[:96], wide.bias)
 
 
 def test_pixel_stride_tells_padded_channels_last_slices():

@@ -20,6 +20,7 @@ import functools
 import math
 import time
 import warnings
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -210,7 +211,6 @@ class WanDecoderStep:
         self.decoder = vae.decoder
         self.exact = exact  # False: the fast decoder, whose convolutions may change the bits
         self.fused: bool | None = None  # decided on the first call, on the decoder's device
-        self.weights: dict[tuple[torch.nn.Module, bool], tuple] = {}  # channels-last copies, made at first use
 
     def __call__(self, x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:
         if self.fused is None:
@@ -300,7 +300,7 @@ class WanDecoderStep:
         bias = conv.bias if defer_bias else None
 
         def run(x: torch.Tensor, padded: bool) -> torch.Tensor:
-            weight, full_bias = self._weights(conv, padded)
+            weight, full_bias = conv_copies(conv, padded)
             out = conv._conv_forward(x.contiguous(memory_format=channels_last_format(x.dim())), weight,
                                      None if defer_bias else full_bias)  # fmt: skip
             return out[:, : conv.out_channels] if padded else out
@@ -319,18 +319,6 @@ class WanDecoderStep:
         if way is None:
             return conv._conv_forward(x.contiguous(), conv.weight, conv.bias), None
         return run(x, way), bias
-
-    def _weights(self, conv, padded: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``conv``'s weight channels-last, and its bias, with zero output channels added up to
-        ``padded_channels`` if ``padded`` (made at first use)."""
-        if (conv, padded) not in self.weights:
-            weight, bias = conv.weight, conv.bias
-            if padded:
-                extra = padded_channels(conv.out_channels) - conv.out_channels
-                weight = torch.cat([weight, weight.new_zeros(extra, *weight.shape[1:])])
-                bias = None if bias is None else torch.cat([bias, bias.new_zeros(extra)])
-            self.weights[conv, padded] = (weight.contiguous(memory_format=channels_last_format(weight.dim())), bias)
-        return self.weights[conv, padded]
 
     def _causal_conv(self, conv, fill, x: torch.Tensor, channels: int, cache: list, idx: list[int],
                      defer_bias: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
@@ -358,6 +346,47 @@ class WanDecoderStep:
     def _exchange(self, window: torch.Tensor, pad: int) -> None:
         """Fill the ``pad`` rows above and below the interior of ``window`` (rows: dim -2): zeros here,
         already; a band of a split frame gets its neighbours' rows (``SplitDecoderStep``)."""
+
+
+# A convolution's channels-last (and padded) copies of its weight and bias, kept while the module
+# lives and its parameters are the tensors they were made from, unchanged: a stream of videos makes
+# them once, not at each video's first chunk. conv -> (parameters_state, {padded: (weight, bias)})
+_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def parameters_state(conv: torch.nn.Module) -> tuple:
+    """What tells that ``conv``'s weight or bias changed: which tensors they are (weakly held), their
+    memory and their version counters (bumped by in-place writes, ``load_state_dict``'s included;
+    writes through ``.data`` are not counted, as autograd does not count them)."""
+    return tuple(None if p is None else (weakref.ref(p), p.data_ptr(), p._version) for p in (conv.weight, conv.bias))
+
+
+def same_parameters(state: tuple | None, conv: torch.nn.Module) -> bool:
+    """Whether ``conv``'s parameters are still those ``parameters_state`` saw, unchanged."""
+    if state is None:
+        return False
+    now = (conv.weight, conv.bias)
+    return all(
+        (p is None) if was is None else (p is not None and was[0]() is p and was[1:] == (p.data_ptr(), p._version))
+        for was, p in zip(state, now, strict=True)
+    )
+
+
+def conv_copies(conv: torch.nn.Module, padded: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``conv``'s weight channels-last, and its bias, with zero output channels added up to
+    ``padded_channels`` if ``padded``: made at first use, again where the parameters changed."""
+    state, copies = _COPIES.get(conv, (None, {}))
+    if not same_parameters(state, conv):
+        copies = {}
+        _COPIES[conv] = (parameters_state(conv), copies)
+    if padded not in copies:
+        weight, bias = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
+        if padded:
+            extra = padded_channels(conv.out_channels) - conv.out_channels
+            weight = torch.cat([weight, weight.new_zeros(extra, *weight.shape[1:])])
+            bias = None if bias is None else torch.cat([bias, bias.new_zeros(extra)])
+        copies[padded] = (weight.contiguous(memory_format=channels_last_format(weight.dim())), bias)
+    return copies[padded]
 
 
 # Note [Exact fusion]
