@@ -2,7 +2,7 @@
 channels-last, and channels-last with the output channels (N) or the input and output channels (NK)
 zero-padded to a multiple of 64 or 128, each with ``cudnn.benchmark`` off and on; bits compared
 with the channel-first convolution. One JSON line a shape, then the seconds per chunk summed over
-the shapes each way applies to. (What ``_decoder.padded_channels`` rests on.)
+the shapes each way applies to. (What ``_layouts.padded_channels`` rests on.)
 
     python benchmarks/conv_padding.py wan2.1 bfloat16 480x832 > conv_bfloat16.jsonl
 """
@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from gpu_timing import timed
 
 from framepipe import random_vae
-from framepipe._decoder import CHANNELS_LAST, WanDecoderStep, probe, same_bits
+from framepipe._decoder import WanDecoderStep
+from framepipe._equivalence import probe, same_bits
+from framepipe._layouts import CHANNELS_LAST
 
 
 def chunk_shapes(vae, z: torch.Tensor) -> collections.Counter:

@@ -24,7 +24,8 @@ import torch
 from gpu_timing import peak, timed
 
 from framepipe import random_vae, to_uint8_frames
-from framepipe._decoder import chosen_ways, norm_silu_is_exact, same_bits, verified_equivalences
+from framepipe._equivalence import chosen_ways, same_bits, verified_equivalences
+from framepipe._fused import norm_silu_is_exact
 from framepipe._source import decode_chunks
 
 KINDS = [  # (kind, substrings of kernel names), first match wins

@@ -26,7 +26,7 @@ from script_inputs import add_encoder_arguments, video_settings
 
 import framepipe
 from framepipe import to_uint8_frames
-from framepipe._decoder import same_bits
+from framepipe._equivalence import same_bits
 from framepipe._latents import latent_shape, random_latents
 from framepipe._source import decode_chunks
 from framepipe._split import SplitDecoder

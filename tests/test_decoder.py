@@ -6,7 +6,11 @@ import torch
 from conftest import small_latents, small_vae
 from framepipe import SettingsError
 from framepipe import _decoder as decoder
-from framepipe._decoder import norm_silu, norm_silu_is_exact, same_bits, verified_equivalences
+from framepipe import _equivalence as equivalence
+from framepipe import _fused as fused
+from framepipe import _layouts as layouts
+from framepipe._equivalence import same_bits, verified_equivalences
+from framepipe._fused import norm_silu, norm_silu_is_exact
 from framepipe._source import decode_chunks
 
 
@@ -35,7 +39,6 @@ def test_same_bits_as_diffusers_on_cpu(version, frames, per_chunk, batch):
 def test_channels_last_steps_give_diffusers_bits_where_every_check_falls_back(version, monkeypatch):
     """The channels-last path's own steps (windows, resampling, the time convolution's cache rules)
     on the CPU, where no fused kernel runs and each convolution's check is made to fail."""
-    monkeypatch.setattr(decoder, "verified", lambda key, reference, candidate: False)
     monkeypatch.setattr(decoder, "fastest_way", lambda key, reference, run, ways, **_: None)
     vae = small_vae(version)
     z = small_latents(version, frames=5, height=6, width=10)
@@ -60,6 +63,7 @@ def test_padded_convolution_outputs_flow_through_the_decoder(version, monkeypatc
     copies = decoder.conv_copies
     monkeypatch.setattr(decoder, "conv_copies", lambda conv, padded: made.append(padded) or copies(conv, padded))
     monkeypatch.setattr(decoder, "padded_channels", lambda n: n + 4)
+    monkeypatch.setattr(layouts, "padded_channels", lambda n: n + 4)
     monkeypatch.setattr(decoder, "fastest_way", padded_way)
     vae = small_vae(version)
     z = small_latents(version, frames=5, height=6, width=10)
@@ -78,53 +82,53 @@ def test_weight_copies_are_kept_until_the_parameters_change():
     """Channels-last weight copies serve every video of a stream, and are made again after an in-place
     write, a load_state_dict or a move to another dtype."""
     conv = torch.nn.Conv3d(4, 6, 3)
-    first = decoder.conv_copies(conv, False)
-    assert decoder.conv_copies(conv, False) is first
+    first = layouts.conv_copies(conv, False)
+    assert layouts.conv_copies(conv, False) is first
     assert first[0].is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(first[0], conv.weight)
     with torch.no_grad():
         conv.weight.mul_(2)
-    second = decoder.conv_copies(conv, False)
+    second = layouts.conv_copies(conv, False)
     assert second is not first and torch.equal(second[0], conv.weight)
     conv.load_state_dict({"weight": torch.ones_like(conv.weight), "bias": torch.zeros(6)})
-    third = decoder.conv_copies(conv, False)
+    third = layouts.conv_copies(conv, False)
     assert torch.equal(third[0], torch.ones_like(conv.weight)) and torch.equal(third[1], torch.zeros(6))
     conv.to(torch.float64)
-    assert decoder.conv_copies(conv, False)[0].dtype == torch.float64
+    assert layouts.conv_copies(conv, False)[0].dtype == torch.float64
     wide = torch.nn.Conv3d(2, 96, 1)
-    weight, bias = decoder.conv_copies(wide, True)  # zero output channels up to cuDNN's tile
+    weight, bias = layouts.conv_copies(wide, True)  # zero output channels up to cuDNN's tile
     assert weight.shape[0] == bias.shape[0] == 128 and torch.equal(weight[:96], wide.weight)
     assert not weight[96:].any() and not bias[96:].any() and torch.equal(bias[:96], wide.bias)
 
 
 def test_pixel_stride_tells_padded_channels_last_slices():
     whole = torch.empty(1, 128, 2, 3, 5, memory_format=torch.channels_last_3d)
-    assert decoder.pixel_stride(whole) == 128
-    assert decoder.pixel_stride(whole[:, :96]) == 128
-    assert decoder.pixel_stride(whole[:, :, 1:]) == 128  # whole frames dropped: still uniform
-    assert decoder.pixel_stride(whole[:, :, :, 1:]) is None  # rows dropped: pixels not evenly spaced
-    assert decoder.pixel_stride(torch.empty(1, 96, 2, 3, 5)) is None  # channel-first
-    assert decoder.padded_channels(96) == 128 and decoder.padded_channels(384) == 384
-    assert decoder.padded_channels(3) == 3 and decoder.padded_channels(192) == 256
+    assert layouts.pixel_stride(whole) == 128
+    assert layouts.pixel_stride(whole[:, :96]) == 128
+    assert layouts.pixel_stride(whole[:, :, 1:]) == 128  # whole frames dropped: still uniform
+    assert layouts.pixel_stride(whole[:, :, :, 1:]) is None  # rows dropped: pixels not evenly spaced
+    assert layouts.pixel_stride(torch.empty(1, 96, 2, 3, 5)) is None  # channel-first
+    assert layouts.padded_channels(96) == 128 and layouts.padded_channels(384) == 384
+    assert layouts.padded_channels(3) == 3 and layouts.padded_channels(192) == 256
 
 
 def test_fastest_way_keeps_the_bits_unless_told_not_to(monkeypatch):
-    monkeypatch.setattr(decoder, "_WAYS", {})
-    monkeypatch.setattr(decoder, "_VERIFIED", {})
+    monkeypatch.setattr(equivalence, "_WAYS", {})
+    monkeypatch.setattr(equivalence, "_VERIFIED", {})
     want = torch.tensor([1.0, 2.0])
     results = {"slow": want.clone(), "fast": want.clone(), "wrong": want + 1e-3}
     timing = {"slow": 2.0, "fast": 1.0, "wrong": 0.5}
-    monkeypatch.setattr(decoder, "seconds", lambda run, device: timing[run.args[0]])
+    monkeypatch.setattr(equivalence, "seconds", lambda run, device: timing[run.args[0]])
     cpu = torch.device("cpu")
 
     def way(key, ways, **options):
-        return decoder.fastest_way(key, lambda: want, results.get, ways, device=cpu, **options)
+        return equivalence.fastest_way(key, lambda: want, results.get, ways, device=cpu, **options)
 
     ways = list(results)
     assert way(("t", 1), ways) == "fast"
-    assert decoder.verified_equivalences()[("t", 1)]
+    assert equivalence.verified_equivalences()[("t", 1)]
     assert way(("t", 2), ways, exact=False) == "wrong"
     assert way(("t", 3), ["wrong"]) is None
-    assert not decoder.verified_equivalences()[("t", 3)]
+    assert not equivalence.verified_equivalences()[("t", 3)]
     assert way(("t", 1), []) == "fast"  # chosen once
     timing["fast"] = 1.9  # not clearly faster than the first way: the first is kept
     assert way(("t", 4), ways) == "slow"
@@ -141,7 +145,7 @@ def test_fastest_way_keeps_the_bits_unless_told_not_to(monkeypatch):
     ],
 )
 def test_reduction_split_follows_pytorchs_launch_rule(shape, split):
-    assert decoder.reduction_split(shape, torch.empty(shape, device="meta").stride()) == split
+    assert fused.reduction_split(shape, torch.empty(shape, device="meta").stride()) == split
 
 
 def test_unknown_decoder_is_a_settings_error():
@@ -201,7 +205,7 @@ def test_a_96_channel_convolution_and_residual_keep_their_bits_padded_or_not(dty
     with torch.no_grad():
         want = conv(x).add_(h)  # diffusers: the convolution (bias added by PyTorch), then the shortcut
         out, bias = exact._conv(conv, x.contiguous(memory_format=torch.channels_last_3d), defer_bias=True)
-        got = decoder.add_bias_residual(out, bias, h.contiguous(memory_format=torch.channels_last_3d))
-        quick = decoder.added(*fast._conv(conv, x.contiguous(memory_format=torch.channels_last_3d))).add_(h)
+        got = fused.add_bias_residual(out, bias, h.contiguous(memory_format=torch.channels_last_3d))
+        quick = layouts.added(*fast._conv(conv, x.contiguous(memory_format=torch.channels_last_3d))).add_(h)
     assert same_bits(got, want)
     torch.testing.assert_close(quick, want, rtol=2e-2, atol=2e-2)

@@ -2,7 +2,7 @@
 
 ``norm_silu``: a convolution's bias (optional), Wan's channel RMS norm and SiLU. ``bias_residual``: a
 convolution's bias and a residual block's shortcut. Imported only where Triton is (CUDA). See Note
-[Exact fusion] in ``_decoder.py`` for why their bits are PyTorch's: the sum of squares over channels
+[Exact fusion] in ``_fused.py`` for why their bits are PyTorch's: the sum of squares over channels
 is added up in the order PyTorch's reduction kernel uses (``SPLIT`` interleaved threads of four
 accumulators each, then a tree); every other step is repeated operation by operation with PyTorch's
 roundings.
@@ -130,7 +130,7 @@ def norm_silu(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor, s
 
 def bias_residual(y: torch.Tensor, bias: torch.Tensor, h: torch.Tensor, strides: tuple[int, int]) -> torch.Tensor:
     """``y.add_(bias[:, None, None, None]).add_(h)`` in one pass, for y and h channels-last, each
-    perhaps the first channels of a wider tensor: ``strides`` are their pixels' (``_decoder.pixel_stride``);
+    perhaps the first channels of a wider tensor: ``strides`` are their pixels' (``_layouts.pixel_stride``);
     returns y."""
     n = y.numel()
     _bias_residual[(triton.cdiv(n, ELEMENTS),)](

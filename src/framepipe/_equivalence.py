@@ -1,0 +1,105 @@
+"""Which ways of computing a decoder step give PyTorch's bits, and which of them is fastest: checked on
+random values, and timed, on the device once per shape at first use (a process's record of both is
+kept for benchmarks and reports)."""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+
+import torch
+
+# Equivalences checked on the device at first use, per shape: key -> whether the bits were the same.
+_VERIFIED: dict[tuple, bool] = {}
+
+
+def verified_equivalences() -> dict[tuple, bool]:
+    """What ``verified`` has checked so far in this process (for benchmarks and reports)."""
+    return dict(_VERIFIED)
+
+
+def chosen_ways() -> dict[tuple, object]:
+    """How each convolution shape runs, as ``fastest_way`` chose it so far (for benchmarks and reports)."""
+    return dict(_WAYS)
+
+
+def verified(key: tuple, reference: Callable[[], torch.Tensor], candidate: Callable[[], torch.Tensor]) -> bool:
+    """Whether ``candidate()`` gives ``reference()``'s bits for ``key`` (computed once per process)."""
+    if key not in _VERIFIED:
+        _VERIFIED[key] = same_bits(reference(), candidate())
+    return _VERIFIED[key]
+
+
+# How each convolution shape runs, chosen at first use: key -> a way (fastest_way), None: channel-first.
+_WAYS: dict[tuple, object] = {}
+
+
+MARGIN = 0.9  # a way other than the first must take less than this share of its time: a padded
+
+
+# output costs its readers too, which the convolution's time leaves out (bf16 shapes 3 % faster alone
+# made a whole decode 2 % slower on an H200)
+
+
+def fastest_way(key: tuple, reference: Callable[[], torch.Tensor], run: Callable[[object], torch.Tensor],
+                ways: Sequence[object], *, device: torch.device, exact: bool = True) -> object | None:  # fmt: skip
+    """The fastest of ``ways`` whose ``run(way)`` has ``reference()``'s bits (with ``exact``; else any
+    of them), None where none has; chosen once per process for ``key``: compared, then timed, the
+    first of them kept unless another takes under ``MARGIN`` of its time."""
+    if key not in _WAYS:
+        if exact:
+            want = reference()
+            ways = [way for way in ways if same_bits(want, run(way))]
+            del want
+            _VERIFIED[key] = bool(ways)
+        chosen, best = next(iter(ways), None), math.inf
+        if len(ways) > 1:
+            for way in ways:  # the first way unless another is clearly faster
+                if (took := seconds(functools.partial(run, way), device)) < best * MARGIN:
+                    chosen, best = way, took
+        _WAYS[key] = chosen
+    return _WAYS[key]
+
+
+def seconds(run: Callable[[], object], device: torch.device, runs: int = 3) -> float:
+    """The shortest wall time of ``runs`` calls of ``run`` on an idle ``device`` (after one untimed call)."""
+
+    def sync() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    run()
+    sync()
+    best = math.inf
+    for _ in range(runs):
+        start = time.perf_counter()
+        run()
+        sync()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def probe(like: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """Seeded random values of ``like``'s shape, dtype and device, channel-first, their scale varying
+    by up to 2**6 either way from channel to channel: sums over channels that round often, so two
+    summation orders that differ show it."""
+    g = torch.Generator(device=like.device).manual_seed(seed)
+    b, c = like.shape[:2]
+    x = torch.randn(like.shape, generator=g, device=like.device, dtype=like.dtype)
+    scale = torch.randint(-6, 7, (b, c) + (1,) * (like.dim() - 2), generator=g, device=like.device)
+    return x.mul_(torch.exp2(scale.to(like.dtype)))
+
+
+def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether two float tensors hold the same bits (NaN payloads and the sign of zero included)."""
+    as_int = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
+    if a.shape != b.shape or a.dtype != b.dtype:
+        return False
+    return torch.equal(a.contiguous().view(as_int[a.dtype]), b.contiguous().view(as_int[b.dtype]))
+
+
+def record(key: tuple, same: bool) -> None:
+    """Note a check made elsewhere (``verified_equivalences`` reports it)."""
+    _VERIFIED[key] = same

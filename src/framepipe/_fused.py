@@ -1,0 +1,173 @@
+"""The fused kernels' Python side: when the Triton kernels of ``_exact_kernels.py`` give PyTorch's bits
+(each shape checked once on random values), and their calls with PyTorch's ops in their place where
+not (Note [Exact fusion])."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from ._equivalence import probe, record, same_bits, verified
+from ._layouts import CHANNELS_LAST, added, channel_first, pixel_stride, silu_into
+from ._optional import require
+
+# Note [Exact fusion]
+# ~~~~~~~~~~~~~~~~~~~
+# diffusers computes ``silu(F.normalize(x, dim=1) * scale * gamma + 0.0)`` as several kernels, each
+# rounding its result to the tensor's dtype (bfloat16: the norm in float32, then rounded). The fused
+# kernel (``_exact_kernels.py``) adds each pixel's squares in the order of PyTorch's reduction
+# kernel for a reduction over a channel dimension that is not the innermost one: ``SPLIT`` threads,
+# thread y taking channels y, y + SPLIT, ... into four accumulators in turn with fused multiply-adds,
+# then combined in a fixed tree. PyTorch picks ``SPLIT`` from the channel count and its launch
+# configuration (``reduction_split`` repeats that choice), and each shape's split is checked once on
+# random values against PyTorch on channel-first inputs: the contiguous layout and the frame-major
+# one a resampler leaves (a shape where the two would differ runs PyTorch's ops).
+# Every other step is repeated in the same order with the same roundings: IEEE division (div_rn),
+# no multiply-add contraction (enable_fp_fusion=False), libdevice's expf as PyTorch's CUDA build calls
+# it, bfloat16 rounding after each op where PyTorch stores a bfloat16 tensor. The kernel reads any
+# strides, so the activations can live channels-last (NDHWC) and still give channel-first bits.
+# PyTorch adds a convolution's bias after cuDNN's convolution, in an ``add_`` of its own (float32
+# arithmetic, then rounded); a kernel that reads the convolution's output can add it first with the
+# same rounding: the norm kernel (``HAS_BIAS``) and the bias + residual kernel. Whether the bias-less
+# channels-last convolution plus that ``add_`` gives the convolution's bits is checked with it.
+
+_SPLITS: dict[tuple, int | None] = {}
+
+
+_EXACT: dict[tuple, bool] = {}
+
+
+def reduction_split(shape: tuple[int, ...], strides: tuple[int, ...]) -> int | None:
+    """The number of threads among which PyTorch's CUDA reduction kernel splits each output's channels
+    when it reduces dim 1 of a tensor of ``shape`` and ``strides`` (w innermost, freshly allocated):
+    ``setReduceConfig`` for a reduction over a dimension that is not the innermost one. None where it
+    also splits them over several thread blocks (256 or more channels a thread, as Wan 2.2's 1024):
+    an order the fused kernel does not repeat."""
+    c = shape[1]
+    outputs = math.prod(shape) // c
+    # TensorIterator drops size-1 dimensions and merges the output dimensions that follow each other
+    dims = sorted((strides[i], shape[i]) for i in (0, 2, 3, 4) if shape[i] > 1)
+    inner, others = 1, []
+    for stride, n in dims:
+        if stride == inner:
+            inner *= n
+        else:
+            others.append(stride)
+    vec = 4  # outputs per thread: the largest of 4, 2, 1 that divides the inner size and every stride
+    for n in (inner, *others, strides[1]):
+        while n % vec:
+            vec //= 2
+    threads = 512 // vec
+    width = min(_floor_pow2(outputs // vec) if outputs // vec < threads else threads, 32)  # block.x over all outputs
+    height = min(_floor_pow2(c) if c < threads else threads, threads // width)
+    if c < min(height * 16, 256):
+        return 1
+    return height if -(-c // height) < 256 else None
+
+
+def _floor_pow2(n: int) -> int:
+    return 1 << max(n, 1).bit_length() - 1
+
+
+def _fusable(x: torch.Tensor, norm) -> bool:
+    gamma = norm.gamma
+    return (
+        x.is_cuda and x.dtype in (torch.float32, torch.bfloat16) and gamma.dtype == x.dtype
+        and isinstance(norm.bias, float) and norm.bias == 0.0 and getattr(norm, "channel_first", True)
+    )  # fmt: skip
+
+
+def norm_split(x: torch.Tensor, norm, bias: torch.Tensor | None = None) -> int | None:
+    """The thread split with which the fused kernel gives PyTorch's bits for ``norm`` over x's shape
+    (with ``bias`` added first, as PyTorch adds a convolution's), whether x is contiguous or
+    frame-major (as after a resampler) in diffusers' decoder; None where those differ or the check on
+    random values failed. Checked once per shape."""
+    key = ("norm", tuple(x.shape), x.dtype, x.device, bias is not None)
+    if key not in _SPLITS:
+        from ._exact_kernels import norm_silu as fused
+
+        frame_major = torch.empty(x.shape[:1] + x.shape[2:3] + x.shape[1:2] + x.shape[3:], device="meta")
+        splits = {reduction_split(tuple(x.shape), s) for s in (torch.empty(x.shape, device="meta").stride(),
+                                                              frame_major.transpose(1, 2).stride())}  # fmt: skip
+        found = splits.pop() if len(splits) == 1 else None
+        if found is not None:
+            sample = probe(x)
+            got = torch.empty_like(sample)
+            fused(sample, bias, norm.gamma.reshape(-1), float(norm.scale), got, found)
+            for layout in (sample, sample.transpose(1, 2).contiguous().transpose(1, 2)):
+                if not same_bits(got, F.silu(norm(added(layout.clone(), bias)))):
+                    found = None
+        _SPLITS[key] = found
+        record(key, found is not None)
+    return _SPLITS[key]
+
+
+def norm_silu(x: torch.Tensor, norm, out: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    """Write ``silu(norm(x + bias))`` into ``out`` (any strides) for a channel-first ``WanRMS_norm``
+    (``bias``: a convolution's, not yet added to x; or None): the fused kernel where it gives PyTorch's
+    bits for x's shape, else PyTorch's ops on channel-first x."""
+    split = norm_split(x, norm, bias) if _fusable(x, norm) else None
+    if split is None:
+        silu_into(norm(channel_first(x if bias is None else added(x.clone(), bias))), out)
+        return
+    from ._exact_kernels import norm_silu as fused
+
+    fused(x, bias, norm.gamma.reshape(-1), float(norm.scale), out, split)
+
+
+def add_bias_residual(y: torch.Tensor, bias: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """``(y + bias) + h`` into y, a residual block's end (``bias``: its conv2's, not yet added): one
+    kernel where y and h are channels-last (padded or not) and that was checked for their shapes and
+    strides, else two adds."""
+    fits = y.is_cuda and y.dtype in (torch.float32, torch.bfloat16) and h.dtype == y.dtype
+    strides = (pixel_stride(y), pixel_stride(h))
+    if fits and None not in strides:
+        from ._exact_kernels import bias_residual
+
+        def sample(seed: int, stride: int) -> torch.Tensor:
+            whole = probe(torch.empty((y.shape[0], stride, *y.shape[2:]), dtype=y.dtype, device=y.device), seed)
+            return whole.contiguous(memory_format=CHANNELS_LAST)[:, : y.shape[1]]
+
+        def reference() -> torch.Tensor:
+            return added(sample(0, strides[0]), bias).add_(sample(1, strides[1]))
+
+        key = ("bias_residual", tuple(y.shape), strides, y.dtype, y.device)
+        if verified(key, reference, lambda: bias_residual(sample(0, strides[0]), bias, sample(1, strides[1]), strides)):
+            return bias_residual(y, bias, h, strides)
+    return added(y, bias).add_(h)
+
+
+def norm_silu_is_exact(device: torch.device, dtype: torch.dtype) -> bool:
+    """Whether the fused kernel can run on ``device`` and gives PyTorch's bits there (checked once)."""
+    if device.type != "cuda" or dtype not in (torch.float32, torch.bfloat16):
+        return False
+    key = (device, dtype)
+    if key not in _EXACT:
+        try:
+            import triton  # noqa: F401
+        except ImportError:
+            _EXACT[key] = False
+            return False
+        wan = require("diffusers.models.autoencoders.autoencoder_kl_wan", "video")
+        g = torch.Generator(device=device).manual_seed(0)
+        norm = wan.WanRMS_norm(96, images=False).to(device, dtype)
+        with torch.no_grad():
+            norm.gamma.copy_(torch.randn(norm.gamma.shape, generator=g, device=device) * 2)
+            x = torch.randn(1, 3, 96, 37, 68, generator=g, device=device) * 40
+            x[:, 0, :, :4] = 0.0
+            x[:, 1, :, :2] *= 1e-30
+            x = x.to(dtype).permute(0, 2, 1, 3, 4)  # frame-major, as a resampler leaves it
+            want = torch.nn.functional.silu(norm(x))
+            got = torch.empty(1, 96, 5, 39, 70, device=device, dtype=dtype)[:, :, 2:, 1:38, 1:69]
+            try:
+                norm_silu(x.contiguous(memory_format=CHANNELS_LAST), norm, got)
+            except Exception as e:  # a Triton that cannot build it here: PyTorch's ops do the same work
+                reason = f"{type(e).__name__}: {e}"
+                warnings.warn(f"framepipe's fused norm + SiLU kernel is not used ({reason})", stacklevel=2)
+                _EXACT[key] = False
+                return False
+        _EXACT[key] = same_bits(want, got) and norm_split(x, norm) is not None
+    return _EXACT[key]

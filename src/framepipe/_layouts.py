@@ -1,0 +1,112 @@
+"""Tensors in the layouts framepipe's decoder keeps for cuDNN: channels-last activations (some of them
+channels [0, C) of a convolution computed with more), channels-last copies of the weights kept across
+videos, and PyTorch's elementwise steps writing into such layouts with PyTorch's bits."""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import torch
+import torch.nn.functional as F
+
+CHANNELS_LAST = torch.channels_last_3d
+
+
+def channels_last_format(dims: int) -> torch.memory_format:
+    """The channels-last memory format of a tensor of ``dims`` dimensions (5: NDHWC, 4: NHWC)."""
+    return CHANNELS_LAST if dims == 5 else torch.channels_last
+
+
+def padded_channels(n: int) -> int:
+    """The output channels a convolution may be computed with: ``n`` rounded up to a multiple of 128,
+    the N tile of cuDNN's Hopper kernels, from 64 channels up. Padded so, Wan 2.1's TF32 convolutions
+    of 96 and 192 channels ran 1.8x and 1.3x faster on an H200 with the same bits (each shape is
+    checked; ``benchmarks/conv_padding.py``)."""
+    return n if n < 64 or n % 128 == 0 else -(-n // 128) * 128
+
+
+def pixel_stride(x: torch.Tensor) -> int | None:
+    """S where x [B, C, T, H, W] is channels [0, C) of a channels-last tensor of S >= C channels (a
+    padded convolution's output, or S = C: a whole one), else None."""
+    if x.dim() != 5 or x.stride(1) != 1:
+        return None
+    s = x.stride(4)
+    expected = (s * math.prod(x.shape[2:]), 1, s * x.shape[3] * x.shape[4], s * x.shape[4], s)
+    fits = all(n == 1 or have == want for n, have, want in zip(x.shape, x.stride(), expected, strict=True))
+    return s if fits and s >= x.shape[1] else None
+
+
+def channel_first(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in the layout diffusers' decoder holds it in: framepipe's channels-last activations (the
+    convolutions' outputs) are its contiguous ones; every other tensor already has diffusers' layout."""
+    return x.contiguous() if x.shape[1] > 1 and x.stride(1) == 1 else x
+
+
+def added(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """``out`` with a convolution's bias added as PyTorch adds it after cuDNN's convolution (in place)."""
+    return out if bias is None else out.add_(bias.reshape(-1, *(1,) * (out.dim() - 2)))
+
+
+def silu_into(x: torch.Tensor, out: torch.Tensor) -> None:
+    """Write ``F.silu(x)``'s bits into ``out`` (any strides): CUDA's elementwise kernels do the same
+    arithmetic whatever the output's strides; the CPU's vectorized SiLU runs on contiguous outputs only."""
+    if out.is_cuda:
+        torch.ops.aten.silu.out(x, out=out)
+    else:
+        out.copy_(F.silu(x))
+
+
+def upsampled(x: torch.Tensor, pairs: bool, channels_last: bool) -> torch.Tensor:
+    """diffusers' ``WanUpsample`` (nearest-exact, 2x: each pixel repeated 2x2) of x's frames as one
+    [B * T, C, 2H, 2W] batch, in one copy. With ``pairs``, x is a time convolution's [B, 2C, T, H, W]
+    output whose channel halves are the even and the odd frames (diffusers' reshape + stack)."""
+    b, c, t, h, w = x.shape
+    p = 2 if pairs else 1
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty((b * t * p, c // p, 2 * h, 2 * w), dtype=x.dtype, device=x.device, memory_format=layout)
+    target = out.unflatten(0, (b, t, p)).unflatten(4, (h, 2)).unflatten(6, (w, 2))  # [B, T, P, C, H, 2, W, 2]
+    source = x.unflatten(1, (p, c // p)).permute(0, 3, 1, 2, 4, 5)  # [B, T, P, C, H, W]
+    target.copy_(source[:, :, :, :, :, None, :, None])
+    return out
+
+
+# A convolution's channels-last (and padded) copies of its weight and bias, kept while the module
+# lives and its parameters are the tensors they were made from, unchanged: a stream of videos makes
+# them once, not at each video's first chunk. conv -> (parameters_state, {padded: (weight, bias)})
+_COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def parameters_state(conv: torch.nn.Module) -> tuple:
+    """What tells that ``conv``'s weight or bias changed: which tensors they are (weakly held), their
+    memory and their version counters (bumped by in-place writes, ``load_state_dict``'s included;
+    writes through ``.data`` are not counted, as autograd does not count them)."""
+    return tuple(None if p is None else (weakref.ref(p), p.data_ptr(), p._version) for p in (conv.weight, conv.bias))
+
+
+def same_parameters(state: tuple | None, conv: torch.nn.Module) -> bool:
+    """Whether ``conv``'s parameters are still those ``parameters_state`` saw, unchanged."""
+    if state is None:
+        return False
+    now = (conv.weight, conv.bias)
+    return all(
+        (p is None) if was is None else (p is not None and was[0]() is p and was[1:] == (p.data_ptr(), p._version))
+        for was, p in zip(state, now, strict=True)
+    )
+
+
+def conv_copies(conv: torch.nn.Module, padded: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``conv``'s weight channels-last, and its bias, with zero output channels added up to
+    ``padded_channels`` if ``padded``: made at first use, again where the parameters changed."""
+    state, copies = _COPIES.get(conv, (None, {}))
+    if not same_parameters(state, conv):
+        copies = {}
+        _COPIES[conv] = (parameters_state(conv), copies)
+    if padded not in copies:
+        weight, bias = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
+        if padded:
+            extra = padded_channels(conv.out_channels) - conv.out_channels
+            weight = torch.cat([weight, weight.new_zeros(extra, *weight.shape[1:])])
+            bias = None if bias is None else torch.cat([bias, bias.new_zeros(extra)])
+        copies[padded] = (weight.contiguous(memory_format=channels_last_format(weight.dim())), bias)
+    return copies[padded]
