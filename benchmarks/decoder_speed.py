@@ -131,6 +131,8 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
             name: [sum(way is True for e, way in ways if e == exact), sum(e == exact for e, _ in ways)]
             for name, exact in (("framepipe", True), ("fast", False))
         }
+        resamplers = [way for k, way in chosen_ways().items() if k[0] == "resample" and vae.dtype in k]
+        row["fast_resamplers_subpixel"] = [resamplers.count("subpixel"), len(resamplers)]
         if profile:
             row["gpu_seconds_by_kind"] = {name: breakdown(lambda n=name: chunked(vae, z, n)) for name in decoders}
     return row

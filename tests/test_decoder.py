@@ -9,6 +9,7 @@ from framepipe import _decoder as decoder
 from framepipe import _equivalence as equivalence
 from framepipe import _fused as fused
 from framepipe import _layouts as layouts
+from framepipe import _resampling as resampling
 from framepipe._equivalence import same_bits, verified_equivalences
 from framepipe._fused import norm_silu, norm_silu_is_exact
 from framepipe._source import decode_chunks
@@ -76,6 +77,51 @@ def test_padded_convolution_outputs_flow_through_the_decoder(version, monkeypatc
     assert made and all(made)  # padded weights were made and used
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)  # the CPU's convolution may round otherwise
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+@pytest.mark.parametrize("layout", ["channels-last", "padded slice", "channel-first"])
+def test_subpixel_resampling_is_the_upsampled_convolution(pairs, layout):
+    """The sub-pixel way (a 2x2 convolution of 4x the channels over the frames, weights summed) computes
+    the nearest 2x upsampling + 3x3 convolution: equal in float64 up to rounding, for a resampler's
+    frames and a time convolution's frame pairs, whatever x's layout."""
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(6, 5, 3, padding=1).double()
+    with torch.no_grad():
+        conv.weight.copy_(torch.randn(conv.weight.shape, generator=g, dtype=torch.float64))
+    c = 12 if pairs else 6
+    x = torch.randn(2, c + 4, 3, 5, 7, generator=g, dtype=torch.float64)
+    if layout != "channel-first":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x = x[:, :c] if layout == "padded slice" else x[:, 4:]
+    with torch.no_grad():
+        want = conv(resampling.upsampled(x, pairs, channels_last=False))
+        got = resampling.subpixel_conv(conv, x, pairs)
+    assert got.shape == want.shape == (2 * 3 * (2 if pairs else 1), 5, 10, 14)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+def test_fast_decoder_with_subpixel_resamplers_stays_close(version, monkeypatch):
+    """The fast decoder's resamplers computed sub-pixel, through the whole decoder (its caches, the time
+    convolutions' pairs): within float32 rounding of diffusers' decode."""
+    chosen = []
+
+    def choose(key, reference, run, ways, **_):
+        chosen.append(key[0])
+        return "subpixel" if key[0] == "resample" else ways[0]
+
+    monkeypatch.setattr(decoder, "fastest_way", choose)
+    vae = small_vae(version)
+    z = small_latents(version, frames=5, height=6, width=10)
+    step = decoder.WanDecoderStep(vae, exact=False)
+    step.fused = True
+    with torch.no_grad():
+        ours = [c.clone() for c in decode_chunks(vae, z, step=step)]
+    theirs = _chunks(vae, z, "diffusers")
+    assert "resample" in chosen
+    for a, b in zip(ours, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
 
 def test_weight_copies_are_kept_until_the_parameters_change():

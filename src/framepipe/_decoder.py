@@ -32,8 +32,8 @@ from ._layouts import (
     conv_copies,
     padded_channels,
     silu_into,
-    upsampled,
 )
+from ._resampling import subpixel_conv, subpixel_fits, upsampled
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKLWan
@@ -130,7 +130,7 @@ class WanDecoderStep:
     def _resample(self, sampler, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
         """An up block's ``WanResample`` step by step: the time convolution (upsample3d) with diffusers'
         cache rules, the nearest 2x upsampling as one copy that also interleaves the time
-        convolution's frame pairs, the 3x3 convolution."""
+        convolution's frame pairs, the 3x3 convolution (the fast decoder: sub-pixel where faster)."""
         if sampler.mode not in ("upsample2d", "upsample3d"):  # not in Wan's decoders
             return sampler(channel_first(x), feat_cache=cache, feat_idx=idx)
         pairs = False
@@ -143,8 +143,21 @@ class WanDecoderStep:
                     cache[idx[0]] = None
                 x = added(*self._causal_conv(sampler.time_conv, copy_of(x), x, x.shape[1], cache, idx))
                 pairs = True  # channels [0, c) are the even output frames, [c, 2c) the odd ones
-        y = self._upsample_conv(sampler.resample[1], upsampled(x, pairs, self.channels_last))
+        conv, way = sampler.resample[1], "upsampled"
+        if not self.exact and self.channels_last and subpixel_fits(conv):  # the fast decoder: either way
+            sample = functools.cache(lambda: probe(x).contiguous(memory_format=CHANNELS_LAST))
+            key = ("resample", tuple(x.shape), pairs, tuple(conv.weight.shape), x.dtype, x.device)
+            run = lambda way: self._upsampling(conv, sample(), pairs, way)  # noqa: E731
+            way = fastest_way(key, sample, run, ("upsampled", "subpixel"), device=x.device, exact=False)
+        y = self._upsampling(conv, x, pairs, way)
         return y.unflatten(0, (x.shape[0], -1)).transpose(1, 2)  # diffusers' view + permute
+
+    def _upsampling(self, conv: torch.nn.Conv2d, x: torch.Tensor, pairs: bool, way: str) -> torch.Tensor:
+        """The upsampled frames convolved [B * T * P, Co, 2H, 2W], ``way`` "upsampled" (diffusers'
+        bits) or "subpixel" (``_resampling.py``)."""
+        if way == "subpixel":
+            return subpixel_conv(conv, x, pairs)
+        return self._upsample_conv(conv, upsampled(x, pairs, self.channels_last))
 
     def _upsample_conv(self, conv: torch.nn.Conv2d, frames: torch.Tensor) -> torch.Tensor:
         """A resampler's 3x3 convolution (padding 1) over the upsampled frames [B * T, C, H, W]."""

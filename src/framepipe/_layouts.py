@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import weakref
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -57,23 +58,9 @@ def silu_into(x: torch.Tensor, out: torch.Tensor) -> None:
         out.copy_(F.silu(x))
 
 
-def upsampled(x: torch.Tensor, pairs: bool, channels_last: bool) -> torch.Tensor:
-    """diffusers' ``WanUpsample`` (nearest-exact, 2x: each pixel repeated 2x2) of x's frames as one
-    [B * T, C, 2H, 2W] batch, in one copy. With ``pairs``, x is a time convolution's [B, 2C, T, H, W]
-    output whose channel halves are the even and the odd frames (diffusers' reshape + stack)."""
-    b, c, t, h, w = x.shape
-    p = 2 if pairs else 1
-    layout = torch.channels_last if channels_last else torch.contiguous_format
-    out = torch.empty((b * t * p, c // p, 2 * h, 2 * w), dtype=x.dtype, device=x.device, memory_format=layout)
-    target = out.unflatten(0, (b, t, p)).unflatten(4, (h, 2)).unflatten(6, (w, 2))  # [B, T, P, C, H, 2, W, 2]
-    source = x.unflatten(1, (p, c // p)).permute(0, 3, 1, 2, 4, 5)  # [B, T, P, C, H, W]
-    target.copy_(source[:, :, :, :, :, None, :, None])
-    return out
-
-
 # A convolution's channels-last (and padded) copies of its weight and bias, kept while the module
 # lives and its parameters are the tensors they were made from, unchanged: a stream of videos makes
-# them once, not at each video's first chunk. conv -> (parameters_state, {padded: (weight, bias)})
+# them once, not at each video's first chunk. conv -> (parameters_state, {kind: copies})
 _COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
@@ -95,18 +82,27 @@ def same_parameters(state: tuple | None, conv: torch.nn.Module) -> bool:
     )
 
 
-def conv_copies(conv: torch.nn.Module, padded: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``conv``'s weight channels-last, and its bias, with zero output channels added up to
-    ``padded_channels`` if ``padded``: made at first use, again where the parameters changed."""
+def kept_copy(conv: torch.nn.Module, kind: object, make: Callable[[torch.nn.Module], tuple]) -> tuple:
+    """``make(conv)``, made once per ``kind`` and kept until ``conv``'s parameters change."""
     state, copies = _COPIES.get(conv, (None, {}))
     if not same_parameters(state, conv):
         copies = {}
         _COPIES[conv] = (parameters_state(conv), copies)
-    if padded not in copies:
+    if kind not in copies:
+        copies[kind] = make(conv)
+    return copies[kind]
+
+
+def conv_copies(conv: torch.nn.Module, padded: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``conv``'s weight channels-last, and its bias, with zero output channels added up to
+    ``padded_channels`` if ``padded``: made at first use, again where the parameters changed."""
+
+    def make(conv: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         weight, bias = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
         if padded:
             extra = padded_channels(conv.out_channels) - conv.out_channels
             weight = torch.cat([weight, weight.new_zeros(extra, *weight.shape[1:])])
             bias = None if bias is None else torch.cat([bias, bias.new_zeros(extra)])
-        copies[padded] = (weight.contiguous(memory_format=channels_last_format(weight.dim())), bias)
-    return copies[padded]
+        return weight.contiguous(memory_format=channels_last_format(weight.dim())), bias
+
+    return kept_copy(conv, padded, make)

@@ -1,0 +1,89 @@
+"""A Wan resampler's 2x nearest upsampling and 3x3 convolution, two ways. Upsampled: the frames
+upsampled in one copy (which also interleaves a time convolution's frame pairs), then convolved:
+diffusers' bits. Sub-pixel (the fast decoder's): each 2x2 block of the output is a 2x2 convolution of
+the frames as they are, with the 3x3 weights that fall on the same input pixel summed, so 16
+multiply-adds a pixel and channel in place of 36 and no upsampled copy; the summed weights round
+otherwise, so its bits are not diffusers'."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ._layouts import kept_copy, pixel_stride
+
+# For an output row 2i + a, the 3x3 kernel's rows fall on input rows i - 1, i, i (a = 0) or i, i, i + 1
+# (a = 1): [a][k][r] = 1 where kernel row r falls on the k-th of the two input rows (i - 1 + a + k).
+SUBPIXEL_TAPS = (((1, 0, 0), (0, 1, 1)), ((1, 1, 0), (0, 0, 1)))
+
+
+def upsampled(x: torch.Tensor, pairs: bool, channels_last: bool) -> torch.Tensor:
+    """diffusers' ``WanUpsample`` (nearest-exact, 2x: each pixel repeated 2x2) of x's frames as one
+    [B * T, C, 2H, 2W] batch, in one copy. With ``pairs``, x is a time convolution's [B, 2C, T, H, W]
+    output whose channel halves are the even and the odd frames (diffusers' reshape + stack)."""
+    b, c, t, h, w = x.shape
+    p = 2 if pairs else 1
+    layout = torch.channels_last if channels_last else torch.contiguous_format
+    out = torch.empty((b * t * p, c // p, 2 * h, 2 * w), dtype=x.dtype, device=x.device, memory_format=layout)
+    target = out.unflatten(0, (b, t, p)).unflatten(4, (h, 2)).unflatten(6, (w, 2))  # [B, T, P, C, H, 2, W, 2]
+    source = x.unflatten(1, (p, c // p)).permute(0, 3, 1, 2, 4, 5)  # [B, T, P, C, H, W]
+    target.copy_(source[:, :, :, :, :, None, :, None])
+    return out
+
+
+def resampler_frames(x: torch.Tensor, pairs: bool) -> torch.Tensor:
+    """x's frames as one channels-last [B * T * P, C, H, W] batch, in the order ``upsampled`` gives
+    them: a view of a whole channels-last x, else one copy."""
+    b, c, t, h, w = x.shape
+    if not pairs and pixel_stride(x) == c:
+        return x.transpose(1, 2).flatten(0, 1)
+    p = 2 if pairs else 1
+    out = torch.empty((b * t * p, c // p, h, w), dtype=x.dtype, device=x.device, memory_format=torch.channels_last)
+    out.unflatten(0, (b, t, p)).copy_(x.unflatten(1, (p, c // p)).permute(0, 3, 1, 2, 4, 5))
+    return out
+
+
+def subpixel_fits(conv: torch.nn.Module) -> bool:
+    """Whether ``conv`` is a resampler's plain 3x3 convolution with padding 1 (Wan's every one)."""
+    return (
+        isinstance(conv, torch.nn.Conv2d) and conv.kernel_size == (3, 3) and conv.padding == (1, 1)
+        and conv.stride == (1, 1) and conv.dilation == (1, 1) and conv.groups == 1 and conv.padding_mode == "zeros"
+    )  # fmt: skip
+
+
+def subpixel_weights(conv: torch.nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """[4 * Co, C, 2, 2] channels-last weights, output channels (a, b, co): those of output pixel
+    (2i + a, 2j + b), summed in float32 at least (kept while ``conv``'s parameters are unchanged), and the bias."""
+
+    def make(conv: torch.nn.Conv2d) -> tuple[torch.Tensor, torch.Tensor | None]:
+        weight = conv.weight.detach()
+        wide = torch.promote_types(weight.dtype, torch.float32)
+        taps = torch.tensor(SUBPIXEL_TAPS, dtype=wide, device=weight.device)
+        merged = torch.einsum("aky,blx,ocyx->abockl", taps, taps, weight.to(wide)).flatten(0, 2)
+        bias = None if conv.bias is None else conv.bias.detach()
+        return merged.to(weight.dtype).contiguous(memory_format=torch.channels_last), bias
+
+    return kept_copy(conv, "subpixel", make)
+
+
+def subpixel_conv(conv: torch.nn.Conv2d, x: torch.Tensor, pairs: bool) -> torch.Tensor:
+    """``conv`` over ``upsampled(x, pairs, True)``, computed sub-pixel: one 2x2 convolution of 4 * Co
+    channels over x's frames padded by 1, whose output pixel (i + a, j + b) holds in channel group
+    (a, b) the output pixel (2i + a, 2j + b); placed, with the bias added, in one strided pass."""
+    frames = resampler_frames(x, pairs)
+    weight, bias = subpixel_weights(conv)
+    y = F.conv2d(frames, weight, None, padding=1)  # [N, 4 Co, H + 1, W + 1]
+    if y.stride(1) != 1:
+        y = y.contiguous(memory_format=torch.channels_last)
+    n, _, h, w = frames.shape
+    co = conv.out_channels
+    sn, _, sh, sw = y.stride()
+    # pixel (n, co, i, a, j, b) sits at channel (a, b, co) of y's pixel (i + a, j + b): strides add up
+    blocks = y.as_strided((n, co, h, 2, w, 2), (sn, 1, sh, 2 * co + sh, sw, co + sw), y.storage_offset())
+    out = torch.empty((n, co, 2 * h, 2 * w), dtype=y.dtype, device=y.device, memory_format=torch.channels_last)
+    target = out.unflatten(2, (h, 2)).unflatten(4, (w, 2))
+    if bias is None:
+        target.copy_(blocks)
+    else:
+        torch.add(blocks, bias.view(-1, 1, 1, 1, 1), out=target)
+    return out
