@@ -255,3 +255,25 @@ def test_a_96_channel_convolution_and_residual_keep_their_bits_padded_or_not(dty
         quick = layouts.added(*fast._conv(conv, x.contiguous(memory_format=torch.channels_last_3d))).add_(h)
     assert same_bits(got, want)
     torch.testing.assert_close(quick, want, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("pairs", [False, True])
+def test_subpixel_resampling_on_cuda(dtype, pairs):
+    """On CUDA the sub-pixel output is put in place by a Triton kernel: the bits of the CPU's strided
+    add, and close to the upsampled convolution."""
+    g = torch.Generator(device="cuda").manual_seed(3)
+    conv = torch.nn.Conv2d(96, 48, 3, padding=1).to("cuda", dtype)
+    c = 192 if pairs else 96
+    x = torch.randn(1, c, 3, 20, 36, generator=g, device="cuda").to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        got = resampling.subpixel_conv(conv, x, pairs)
+        weight, bias = resampling.subpixel_weights(conv)
+        y = torch.nn.functional.conv2d(resampling.resampler_frames(x, pairs), weight, None, padding=1)
+        on_cpu = torch.empty_like(got, device="cpu")
+        resampling.place(y.cpu(), bias.cpu(), on_cpu)
+        want = conv(resampling.upsampled(x, pairs, channels_last=True))
+    assert same_bits(got.cpu(), on_cpu)
+    torch.testing.assert_close(got, want, rtol=2e-2, atol=5e-2 if dtype == torch.bfloat16 else 1e-2)  # TF32

@@ -1,7 +1,8 @@
 """The Triton kernels behind framepipe's decoder step, each several of PyTorch's ops in one pass.
 
 ``norm_silu``: a convolution's bias (optional), Wan's channel RMS norm and SiLU. ``bias_residual``: a
-convolution's bias and a residual block's shortcut. Imported only where Triton is (CUDA). See Note
+convolution's bias and a residual block's shortcut. ``subpixel_place``: a sub-pixel convolution's
+output pixels put in place, bias added (``_resampling.py``). Imported only where Triton is (CUDA). See Note
 [Exact fusion] in ``_fused.py`` for why their bits are PyTorch's: the sum of squares over channels
 is added up in the order PyTorch's reduction kernel uses (``SPLIT`` interleaved threads of four
 accumulators each, then a tree); every other step is repeated operation by operation with PyTorch's
@@ -114,6 +115,23 @@ def _bias_residual(y_ptr, b_ptr, h_ptr, N, C, SY, SH, ROUND_BF16: tl.constexpr, 
     tl.store(y_ptr + y_at, y.to(y_ptr.dtype.element_ty), mask=m)
 
 
+@triton.jit
+def _subpixel_place(y_ptr, b_ptr, o_ptr, N, C, H2, W2, SN, SH, SW, HAS_BIAS: tl.constexpr, BLOCK: tl.constexpr):
+    """o[n, r, q, c] (channels-last, whole) = y[n, r // 2 + a, q // 2 + b, (2a + b) C + c] (+ bias[c]) with
+    a = r % 2, b = q % 2: y's pixel strides SN, SH, SW; the add in float32, then rounded, as PyTorch's."""
+    i = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = i < N
+    c = i % C
+    q = (i // C) % W2
+    r = (i // (C * W2)) % H2
+    n = i // (C * W2 * H2)
+    a, b = r % 2, q % 2
+    v = tl.load(y_ptr + n * SN + (r // 2 + a) * SH + (q // 2 + b) * SW + (2 * a + b) * C + c, mask=m)
+    if HAS_BIAS:
+        v = (v.to(tl.float32) + tl.load(b_ptr + c, mask=m).to(tl.float32)).to(o_ptr.dtype.element_ty)
+    tl.store(o_ptr + i, v, mask=m)
+
+
 def norm_silu(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor, scale: float, out: torch.Tensor,
               split: int) -> None:  # fmt: skip
     """``out`` = silu(y / max(||y||_channels, eps) * scale * gamma) with y = x + bias (bias: one value a
@@ -138,3 +156,15 @@ def bias_residual(y: torch.Tensor, bias: torch.Tensor, h: torch.Tensor, strides:
         BLOCK=ELEMENTS, num_warps=4, enable_fp_fusion=False,
     )  # fmt: skip
     return y
+
+
+def subpixel_place(y: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None:
+    """``out`` [N, C, 2H, 2W] (whole, channels-last) = the pixels a sub-pixel convolution's channels-last
+    output y [N, 4C, H + 1, W + 1] holds (channel group (a, b) of pixel (i + a, j + b) is pixel
+    (2i + a, 2j + b)), plus ``bias``: ``torch.add``'s bits in one coalesced pass."""
+    n, c, h2, w2 = out.shape
+    sn, _, sh, sw = y.stride()
+    _subpixel_place[(triton.cdiv(out.numel(), ELEMENTS),)](
+        y, y if bias is None else bias, out, out.numel(), c, h2, w2, sn, sh, sw,
+        HAS_BIAS=bias is not None, BLOCK=ELEMENTS, num_warps=4,
+    )  # fmt: skip
