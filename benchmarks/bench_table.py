@@ -44,6 +44,8 @@ def command(settings: dict, modes: list[str] | None = None) -> str:
         parts.append("--device cpu")
     if settings.get("profile") is False:
         parts.append("--profile off")
+    if settings.get("decoder", "framepipe") != "framepipe":
+        parts.append(f"--decoder {settings['decoder']}")
     if settings.get("slots", 2) != 2:
         parts.append(f"--slots {settings['slots']}")
     if enc.get("codec", "libx264") != "libx264":

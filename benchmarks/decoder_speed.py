@@ -29,7 +29,7 @@ from framepipe._fused import norm_silu_is_exact
 from framepipe._source import decode_chunks
 
 KINDS = [  # (kind, substrings of kernel names), first match wins
-    ("fused kernels (Triton)", ("norm_silu", "bias_residual")),
+    ("fused kernels (Triton)", ("norm_silu", "bias_residual", "subpixel_place")),
     ("convolution math", ("conv", "gemm", "xmma", "sm90", "sm80", "cutlass", "implicit")),
     ("layout transposes", ("nchwtonhwc", "nhwctonchw", "transpose")),
     ("norm reductions", ("reduce", "norm")),

@@ -118,7 +118,7 @@ def test_bench_stream_mode_is_reported_per_video():
 def test_bench_cli_json(tmp_path, capsys):
     code = main(["bench", "--arch", "tiny-wan2.1", "--shape", "1x2x4x4", "--runs", "1", "--warmup", "0",
                  "--modes", "sync,async,gpu-only", "--profile", "off", "--json", "--device", "cpu",
-                 "--encoder-option", "threads=2"])  # fmt: skip
+                 "--encoder-option", "threads=2", "--decoder", "fast"])  # fmt: skip
     out, err = capsys.readouterr()
     assert code == 0, err
     report = json.loads(out)
@@ -126,11 +126,13 @@ def test_bench_cli_json(tmp_path, capsys):
     assert report["settings"]["latents_shape"] == [1, 16, 2, 4, 4]
     assert report["settings"]["model"] == "random tiny-wan2.1 (seed 0)"
     assert report["settings"]["encoder"]["encoder_options"] == {"threads": "2"}
+    assert report["settings"]["decoder"] == "fast"
     if sys.platform.startswith("linux"):  # where the kernel reports a thread's schedstat
         for row in report["modes"]:
             assert row["main_thread_cpu_s"] > 0 and row["main_thread_wait_s"] >= 0, row
     line = _bench_table().command(report["settings"], [r["mode"] for r in report["modes"]])
     assert "--encoder-option threads=2" in line and "--modes sync,async,gpu-only" in line
+    assert "--decoder fast" in line
     assert "--device cpu" in line and "--profile off" in line and "--stream-videos" not in line
 
 
@@ -267,3 +269,5 @@ def test_procedural_content_reaches_the_encoders_while_the_gpu_decodes(tmp_path,
     assert report["settings"]["content"] == "procedural"
     with pytest.raises(SettingsError, match="Invalid content"):
         run_bench(vae, z, modes=["gpu-only"], runs=1, content="real")
+    with pytest.raises(SettingsError, match="Invalid decoder"):
+        run_bench(vae, z, modes=["gpu-only"], runs=1, decoder="quick")

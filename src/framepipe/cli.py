@@ -327,6 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument("--stream-videos", type=int, default=4, help="videos per async-stream run (default 4)")
     b.add_argument(
+        "--decoder",
+        choices=DECODERS,
+        default="framepipe",
+        help="the decoder of every mode but diffusers and diffusers-decoder (as for decode; default framepipe)",
+    )
+    b.add_argument(
         "--content",
         choices=("auto", "decoded", "procedural"),
         default="auto",
@@ -555,6 +561,7 @@ def _bench(args: argparse.Namespace) -> int:
         model=describe_vae(args.vae, args.arch, args.seed),
         encoder_variants=args.encoder_variant,
         content=("procedural" if args.arch and not args.vae else "decoded") if args.content == "auto" else args.content,
+        decoder=args.decoder,
     )
     if args.json:
         print(json.dumps(report, indent=2))

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from .._api import decode, decode_many
+from .._decoder import DECODERS
 from .._errors import SettingsError
 from .._latents import denormalize
 from .._pipeline import numbered_chunks
@@ -139,8 +140,10 @@ class Bench:
         workdir: Path,
         stream_videos: int = 4,
         content: str = "decoded",
+        decoder: str = "framepipe",
     ):
         self.vae = vae
+        self.decoder = decoder  # the decode's decoder in every mode but diffusers and diffusers-decoder
         param = next(vae.parameters())
         self.device, self.dtype = param.device, param.dtype
         self.latents = latents.to(self.device)  # (B, C, T, H, W), pipeline format
@@ -198,17 +201,17 @@ class Bench:
 
     def run_framepipe(self, mode: str, trace: PipelineTrace) -> None:
         decode(self.latents, self.workdir / f"{mode}.mp4", vae=self.vae, video=self.video, mode=mode, slots=self.slots,
-               chunk_source=self.chunks, trace=trace)  # fmt: skip
+               decoder=self.decoder, chunk_source=self.chunks, trace=trace)  # fmt: skip
 
     def run_stream(self, trace: PipelineTrace) -> None:
         pairs = [(self.latents, self.workdir / f"stream{i}.mp4") for i in range(self.stream_videos)]
-        decode_many(pairs, vae=self.vae, video=self.video, slots=self.slots, trace=trace,
+        decode_many(pairs, vae=self.vae, video=self.video, slots=self.slots, trace=trace, decoder=self.decoder,
                     concurrent_videos=self.concurrent_videos, chunk_source=self.chunks)  # fmt: skip
 
-    def run_gpu_only(self, trace: PipelineTrace, decoder: str = "framepipe") -> None:
+    def run_gpu_only(self, trace: PipelineTrace, decoder: str | None = None) -> None:
         with torch.inference_mode():
             z = self._denormalized()
-            for _, chunk in numbered_chunks(decode_chunks(self.vae, z, decoder=decoder), trace):
+            for _, chunk in numbered_chunks(decode_chunks(self.vae, z, decoder=decoder or self.decoder), trace):
                 to_uint8_frames(chunk)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
@@ -230,7 +233,7 @@ class Bench:
         """Decode once and keep the uint8 chunks on the host, for encode-only."""
         with torch.inference_mode():
             z = self._denormalized()
-            self._frames = [to_uint8_frames(c).cpu().numpy() for c in self.chunks(self.vae, z)]
+            self._frames = [to_uint8_frames(c).cpu().numpy() for c in self.chunks(self.vae, z, decoder=self.decoder)]
 
     def runner(self, mode: str) -> Callable[[PipelineTrace], None]:
         if mode == "diffusers":
@@ -328,12 +331,14 @@ def run_bench(
     model: str | None = None,
     encoder_variants: Sequence[str] = (),
     content: str = "decoded",
+    decoder: str = "framepipe",
 ) -> dict[str, Any]:
     """Measure ``modes`` on ``latents`` (pipeline format) and return the report as a dict.
 
     ``content``: what the encoders get, ``"decoded"`` (the VAE's output; noise for random weights,
     x264's worst case) or ``"procedural"`` (procedural clips of the same size, which encode like
-    real video, while the GPU decodes the latents all the same).
+    real video, while the GPU decodes the latents all the same). ``decoder``: the decoder every mode
+    but ``diffusers`` and ``diffusers-decoder`` decodes with (``decode_chunks``' choices).
 
     ``model`` says in the report which VAE ``vae`` is (e.g. ``"random wan2.1"``), for the record.
     Each of ``encoder_variants`` (see ``encoder_variant``) runs framepipe's encoding modes again
@@ -343,6 +348,8 @@ def run_bench(
     video = video or VideoSettings()
     if content not in CONTENTS:
         raise SettingsError(f"Invalid content ({content!r}). Supported values are {', '.join(CONTENTS)}.")
+    if decoder not in DECODERS:
+        raise SettingsError(f"Invalid decoder ({decoder!r}). Supported values are {', '.join(DECODERS)}.")
     variants = [(spec, encoder_variant(spec, video)) for spec in encoder_variants]
     bad = [m for m in modes if m not in BENCH_MODES]
     if bad:
@@ -358,7 +365,7 @@ def run_bench(
         timeline_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="framepipe-bench-") as tmp:
         bench = Bench(vae, latents, video=video, slots=slots, workdir=Path(tmp), stream_videos=stream_videos,
-                      content=content)  # fmt: skip
+                      content=content, decoder=decoder)  # fmt: skip
         results = []
         for mode in modes:
             for spec, settings in [("", video), *(variants if mode in VARIANT_MODES else [])]:
@@ -383,6 +390,7 @@ def run_bench(
             "model": model,
             "content": content,
             "content_is": CONTENTS[content],
+            "decoder": decoder,
             "device": str(bench.device),
             "dtype": str(bench.dtype).removeprefix("torch."),
             "latents_shape": list(latents.shape),
