@@ -4,8 +4,10 @@
 2. Capacity: ``--saturate`` jobs submitted at once; jobs/s from the first to the last finish.
 3. Load: ``--jobs`` jobs submitted at ``--load`` (default 0.8) of that capacity, at a fixed pace
    (``--arrivals poisson`` for random gaps); jobs/s, p50/p99 latency (the client's: from sending
-   the request to the MP4 in place), GPU energy per video, and kernel utilization from a
-   torch.profiler trace of the whole phase (the bench's measure): over the whole phase, over the
+   the request to the MP4 in place), GPU energy per video, and how busy the GPU was from a
+   torch.profiler trace of the whole phase, as kernel utilization (kernels only, the bench's
+   measure) and as GPU busy (kernels, device-to-device copies and memsets: the decoder's cache
+   copies are ``cudaMemcpyAsync`` calls, not kernels): over the whole phase, over the
    time some job was waiting or decoding (accepted, its latents durable -> its last chunk on the
    host), where an idle GPU means a gap between requests, and over the time some job was decoding
    (its first kernels launched -> its last chunk on the host); and how long a job waits from its
@@ -172,10 +174,12 @@ def main() -> int:
             with_work = [(j["created"] - t0, j["decoded"] - t0) for j in jobs]
             covered = union_length(with_work, 0.0, timeline.window_s)
             decoding = [(j["started"] - t0, j["decoded"] - t0) for j in jobs]
-            busy_with_work = busy_decoding = None
+            busy = {}  # kernels only, and the GPU's work: kernels, device-to-device copies and memsets
             if timeline.cuda and covered > 0:
-                busy_with_work = _busy(timeline, with_work) / covered
-                busy_decoding = _busy(timeline, decoding) / union_length(decoding, 0.0, timeline.window_s)
+                decoding_s = union_length(decoding, 0.0, timeline.window_s)
+                for name, work in (("kernel", timeline.kernels), ("gpu", timeline.kernels + timeline.device_copies)):
+                    busy[f"{name}_with_work"] = _busy(work, with_work) / covered
+                    busy[f"{name}_while_decoding"] = _busy(work, decoding) / decoding_s
             joules = [j["account"]["energy_joules"] for j in jobs if j["account"]["energy_joules"] is not None]
             result = {
                 "date": time.strftime("%Y-%m-%d"),
@@ -194,8 +198,11 @@ def main() -> int:
                          "start_delay_max_s": round(max(start_delay), 4),
                          "start_delay_steps_p50_s": {k: round(percentile(v, 50), 4) for k, v in steps.items()},
                          "kernel_utilization": _round(timeline.kernel_utilization),
-                         "kernel_utilization_with_work": _round(busy_with_work),
-                         "kernel_utilization_while_decoding": _round(busy_decoding),
+                         "kernel_utilization_with_work": _round(busy.get("kernel_with_work")),
+                         "kernel_utilization_while_decoding": _round(busy.get("kernel_while_decoding")),
+                         "gpu_busy": _round(timeline.gpu_busy),
+                         "gpu_busy_with_work": _round(busy.get("gpu_with_work")),
+                         "gpu_busy_while_decoding": _round(busy.get("gpu_while_decoding")),
                          "share_of_time_with_work": round(covered / timeline.window_s, 4),
                          "joules_per_video": round(statistics.mean(joules), 2) if joules else None,
                          "gpu_seconds_per_video": _mean([j["account"]["gpu_seconds"] for j in jobs])},
@@ -210,9 +217,9 @@ def main() -> int:
     return 0
 
 
-def _busy(timeline, intervals: list[tuple[float, float]]) -> float:
-    """Seconds of kernel time within the union of ``intervals``."""
-    return sum(union_length(timeline.kernels, a, b) for a, b in merge(sorted(intervals)))
+def _busy(work: list[tuple[float, float]], intervals: list[tuple[float, float]]) -> float:
+    """Seconds within the union of ``intervals`` in which some of ``work`` (GPU intervals) ran."""
+    return sum(union_length(work, a, b) for a, b in merge(sorted(intervals)))
 
 
 def _round(value: float | None) -> float | None:
