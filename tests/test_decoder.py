@@ -277,3 +277,20 @@ def test_subpixel_resampling_on_cuda(dtype, pairs):
         want = conv(resampling.upsampled(x, pairs, channels_last=True))
     assert same_bits(got.cpu(), on_cpu)
     torch.testing.assert_close(got, want, rtol=2e-2, atol=5e-2 if dtype == torch.bfloat16 else 1e-2)  # TF32
+
+
+@pytest.mark.needs_cuda
+def test_weight_copies_made_on_one_stream_are_ready_on_another():
+    """Kept weight copies serve decodes on every stream: made on one stream while it is busy, they
+    are finished when another stream reads them at once."""
+    conv = torch.nn.Conv3d(96, 96, 3).cuda()
+    busy, other = torch.cuda.Stream(), torch.cuda.Stream()
+    big = torch.randn(4096, 4096, device="cuda")
+    with torch.cuda.stream(busy):
+        for _ in range(20):  # keeps this stream busy for a while
+            big = big @ big / 64
+        weight, bias = layouts.conv_copies(conv, True)
+    with torch.cuda.stream(other):
+        got = weight[:96].clone(), bias[:96].clone()
+    torch.cuda.synchronize()
+    assert torch.equal(got[0], conv.weight) and torch.equal(got[1], conv.bias)

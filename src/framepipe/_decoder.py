@@ -4,14 +4,16 @@ Bit-exact by construction and by check. ``WanCausalConv3d`` concatenates its cac
 pads the result (two copies of every activation a convolution reads); here each convolution's input
 window is one zero-bordered tensor into which the norm + SiLU before it writes directly. On CUDA the
 norm + SiLU is one Triton kernel that adds up each pixel's sum of squares in PyTorch's own order and
-repeats every other step with PyTorch's roundings (Note [Exact fusion], ``_fused.py``); a convolution's bias is
-added by the kernel that reads its output (the next norm's, or one bias + residual kernel); the
-activations live channels-last (NDHWC), where cuDNN reads them without its layout transposes, the
-resamplers' included, and a convolution may be computed with its output channels padded to cuDNN's
-tile (``padded_channels``) where that is faster and keeps the bits (``fastest_way``). Each is checked
-bit for bit against PyTorch on the device, per shape, before first use (``_equivalence.py``); where a check
-fails, that step runs as diffusers runs it. The attention runs diffusers' module. The fast decoder
-(``exact=False``, opt-in) takes each convolution's fastest way whatever its bits.
+repeats every other step with PyTorch's roundings (Note [Exact fusion], ``_fused.py``); a
+convolution's bias is added by the kernel that reads its output (the next norm's, or one bias +
+residual kernel); the activations live channels-last (NDHWC), where cuDNN reads them without its
+layout transposes, the resamplers' included, and a convolution may be computed with its output
+channels padded to cuDNN's tile (``padded_channels``) where that is faster and keeps the bits
+(``fastest_way``). Each is checked bit for bit against PyTorch on the device, per shape, before
+first use (``_equivalence.py``); where a check fails, that step runs as diffusers runs it. The
+attention runs diffusers' module. The fast decoder (``exact=False``, opt-in) takes each
+convolution's fastest way whatever its bits, and runs a resampler sub-pixel where that is faster
+(``_resampling.py``).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ def verified_equivalences() -> dict[tuple, bool]:
 
 
 def chosen_ways() -> dict[tuple, object]:
-    """How each convolution shape runs, as ``fastest_way`` chose it so far (for benchmarks and reports)."""
+    """How each convolution (and, fast, resampler) shape runs, as ``fastest_way`` chose it so far."""
     return dict(_WAYS)
 
 
@@ -32,7 +32,7 @@ def verified(key: tuple, reference: Callable[[], torch.Tensor], candidate: Calla
     return _VERIFIED[key]
 
 
-# How each convolution shape runs, chosen at first use: key -> a way (fastest_way), None: channel-first.
+# How each step's shape runs, chosen at first use: key -> a way (fastest_way), None: as diffusers runs it.
 _WAYS: dict[tuple, object] = {}
 
 

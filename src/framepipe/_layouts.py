@@ -89,8 +89,22 @@ def kept_copy(conv: torch.nn.Module, kind: object, make: Callable[[torch.nn.Modu
         copies = {}
         _COPIES[conv] = (parameters_state(conv), copies)
     if kind not in copies:
-        copies[kind] = make(conv)
+        copies[kind] = made_apart(lambda: make(conv), conv.weight.device)
     return copies[kind]
+
+
+def made_apart(make: Callable[[], tuple], device: torch.device) -> tuple:
+    """``make()``; on CUDA on a stream of its own that first waits for the current one, and finished
+    before it returns: copies kept for every decode may be read at once from any stream (two videos
+    decoding at once, or the next video of a stream), not only from the one that made them."""
+    if device.type != "cuda":
+        return make()
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):
+        made = make()
+    side.synchronize()
+    return made
 
 
 def conv_copies(conv: torch.nn.Module, padded: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
