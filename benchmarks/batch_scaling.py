@@ -22,6 +22,8 @@ import torch
 from safetensors.torch import save_file
 from script_inputs import add_encoder_arguments, latents_shape
 
+from framepipe._source import CONTENTS
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -32,7 +34,7 @@ def main() -> None:
     p.add_argument("--lengths", default="81,41,121,61,81,21,101,81,41,121,61,81", help="frames per video (1 + 4k)")
     p.add_argument(
         "--content",
-        choices=("decoded", "procedural"),
+        choices=tuple(CONTENTS),
         default="decoded",
         help="what the encoders get: the random weights' decode (noise, x264's worst case) or procedural "
         "clips of its size, which encode like real video (the GPU decodes all the same)",

@@ -94,6 +94,7 @@ class WanDecoderStep:
         self.decoder = vae.decoder
         self.exact = exact  # False: the fast decoder, whose convolutions may change the bits
         self.fused: bool | None = None  # decided on the first call, on the decoder's device
+        self.copies: dict[tuple, tuple] = {}  # (conv, padded) -> conv_copies, looked up once a video
 
     def __call__(self, x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:
         if self.fused is None:
@@ -196,7 +197,9 @@ class WanDecoderStep:
         bias = conv.bias if defer_bias else None
 
         def run(x: torch.Tensor, padded: bool) -> torch.Tensor:
-            weight, full_bias = conv_copies(conv, padded)
+            if (conv, padded) not in self.copies:  # its parameters do not change while a video decodes
+                self.copies[conv, padded] = conv_copies(conv, padded)
+            weight, full_bias = self.copies[conv, padded]
             out = conv._conv_forward(x.contiguous(memory_format=channels_last_format(x.dim())), weight,
                                      None if defer_bias else full_bias)  # fmt: skip
             return out[:, : conv.out_channels] if padded else out

@@ -32,15 +32,19 @@ def verified(key: tuple, reference: Callable[[], torch.Tensor], candidate: Calla
     return _VERIFIED[key]
 
 
+def record(key: tuple, same: bool) -> None:
+    """Note a check made elsewhere (``verified_equivalences`` reports it)."""
+    _VERIFIED[key] = same
+
+
 # How each step's shape runs, chosen at first use: key -> a way (fastest_way), None: as diffusers runs it.
 _WAYS: dict[tuple, object] = {}
 
 
-MARGIN = 0.9  # a way other than the first must take less than this share of its time: a padded
-
-
-# output costs its readers too, which the convolution's time leaves out (bf16 shapes 3 % faster alone
-# made a whole decode 2 % slower on an H200)
+# A way other than the first must take less than this share of its time: a padded output costs its
+# readers too, which the convolution's time leaves out (bf16 shapes 3 % faster alone made a whole
+# decode 2 % slower on an H200).
+MARGIN = 0.9
 
 
 def fastest_way(key: tuple, reference: Callable[[], torch.Tensor], run: Callable[[object], torch.Tensor],
@@ -98,8 +102,3 @@ def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
     return torch.equal(a.contiguous().view(as_int[a.dtype]), b.contiguous().view(as_int[b.dtype]))
-
-
-def record(key: tuple, same: bool) -> None:
-    """Note a check made elsewhere (``verified_equivalences`` reports it)."""
-    _VERIFIED[key] = same

@@ -34,10 +34,8 @@ from ._optional import require
 # same rounding: the norm kernel (``HAS_BIAS``) and the bias + residual kernel. Whether the bias-less
 # channels-last convolution plus that ``add_`` gives the convolution's bits is checked with it.
 
-_SPLITS: dict[tuple, int | None] = {}
-
-
-_EXACT: dict[tuple, bool] = {}
+_SPLITS: dict[tuple, int | None] = {}  # a norm's shape -> the thread split that gives PyTorch's bits, or None
+_EXACT: dict[tuple, bool] = {}  # (device, dtype) -> whether the fused kernel runs there with PyTorch's bits
 
 
 def reduction_split(shape: tuple[int, ...], strides: tuple[int, ...]) -> int | None:

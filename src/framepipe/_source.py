@@ -23,6 +23,11 @@ if TYPE_CHECKING:
 
 #: What makes a video's chunks, called as ``decode_chunks`` is: ``decode_chunks`` or ``ProceduralChunks()``.
 ChunkSource = Callable[..., Iterator[torch.Tensor]]
+#: What the encoders may be given (bench, batch), and how a report names it.
+CONTENTS = {
+    "decoded": "the VAE's output",
+    "procedural": "procedural clips of the decoded size (encode like real video); the GPU decodes the latents",
+}
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from typing import Any
 from ._decoder import DECODERS
 from ._errors import FramepipeError, OutputError, SettingsError
 from ._paths import removed_if_unused
+from ._source import CONTENTS
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
@@ -245,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     bt.add_argument("--workers", type=_count, default=None, metavar="N", help="with --ray: N decoder actors")
     bt.add_argument(
         "--content",
-        choices=("decoded", "procedural"),
+        choices=tuple(CONTENTS),
         default="decoded",
         help="what the encoders get: decoded (default: the VAE's output) or, for benchmarks with random weights "
         "(--arch), procedural clips of the same size, which encode like real video while the GPU decodes all the same",
@@ -334,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     b.add_argument(
         "--content",
-        choices=("auto", "decoded", "procedural"),
+        choices=("auto", *CONTENTS),
         default="auto",
         help="what the encoders get: decoded (the VAE's output), procedural (procedural clips of the same size, "
         "which encode like real video, while the GPU decodes all the same); auto (default): procedural for "

@@ -16,12 +16,10 @@ from .._api import decode, prepare_latents
 from .._device_worker import DecodedVideo, DeviceWorker, VideoOrder, failure_message
 from .._errors import FramepipeError, SettingsError
 from .._latents import check_one_video, load_latents
-from .._source import ChunkSource, ProceduralChunks
+from .._source import CONTENTS, ChunkSource, ProceduralChunks
 from ..sinks import VideoSettings
 from ._destination import fetch_latents
 from ._plan import BatchTask
-
-CONTENTS = ("decoded", "procedural")
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from .._errors import SettingsError
 from .._latents import denormalize
 from .._pipeline import numbered_chunks
 from .._postprocess import to_uint8_frames
-from .._source import ProceduralChunks, decode_chunks, geometry
+from .._source import CONTENTS, ProceduralChunks, decode_chunks, geometry
 from .._trace import PipelineTrace, stage
 from ..sinks import Sink, VideoSettings, open_sink, parse_segment_frames
 from ._cost import FORMULA
@@ -50,11 +50,6 @@ BENCH_MODES: tuple[str, ...] = (
 )  # fmt: skip
 DEFAULT_MODES: tuple[str, ...] = BENCH_MODES[:6]
 VARIANT_MODES: tuple[str, ...] = ("sync", "async", "encode-only", "async-stream")  # framepipe's encoding modes
-#: What the encoders are given, and how the report names it.
-CONTENTS = {
-    "decoded": "the VAE's output",
-    "procedural": "procedural clips of the decoded size (encode like real video); the GPU decodes the latents",
-}
 
 
 def encoder_variant(spec: str, base: VideoSettings) -> VideoSettings:
