@@ -12,7 +12,8 @@ from framepipe import _layouts as layouts
 from framepipe import _resampling as resampling
 from framepipe._equivalence import same_bits, verified_equivalences
 from framepipe._fused import norm_silu, norm_silu_is_exact
-from framepipe._source import decode_chunks
+from framepipe._graphs import StepGraphs
+from framepipe._source import causal_conv_count, decode_chunks
 
 
 def _chunks(vae, z, decoder, **options):
@@ -49,6 +50,30 @@ def test_channels_last_steps_give_diffusers_bits_where_every_check_falls_back(ve
         ours = [c.clone() for c in decode_chunks(vae, z, step=step)]
     theirs = _chunks(vae, z, "diffusers")
     assert len(ours) == len(theirs) == 5 and all(same_bits(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_cache_serves_the_next_video_written_in_place(version, channels_last, monkeypatch):
+    """One cache list through two videos: its buffers, once made, are written in place, and the second
+    video's first chunk reads none of the first video's (the CUDA graphs rely on both)."""
+    if channels_last:
+        monkeypatch.setattr(decoder, "fastest_way", lambda key, reference, run, ways, **_: None)
+    vae = small_vae(version)
+    step = decoder.WanDecoderStep(vae)
+    step.fused = channels_last or None
+    cache = [None] * causal_conv_count(vae)
+    made: list = []
+
+    def shared(x, _cache, *, first_chunk):  # each video's decode through the one cache list
+        out = step(x, cache, first_chunk=first_chunk)
+        made.append(list(cache))
+        return out
+
+    for seed in (1, 2):
+        z = small_latents(version, frames=3, height=6, width=10, seed=seed)
+        ours, theirs = _chunks(vae, z, "framepipe", step=shared), _chunks(vae, z, "diffusers")
+        assert len(ours) == len(theirs) == 3 and all(same_bits(a, b) for a, b in zip(ours, theirs, strict=True))
+    assert all(a is b for later in made[2:] for a, b in zip(later, made[1], strict=True))  # written in place
 
 
 def test_padded_convolution_outputs_flow_through_the_decoder(version, monkeypatch):
@@ -294,3 +319,35 @@ def test_weight_copies_made_on_one_stream_are_ready_on_another():
         got = weight[:96].clone(), bias[:96].clone()
     torch.cuda.synchronize()
     assert torch.equal(got[0], conv.weight) and torch.equal(got[1], conv.bias)
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("name", ["framepipe", "fast"])
+def test_cuda_graphs_give_the_eager_bits_video_after_video(version, dtype, name):
+    """A device worker's kept graphs: three videos of one size (the first runs eagerly and captures,
+    the next replay), then another size (captured again), then changed weights (captured again),
+    two latent frames a chunk; every chunk the eager decoder's bits."""
+    vae = small_vae(version).to("cuda", dtype)
+    graphs = StepGraphs()
+
+    def check(z, **options):
+        want = _chunks(vae, z, name, **options)
+        got = _chunks(vae, z, name, graphs=graphs, **options)
+        assert len(got) == len(want)
+        for i, (a, b) in enumerate(zip(got, want, strict=True)):
+            assert same_bits(a, b), f"chunk {i}: max difference {(a.float() - b.float()).abs().max().item()}"
+
+    for seed in (1, 2, 3):
+        check(small_latents(version, frames=5, height=12, width=20, seed=seed).to("cuda", dtype))
+    (kept,) = graphs.kept.values()
+    assert set(kept.graphs) == {True, False} and not kept.failed  # both kinds captured, replayed
+    check(small_latents(version, frames=4, height=16, width=24, seed=4).to("cuda", dtype), latent_frames_per_chunk=2)
+    (again,) = graphs.kept.values()
+    assert again is not kept and again.shape[-2:] == (16, 24)
+    with torch.no_grad():
+        vae.decoder.conv_out.weight.mul_(0.5)
+    check(small_latents(version, frames=4, height=16, width=24, seed=5).to("cuda", dtype))
+    assert next(iter(graphs.kept.values())) is not again
+    graphs.close()
+    assert not graphs.kept

@@ -32,6 +32,7 @@ from ._layouts import (
     channel_first,
     channels_last_format,
     conv_copies,
+    copy_bits,
     padded_channels,
     silu_into,
 )
@@ -87,7 +88,9 @@ class WanDecoderStep:
     ``cache`` is diffusers' list (one entry per causal conv) kept across the frames of one video; its entries
     for the causal convolutions run here hold their windows' last two frames whole: the zero frames
     before the first, and each frame's zero border (so that it goes back into the next window in one
-    contiguous copy channels-last).
+    contiguous copy channels-last). An entry, once made, is written in place from then on, and the first
+    chunk reads none: a list of buffers can serve video after video (``_graphs.py`` replays its chunks
+    with their buffers).
     """
 
     def __init__(self, vae: AutoencoderKLWan, *, exact: bool = True) -> None:
@@ -95,10 +98,12 @@ class WanDecoderStep:
         self.exact = exact  # False: the fast decoder, whose convolutions may change the bits
         self.fused: bool | None = None  # decided on the first call, on the decoder's device
         self.copies: dict[tuple, tuple] = {}  # (conv, padded) -> conv_copies, looked up once a video
+        self.first_chunk = True  # the call's: the first chunk reads no history
 
     def __call__(self, x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:
         if self.fused is None:
             self.fused = proven_shape(x) and norm_silu_is_exact(x.device, next(self.decoder.parameters()).dtype)
+        self.first_chunk = first_chunk
         d = self.decoder
         idx = [0]
         x = added(*self._causal_conv(d.conv_in, copy_of(x), x, d.conv_in.in_channels, cache, idx))
@@ -138,12 +143,11 @@ class WanDecoderStep:
             return sampler(channel_first(x), feat_cache=cache, feat_idx=idx)
         pairs = False
         if sampler.mode == "upsample3d":
-            if cache[idx[0]] is None:  # the first chunk: no time upsampling; "Rep" marks it, as diffusers does
-                cache[idx[0]] = "Rep"
+            if self.first_chunk:  # no time upsampling; the second chunk's history is zeros (diffusers' "Rep")
+                if cache[idx[0]] is not None:
+                    cache[idx[0]].zero_()
                 idx[0] += 1
             else:
-                if isinstance(cache[idx[0]], str):  # the second chunk: the history is diffusers' zero padding
-                    cache[idx[0]] = None
                 x = added(*self._causal_conv(sampler.time_conv, copy_of(x), x, x.shape[1], cache, idx))
                 pairs = True  # channels [0, c) are the even output frames, [c, 2c) the odd ones
         conv, way = sampler.resample[1], "upsampled"
@@ -232,13 +236,17 @@ class WanDecoderStep:
         fill(window[:, :, pad_t:, rows, cols])
         self._exchange(window[:, :, pad_t:], pad_h)
         history, previous = window[:, :, :pad_t], cache[idx[0]]
-        if previous is None:
+        if previous is None or self.first_chunk:
             history.zero_()
         else:
-            history.copy_(previous)
+            copy_bits(history, previous)
         out = self._conv(conv, window, defer_bias)
         # the last frames whole (zero border, a split band's halo rows): one block of memory channels-last
-        cache[idx[0]] = window[:, :, -_CACHE_T:].clone()
+        last = window[:, :, -_CACHE_T:]
+        if previous is not None and previous.shape == last.shape:
+            copy_bits(previous, last)
+        else:
+            cache[idx[0]] = last.clone()
         idx[0] += 1
         return out
 

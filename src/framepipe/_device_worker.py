@@ -29,6 +29,7 @@ import torch
 
 from ._accounting import GpuMeter, JobAccount, Mark
 from ._errors import GPU_OUT_OF_MEMORY, DeviceError, FramepipeError
+from ._graphs import StepGraphs
 from ._latents import check_one_video
 from ._pipeline import Job, on_device, run_async
 from ._postprocess import to_uint8_frames
@@ -114,6 +115,7 @@ class DeviceWorker:
         self.last_end: Mark | None = None  # where the last video's account ended
         self.ahead = _Ahead(self._take_and_open)
         self.warmed: set[tuple[int, int]] = set()  # latent frame sizes decoded once already
+        self.graphs = StepGraphs()  # the decoder's CUDA graphs, kept from video to video
 
     def run(self) -> None:
         """One stream per run of videos of one frame size, until the feed gives None."""
@@ -125,7 +127,7 @@ class DeviceWorker:
                     first = carry if carry is not None else self.ahead.next()
                     if first is None:
                         return
-                    self.warm_up(tuple(first.latents.shape[-2:]))
+                    self.warm_up(tuple(first.latents.shape[-2:]), graphs=True)
                     stream = _Stream(self, first, alone=False)
                     stream.run()
                     for item in stream.unfinished:  # a broken stream: each of its videos again, alone
@@ -137,19 +139,23 @@ class DeviceWorker:
         finally:
             self.ahead.close()
             self.meter.close()
+            self.graphs.close()
 
-    def warm_up(self, size: tuple[int, int] = (8, 8)) -> None:
+    def warm_up(self, size: tuple[int, int] = (8, 8), *, graphs: bool = False) -> None:
         """Decode two latent frames of ``size`` once, so that no video waits for what a process does on
         its first decode (CUDA libraries loaded) and of each frame size (the fused kernels compiled,
-        each shape's convolution and kernel checked): about a second on an H200 at 480x832."""
+        each shape's convolution and kernel checked): about a second on an H200 at 480x832. With
+        ``graphs``, twice: the second time captures the decoder's CUDA graphs for that size."""
         if size in self.warmed:
             return
         self.warmed.add(size)
         param = next(self.vae.parameters())
         latents = torch.zeros(1, self.vae.config.z_dim, 2, *size, device=param.device, dtype=param.dtype)
+        kept = self.graphs if graphs and self.decoder != "diffusers" and self.device.type == "cuda" else None
         try:
-            for chunk in decode_chunks(self.vae, latents, decoder=self.decoder):
-                to_uint8_frames(chunk)
+            for _ in range(1 if kept is None else 2):
+                for chunk in decode_chunks(self.vae, latents, decoder=self.decoder, graphs=kept):
+                    to_uint8_frames(chunk)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
         except Exception as e:  # the first video meets it again and fails with it, on its own
@@ -314,7 +320,8 @@ class _Stream:
     def _job(self, opened: _Opened) -> Job:
         running = self.running[id(opened)] = _Running(opened)
         count = opened.latents.shape[2]  # chunks: one per latent frame
-        chunks = self.worker.chunk_source(self.worker.vae, opened.latents, decoder=self.worker.decoder)
+        chunks = self.worker.chunk_source(self.worker.vae, opened.latents, decoder=self.worker.decoder,
+                                          graphs=self.worker.graphs)  # fmt: skip
         chunks = self._measured(running, chunks, count)
         self.sources.append(chunks)
         opened.latents = None  # the chunk source holds them until it is done

@@ -49,6 +49,20 @@ def added(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     return out if bias is None else out.add_(bias.reshape(-1, *(1,) * (out.dim() - 2)))
 
 
+_BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def copy_bits(out: torch.Tensor, x: torch.Tensor) -> None:
+    """``out.copy_(x)``, but while a CUDA graph is captured as an elementwise kernel on the bits: a
+    graph runs a captured device-to-device memcpy with copy kernels of its own, slower than both
+    (0.123 s against 0.077 s of memcpy a float32 480x832 decode, H200)."""
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():
+        bits = _BITS[x.element_size()]
+        torch.bitwise_or(x.view(bits), 0, out=out.view(bits))
+    else:
+        out.copy_(x)
+
+
 def silu_into(x: torch.Tensor, out: torch.Tensor) -> None:
     """Write ``F.silu(x)``'s bits into ``out`` (any strides): CUDA's elementwise kernels do the same
     arithmetic whatever the output's strides; the CPU's vectorized SiLU runs on contiguous outputs only."""

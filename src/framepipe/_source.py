@@ -8,6 +8,7 @@ each chunk is handed on as soon as it exists and the whole video is never held o
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ import torch
 
 from ._decoder import DECODERS, WanDecoderStep
 from ._errors import GPU_OUT_OF_MEMORY, CheckpointError, DeviceError, SettingsError
+from ._graphs import StepGraphs, graphable
 from ._optional import require
 
 if TYPE_CHECKING:
@@ -70,6 +72,7 @@ def decode_chunks(
     latent_frames_per_chunk: int = 1,
     decoder: str = "framepipe",
     step: DecoderStep | None = None,
+    graphs: StepGraphs | None = None,
 ) -> Iterator[torch.Tensor]:
     """Yield decoded chunks of ``latents`` (already de-normalized, on the VAE's device and dtype).
 
@@ -78,8 +81,9 @@ def decode_chunks(
     (k = 1 by default, as diffusers). ``decoder``: ``"framepipe"`` (``WanDecoderStep``: the same
     bits, fewer copies), ``"fast"`` (the same, its convolutions free to change the bits) or
     ``"diffusers"`` (its ``WanDecoder3d.forward`` as is); ``step`` replaces
-    either (the split decode's band of rows uses it). The kernels run on the current CUDA stream;
-    nothing here waits for the GPU (see ``FirstChunkCheck``).
+    either (the split decode's band of rows uses it). ``graphs``: where framepipe's decoders keep
+    their CUDA graphs for the next video (``_graphs.py``; a device worker's). The kernels run on the
+    current CUDA stream; nothing here waits for the GPU (see ``FirstChunkCheck``).
     """
     if latent_frames_per_chunk < 1:
         raise SettingsError(f"latent_frames_per_chunk must be >= 1, got {latent_frames_per_chunk}.")
@@ -88,8 +92,13 @@ def decode_chunks(
     unpatchify = require("diffusers.models.autoencoders.autoencoder_kl_wan", "video").unpatchify
     patch = vae.config.patch_size
     feat_cache: list[torch.Tensor | None] = [None] * causal_conv_count(vae)
+    held = ExitStack()  # the graphs this video holds
     if step is None and decoder != "diffusers":
-        step = WanDecoderStep(vae, exact=decoder == "framepipe")
+        exact = decoder == "framepipe"
+        if graphs is not None and graphable(latents):
+            step = held.enter_context(graphs.step(vae, latents, exact=exact))
+        else:
+            step = WanDecoderStep(vae, exact=exact)
     elif step is None:
 
         def step(x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:
@@ -123,6 +132,7 @@ def decode_chunks(
         raise DeviceError(GPU_OUT_OF_MEMORY) from e
     finally:
         feat_cache.clear()
+        held.close()
 
 
 class ProceduralChunks:
