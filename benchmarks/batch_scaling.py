@@ -4,6 +4,8 @@ Writes seeded random latents of the given lengths (frames per video), then runs 
 ``--gpus 0`` and with ``--gpus 0,1,...`` into fresh folders, and compares the batches' work time
 (the first video's start to the last one's end: the workers' start-up and model loading left out)
 and their wall time, with each worker's share (when it began and ended, how much of it it decoded).
+A batch of short videos on every GPU runs first and is not measured: what a process does once per machine
+(Triton's kernel compiles, Python's bytecode) is not part of a batch on a machine in use.
 
     python benchmarks/batch_scaling.py --gpus 0,1 --dtype bfloat16 --lengths 81,41,121,61,81,21,101,81 --out r/
 """
@@ -61,12 +63,20 @@ def main() -> None:
             shape = latents_shape(args.arch, frames=frames, height=height, width=width)
             latents = torch.randn(shape, generator=g)
             save_file({"latents": latents}, inputs / f"v{i:03d}.safetensors")
-        for name, gpus in (("one_gpu", args.gpus.split(",")[0]), ("all_gpus", args.gpus)):
-            command = [sys.executable, "-m", "framepipe", "batch", str(inputs), "-o", str(Path(tmp) / name),
+        first = Path(tmp) / "first"
+        first.mkdir()
+        for i in range(len(args.gpus.split(","))):  # a short video for each GPU's worker
+            latents = torch.randn(latents_shape(args.arch, frames=5, height=height, width=width))
+            save_file({"latents": latents}, first / f"v{i}.safetensors")
+        for name, gpus, folder in (("machine_warm_up", args.gpus, first), ("one_gpu", args.gpus.split(",")[0], inputs),
+                                   ("all_gpus", args.gpus, inputs)):  # fmt: skip
+            command = [sys.executable, "-m", "framepipe", "batch", str(folder), "-o", str(Path(tmp) / name),
                        "--gpus", gpus, *common]  # fmt: skip
             answer = subprocess.run(command, capture_output=True, text=True)
             if answer.returncode != 0:
                 raise SystemExit(f"{' '.join(command)} failed:\n{answer.stderr}")
+            if name == "machine_warm_up":
+                continue
             summary = json.loads(answer.stdout)
             result[name] = {k: summary[k] for k in ("done", "failed", "seconds", "work_seconds", "gpu_seconds",
                                                     "devices", "videos_per_hour", "per_worker")}  # fmt: skip
@@ -80,6 +90,7 @@ def main() -> None:
         Path(args.out).mkdir(parents=True, exist_ok=True)
         suffix = "" if args.content == "decoded" else f"_{args.content}"
         suffix += "".join(f"_{option.replace('=', '')}" for option in args.encoder_option)
+        suffix += "" if args.lengths == p.get_default("lengths") else f"_{len(lengths)}videos"
         (Path(args.out) / f"batch_scaling_{args.dtype}{suffix}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 

@@ -2,8 +2,9 @@
 
 For each architecture (seeded random weights), dtype and frame size: diffusers' whole-video
 ``vae.decode`` (the baseline users run), and the chunked GPU-only decode with diffusers' decoder
-forward, with framepipe's and with framepipe's fast one (``decode_chunks(decoder=...)``), timed
-alternately in one process. Every chunk of diffusers' and framepipe's chunked decoders is compared
+forward, with framepipe's and with framepipe's fast one (``decode_chunks(decoder=...)``), each of
+framepipe's also as a device worker runs it (``graphed``: CUDA graphs kept from decode to decode),
+timed alternately in one process. Every chunk of diffusers' and framepipe's chunked decoders is compared
 bit for bit, and the whole video against ``vae.decode`` in uint8; the fast decoder's difference
 from them is reported (its error against the fp32 reference: ``framepipe compare --decoder fast``).
 With ``--profile``, one decode of each is broken down by kernel kind.
@@ -26,6 +27,7 @@ from gpu_timing import peak, timed
 from framepipe import random_vae, to_uint8_frames
 from framepipe._equivalence import chosen_ways, same_bits, verified_equivalences
 from framepipe._fused import norm_silu_is_exact
+from framepipe._graphs import StepGraphs
 from framepipe._source import decode_chunks
 
 KINDS = [  # (kind, substrings of kernel names), first match wins
@@ -38,26 +40,42 @@ KINDS = [  # (kind, substrings of kernel names), first match wins
 ]
 
 
+GRAPHED = {"framepipe graphed": "framepipe", "fast graphed": "fast"}  # as a device worker decodes
+KEPT = StepGraphs()  # their graphs, kept from decode to decode (per decoder, of the last size)
+
+
 def chunked(vae, z, decoder: str) -> None:
-    for chunk in decode_chunks(vae, z, decoder=decoder):
+    for chunk in chunks(vae, z, decoder):
         to_uint8_frames(chunk)
 
 
+def chunks(vae, z, decoder: str):
+    """``decode_chunks`` with ``decoder``, or with framepipe's as graphed (``GRAPHED``)."""
+    if decoder in GRAPHED:
+        return decode_chunks(vae, z, decoder=GRAPHED[decoder], graphs=KEPT)
+    return decode_chunks(vae, z, decoder=decoder)
+
+
 def compare(vae, z) -> dict:
-    """Chunk by chunk, framepipe's decoder against diffusers' (bits), and the whole video in uint8."""
+    """Chunk by chunk, framepipe's decoder (eager and graphed) against diffusers' (bits), and the
+    whole video in uint8."""
+    for _ in range(2):  # the graphs captured: the second decode replays both kinds
+        graphed = [c.clone() for c in chunks(vae, z, "framepipe graphed")]
     ours = decode_chunks(vae, z, decoder="framepipe")
     theirs = decode_chunks(vae, z, decoder="diffusers")
-    same, max_diff, frames = True, 0.0, []
-    for a, b in zip(ours, theirs, strict=True):
+    same, max_diff, frames, graphed_same = True, 0.0, [], True
+    for a, b, c in zip(ours, theirs, graphed, strict=True):
         if not same_bits(a, b):
             same = False
             max_diff = max(max_diff, (a.float() - b.float()).abs().max().item())
+        graphed_same = graphed_same and same_bits(c, b)
         frames.append(to_uint8_frames(a).cpu())
     whole = to_uint8_frames(vae.decode(z).sample).cpu()
     ours_u8 = torch.cat(frames, 1)
     fast_u8 = torch.cat([to_uint8_frames(c).cpu() for c in decode_chunks(vae, z, decoder="fast")], 1)
     return {
         "chunks_same_bits": same,
+        "graphed_chunks_same_bits": graphed_same,
         "chunks_max_abs_diff": max_diff,
         "uint8_same_as_vae_decode": bool(torch.equal(ours_u8, whole)),
         "uint8_levels_differing": int((ours_u8.int() - whole.int()).abs().max()),
@@ -89,6 +107,7 @@ def breakdown(fn) -> dict[str, float]:
 
 
 def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, profile: bool) -> dict:
+    KEPT.close()  # the last row's graphs
     vae = random_vae(arch).to("cuda", getattr(torch, dtype))
     s = vae.config.scale_factor_spatial
     g = torch.Generator(device="cuda").manual_seed(0)
@@ -100,7 +119,7 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
         # framepipe's first decode at these shapes also checks each norm's and convolution's bits
         first_use = round(peak(lambda: chunked(vae, z, "framepipe")), 2)
         row.update(compare(vae, z))
-        decoders = ("diffusers", "framepipe", "fast")
+        decoders = ("diffusers", "framepipe", "fast", *GRAPHED)
         for name in decoders:  # warm-up
             chunked(vae, z, name)
         times: dict[str, list[float]] = {"vae.decode": [], **{name: [] for name in decoders}}
@@ -113,11 +132,16 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
         row["speedup_vs_vae_decode"] = round(min(times["vae.decode"]) / min(times["framepipe"]), 3)
         row["speedup_vs_diffusers_chunked"] = round(min(times["diffusers"]) / min(times["framepipe"]), 3)
         row["fast_speedup_vs_vae_decode"] = round(min(times["vae.decode"]) / min(times["fast"]), 3)
+        for name in GRAPHED:
+            key = f"{name.replace(' ', '_')}_speedup_vs_vae_decode"
+            row[key] = round(min(times["vae.decode"]) / min(times[name]), 3)
+        KEPT.close()  # the eager decodes' peaks without the graphs' memory; the graphed ones capture theirs
         row["peak_vram_gib"] = {
             "vae.decode": round(peak(lambda: vae.decode(z)), 2),
             "diffusers": round(peak(lambda: chunked(vae, z, "diffusers")), 2),
             "framepipe": round(peak(lambda: chunked(vae, z, "framepipe")), 2),
             "fast": round(peak(lambda: chunked(vae, z, "fast")), 2),
+            **{name: round(peak(lambda n=name: chunked(vae, z, n)), 2) for name in GRAPHED},  # with their graphs
             "framepipe first use": first_use,
         }
         checked = verified_equivalences().items()
