@@ -14,7 +14,9 @@ video that finds them in use (another thread decodes one) runs eagerly.
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -22,6 +24,7 @@ from typing import Any
 import torch
 
 from ._decoder import WanDecoderStep
+from ._errors import first_line
 
 
 def module_state(module: torch.nn.Module) -> tuple:
@@ -83,8 +86,10 @@ class ChunkGraphs:
             try:
                 with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
                     out = self.step(self.input, cache, first_chunk=first_chunk)
-            except RuntimeError:  # an op that cannot be captured: this decoder runs eagerly, as it always can
+            except RuntimeError as e:  # an op that cannot be captured: this decoder runs eagerly, as it always can
                 self.failed = True
+                warnings.warn(f"decoding without CUDA graphs: capturing the decoder failed ({first_line(e)})",
+                              stacklevel=2)  # fmt: skip
                 return
         if any(a is not b for a, b in zip(cache, self.buffers, strict=True)):
             raise RuntimeError("a graphed decoder step replaced a cache buffer instead of writing it in place")
@@ -137,7 +142,8 @@ class StepGraphs:
         with self.lock:
             for graphs in self.kept.values():
                 if graphs.done is not None:
-                    graphs.done.synchronize()
+                    with contextlib.suppress(RuntimeError):  # a broken CUDA context has its own error to tell
+                        graphs.done.synchronize()
             self.kept.clear()
 
 
