@@ -382,7 +382,8 @@ def test_ray_batch_survives_a_lost_node(tmp_path, vae_folder):
     import ray
 
     cluster_utils = pytest.importorskip("ray.cluster_utils")
-    tasks = plan_batch([str(_latents(tmp_path / "in", 6, frames=5))])
+    videos = 8  # enough that both actors hold one while the batch runs, also on a loaded 2-core machine
+    tasks = plan_batch([str(_latents(tmp_path / "in", videos, frames=5))])
     cluster = cluster_utils.Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     nodes = [cluster.add_node(num_cpus=1) for _ in range(2)]  # one actor on each
     removed: list[str] = []
@@ -406,15 +407,15 @@ def test_ray_batch_survives_a_lost_node(tmp_path, vae_folder):
     finally:
         cluster.shutdown()
     assert removed, "the node was not removed mid-batch"
-    assert (summary.done, summary.failed) == (6, 0)
+    assert (summary.done, summary.failed) == (videos, 0)
     # the lost node's actor may have outlived the batch by a moment: its partial video, if any, goes
     # with the next run into the folder (here one that finds every video done)
-    assert run_batch(tasks, tmp_path / "out", _options(vae_folder)).skipped == 6
+    assert run_batch(tasks, tmp_path / "out", _options(vae_folder)).skipped == videos
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == sorted(
-        [JOURNAL_NAME] + [f"v{i}.mp4" for i in range(6)]
+        [JOURNAL_NAME] + [f"v{i}.mp4" for i in range(videos)]
     )
     journal = Journal(tmp_path / "out")
-    for i in range(6):
+    for i in range(videos):
         assert file_digest(tmp_path / "out" / f"v{i}.mp4") == (journal.entries[f"v{i}"]["bytes"],
                                                                journal.entries[f"v{i}"]["sha256"])  # fmt: skip
 
