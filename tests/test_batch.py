@@ -173,6 +173,15 @@ def test_two_workers_share_the_work(tmp_path, vae_folder):
     assert min(f["ended_before_s"] for f in figures.values()) == 0
     for f in figures.values():
         assert f["gpu_seconds"] > 0 and f["span_seconds"] > 0 and f["busy_share"] > 0
+        # its start-up: spawned, imported, model loaded, then warmed up before its first video
+        assert 0 < f["loaded_after_s"] <= f["first_video_after_s"] < summary.seconds
+
+
+def test_one_device_batch_says_when_its_model_was_loaded(tmp_path, vae_folder):
+    tasks = plan_batch([str(_latents(tmp_path / "in", 1))])
+    summary = run_batch(tasks, tmp_path / "out", _options(vae_folder))
+    (figures,) = summary.to_dict()["per_worker"].values()
+    assert 0 <= figures["loaded_after_s"] <= figures["first_video_after_s"] < summary.seconds
 
 
 def test_a_worker_that_dies_hands_its_videos_to_the_other(tmp_path, vae_folder):

@@ -691,8 +691,9 @@ def _batch(args: argparse.Namespace) -> int:
         for name, w in figures.items() if len(figures) > 1 else ():  # where each worker's time went
             busy = f" ({w['busy_share']:.1%} of it decoding)" if w["busy_share"] is not None else ""
             videos = f"{w['videos']} video" + ("s" if w["videos"] != 1 else "")
+            ready = "" if w.get("loaded_after_s") is None else f" (model loaded {w['loaded_after_s']:.2f} s in)"
             print(f"  {name}: {videos}, {w['gpu_seconds']:.2f} s decoding in {w['span_seconds']:.2f} s"
-                  f"{busy}; began {w['started_after_s']:.2f} s after the first worker, ended "
+                  f"{busy}; began {w['started_after_s']:.2f} s after the first worker{ready}, ended "
                   f"{w['ended_before_s']:.2f} s before the last")  # fmt: skip
         for name, error in summary.failures:
             print(f"  failed {name}: {error}")

@@ -15,6 +15,7 @@ import contextlib
 import multiprocessing
 import signal
 import threading
+import time
 import warnings
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -31,6 +32,7 @@ from ._plan import BatchTask
 from ._task import BatchOptions, decode_all
 
 WANT = "want"  # a worker's request for its next video; the driver answers with a task or None
+LOADED = "loaded"  # a worker's word that its model is on its device (when), before its first request
 
 
 def worker_main(device: str, destination, options: BatchOptions, conn: Connection) -> None:
@@ -45,6 +47,7 @@ def worker_main(device: str, destination, options: BatchOptions, conn: Connectio
     except FramepipeError as e:
         conn.send({"worker_error": f"{device}: {e}"})
         return
+    conn.send({LOADED: time.time()})
     sending, taking = threading.Lock(), threading.Lock()  # the worker's threads share the pipe
 
     def send(message: dict[str, Any]) -> None:
@@ -77,11 +80,13 @@ def run_workers(
     options: BatchOptions,
     devices: Sequence[str],
     finish: Callable[[dict[str, Any]], bool],
+    loaded: Callable[[str, float], None] = lambda worker, at: None,
 ) -> None:
     """Decode ``tasks`` with one worker process per device; ``finish(entry)`` journals each result
-    and says whether to go on. The videos a worker held when it died go to the others (a video
-    whose second worker dies too is recorded failed). ``DeviceError`` when a worker cannot start,
-    or every worker stopped with videos left."""
+    and says whether to go on; ``loaded(worker, at)`` is told when a worker's model is on its device.
+    The videos a worker held when it died go to the others (a video whose second worker dies too is
+    recorded failed). ``DeviceError`` when a worker cannot start, or every worker stopped with videos
+    left."""
     ctx = multiprocessing.get_context("spawn")
     todo = deque(tasks)
     died_holding: set[str] = set()
@@ -110,6 +115,8 @@ def run_workers(
                         return
                 elif "worker_error" in message:
                     raise DeviceError(message["worker_error"])
+                elif LOADED in message:
+                    loaded(worker.label, message[LOADED])
                 elif WANT in message:
                     worker.asking = True
                 else:

@@ -35,6 +35,7 @@ class WorkerShare:
     gpu_seconds: float = 0.0
     first_start: float = float("inf")
     last_end: float = float("-inf")
+    loaded_at: float | None = None  # when its model was on its device (after spawn, imports and loading)
 
     def add(self, entry: dict[str, Any]) -> None:
         self.videos += 1
@@ -42,9 +43,14 @@ class WorkerShare:
         self.first_start = min(self.first_start, entry["started_at"])
         self.last_end = max(self.last_end, entry["finished_at"])
 
-    def to_dict(self, start: float, end: float) -> dict[str, Any]:
-        """Its figures against the batch's work from ``start`` to ``end``: where its time went."""
+    def to_dict(self, start: float, end: float, began: float | None = None) -> dict[str, Any]:
+        """Its figures against the batch's work from ``start`` to ``end``: where its time went; with
+        ``began``, the batch's start, how long its start-up took."""
         span = self.last_end - self.first_start
+        startup = {}
+        if began is not None:
+            startup["loaded_after_s"] = None if self.loaded_at is None else round(self.loaded_at - began, 3)
+            startup["first_video_after_s"] = round(self.first_start - began, 3)  # warm-ups, first video opened
         return {
             "videos": self.videos,
             "gpu_seconds": round(self.gpu_seconds, 3),
@@ -52,6 +58,7 @@ class WorkerShare:
             "busy_share": round(self.gpu_seconds / span, 4) if span > 0 else None,
             "started_after_s": round(self.first_start - start, 3),  # the batch's first start to its own
             "ended_before_s": round(end - self.last_end, 3),  # its last end to the batch's
+            **startup,
         }
 
 
@@ -72,6 +79,7 @@ class BatchSummary:
     failures: list[tuple[str, str]] = field(default_factory=list)
     journal: str = ""
     per_worker: dict[str, WorkerShare] = field(default_factory=dict)  # by the entries' "worker"
+    started_at: float | None = None  # wall clock, when the batch began its work (workers' start-up included)
 
     @property
     def videos_per_hour(self) -> float:
@@ -85,9 +93,13 @@ class BatchSummary:
         """Each worker's ``WorkerShare.to_dict`` against the whole batch's work."""
         if not self.per_worker:
             return {}
-        start = min(w.first_start for w in self.per_worker.values())
-        end = max(w.last_end for w in self.per_worker.values())
-        return {name: share.to_dict(start, end) for name, share in sorted(self.per_worker.items())}
+        shares = [w for w in self.per_worker.values() if w.videos]
+        if not shares:
+            return {}
+        start = min(w.first_start for w in shares)
+        end = max(w.last_end for w in shares)
+        return {name: share.to_dict(start, end, self.started_at)
+                for name, share in sorted(self.per_worker.items()) if share.videos}  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         ratio = self.gpu_seconds_per_video_second
@@ -137,6 +149,7 @@ def _run(tasks, destination, options: BatchOptions, devices, fail_fast, verify, 
         else:
             pending.append(task)
     start = time.perf_counter()
+    summary.started_at = time.time()
     counter = iter(range(1, len(pending) + 1))
 
     starts: list[float] = []
@@ -160,6 +173,10 @@ def _run(tasks, destination, options: BatchOptions, devices, fail_fast, verify, 
             on_result(entry, next(counter), len(pending))
         return not (fail_fast and entry["status"] != "done")
 
+    def loaded(worker: str, at: float) -> None:
+        """A worker's model is on its device (its start-up's end, but for the warm-ups)."""
+        summary.per_worker.setdefault(worker, WorkerShare()).loaded_at = at
+
     if pending and (ray_address is not None or len(devices) > 1):
         pending = longest_first(pending)
     if pending:
@@ -169,9 +186,9 @@ def _run(tasks, destination, options: BatchOptions, devices, fail_fast, verify, 
             summary.devices = run_on_ray(pending, destination.url, options, finish, address=ray_address,
                                          workers=workers)  # fmt: skip
         elif len(devices) == 1:
-            _run_here(pending, destination, options, devices[0], finish)
+            _run_here(pending, destination, options, devices[0], finish, loaded)
         else:
-            run_workers(pending, destination, options, list(devices), finish)
+            run_workers(pending, destination, options, list(devices), finish, loaded)
     destination.clean()  # what workers that died in this batch left
     summary.seconds = time.perf_counter() - start
     summary.work_seconds = round(max(ends) - min(starts), 3) if starts else None
@@ -191,8 +208,9 @@ def longest_first(tasks: Sequence[BatchTask]) -> list[BatchTask]:
     return sorted(tasks, key=size, reverse=True)
 
 
-def _run_here(tasks, destination, options: BatchOptions, device: str, finish) -> None:
+def _run_here(tasks, destination, options: BatchOptions, device: str, finish, loaded) -> None:
     vae = load_vae(options.vae, arch=options.arch, dtype=options.dtype, device=device, seed=options.seed)
+    loaded(device, time.time())
     todo, stop, lock = iter(tasks), threading.Event(), threading.Lock()
 
     def take() -> BatchTask | None:
