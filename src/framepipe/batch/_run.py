@@ -91,9 +91,7 @@ class BatchSummary:
 
     def per_worker_figures(self) -> dict[str, dict[str, Any]]:
         """Each worker's ``WorkerShare.to_dict`` against the whole batch's work."""
-        if not self.per_worker:
-            return {}
-        shares = [w for w in self.per_worker.values() if w.videos]
+        shares = [w for w in self.per_worker.values() if w.videos]  # a worker that only loaded is left out
         if not shares:
             return {}
         start = min(w.first_start for w in shares)
