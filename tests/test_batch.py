@@ -483,6 +483,8 @@ def test_ray_cli_and_ray_data(tmp_path, vae_folder, ray_cluster, capsys):
     assert main(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["done"] == 2 and all(name.startswith("ray-") for name in summary["per_worker"])
+    for figures in summary["per_worker"].values():  # each actor's start-up, as local workers say it
+        assert 0 < figures["loaded_after_s"] <= figures["first_video_after_s"] < summary["seconds"]
     assert main(["batch", str(tmp_path / "in"), "-o", str(tmp_path / "x"), "--ray", "127.0.0.1:1"]) == 1
     assert "error: Cannot join the Ray cluster at '127.0.0.1:1'" in capsys.readouterr().err
     (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")

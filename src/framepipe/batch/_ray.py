@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -51,6 +52,7 @@ class RayDecoder:
         self.work = self._work.__enter__()
         device = device or ("cuda" if torch.cuda.is_available() else "cpu")  # Ray sets CUDA_VISIBLE_DEVICES
         self.vae = load_vae(o.vae, arch=o.arch, dtype=o.dtype, device=device, seed=o.seed)
+        self.loaded_at = time.time()  # its start-up's end (wall clock), for the batch's summary
 
     def pid(self) -> int:
         return os.getpid()
@@ -69,6 +71,7 @@ class RayDecoder:
         def report(entry: dict[str, Any]) -> None:
             ray.get(dispatcher.report.remote(worker, entry))
 
+        ray.get(dispatcher.loaded.remote(worker, self.loaded_at))
         decode_all(take, report, self.destination, self.options, self.vae, self.work)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -87,6 +90,7 @@ class Dispatcher:
         self.held: dict[int, dict[str, BatchTask]] = {}
         self.took: dict[int, int] = {}  # videos each worker took since its last start
         self.results: list[dict[str, Any]] = []
+        self.loads: list[tuple[str, float]] = []  # (worker, when its model was loaded), not yet collected
         self.stopped = False
 
     def take(self, worker: int) -> BatchTask | None:
@@ -101,9 +105,13 @@ class Dispatcher:
         self.held.get(worker, {}).pop(entry["name"], None)
         self.results.append({**entry, "worker": f"ray-{worker}"})
 
-    def collect(self) -> list[dict[str, Any]]:
-        results, self.results = self.results, []
-        return results
+    def loaded(self, worker: int, at: float) -> None:
+        self.loads.append((f"ray-{worker}", at))
+
+    def collect(self) -> tuple[list[dict[str, Any]], list[tuple[str, float]]]:
+        """The results, and the workers' loading times, since the last call."""
+        results, loads, self.results, self.loads = self.results, self.loads, [], []
+        return results, loads
 
     def release(self, worker: int) -> tuple[list[BatchTask], int]:
         """The videos a dead worker held, no longer its own, and how many it took in its life."""
@@ -139,9 +147,11 @@ def run_on_ray(
     *,
     address: str,
     workers: int | None = None,
+    loaded: Callable[[str, float], None] = lambda worker, at: None,
 ) -> list[str]:
     """Decode ``tasks`` on the Ray cluster at ``address`` (``"auto"``: the one this machine is part
-    of); ``finish(entry)`` journals each result and says whether to go on. Returns the workers' names.
+    of); ``finish(entry)`` journals each result and says whether to go on; ``loaded(worker, at)`` is
+    told when a worker's model was loaded (its node's clock). Returns the workers' names.
 
     ``workers``: decoder actors (default: one per GPU of the cluster, or one where it has none);
     each takes a GPU when the cluster has one per worker.
@@ -171,14 +181,14 @@ def run_on_ray(
         except ray.exceptions.RayActorError as e:
             why = traceback_message(str(e)) or first_line(e)  # our own error's message where it was ours
             raise DeviceError(f"A Ray worker could not start: {why}") from e
-        _stream(ray, actors, dispatcher, tasks, finish)
+        _stream(ray, actors, dispatcher, tasks, finish, loaded)
         return [f"ray:{count} worker(s), {per_worker} GPU each"]
     finally:
         if started_here:
             ray.shutdown()
 
 
-def _stream(ray: Any, actors: list[Any], dispatcher: Any, tasks: Sequence[BatchTask], finish) -> None:
+def _stream(ray: Any, actors: list[Any], dispatcher: Any, tasks: Sequence[BatchTask], finish, loaded) -> None:
     """Run every actor on the dispatcher's queue until every task has its result. A dead actor's
     videos go back to the queue (``RETRIES`` times each) and the actor, restarted by Ray, runs
     again; one that dies ``RETRIES`` times in a row before it takes a video is given up."""
@@ -190,7 +200,10 @@ def _stream(ray: Any, actors: list[Any], dispatcher: Any, tasks: Sequence[BatchT
     try:
         while remaining and running:
             ended, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
-            for entry in ray.get(dispatcher.collect.remote()):
+            results, loads = ray.get(dispatcher.collect.remote())
+            for worker, at in loads:
+                loaded(worker, at)
+            for entry in results:
                 remaining -= 1
                 if not finish(entry):
                     return

@@ -182,7 +182,7 @@ def _run(tasks, destination, options: BatchOptions, devices, fail_fast, verify, 
             from ._ray import run_on_ray
 
             summary.devices = run_on_ray(pending, destination.url, options, finish, address=ray_address,
-                                         workers=workers)  # fmt: skip
+                                         workers=workers, loaded=loaded)  # fmt: skip
         elif len(devices) == 1:
             _run_here(pending, destination, options, devices[0], finish, loaded)
         else:
