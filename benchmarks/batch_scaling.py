@@ -55,29 +55,30 @@ def main() -> None:
               "encoder": f"libx264 {args.preset} crf {args.crf}, segments {args.segment_frames}",
               "encoder_options": args.encoder_option,
               "content": args.content}  # fmt: skip
-    with tempfile.TemporaryDirectory() as tmp:
-        inputs = Path(tmp) / "latents"
-        inputs.mkdir()
+
+    def write_latents(folder: Path, frames: list[int]) -> Path:
+        """Seeded random latents of ``frames`` frames each, one file per video."""
+        folder.mkdir()
         g = torch.Generator().manual_seed(0)
-        for i, frames in enumerate(lengths):
-            shape = latents_shape(args.arch, frames=frames, height=height, width=width)
-            latents = torch.randn(shape, generator=g)
-            save_file({"latents": latents}, inputs / f"v{i:03d}.safetensors")
-        first = Path(tmp) / "first"
-        first.mkdir()
-        for i in range(len(args.gpus.split(","))):  # a short video for each GPU's worker
-            latents = torch.randn(latents_shape(args.arch, frames=5, height=height, width=width))
-            save_file({"latents": latents}, first / f"v{i}.safetensors")
-        for name, gpus, folder in (("machine_warm_up", args.gpus, first), ("one_gpu", args.gpus.split(",")[0], inputs),
-                                   ("all_gpus", args.gpus, inputs)):  # fmt: skip
-            command = [sys.executable, "-m", "framepipe", "batch", str(folder), "-o", str(Path(tmp) / name),
-                       "--gpus", gpus, *common]  # fmt: skip
-            answer = subprocess.run(command, capture_output=True, text=True)
-            if answer.returncode != 0:
-                raise SystemExit(f"{' '.join(command)} failed:\n{answer.stderr}")
-            if name == "machine_warm_up":
-                continue
-            summary = json.loads(answer.stdout)
+        for i, n in enumerate(frames):
+            latents = torch.randn(latents_shape(args.arch, frames=n, height=height, width=width), generator=g)
+            save_file({"latents": latents}, folder / f"v{i:03d}.safetensors")
+        return folder
+
+    def batch(folder: Path, gpus: str, out: Path) -> dict:
+        """``framepipe batch`` of ``folder`` on ``gpus`` into ``out``: its JSON summary."""
+        command = [sys.executable, "-m", "framepipe", "batch", str(folder), "-o", str(out), "--gpus", gpus, *common]
+        answer = subprocess.run(command, capture_output=True, text=True)
+        if answer.returncode != 0:
+            raise SystemExit(f"{' '.join(command)} failed:\n{answer.stderr}")
+        return json.loads(answer.stdout)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = write_latents(Path(tmp) / "latents", lengths)
+        short = write_latents(Path(tmp) / "first", [5] * len(args.gpus.split(",")))  # one for each GPU's worker
+        batch(short, args.gpus, Path(tmp) / "machine_warm_up")
+        for name, gpus in (("one_gpu", args.gpus.split(",")[0]), ("all_gpus", args.gpus)):
+            summary = batch(inputs, gpus, Path(tmp) / name)
             result[name] = {k: summary[k] for k in ("done", "failed", "seconds", "work_seconds", "gpu_seconds",
                                                     "devices", "videos_per_hour", "per_worker")}  # fmt: skip
             print(json.dumps({name: result[name]}), flush=True)

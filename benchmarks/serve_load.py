@@ -6,8 +6,8 @@
    (``--arrivals poisson`` for random gaps); jobs/s, p50/p99 latency (the client's: from sending
    the request to the MP4 in place), GPU energy per video, and how busy the GPU was from a
    torch.profiler trace of the whole phase, as kernel utilization (kernels only, the bench's
-   measure) and as GPU busy (kernels, device-to-device copies and memsets: the decoder's cache
-   copies are ``cudaMemcpyAsync`` calls, not kernels): over the whole phase, over the
+   measure) and as GPU busy (kernels, device-to-device copies and memsets: outside a CUDA graph the
+   decoder's cache copies are ``cudaMemcpyAsync`` calls, not kernels): over the whole phase, over the
    time some job was waiting or decoding (accepted, its latents durable -> its last chunk on the
    host), where an idle GPU means a gap between requests, and over the time some job was decoding
    (its first kernels launched -> its last chunk on the host); and how long a job waits from its

@@ -29,7 +29,7 @@ import torch
 
 from ._accounting import GpuMeter, JobAccount, Mark
 from ._errors import GPU_OUT_OF_MEMORY, DeviceError, FramepipeError
-from ._graphs import StepGraphs
+from ._graphs import StepGraphs, graphable
 from ._latents import check_one_video
 from ._pipeline import Job, on_device, run_async
 from ._postprocess import to_uint8_frames
@@ -151,7 +151,7 @@ class DeviceWorker:
         self.warmed.add(size)
         param = next(self.vae.parameters())
         latents = torch.zeros(1, self.vae.config.z_dim, 2, *size, device=param.device, dtype=param.dtype)
-        kept = self.graphs if graphs and self.decoder != "diffusers" and self.device.type == "cuda" else None
+        kept = self.graphs if graphs and graphable(latents, self.decoder) else None
         try:
             for _ in range(1 if kept is None else 2):
                 for chunk in decode_chunks(self.vae, latents, decoder=self.decoder, graphs=kept):

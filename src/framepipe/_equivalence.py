@@ -11,6 +11,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ._layouts import bits
+
 # Equivalences checked on the device at first use, per shape: key -> whether the bits were the same.
 _VERIFIED: dict[tuple, bool] = {}
 
@@ -98,7 +100,6 @@ def probe(like: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Whether two float tensors hold the same bits (NaN payloads and the sign of zero included)."""
-    as_int = {torch.float32: torch.int32, torch.bfloat16: torch.int16, torch.float16: torch.int16}
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    return torch.equal(a.contiguous().view(as_int[a.dtype]), b.contiguous().view(as_int[b.dtype]))
+    return torch.equal(bits(a.contiguous()), bits(b.contiguous()))

@@ -25,12 +25,7 @@ import torch
 
 from ._decoder import WanDecoderStep
 from ._errors import first_line
-
-
-def module_state(module: torch.nn.Module) -> tuple:
-    """Which tensors ``module``'s parameters and buffers are, where, and their version counters: a
-    graph reads them by address, so it is good while this is unchanged."""
-    return tuple((id(t), t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
+from ._layouts import parameters_state, same_parameters
 
 
 class ChunkGraphs:
@@ -42,7 +37,7 @@ class ChunkGraphs:
     def __init__(self, vae: Any, *, exact: bool, shape: tuple[int, ...]) -> None:
         self.step = WanDecoderStep(vae, exact=exact)
         self.shape = shape
-        self.state = module_state(vae.decoder)
+        self.state = parameters_state(vae.decoder)  # the graphs read the parameters by address
         self.lock = threading.Lock()  # one video at a time
         self.buffers: list | None = None  # the cache, once a later chunk has made every entry it uses
         self.ran: set[bool] = set()  # the kinds of chunk (first_chunk) run eagerly
@@ -55,7 +50,7 @@ class ChunkGraphs:
 
     def fits(self, vae: Any, shape: tuple[int, ...]) -> bool:
         """Whether these graphs decode ``shape`` with ``vae``'s decoder as its parameters are now."""
-        return self.step.decoder is vae.decoder and self.shape == shape and self.state == module_state(vae.decoder)
+        return self.step.decoder is vae.decoder and self.shape == shape and same_parameters(self.state, vae.decoder)
 
     def __call__(self, x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:
         if first_chunk and self.buffers is not None:
@@ -96,9 +91,10 @@ class ChunkGraphs:
         self.graphs[first_chunk] = (graph, out)
 
 
-def graphable(latents: torch.Tensor) -> bool:
-    """Whether a decode of ``latents`` runs as graphs: on CUDA, not inside another graph's capture."""
-    return latents.is_cuda and not torch.cuda.is_current_stream_capturing()
+def graphable(latents: torch.Tensor, decoder: str) -> bool:
+    """Whether a decode of ``latents`` with ``decoder`` can run as graphs: framepipe's decoders (exact
+    or fast), on CUDA, not inside another graph's capture."""
+    return decoder != "diffusers" and latents.is_cuda and not torch.cuda.is_current_stream_capturing()
 
 
 class StepGraphs:
@@ -147,4 +143,4 @@ class StepGraphs:
             self.kept.clear()
 
 
-__all__ = ["ChunkGraphs", "StepGraphs", "graphable", "module_state"]
+__all__ = ["ChunkGraphs", "StepGraphs", "graphable"]

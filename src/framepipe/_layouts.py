@@ -52,13 +52,17 @@ def added(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
 
 
+def bits(x: torch.Tensor) -> torch.Tensor:
+    """``x``'s memory seen as integers of its element size (its bits, NaN payloads and signs of zero included)."""
+    return x.view(_BITS[x.element_size()])
+
+
 def copy_bits(out: torch.Tensor, x: torch.Tensor) -> None:
     """``out.copy_(x)``, but while a CUDA graph is captured as an elementwise kernel on the bits: a
     graph runs a captured device-to-device memcpy with copy kernels of its own, slower than both
     (0.123 s against 0.077 s of memcpy a float32 480x832 decode, H200)."""
     if x.is_cuda and torch.cuda.is_current_stream_capturing():
-        bits = _BITS[x.element_size()]
-        torch.bitwise_or(x.view(bits), 0, out=out.view(bits))
+        torch.bitwise_or(bits(x), 0, out=bits(out))
     else:
         out.copy_(x)
 
@@ -78,21 +82,22 @@ def silu_into(x: torch.Tensor, out: torch.Tensor) -> None:
 _COPIES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
-def parameters_state(conv: torch.nn.Module) -> tuple:
-    """What tells that ``conv``'s weight or bias changed: which tensors they are (weakly held), their
-    memory and their version counters (bumped by in-place writes, ``load_state_dict``'s included;
-    writes through ``.data`` are not counted, as autograd does not count them)."""
-    return tuple(None if p is None else (weakref.ref(p), p.data_ptr(), p._version) for p in (conv.weight, conv.bias))
+def parameters_state(module: torch.nn.Module) -> tuple:
+    """What tells that ``module``'s parameters or buffers changed (what is made from them, or reads
+    them by address, is then stale): which tensors they are (weakly held), their memory and their
+    version counters (bumped by in-place writes, ``load_state_dict``'s included; writes through
+    ``.data`` are not counted, as autograd does not count them)."""
+    return tuple((weakref.ref(t), t.data_ptr(), t._version) for t in (*module.parameters(), *module.buffers()))
 
 
-def same_parameters(state: tuple | None, conv: torch.nn.Module) -> bool:
-    """Whether ``conv``'s parameters are still those ``parameters_state`` saw, unchanged."""
+def same_parameters(state: tuple | None, module: torch.nn.Module) -> bool:
+    """Whether ``module``'s parameters and buffers are still those ``parameters_state`` saw, unchanged."""
     if state is None:
         return False
-    now = (conv.weight, conv.bias)
-    return all(
-        (p is None) if was is None else (p is not None and was[0]() is p and was[1:] == (p.data_ptr(), p._version))
-        for was, p in zip(state, now, strict=True)
+    now = (*module.parameters(), *module.buffers())
+    return len(now) == len(state) and all(
+        ref() is t and (at, version) == (t.data_ptr(), t._version)
+        for (ref, at, version), t in zip(state, now, strict=True)
     )
 
 

@@ -95,7 +95,7 @@ def decode_chunks(
     held = ExitStack()  # the graphs this video holds
     if step is None and decoder != "diffusers":
         exact = decoder == "framepipe"
-        if graphs is not None and graphable(latents):
+        if graphs is not None and graphable(latents, decoder):
             step = held.enter_context(graphs.step(vae, latents, exact=exact))
         else:
             step = WanDecoderStep(vae, exact=exact)
