@@ -34,15 +34,16 @@ import uvicorn
 from safetensors.torch import save
 from script_inputs import add_encoder_arguments, latents_shape, video_settings
 
+from framepipe._device_worker import DeviceWorker
 from framepipe.bench._profile import merge, profile_run, union_length
 from framepipe.serve import JobStore, ServiceOptions, create_app
 from framepipe.serve._feed import JobFeed
 
 
 def record_steps(marks: dict[str, dict[str, float]]) -> None:
-    """Record when the worker took each job from the queue and when it had opened it (its latents on
-    the GPU, its encoder open), to show where a job's wait before its first kernels goes."""
-    take, open_ = JobFeed.take, JobFeed.open
+    """Record when the worker took each job from the queue, when its latents were on the GPU and when
+    its encoder was open too, to show where a job's wait before its first kernels goes."""
+    take, open_, ready = JobFeed.take, JobFeed.open, DeviceWorker.open
 
     def timed_take(self):
         job_id = take(self)
@@ -55,7 +56,12 @@ def record_steps(marks: dict[str, dict[str, float]]) -> None:
         marks[job_id]["opened"] = time.time()
         return order
 
-    JobFeed.take, JobFeed.open = timed_take, timed_open
+    def timed_ready(self, job_id):
+        opened = ready(self, job_id)
+        marks[job_id]["ready"] = time.time()
+        return opened
+
+    JobFeed.take, JobFeed.open, DeviceWorker.open = timed_take, timed_open, timed_ready
 
 
 class Service:
@@ -79,14 +85,17 @@ class Service:
         return answer.json()["id"]
 
     def wait(self, ids: list[str], timeout: float = 1800) -> list[dict]:
-        end = time.time() + timeout
+        """The jobs once all have ended, each unfinished one polled every 20 ms."""
+        end, final = time.time() + timeout, {}
         while True:
-            jobs = [self.client.get(f"/v1/jobs/{i}").json() for i in ids]
-            if all(j["state"] in ("done", "failed") for j in jobs):
-                failed = [j for j in jobs if j["state"] == "failed"]
+            for i in ids:
+                if i not in final and (job := self.client.get(f"/v1/jobs/{i}").json())["state"] in ("done", "failed"):
+                    final[i] = job
+            if len(final) == len(ids):
+                failed = [j for j in final.values() if j["state"] == "failed"]
                 if failed:
                     raise RuntimeError(f"{len(failed)} job(s) failed: {failed[0]['error']}")
-                return jobs
+                return [final[i] for i in ids]
             if time.time() > end:
                 raise TimeoutError("the jobs did not finish")
             time.sleep(0.02)
@@ -168,8 +177,9 @@ def main() -> int:
             start_delay = [j["started"] - j["created"] for j in jobs]  # accepted -> its first kernels launched
             steps = {
                 "accepted_to_taken": [marks[j["id"]]["taken"] - j["created"] for j in jobs],
-                "taken_to_opened": [marks[j["id"]]["opened"] - marks[j["id"]]["taken"] for j in jobs],
-                "opened_to_first_chunk_queued": [j["started"] - marks[j["id"]]["opened"] for j in jobs],
+                "taken_to_latents_on_gpu": [marks[j["id"]]["opened"] - marks[j["id"]]["taken"] for j in jobs],
+                "latents_on_gpu_to_encoder_open": [marks[j["id"]]["ready"] - marks[j["id"]]["opened"] for j in jobs],
+                "encoder_open_to_first_chunk_queued": [j["started"] - marks[j["id"]]["ready"] for j in jobs],
             }
             with_work = [(j["created"] - t0, j["decoded"] - t0) for j in jobs]
             covered = union_length(with_work, 0.0, timeline.window_s)

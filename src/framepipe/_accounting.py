@@ -4,12 +4,15 @@ utilization, peak memory, energy in joules.
 Energy comes from the GPU's own counter (``nvmlDeviceGetTotalEnergyConsumption``, millijoules since
 the driver loaded), utilization from sampling ``nvmlDeviceGetUtilizationRates`` every 50 ms. A job's
 figures cover an interval between two ``Mark``s, so jobs that follow each other through one stream
-are accounted back to back, without overlap. Without a GPU or NVML every figure is None ("not
-measured"), never zero.
+are accounted back to back, without overlap. NVML is called from the meter's own thread only: a
+mark taken on the decoding thread (before a video's first chunk, after its last) asks that thread
+for the energy counter and goes on, so the GPU never waits for the driver's answer. Without a GPU
+or NVML every figure is None ("not measured"), never zero.
 """
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import deque
@@ -20,6 +23,7 @@ import torch
 
 _SAMPLE_S = 0.05
 _PEAK_SAMPLES = 72_000  # an hour of samples kept for peaks; means use running sums, whatever the length
+_READING_WAIT_S = 5.0  # how long an account waits for a mark's energy reading before it says "not measured"
 
 
 @dataclass
@@ -36,14 +40,35 @@ class JobAccount:
         return asdict(self)
 
 
+class EnergyReading:
+    """The energy counter as the meter's thread read it just after a mark (None: not measured)."""
+
+    def __init__(self) -> None:
+        self.read = threading.Event()
+        self.value: int | None = None
+
+    def set(self, value: int | None) -> None:
+        self.value = value
+        self.read.set()
+
+    def wait(self) -> int | None:
+        return self.value if self.read.wait(_READING_WAIT_S) else None
+
+
 @dataclass(frozen=True)
 class Mark:
-    """A moment on one device: the time, its energy counter, the utilization samples so far."""
+    """A moment on one device: the time, the utilization samples so far, and its energy reading
+    (None: not measured)."""
 
     time: float
-    energy_mj: int | None
     samples: int
     utilization_sum: float
+    reading: EnergyReading | None = None
+
+    @property
+    def energy_mj(self) -> int | None:
+        """The energy counter at this mark, waiting for the meter's thread to have read it."""
+        return None if self.reading is None else self.reading.wait()
 
 
 class GpuMeter:
@@ -57,6 +82,7 @@ class GpuMeter:
         self._count, self._sum = 0, 0.0
         self._recent: deque[tuple[int, float]] = deque(maxlen=_PEAK_SAMPLES)  # (sample number, value)
         self._stop = threading.Event()
+        self._readings: queue.SimpleQueue[EnergyReading | None] = queue.SimpleQueue()  # None: stop
         self._thread: threading.Thread | None = None
         if device.type == "cuda":
             try:
@@ -79,21 +105,37 @@ class GpuMeter:
             return None
 
     def _sample(self) -> None:
-        while not self._stop.wait(_SAMPLE_S):
+        """The meter's thread: the energy counter for each mark as it comes, utilization every 50 ms."""
+        due, sampling = time.perf_counter(), True
+        while True:
             try:
-                value = float(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu)
-            except Exception:
+                reading = self._readings.get(timeout=max(0.0, due - time.perf_counter()) if sampling else None)
+            except queue.Empty:
+                due += _SAMPLE_S
+                try:
+                    value = float(self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu)
+                except Exception:  # utilization no longer readable: the means stop here, energy goes on
+                    sampling = False
+                    continue
+                with self._lock:
+                    self._count += 1
+                    self._sum += value
+                    self._recent.append((self._count, value))
+                continue
+            if reading is None:
                 return
-            with self._lock:
-                self._count += 1
-                self._sum += value
-                self._recent.append((self._count, value))
+            reading.set(self._energy_mj())
 
     def mark(self) -> Mark:
-        """Now, on this device (host time; the caller knows which GPU work has finished by then)."""
-        energy = self._energy_mj() if self.handle is not None else None
+        """Now, on this device (host time; the caller knows which GPU work has finished by then). The
+        energy counter is read by the meter's thread, so this does not wait for NVML."""
+        now = time.perf_counter()
+        reading = None
+        if self._thread is not None and not self._stop.is_set():
+            reading = EnergyReading()
+            self._readings.put(reading)
         with self._lock:
-            return Mark(time.perf_counter(), energy, self._count, self._sum)
+            return Mark(now, self._count, self._sum, reading)
 
     def account(self, since: Mark, until: Mark, *, peak_memory_bytes: int | None = None) -> JobAccount:
         """The device's use between two marks; ``peak_memory_bytes`` as the caller measured it."""
@@ -127,4 +169,5 @@ class GpuMeter:
         """Stop the sampler thread (safe to call more than once)."""
         self._stop.set()
         if self._thread is not None:
+            self._readings.put(None)  # after the readings already asked for
             self._thread.join()
