@@ -177,37 +177,6 @@ def test_two_workers_share_the_work(tmp_path, vae_folder):
         assert 0 < f["loaded_after_s"] <= f["first_video_after_s"] < summary.seconds
 
 
-def test_workers_are_forked_only_from_a_process_that_can_be_copied(tmp_path, vae_folder):
-    """A fresh process that asks for it forks its workers (they keep its imports) and they decode;
-    beside a thread that may hold a lock, or unasked, workers are spawned."""
-    import threading
-
-    from framepipe.batch._processes import start_method
-
-    assert start_method(False) == "spawn"
-    _latents(tmp_path / "in", 3)
-    code = ("import sys, torch; from framepipe.batch import BatchOptions, plan_batch, run_batch; "
-            "from framepipe.batch._processes import start_method; from framepipe.sinks import VideoSettings; "
-            "assert start_method(True) == 'fork'; "
-            "options = BatchOptions(vae=sys.argv[3], video=VideoSettings(preset='ultrafast')); "
-            "s = run_batch(plan_batch([sys.argv[1]]), sys.argv[2], options, devices=['cpu'] * 2, fork_workers=True); "
-            "assert (s.done, s.failed) == (3, 0), s.to_dict()")  # fmt: skip
-    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    answer = subprocess.run([sys.executable, "-c", code, str(tmp_path / "in"), str(tmp_path / "out"), str(vae_folder)],
-                            env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert answer.returncode == 0, answer.stderr
-    assert sorted(p.name for p in (tmp_path / "out").glob("*.mp4")) == ["v0.mp4", "v1.mp4", "v2.mp4"]
-    assert _frames(tmp_path / "out" / "v2.mp4")[0] == 13
-    stop = threading.Event()
-    thread = threading.Thread(target=stop.wait)
-    thread.start()
-    try:
-        assert start_method(True) == "spawn"
-    finally:
-        stop.set()
-        thread.join()
-
-
 def test_one_device_batch_says_when_its_model_was_loaded(tmp_path, vae_folder):
     tasks = plan_batch([str(_latents(tmp_path / "in", 1))])
     summary = run_batch(tasks, tmp_path / "out", _options(vae_folder))

@@ -76,7 +76,7 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
 
 def resolve_gpus(spec: str, option: str = "--gpus") -> list[str]:
     """``"all"`` or ``"0,1,..."`` (given as ``option``) as device names; ``DeviceError`` where they are not there."""
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    count = torch.cuda.device_count()  # NVML's count where it can: the driver is not initialized for it
     if spec == "all":
         if count == 0:
             raise DeviceError(f"{option} all: no CUDA GPU is available; leave {option} out to decode on the CPU.")

@@ -1,7 +1,7 @@
 """Stage markers: NVTX ranges for Nsight, and optionally a host-side record of each stage's span.
 
 ``stage("write", i, trace)`` wraps one stage of one chunk. It always pushes an NVTX range named
-``"write i"`` when CUDA is available, and when a ``PipelineTrace`` is given it also records the span
+``"write i"`` once this process uses CUDA, and when a ``PipelineTrace`` is given it also records the span
 on the ``perf_counter`` clock. The bench needs that because the profiler does not see the writer
 thread's ranges.
 """
@@ -15,8 +15,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
-
-_NVTX = torch.cuda.is_available()
 
 
 @dataclass
@@ -42,7 +40,10 @@ def stage(lane: str, index: int | str, trace: PipelineTrace | None = None) -> It
 
     ``index`` may also name a step that belongs to no chunk, such as ``"flush"``.
     """
-    if _NVTX:
+    # is_initialized, not is_available: asking the driver at import would keep the importing process
+    # from forking children that use CUDA (PyTorch refuses them)
+    nvtx = torch.cuda.is_initialized()
+    if nvtx:
         torch.cuda.nvtx.range_push(f"{lane} {index}")
     start = time.perf_counter() if trace is not None else 0.0
     try:
@@ -50,5 +51,5 @@ def stage(lane: str, index: int | str, trace: PipelineTrace | None = None) -> It
     finally:
         if trace is not None:
             trace.add_span(lane, start, time.perf_counter())
-        if _NVTX:
+        if nvtx:
             torch.cuda.nvtx.range_pop()

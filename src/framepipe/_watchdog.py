@@ -24,7 +24,6 @@ from pathlib import Path
 from ._paths import remove_own_work
 
 EXIT_CODES = {signal.SIGINT: 130, signal.SIGTERM: 143}
-THREAD_NAME = "framepipe-interrupt-watchdog"  # it holds no lock while it waits: a process may fork beside it
 
 
 _state: dict[str, object] = {"folders": [], "installed": False}
@@ -54,14 +53,7 @@ def install(output_folders: Sequence[Path], *, grace_s: float = 5.0) -> None:
               "written to the output path.", file=sys.stderr, flush=True)  # fmt: skip
         os._exit(EXIT_CODES[data[0]])
 
-    threading.Thread(target=watch, name=THREAD_NAME, daemon=True).start()
-
-
-def forget_signals() -> None:
-    """In a worker process forked from one with ``install``: SIGTERM back to its default, no wakeup fd
-    (the parent's watcher must not read this process's signals as its own)."""
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    signal.set_wakeup_fd(-1)
+    threading.Thread(target=watch, name="framepipe-interrupt-watchdog", daemon=True).start()
 
 
 def die_with_parent() -> None:

@@ -676,9 +676,8 @@ def _batch(args: argparse.Namespace) -> int:
             what = f"done in {entry['seconds']:.2f} s" if entry["status"] == "done" else f"failed: {entry['error']}"
             print(f"[{index}/{total}] {entry['name']}: {what}", file=sys.stderr)
 
-    # this process has run no tensor op: its workers may be forked, keeping its imports
     summary = run_batch(tasks, args.output, options, devices=devices, fail_fast=args.fail_fast, verify=args.verify,
-                        ray_address=args.ray, workers=args.workers, on_result=progress, fork_workers=True)  # fmt: skip
+                        ray_address=args.ray, workers=args.workers, on_result=progress)  # fmt: skip
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     elif not args.quiet:

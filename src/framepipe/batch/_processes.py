@@ -7,10 +7,6 @@ through a message, breaks only its own pipe; the driver hands the videos it held
 (once: a video whose second worker dies too is recorded failed, for the next run). A worker that
 asks while the queue is empty but others still hold videos waits for an answer, in case one of
 them comes back. Only the driver writes the journal.
-
-The command line forks its workers where that is safe (``start_method``), so they begin with its
-imports: spawned, a worker spent 7.6 s of its 11 s start on an H200 host importing torch, diffusers
-and framepipe again.
 """
 
 from __future__ import annotations
@@ -18,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import signal
-import sys
 import threading
 import time
 import warnings
@@ -32,7 +27,7 @@ from .._errors import DeviceError, FramepipeError
 from .._models import load_vae
 from .._paths import work_folder
 from .._pipeline import on_device
-from .._watchdog import THREAD_NAME, die_with_parent, forget_signals
+from .._watchdog import die_with_parent
 from ._plan import BatchTask
 from ._task import BatchOptions, decode_all
 
@@ -44,7 +39,6 @@ def worker_main(device: str, destination, options: BatchOptions, conn: Connectio
     """A worker process: load the VAE on ``device``, then decode the videos the driver sends over
     ``conn`` until it sends None, each one's journal entry sent back over ``conn``."""
     die_with_parent()
-    forget_signals()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the driver decides; Ctrl-C reaches the whole group
     try:
         with warnings.catch_warnings():
@@ -69,19 +63,6 @@ def worker_main(device: str, destination, options: BatchOptions, conn: Connectio
         decode_all(take, send, destination, options, vae, work)  # this process touches no other GPU
 
 
-def start_method(fork: bool) -> str:
-    """How worker processes start: ``"fork"`` when the caller vouches (``fork``) that this process has
-    started no OpenMP pool (a forked child that uses one hangs: PyTorch's CPU ops in the parent start
-    it) and it can be copied safely here (Linux, CUDA not initialized, no Python thread but this one
-    and the interrupt watchdog, which holds no lock); else ``"spawn"``."""
-    import torch
-
-    if not fork or not sys.platform.startswith("linux") or torch.cuda.is_initialized():
-        return "spawn"
-    others = [t for t in threading.enumerate() if t is not threading.main_thread() and t.name != THREAD_NAME]
-    return "spawn" if others else "fork"
-
-
 @dataclass
 class _Worker:
     device: str
@@ -100,16 +81,13 @@ def run_workers(
     devices: Sequence[str],
     finish: Callable[[dict[str, Any]], bool],
     loaded: Callable[[str, float], None] = lambda worker, at: None,
-    *,
-    fork: bool = False,
 ) -> None:
     """Decode ``tasks`` with one worker process per device; ``finish(entry)`` journals each result
-    and says whether to go on; ``loaded(worker, at)`` is told when a worker's model is on its device;
-    ``fork``: fork the workers where ``start_method`` allows.
+    and says whether to go on; ``loaded(worker, at)`` is told when a worker's model is on its device.
     The videos a worker held when it died go to the others (a video whose second worker dies too is
     recorded failed). ``DeviceError`` when a worker cannot start, or every worker stopped with videos
     left."""
-    ctx = multiprocessing.get_context(start_method(fork))
+    ctx = multiprocessing.get_context("spawn")
     todo = deque(tasks)
     died_holding: set[str] = set()
     workers: list[_Worker] = []
@@ -120,9 +98,7 @@ def run_workers(
                                   name=f"framepipe-batch-{i}")  # fmt: skip
             label = device if list(devices).count(device) == 1 else f"{device}#{i}"
             workers.append(_Worker(device, label, process, conn))
-            with warnings.catch_warnings():  # Python 3.12 warns of fork beside any thread; start_method vouched
-                warnings.simplefilter("ignore", DeprecationWarning)
-                process.start()
+            process.start()
             child.close()  # the worker holds the only other end: its death reads as end of file here
         live, ended = list(workers), workers[0]
         while live and (todo or any(w.held for w in workers)):
@@ -200,4 +176,4 @@ def _hand_back(worker: _Worker, todo: deque[BatchTask], died_holding: set[str], 
     return True
 
 
-__all__ = ["run_workers", "start_method", "worker_main"]
+__all__ = ["run_workers", "worker_main"]

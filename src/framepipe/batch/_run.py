@@ -121,7 +121,6 @@ def run_batch(
     ray_address: str | None = None,
     workers: int | None = None,
     on_result: Callable[[dict[str, Any], int, int], None] | None = None,
-    fork_workers: bool = False,
 ) -> BatchSummary:
     """Decode every task not yet done in ``outdir`` (created if missing), one worker per device,
     or on the Ray cluster at ``ray_address`` (``"auto"``, or ``host:port``) with ``workers`` actors
@@ -129,20 +128,15 @@ def run_batch(
 
     ``on_result(entry, index, total)`` is called as each video ends (for progress). A re-run skips
     what the journal records done and still finds intact (``verify``: by its SHA-256 too).
-    ``fork_workers``: fork the local workers from this process, so they keep its imports; only from a
-    process that has run no PyTorch CPU op (its OpenMP pool does not survive a fork), as the command
-    line's.
     """
     options = options or BatchOptions()
     local = contextlib.nullcontext() if str(outdir).startswith("s3://") else removed_if_unused(Path(outdir))
     with local:
         destination = open_batch_destination(outdir, endpoint_url=options.endpoint_url)
-        return _run(tasks, destination, options, devices, fail_fast, verify, ray_address, workers, on_result,
-                    fork_workers)  # fmt: skip
+        return _run(tasks, destination, options, devices, fail_fast, verify, ray_address, workers, on_result)
 
 
-def _run(tasks, destination, options: BatchOptions, devices, fail_fast, verify, ray_address, workers, on_result,
-         fork_workers):  # fmt: skip
+def _run(tasks, destination, options: BatchOptions, devices, fail_fast, verify, ray_address, workers, on_result):
     journal = destination.journal()
     destination.clean()
     summary = BatchSummary(devices=list(devices), journal=str(journal.path))
@@ -192,7 +186,7 @@ def _run(tasks, destination, options: BatchOptions, devices, fail_fast, verify, 
         elif len(devices) == 1:
             _run_here(pending, destination, options, devices[0], finish, loaded)
         else:
-            run_workers(pending, destination, options, list(devices), finish, loaded, fork=fork_workers)
+            run_workers(pending, destination, options, list(devices), finish, loaded)
     destination.clean()  # what workers that died in this batch left
     summary.seconds = time.perf_counter() - start
     summary.work_seconds = round(max(ends) - min(starts), 3) if starts else None
