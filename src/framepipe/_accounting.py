@@ -142,8 +142,9 @@ class GpuMeter:
         if self.device.type != "cuda":
             return JobAccount()
         account = JobAccount(gpu_seconds=round(until.time - since.time, 4), peak_memory_bytes=peak_memory_bytes)
-        if since.energy_mj is not None and until.energy_mj is not None:
-            account.energy_joules = round((until.energy_mj - since.energy_mj) / 1000, 3)
+        before, after = since.energy_mj, until.energy_mj  # each may wait for the meter's thread's reading
+        if before is not None and after is not None:
+            account.energy_joules = round((after - before) / 1000, 3)
         samples = until.samples - since.samples
         if samples > 0:
             account.sm_utilization_mean = round((until.utilization_sum - since.utilization_sum) / samples, 1)

@@ -91,13 +91,12 @@ class BatchSummary:
 
     def per_worker_figures(self) -> dict[str, dict[str, Any]]:
         """Each worker's ``WorkerShare.to_dict`` against the whole batch's work."""
-        shares = [w for w in self.per_worker.values() if w.videos]  # a worker that only loaded is left out
+        shares = {name: w for name, w in sorted(self.per_worker.items()) if w.videos}  # not one that only loaded
         if not shares:
             return {}
-        start = min(w.first_start for w in shares)
-        end = max(w.last_end for w in shares)
-        return {name: share.to_dict(start, end, self.started_at)
-                for name, share in sorted(self.per_worker.items()) if share.videos}  # fmt: skip
+        start = min(w.first_start for w in shares.values())
+        end = max(w.last_end for w in shares.values())
+        return {name: share.to_dict(start, end, self.started_at) for name, share in shares.items()}
 
     def to_dict(self) -> dict[str, Any]:
         ratio = self.gpu_seconds_per_video_second
