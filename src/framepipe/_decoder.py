@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ._equivalence import fastest_way, probe
-from ._fused import add_bias_residual, norm_silu, norm_silu_is_exact
+from ._fused import add_bias_residual, norm_silu, norm_silu_fast, norm_silu_is_exact
 from ._layouts import (
     CHANNELS_LAST,
     added,
@@ -184,9 +184,10 @@ class WanDecoderStep:
 
     def _norm_silu(self, norm, x: torch.Tensor, bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], object]:
         """What writes ``silu(norm(x + bias))`` into a window's interior (bias: a convolution's, left to
-        be added here, channels-last only)."""
+        be added here, channels-last only); the fast decoder's in an order of its own."""
         if self.fused:
-            return lambda out: norm_silu(x, norm, out, bias)
+            kernel = norm_silu if self.exact else norm_silu_fast
+            return lambda out: kernel(x, norm, out, bias)
         return lambda out: silu_into(norm(x), out)
 
     def _conv(self, conv, x: torch.Tensor, defer_bias: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:

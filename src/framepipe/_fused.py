@@ -116,6 +116,17 @@ def norm_silu(x: torch.Tensor, norm, out: torch.Tensor, bias: torch.Tensor | Non
     fused(x, bias, norm.gamma.reshape(-1), float(norm.scale), out, split)
 
 
+def norm_silu_fast(x: torch.Tensor, norm, out: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    """``norm_silu`` for the fast decoder: the fast kernel (``_fast_kernels.py``; float32, its own order,
+    not PyTorch's bits) where x's dtype and ``norm`` fit it, else PyTorch's ops."""
+    if not _fusable(x, norm):
+        silu_into(norm(channel_first(x if bias is None else added(x.clone(), bias))), out)
+        return
+    from ._fast_kernels import norm_silu_free
+
+    norm_silu_free(x, bias, norm.gamma.reshape(-1), float(norm.scale), out)
+
+
 def add_bias_residual(y: torch.Tensor, bias: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     """``(y + bias) + h`` into y, a residual block's end (``bias``: its conv2's, not yet added): one
     kernel where y and h are channels-last (padded or not) and that was checked for their shapes and

@@ -1,0 +1,98 @@
+"""Each norm + SiLU of one steady chunk of a Wan decoder, three ways: PyTorch's ops (diffusers'),
+framepipe's exact fused kernel (PyTorch's bits) and the fast decoder's kernel (its own order). Per
+call: seconds, and each way's largest error against the same norm computed in float64, in units of
+the dtype's rounding step at the value (at least 1); then the seconds per chunk summed. Inputs are the chunk's
+own activations, in the layouts and with the deferred biases the decoder feeds the kernels.
+
+    python benchmarks/norm_kernels.py wan2.1 bfloat16 720x1280 > norms.jsonl
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import torch
+import torch.nn.functional as F
+from gpu_timing import timed
+
+import framepipe._decoder as decoder
+from framepipe import random_vae
+from framepipe._exact_kernels import norm_silu as exact_kernel
+from framepipe._fast_kernels import norm_silu_free
+from framepipe._fused import norm_split
+from framepipe._layouts import added, channel_first
+
+
+def chunk_calls(vae, z: torch.Tensor) -> list[tuple]:
+    """(x, norm, bias, out) of each norm + SiLU of the third chunk framepipe's exact decoder decodes."""
+    calls = []
+    plain = decoder.norm_silu
+
+    def recorded(x, norm, out, bias=None):
+        calls.append((x.clone(memory_format=torch.preserve_format), norm, bias, out))
+        return plain(x, norm, out, bias)
+
+    step, cache = decoder.WanDecoderStep(vae), [None] * 64
+    for i in range(3):
+        if i == 2:
+            decoder.norm_silu = recorded
+        try:
+            step(z[:, :, i : i + 1], cache, first_chunk=i == 0)
+        finally:
+            decoder.norm_silu = plain
+    return calls
+
+
+def seconds(run, n: int = 10) -> float:
+    run()
+    return timed(lambda: [run() for _ in range(n)]) / n
+
+
+def steps(got: torch.Tensor, want: torch.Tensor) -> float:
+    """The largest |got - want| in units of got's dtype's rounding step at max(|want|, 1)."""
+    step = torch.finfo(got.dtype).eps * want.abs().clamp_min(1.0)
+    return float(((got.double() - want) / step).abs().max())
+
+
+def measured(x: torch.Tensor, norm, bias: torch.Tensor | None, out: torch.Tensor) -> dict:
+    """One call's row: each way's milliseconds and largest error against float64."""
+    scale, gamma = float(norm.scale), norm.gamma.reshape(-1)
+    y = x.double() if bias is None else x.double() + bias.double().reshape(-1, 1, 1, 1)
+    want = F.silu(F.normalize(y, dim=1, eps=1e-12) * scale * gamma.double().reshape(-1, 1, 1, 1))
+    del y
+    ways = {"pytorch": lambda: out.copy_(F.silu(norm(channel_first(added(x.clone(), bias)))))}
+    split = norm_split(x, norm, bias)
+    if split is not None:
+        ways["exact"] = lambda: exact_kernel(x, bias, gamma, scale, out, split)
+    ways["fast"] = lambda: norm_silu_free(x, bias, gamma, scale, out)
+    row = {"shape": list(x.shape), "x_strides": list(x.stride()), "out_strides": list(out.stride()),
+           "bias": bias is not None, "split": split}  # fmt: skip
+    for name, run in ways.items():
+        row[f"{name}_ms"] = round(seconds(run) * 1e3, 4)
+        row[f"{name}_max_steps"] = round(steps(out, want), 2)
+    return row
+
+
+def main() -> None:
+    arch, dtype_name, size = sys.argv[1], sys.argv[2], sys.argv[3]
+    dtype = getattr(torch, dtype_name)
+    h, w = (int(n) for n in size.split("x"))
+    torch.manual_seed(0)
+    vae = random_vae(arch).to("cuda", dtype)
+    z = torch.randn(1, vae.config.z_dim, 3, h // 8, w // 8, device="cuda", dtype=dtype)
+    totals = {"pytorch": 0.0, "exact": 0.0, "fast": 0.0}
+    with torch.no_grad():
+        for call in chunk_calls(vae, z):
+            row = measured(*call)
+            for name in totals:  # the exact decoder runs PyTorch's ops where its kernel does not apply
+                totals[name] += row.get(f"{name}_ms", row["pytorch_ms"])
+            print(json.dumps(row), flush=True)
+    totals = {name: round(ms, 3) for name, ms in totals.items()}
+    device = torch.cuda.get_device_name()
+    print(json.dumps({"arch": arch, "dtype": dtype_name, "size": size, "device": device, "torch": torch.__version__,
+                      "ms_per_chunk": totals}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
