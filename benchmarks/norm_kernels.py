@@ -1,8 +1,8 @@
 """Each norm + SiLU of one steady chunk of a Wan decoder, three ways: PyTorch's ops (diffusers'),
 framepipe's exact fused kernel (PyTorch's bits) and the fast decoder's kernel (its own order). Per
 call: seconds, and each way's largest error against the same norm computed in float64, in units of
-the dtype's rounding step at the value (at least 1); then the seconds per chunk summed. Inputs are the chunk's
-own activations, in the layouts and with the deferred biases the decoder feeds the kernels.
+the dtype's rounding step at max(|value|, 1); then the seconds per chunk summed. Inputs are the
+chunk's own activations, in the layouts and with the deferred biases the decoder feeds the kernels.
 
     python benchmarks/norm_kernels.py wan2.1 bfloat16 720x1280 > norms.jsonl
 """

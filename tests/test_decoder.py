@@ -228,6 +228,18 @@ def test_no_fused_kernel_on_the_cpu():
     assert not norm_silu_is_exact(torch.device("cpu"), torch.float32)
 
 
+def test_both_norm_paths_run_pytorchs_ops_where_no_kernel_can():
+    """On the CPU the exact and the fast norm + SiLU both give PyTorch's bits (bias added first)."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
+
+    norm, x, bias = WanRMS_norm(8, images=False), torch.randn(1, 8, 2, 3, 4), torch.randn(8)
+    want = torch.nn.functional.silu(norm(x + bias[:, None, None, None]))
+    for kernel in (fused.norm_silu, fused.norm_silu_fast):
+        out = torch.empty_like(x)
+        kernel(x, norm, out, bias)
+        assert same_bits(out, want), kernel.__name__
+
+
 @pytest.mark.needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_same_bits_as_diffusers_on_cuda(version, dtype):

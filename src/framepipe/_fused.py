@@ -109,7 +109,7 @@ def norm_silu(x: torch.Tensor, norm, out: torch.Tensor, bias: torch.Tensor | Non
     bits for x's shape, else PyTorch's ops on channel-first x."""
     split = norm_split(x, norm, bias) if _fusable(x, norm) else None
     if split is None:
-        silu_into(norm(channel_first(x if bias is None else added(x.clone(), bias))), out)
+        _norm_silu_ops(x, norm, out, bias)
         return
     from ._exact_kernels import norm_silu as fused
 
@@ -120,11 +120,16 @@ def norm_silu_fast(x: torch.Tensor, norm, out: torch.Tensor, bias: torch.Tensor 
     """``norm_silu`` for the fast decoder: the fast kernel (``_fast_kernels.py``; float32, its own order,
     not PyTorch's bits) where x's dtype and ``norm`` fit it, else PyTorch's ops."""
     if not _fusable(x, norm):
-        silu_into(norm(channel_first(x if bias is None else added(x.clone(), bias))), out)
+        _norm_silu_ops(x, norm, out, bias)
         return
     from ._fast_kernels import norm_silu_free
 
     norm_silu_free(x, bias, norm.gamma.reshape(-1), float(norm.scale), out)
+
+
+def _norm_silu_ops(x: torch.Tensor, norm, out: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """``norm_silu`` with PyTorch's ops, on x channel-first as diffusers holds it (x itself unchanged)."""
+    silu_into(norm(channel_first(x if bias is None else added(x.clone(), bias))), out)
 
 
 def add_bias_residual(y: torch.Tensor, bias: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
