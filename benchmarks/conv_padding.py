@@ -17,6 +17,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from gpu_timing import timed
+from steady_chunk import third_chunk_with
 
 from framepipe import random_vae
 from framepipe._decoder import WanDecoderStep
@@ -33,15 +34,7 @@ def chunk_shapes(vae, z: torch.Tensor) -> collections.Counter:
         shapes[(tuple(x.shape), tuple(conv.weight.shape), conv.bias is not None)] += 1
         return plain(self, conv, x, defer_bias)
 
-    step, cache = WanDecoderStep(vae), [None] * 64
-    for i in range(3):
-        if i == 2:
-            shapes.clear()
-            WanDecoderStep._conv = recorded
-        try:
-            step(z[:, :, i : i + 1], cache, first_chunk=i == 0)
-        finally:
-            WanDecoderStep._conv = plain
+    third_chunk_with(vae, z, WanDecoderStep, "_conv", recorded)
     return shapes
 
 

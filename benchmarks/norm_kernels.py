@@ -15,6 +15,7 @@ import sys
 import torch
 import torch.nn.functional as F
 from gpu_timing import timed
+from steady_chunk import third_chunk_with
 
 import framepipe._decoder as decoder
 from framepipe import random_vae
@@ -33,14 +34,7 @@ def chunk_calls(vae, z: torch.Tensor) -> list[tuple]:
         calls.append((x.clone(memory_format=torch.preserve_format), norm, bias, out))
         return plain(x, norm, out, bias)
 
-    step, cache = decoder.WanDecoderStep(vae), [None] * 64
-    for i in range(3):
-        if i == 2:
-            decoder.norm_silu = recorded
-        try:
-            step(z[:, :, i : i + 1], cache, first_chunk=i == 0)
-        finally:
-            decoder.norm_silu = plain
+    third_chunk_with(vae, z, decoder, "norm_silu", recorded)
     return calls
 
 
