@@ -9,15 +9,12 @@ decodes each, alternated, and whether the compiled decoder's chunks have the eag
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import platform
-import time
-from pathlib import Path
 
 import torch
+from gpu_timing import decode_seconds
+from script_inputs import add_decode_arguments, random_case, rows_per_dtype
 
-from framepipe import random_vae, to_uint8_frames
 from framepipe._equivalence import same_bits
 from framepipe._source import decode_chunks
 
@@ -32,32 +29,14 @@ def compiled_step(vae, mode: str):
     return step
 
 
-def seconds(vae, z: torch.Tensor, **how) -> float:
-    """One chunked decode + uint8 conversion, from an idle device to its last kernel's end."""
-
-    def sync() -> None:
-        if z.is_cuda:
-            torch.cuda.synchronize(z.device)
-
-    sync()
-    start = time.perf_counter()
-    for chunk in decode_chunks(vae, z, **how):
-        to_uint8_frames(chunk)
-    sync()
-    return time.perf_counter() - start
-
-
 def run(arch: str, dtype: str, size: tuple[int, int], frames: int, mode: str, runs: int, device: str) -> dict:
-    vae = random_vae(arch).to(device, getattr(torch, dtype))
-    s, g = vae.config.scale_factor_spatial, torch.Generator(device=device).manual_seed(0)
-    z = torch.randn(1, vae.config.z_dim, (frames - 1) // 4 + 1, size[0] // s, size[1] // s, generator=g, device=device)
-    z = z.to(vae.dtype)
+    vae, z = random_case(arch, dtype, size, frames, device)
     ways = {"diffusers": {"decoder": "diffusers"}, "compiled": {"step": compiled_step(vae, mode)}}
     if device.startswith("cuda"):
         ways["framepipe"] = {"decoder": "framepipe"}
     row: dict = {"arch": arch, "dtype": dtype, "height": size[0], "width": size[1], "frames": frames, "mode": mode}
     torch._dynamo.utils.counters.clear()
-    row["first_decode_s"] = {name: round(seconds(vae, z, **how), 3) for name, how in ways.items()}
+    row["first_decode_s"] = {name: round(decode_seconds(vae, [z], **how), 3) for name, how in ways.items()}
     row["graph_breaks"] = sum(torch._dynamo.utils.counters["graph_break"].values())
     with torch.inference_mode():
         eager = [c.clone() for c in decode_chunks(vae, z, **ways["diffusers"])]
@@ -69,7 +48,7 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, mode: str, ru
     best = {name: math.inf for name in ways}
     for _ in range(runs):  # alternated, so drift hits all alike
         for name, how in ways.items():
-            best[name] = min(best[name], seconds(vae, z, **how))
+            best[name] = min(best[name], decode_seconds(vae, [z], **how))
     row["seconds"] = {name: round(t, 4) for name, t in best.items()}
     row["compiled_speedup_vs_diffusers"] = round(best["diffusers"] / best["compiled"], 3)
     return row
@@ -77,25 +56,11 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, mode: str, ru
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="wan2.1")
-    parser.add_argument("--size", default="480x832")
-    parser.add_argument("--frames", type=int, default=81)
-    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
+    add_decode_arguments(parser)
     parser.add_argument("--mode", default="default", help="torch.compile's mode")
-    parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("--device", default="cuda")
-    parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
-    h, w = (int(v) for v in args.size.split("x"))
-    card = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.processor()
-    env = {"device": card, "torch": torch.__version__, "python": platform.python_version(),
-           "date": time.strftime("%Y-%m-%d")}  # fmt: skip
-    rows = []
-    args.out.mkdir(parents=True, exist_ok=True)
-    for dtype in args.dtypes:
-        rows.append(run(args.arch, dtype, (h, w), args.frames, args.mode, args.runs, args.device))
-        print(json.dumps(rows[-1]), flush=True)
-        (args.out / "compile_decoder.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
+    rows_per_dtype(args, lambda dtype, size: run(args.arch, dtype, size, args.frames, args.mode, args.runs,
+                                                 args.device), "compile_decoder")  # fmt: skip
 
 
 if __name__ == "__main__":

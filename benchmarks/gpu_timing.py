@@ -1,4 +1,5 @@
-"""Wall time and peak device memory of one call, for the benchmark scripts beside this file."""
+"""Wall time and peak device memory of one call, and the wall time of chunked decodes, for the benchmark
+scripts beside this file."""
 
 from __future__ import annotations
 
@@ -25,3 +26,22 @@ def peak(fn: Callable[[], object]) -> float:
     fn()
     torch.cuda.synchronize()
     return torch.cuda.max_memory_allocated() / 2**30
+
+
+def decode_seconds(vae, videos: list[torch.Tensor], **how) -> float:
+    """Seconds to decode ``videos`` one after another with ``decode_chunks(vae, z, **how)``, each chunk
+    converted to uint8, from an idle device to its last kernel's end (CPU or CUDA)."""
+    from framepipe import to_uint8_frames
+    from framepipe._source import decode_chunks
+
+    def sync() -> None:
+        if videos[0].is_cuda:
+            torch.cuda.synchronize(videos[0].device)
+
+    sync()
+    start = time.perf_counter()
+    for z in videos:
+        for chunk in decode_chunks(vae, z, **how):
+            to_uint8_frames(chunk)
+    sync()
+    return time.perf_counter() - start

@@ -1,9 +1,15 @@
-"""What the benchmark scripts beside this file take in: encoder settings from their command line,
-and the latent shape of a video of a given size for an architecture."""
+"""What the benchmark scripts beside this file take in: encoder settings and decode cases from their
+command line, and the latent shape of a video of a given size for an architecture; and where the
+decode cases' rows go."""
 
 from __future__ import annotations
 
 import argparse
+import json
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
@@ -34,3 +40,39 @@ def latents_shape(arch: str, *, frames: int, height: int, width: int) -> tuple[i
         vae = framepipe.random_vae(arch)
     b, t, h, w = framepipe.latent_shape(vae, frames=frames, height=height, width=width)
     return b, vae.config.z_dim, t, h, w
+
+
+def add_decode_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--arch``, ``--size``, ``--frames``, ``--dtypes``, ``--runs``, ``--device`` and ``--out``: one
+    decode case a dtype, for ``rows_per_dtype``."""
+    parser.add_argument("--arch", default="wan2.1")
+    parser.add_argument("--size", default="480x832")
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--dtypes", nargs="+", default=["bfloat16", "float32"])
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--out", type=Path, required=True)
+
+
+def rows_per_dtype(args: argparse.Namespace, run: Callable[[str, tuple[int, int]], dict], name: str) -> None:
+    """``run(dtype, (height, width))`` for each of ``--dtypes``: each row printed as it comes, all of
+    them written to ``--out``/NAME.json with the machine's description."""
+    size = tuple(int(v) for v in args.size.split("x"))
+    card = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.machine()
+    env = {"device": card, "torch": torch.__version__, "python": platform.python_version(),
+           "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    rows = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    for dtype in args.dtypes:
+        rows.append(run(dtype, size))
+        print(json.dumps(rows[-1]), flush=True)
+        (args.out / f"{name}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
+
+
+def random_case(arch: str, dtype: str, size: tuple[int, int], frames: int, device: str, videos: int = 1):
+    """``arch``'s VAE with seeded random weights on ``device`` in ``dtype``, and seeded random latents
+    of ``videos`` videos of ``frames`` frames of ``size`` (H, W) for it: (vae, [B, C, T, H, W])."""
+    vae = framepipe.random_vae(arch).to(device, getattr(torch, dtype))
+    s, g = vae.config.scale_factor_spatial, torch.Generator(device=device).manual_seed(0)
+    shape = (videos, vae.config.z_dim, (frames - 1) // 4 + 1, size[0] // s, size[1] // s)
+    return vae, torch.randn(shape, generator=g, device=device).to(vae.dtype)
