@@ -1,6 +1,7 @@
 """framepipe's embedded trained VAE: what ships, that it loads by default, and that it reconstructs."""
 
 import json
+import shlex
 
 import numpy as np
 import pytest
@@ -78,3 +79,7 @@ def test_compare_defaults_to_a_clip_encoded_by_the_model(capsys):
     report = json.loads(out)
     assert report["latents"].startswith("procedural clip 5x64x64") and report["frames_per_video"] == 5
     assert report["candidate"]["dtype"] == "bfloat16" and report["error"]["max_abs"] > 0
+    assert report["environment"]["torch"] == torch.__version__ and report["environment"]["gpu"] is None
+    command = shlex.split(report["command"])  # every setting spelled out: the same comparison again
+    assert command[:2] == ["framepipe", "compare"] and "--clip" in command and "5x64x64" in command
+    assert main(command[1:]) == 0 and json.loads(capsys.readouterr().out)["error"] == report["error"]

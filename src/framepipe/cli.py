@@ -11,6 +11,7 @@ import argparse
 import contextlib
 import json
 import os
+import shlex
 import signal
 import sys
 import threading
@@ -587,11 +588,27 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compare_command(args: argparse.Namespace) -> str:
+    """The ``framepipe compare`` command line that repeats this comparison, every setting spelled out."""
+    words = ["framepipe", "compare", *([args.latents] if args.latents else [])]
+    if args.shape:
+        words += ["--shape", "x".join(map(str, args.shape))]
+    elif not args.latents:
+        words += ["--clip", "x".join(map(str, args.clip))]
+    for flag, value in (("--vae", args.vae), ("--arch", args.arch), ("--device", args.device)):
+        if value is not None:
+            words += [flag, value]
+    words += ["--latent-format", args.latent_format, "--dtype", args.dtype, "--mode", args.mode,
+              "--decoder", args.decoder, "--slots", str(args.slots), "--seed", str(args.seed), "--json"]  # fmt: skip
+    return shlex.join(words)
+
+
 def _compare(args: argparse.Namespace) -> int:
     from ._compare import compare
     from ._demo import procedural_latents
     from ._latents import load_latents, random_latents
     from ._models import load_vae
+    from .bench import environment
 
     _warn_if_embedded_on_user_latents(args)
     vae = load_vae(args.vae, arch=args.arch, dtype="float32", device=args.device, seed=args.seed)
@@ -608,6 +625,8 @@ def _compare(args: argparse.Namespace) -> int:
     candidate = {"dtype": args.dtype, "mode": args.mode, "decoder": args.decoder, "slots": args.slots}
     report = compare(vae, latents, **candidate, latent_format=latent_format)
     report["latents"] = source
+    report["environment"] = environment(next(vae.parameters()).device)
+    report["command"] = _compare_command(args)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

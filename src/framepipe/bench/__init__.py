@@ -3,7 +3,16 @@ on one card, with kernel utilization from a profiled run, memory, bytes copied a
 
 Timelines need matplotlib (``pip install 'framepipe[bench]'``)."""
 
-from ._report import ModeResult, format_table, summarize
+from ._report import ModeResult, environment, format_table, summarize
 from ._run import BENCH_MODES, DEFAULT_MODES, encoder_variant, run_bench
 
-__all__ = ["BENCH_MODES", "DEFAULT_MODES", "ModeResult", "encoder_variant", "format_table", "run_bench", "summarize"]
+__all__ = [
+    "BENCH_MODES",
+    "DEFAULT_MODES",
+    "ModeResult",
+    "encoder_variant",
+    "environment",
+    "format_table",
+    "run_bench",
+    "summarize",
+]
