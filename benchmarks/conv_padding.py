@@ -16,10 +16,10 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
-from gpu_timing import timed
+from gpu_timing import mean_seconds
+from script_inputs import random_case
 from steady_chunk import third_chunk_with
 
-from framepipe import random_vae
 from framepipe._decoder import WanDecoderStep
 from framepipe._equivalence import probe, same_bits
 from framepipe._layouts import CHANNELS_LAST
@@ -36,12 +36,6 @@ def chunk_shapes(vae, z: torch.Tensor) -> collections.Counter:
 
     third_chunk_with(vae, z, WanDecoderStep, "_conv", recorded)
     return shapes
-
-
-def seconds(run: Callable[[], torch.Tensor], n: int = 5) -> float:
-    """Mean seconds of ``run`` over ``n`` calls back to back, after one untimed call."""
-    run()
-    return timed(lambda: [run() for _ in range(n)]) / n
 
 
 def rounded_up(n: int, m: int) -> int:
@@ -81,10 +75,7 @@ def main() -> None:
     arch, dtype_name, size = sys.argv[1:4]
     height, width = map(int, size.split("x"))
     dtype = getattr(torch, dtype_name)
-    vae = random_vae(arch).to("cuda", dtype)
-    s = vae.config.scale_factor_spatial
-    g = torch.Generator(device="cuda").manual_seed(0)
-    z = torch.randn(1, vae.config.z_dim, 4, height // s, width // s, generator=g, device="cuda").to(dtype)
+    vae, z = random_case(arch, dtype_name, (height, width), 13, "cuda")  # 4 latent frames
     total: dict[str, float] = collections.defaultdict(float)
     with torch.inference_mode():
         for (xs, ws, has_bias), count in chunk_shapes(vae, z).items():
@@ -95,7 +86,7 @@ def main() -> None:
                     torch.backends.cudnn.benchmark = benchmark
                     key = name + ("+bench" if benchmark else "")
                     out = run()
-                    took = seconds(run)
+                    took = mean_seconds(run)
                     diff = float((out.float() - reference.float()).abs().max())
                     row[key] = {"s": round(took, 6), "same": same_bits(out.contiguous(), reference), "maxdiff": diff}
                     total[key] += took * count

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 from gpu_timing import peak, timed
+from script_inputs import random_case
 
-from framepipe import random_vae, to_uint8_frames
+from framepipe import to_uint8_frames
 from framepipe._equivalence import chosen_ways, same_bits, verified_equivalences
 from framepipe._fused import norm_silu_is_exact
 from framepipe._graphs import StepGraphs
@@ -114,11 +115,7 @@ def breakdown(fn) -> dict[str, float]:
 
 def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, profile: bool) -> dict:
     KEPT.close()  # the last row's graphs
-    vae = random_vae(arch).to("cuda", getattr(torch, dtype))
-    s = vae.config.scale_factor_spatial
-    g = torch.Generator(device="cuda").manual_seed(0)
-    z = torch.randn(1, vae.config.z_dim, (frames - 1) // 4 + 1, size[0] // s, size[1] // s, generator=g, device="cuda")
-    z = z.to(vae.dtype)
+    vae, z = random_case(arch, dtype, size, frames, "cuda")
     row: dict = {"arch": arch, "dtype": dtype, "height": size[0], "width": size[1], "frames": frames}
     with torch.inference_mode():
         row["fused_norm_silu"] = norm_silu_is_exact(z.device, vae.dtype)

@@ -9,13 +9,20 @@ from collections.abc import Callable
 import torch
 
 
-def timed(fn: Callable[[], object]) -> float:
-    """Seconds ``fn()`` takes, from an idle GPU to its last kernel's end."""
-    torch.cuda.synchronize()
+def timed(fn: Callable[[], object], *, cuda: bool = True) -> float:
+    """Seconds ``fn()`` takes, from an idle GPU to its last kernel's end (``cuda=False``: on the CPU)."""
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
+    sync()
     start = time.perf_counter()
     fn()
-    torch.cuda.synchronize()
+    sync()
     return time.perf_counter() - start
+
+
+def mean_seconds(run: Callable[[], object], n: int = 5) -> float:
+    """Mean seconds of ``run`` over ``n`` calls back to back, after one untimed call."""
+    run()
+    return timed(lambda: [run() for _ in range(n)]) / n
 
 
 def peak(fn: Callable[[], object]) -> float:
@@ -34,14 +41,9 @@ def decode_seconds(vae, videos: list[torch.Tensor], **how) -> float:
     from framepipe import to_uint8_frames
     from framepipe._source import decode_chunks
 
-    def sync() -> None:
-        if videos[0].is_cuda:
-            torch.cuda.synchronize(videos[0].device)
+    def decode() -> None:
+        for z in videos:
+            for chunk in decode_chunks(vae, z, **how):
+                to_uint8_frames(chunk)
 
-    sync()
-    start = time.perf_counter()
-    for z in videos:
-        for chunk in decode_chunks(vae, z, **how):
-            to_uint8_frames(chunk)
-    sync()
-    return time.perf_counter() - start
+    return timed(decode, cuda=videos[0].is_cuda)

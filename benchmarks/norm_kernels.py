@@ -14,7 +14,7 @@ import sys
 
 import torch
 import torch.nn.functional as F
-from gpu_timing import timed
+from gpu_timing import mean_seconds
 from steady_chunk import third_chunk_with
 
 import framepipe._decoder as decoder
@@ -38,11 +38,6 @@ def chunk_calls(vae, z: torch.Tensor) -> list[tuple]:
     return calls
 
 
-def seconds(run, n: int = 10) -> float:
-    run()
-    return timed(lambda: [run() for _ in range(n)]) / n
-
-
 def steps(got: torch.Tensor, want: torch.Tensor) -> float:
     """The largest |got - want| in units of got's dtype's rounding step at max(|want|, 1)."""
     step = torch.finfo(got.dtype).eps * want.abs().clamp_min(1.0)
@@ -63,7 +58,7 @@ def measured(x: torch.Tensor, norm, bias: torch.Tensor | None, out: torch.Tensor
     row = {"shape": list(x.shape), "x_strides": list(x.stride()), "out_strides": list(out.stride()),
            "bias": bias is not None, "split": split}  # fmt: skip
     for name, run in ways.items():
-        row[f"{name}_ms"] = round(seconds(run) * 1e3, 4)
+        row[f"{name}_ms"] = round(mean_seconds(run, 10) * 1e3, 4)
         row[f"{name}_max_steps"] = round(steps(out, want), 2)
     return row
 
