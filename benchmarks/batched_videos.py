@@ -25,7 +25,7 @@ from framepipe._source import decode_chunks
 def run(arch: str, dtype: str, size: tuple[int, int], frames: int, n: int, runs: int, device: str) -> dict:
     vae, batch = random_case(arch, dtype, size, frames, device, videos=n)
     alone = list(batch.split(1))
-    decoders = ("diffusers", "framepipe") if device.startswith("cuda") else ("diffusers",)
+    decoders = ("diffusers", "framepipe", "fast") if device.startswith("cuda") else ("diffusers",)
     row: dict = {"arch": arch, "dtype": dtype, "height": size[0], "width": size[1], "frames": frames, "videos": n}
     with torch.inference_mode():
         for decoder in decoders:

@@ -1,6 +1,6 @@
 """diffusers' Wan decoder under ``torch.compile``, chunk by chunk with its causal cache kept outside
 the module (the list ``decode_chunks`` hands each call), against the same decoder eager and
-framepipe's exact decoder: the first decode's time (the compile in it), the best of ``--runs``
+framepipe's exact and fast decoders: the first decode's time (the compile in it), the best of ``--runs``
 decodes each, alternated, and whether the compiled decoder's chunks have the eager one's bits.
 
     python benchmarks/compile_decoder.py --arch wan2.1 --size 480x832 --dtypes bfloat16 float32 --out DIR
@@ -34,6 +34,7 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, mode: str, ru
     ways = {"diffusers": {"decoder": "diffusers"}, "compiled": {"step": compiled_step(vae, mode)}}
     if device.startswith("cuda"):
         ways["framepipe"] = {"decoder": "framepipe"}
+        ways["fast"] = {"decoder": "fast"}
     row: dict = {"arch": arch, "dtype": dtype, "height": size[0], "width": size[1], "frames": frames, "mode": mode}
     torch._dynamo.utils.counters.clear()
     row["first_decode_s"] = {name: round(decode_seconds(vae, [z], **how), 3) for name, how in ways.items()}
