@@ -160,6 +160,8 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
         }
         resamplers = [way for k, way in chosen_ways().items() if k[0] == "resample" and vae.dtype in k]
         row["fast_resamplers_subpixel"] = [resamplers.count("subpixel"), len(resamplers)]
+        attentions = [way for k, way in chosen_ways().items() if k[0] == "attention" and vae.dtype in k]
+        row["fast_attention_explicit"] = [attentions.count("explicit"), len(attentions)]
         if profile:
             row["gpu_seconds_by_kind"] = {name: breakdown(lambda n=name: chunked(vae, z, n)) for name in decoders}
     return row

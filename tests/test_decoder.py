@@ -1,5 +1,7 @@
 """framepipe's decoder step gives diffusers' decoder's bits: every chunk, both Wan versions, CPU and GPU."""
 
+import copy
+
 import pytest
 import torch
 
@@ -147,6 +149,28 @@ def test_fast_decoder_with_subpixel_resamplers_stays_close(version, monkeypatch)
     assert "resample" in chosen
     for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.needs_cuda)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_explicit_attention_is_diffusers_attention_block(monkeypatch, device, dtype):
+    """The fast decoder's explicit attention (queries in blocks, float32 scores and softmax) against
+    diffusers' ``WanAttentionBlock`` computed in float64: no further from it than diffusers' own block in
+    the same dtype plus one rounding step (on CUDA both share the TF32 convolutions around it)."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanAttentionBlock
+
+    from framepipe import _attention
+
+    monkeypatch.setattr(_attention, "ROWS", 7)  # several blocks of queries, the last one short
+    torch.manual_seed(0)
+    block = WanAttentionBlock(32).eval().to(device, dtype)
+    x = torch.randn(1, 32, 2, 6, 10, device=device).to(dtype)
+    with torch.no_grad():
+        theirs, ours = block(x), _attention.explicit_attention(block, x)
+        want = copy.deepcopy(block).double()(x.double())
+    ours_error, theirs_error = ((y.double() - want).abs().max().item() for y in (ours, theirs))
+    step = torch.finfo(dtype).eps * want.abs().max().item()
+    assert ours_error <= theirs_error + step, (ours_error, theirs_error, step)
 
 
 def test_weight_copies_are_kept_until_the_parameters_change():

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from ._attention import explicit_attention
 from ._equivalence import fastest_way, probe
 from ._fused import add_bias_residual, norm_silu, norm_silu_fast, norm_silu_is_exact
 from ._layouts import (
@@ -132,8 +133,14 @@ class WanDecoderStep:
         return bool(self.fused)
 
     def _attention(self, attention, x: torch.Tensor) -> torch.Tensor:
-        """The mid block's ``WanAttentionBlock`` (over each whole frame), on x as diffusers holds it."""
-        return attention(channel_first(x))
+        """The mid block's ``WanAttentionBlock`` (over each whole frame), on x as diffusers holds it;
+        the fast decoder's computed explicitly where that is faster (``_attention.py``)."""
+        x = channel_first(x)
+        if self.exact or not self.channels_last:
+            return attention(x)
+        key = ("attention", tuple(x.shape), x.dtype, x.device)
+        run = lambda way: attention(x) if way == "sdpa" else explicit_attention(attention, x)  # noqa: E731
+        return run(fastest_way(key, lambda: None, run, ("sdpa", "explicit"), device=x.device, exact=False))
 
     def _resample(self, sampler, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
         """An up block's ``WanResample`` step by step: the time convolution (upsample3d) with diffusers'
