@@ -15,10 +15,10 @@ import sys
 import torch
 import torch.nn.functional as F
 from gpu_timing import mean_seconds
+from script_inputs import random_case
 from steady_chunk import third_chunk_with
 
 import framepipe._decoder as decoder
-from framepipe import random_vae
 from framepipe._exact_kernels import norm_silu as exact_kernel
 from framepipe._fast_kernels import norm_silu_free
 from framepipe._fused import norm_split
@@ -65,11 +65,7 @@ def measured(x: torch.Tensor, norm, bias: torch.Tensor | None, out: torch.Tensor
 
 def main() -> None:
     arch, dtype_name, size = sys.argv[1], sys.argv[2], sys.argv[3]
-    dtype = getattr(torch, dtype_name)
-    h, w = (int(n) for n in size.split("x"))
-    torch.manual_seed(0)
-    vae = random_vae(arch).to("cuda", dtype)
-    z = torch.randn(1, vae.config.z_dim, 3, h // 8, w // 8, device="cuda", dtype=dtype)
+    vae, z = random_case(arch, dtype_name, tuple(int(n) for n in size.split("x")), 9, "cuda")  # 3 latent frames
     totals = {"pytorch": 0.0, "exact": 0.0, "fast": 0.0}
     with torch.no_grad():
         for call in chunk_calls(vae, z):

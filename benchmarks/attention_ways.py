@@ -1,0 +1,68 @@
+"""The mid block's attention of one steady chunk of a Wan decoder, two ways: diffusers'
+``WanAttentionBlock`` (PyTorch's ``scaled_dot_product_attention``) and the fast decoder's explicit
+attention (``_attention.explicit_attention``). Per call: milliseconds, and each way's largest error
+against the block computed in float64, in units of the dtype's rounding step at max(|value|, 1).
+
+    python benchmarks/attention_ways.py wan2.1 bfloat16 720x1280 > attention.jsonl
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+
+import torch
+from gpu_timing import mean_seconds
+from norm_kernels import steps
+from script_inputs import random_case
+from steady_chunk import third_chunk_with
+
+from framepipe._attention import explicit_attention
+from framepipe._decoder import WanDecoderStep
+from framepipe._layouts import channel_first
+
+
+def chunk_calls(vae, z: torch.Tensor) -> list[tuple]:
+    """(block, x) of each attention of the third chunk framepipe's exact decoder decodes, x channel-first
+    as the decoder hands it over."""
+    calls = []
+    plain = WanDecoderStep._attention
+
+    def recorded(self, attention, x):
+        calls.append((attention, channel_first(x).clone(memory_format=torch.preserve_format)))
+        return plain(self, attention, x)
+
+    third_chunk_with(vae, z, WanDecoderStep, "_attention", recorded)
+    return calls
+
+
+def measured(block, x: torch.Tensor) -> dict:
+    """One call's row: each way's milliseconds and largest error against float64."""
+    want = copy.deepcopy(block).double()(x.double())
+    ways = {"sdpa": lambda: block(x), "explicit": lambda: explicit_attention(block, x)}
+    row: dict = {"shape": list(x.shape)}
+    for name, run in ways.items():
+        row[f"{name}_ms"] = round(mean_seconds(run, 10) * 1e3, 4)
+        row[f"{name}_max_steps"] = round(steps(run(), want), 2)
+    return row
+
+
+def main() -> None:
+    arch, dtype_name, size = sys.argv[1], sys.argv[2], sys.argv[3]
+    vae, z = random_case(arch, dtype_name, tuple(int(n) for n in size.split("x")), 9, "cuda")  # 3 latent frames
+    totals = {"sdpa": 0.0, "explicit": 0.0}
+    with torch.no_grad():
+        for call in chunk_calls(vae, z):
+            row = measured(*call)
+            for name in totals:
+                totals[name] += row[f"{name}_ms"]
+            print(json.dumps(row), flush=True)
+    totals = {name: round(ms, 3) for name, ms in totals.items()}
+    device = torch.cuda.get_device_name()
+    print(json.dumps({"arch": arch, "dtype": dtype_name, "size": size, "device": device, "torch": torch.__version__,
+                      "ms_per_chunk": totals}))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
