@@ -17,13 +17,31 @@ from framepipe.bench._profile import Timeline, merge, timeline_from_events, unio
 from framepipe.cli import main
 
 
-def _bench_table():
-    """benchmarks/bench_table.py, a script rather than a module of the package."""
-    script = Path(__file__).parents[1] / "benchmarks" / "bench_table.py"
-    spec = importlib.util.spec_from_file_location("bench_table", script)
+def _script(name: str):
+    """benchmarks/NAME.py, a script rather than a module of the package."""
+    script = Path(__file__).parents[1] / "benchmarks" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def test_decoder_floor_counts_a_convolutions_flops_and_bytes_and_no_views():
+    """benchmarks/decoder_floor.py: 2 * Cin * Cout * k^3 multiply-adds an output pixel, every operand's
+    bytes once (input, weight, bias, output), nothing for a view, read and write for an in-place op."""
+    floor = _script("decoder_floor")
+    conv = torch.nn.Conv3d(4, 6, 3).to("meta")
+    x = torch.empty(1, 4, 5, 7, 9, device="meta")
+    counter = floor.Counter()
+    with torch.no_grad(), counter:
+        y = conv(x).permute(0, 2, 1, 3, 4)
+        y.add_(1.0)
+    convs, adds = counter.kinds["convolution"], counter.kinds["elementwise"]
+    outputs = 3 * 5 * 7
+    assert convs["ops"] == 1 and convs["flops"] == 2 * 4 * 6 * 27 * outputs
+    assert convs["bytes"] == 4 * (x.numel() + conv.weight.numel() + 6 + 6 * outputs)
+    assert adds["ops"] == 1 and adds["bytes"] == 2 * 4 * 6 * outputs
+    assert set(counter.kinds) == {"convolution", "elementwise"}
 
 
 def test_union_length_counts_overlaps_once_and_clips():
@@ -105,7 +123,7 @@ def test_bench_stream_mode_is_reported_per_video():
     assert rows["async-stream"]["decodes_per_run"] == 3 and report["settings"]["stream_videos"] == 3
     assert rows["async-stream [2 at once]"]["decodes_per_run"] == 3
     assert report["settings"]["concurrent_videos"] == [1, 2]
-    line = _bench_table().command(report["settings"], ["gpu-only", "async-stream"])
+    line = _script("bench_table").command(report["settings"], ["gpu-only", "async-stream"])
     assert "--stream-videos 3 --concurrent-videos 1,2" in line
     with pytest.raises(SettingsError, match="concurrent_videos >= 1"):
         run_bench(vae, small_latents("wan2.1"), modes=["async-stream"], concurrent_videos=0)
@@ -130,7 +148,7 @@ def test_bench_cli_json(tmp_path, capsys):
     if sys.platform.startswith("linux"):  # where the kernel reports a thread's schedstat
         for row in report["modes"]:
             assert row["main_thread_cpu_s"] > 0 and row["main_thread_wait_s"] >= 0, row
-    line = _bench_table().command(report["settings"], [r["mode"] for r in report["modes"]])
+    line = _script("bench_table").command(report["settings"], [r["mode"] for r in report["modes"]])
     assert "--encoder-option threads=2" in line and "--modes sync,async,gpu-only" in line
     assert "--decoder fast" in line
     assert "--device cpu" in line and "--profile off" in line and "--stream-videos" not in line
@@ -205,7 +223,7 @@ def test_bench_runs_encoder_variants_side_by_side(tmp_path, capsys):
     assert variants["segment-frames=4"]["segment_frames"] == 4
     assert variants["threads=1"]["encoder_options"] == {"threads": "1"}
     assert all(r["vs_gpu_only"] > 0 for r in report["modes"])
-    line = _bench_table().command(report["settings"], ["async", "gpu-only", "encode-only"])
+    line = _script("bench_table").command(report["settings"], ["async", "gpu-only", "encode-only"])
     assert "--encoder-variant 'segment-frames=4' --encoder-variant 'threads=1'" in line
     code = main(
         ["bench", "--arch", "tiny-wan2.1", "--shape", "1x2x4x4", "--device", "cpu", "--encoder-variant", "nice"]
