@@ -9,14 +9,11 @@ against the block computed in float64, in units of the dtype's rounding step at 
 from __future__ import annotations
 
 import copy
-import json
-import sys
 
 import torch
 from gpu_timing import mean_seconds
 from norm_kernels import steps
-from script_inputs import random_case
-from steady_chunk import third_chunk_with
+from steady_chunk import report_calls, third_chunk_with
 
 from framepipe._attention import explicit_attention
 from framepipe._decoder import WanDecoderStep
@@ -49,19 +46,7 @@ def measured(block, x: torch.Tensor) -> dict:
 
 
 def main() -> None:
-    arch, dtype_name, size = sys.argv[1], sys.argv[2], sys.argv[3]
-    vae, z = random_case(arch, dtype_name, tuple(int(n) for n in size.split("x")), 9, "cuda")  # 3 latent frames
-    totals = {"sdpa": 0.0, "explicit": 0.0}
-    with torch.no_grad():
-        for call in chunk_calls(vae, z):
-            row = measured(*call)
-            for name in totals:
-                totals[name] += row[f"{name}_ms"]
-            print(json.dumps(row), flush=True)
-    totals = {name: round(ms, 3) for name, ms in totals.items()}
-    device = torch.cuda.get_device_name()
-    print(json.dumps({"arch": arch, "dtype": dtype_name, "size": size, "device": device, "torch": torch.__version__,
-                      "ms_per_chunk": totals}))  # fmt: skip
+    report_calls(chunk_calls, measured, ("sdpa", "explicit"))
 
 
 if __name__ == "__main__":

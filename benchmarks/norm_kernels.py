@@ -9,14 +9,10 @@ chunk's own activations, in the layouts and with the deferred biases the decoder
 
 from __future__ import annotations
 
-import json
-import sys
-
 import torch
 import torch.nn.functional as F
 from gpu_timing import mean_seconds
-from script_inputs import random_case
-from steady_chunk import third_chunk_with
+from steady_chunk import report_calls, third_chunk_with
 
 import framepipe._decoder as decoder
 from framepipe._exact_kernels import norm_silu as exact_kernel
@@ -64,19 +60,8 @@ def measured(x: torch.Tensor, norm, bias: torch.Tensor | None, out: torch.Tensor
 
 
 def main() -> None:
-    arch, dtype_name, size = sys.argv[1], sys.argv[2], sys.argv[3]
-    vae, z = random_case(arch, dtype_name, tuple(int(n) for n in size.split("x")), 9, "cuda")  # 3 latent frames
-    totals = {"pytorch": 0.0, "exact": 0.0, "fast": 0.0}
-    with torch.no_grad():
-        for call in chunk_calls(vae, z):
-            row = measured(*call)
-            for name in totals:  # the exact decoder runs PyTorch's ops where its kernel does not apply
-                totals[name] += row.get(f"{name}_ms", row["pytorch_ms"])
-            print(json.dumps(row), flush=True)
-    totals = {name: round(ms, 3) for name, ms in totals.items()}
-    device = torch.cuda.get_device_name()
-    print(json.dumps({"arch": arch, "dtype": dtype_name, "size": size, "device": device, "torch": torch.__version__,
-                      "ms_per_chunk": totals}))  # fmt: skip
+    # a chunk's "exact" total counts PyTorch's ops where the exact decoder's kernel does not apply
+    report_calls(chunk_calls, measured, ("pytorch", "exact", "fast"), "pytorch")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,15 @@
 """One steady chunk of framepipe's exact decoder step, with one of its steps replaced while it runs:
-for the scripts beside this file that look at each call a chunk makes (its shapes, its inputs)."""
+for the scripts beside this file that look at each call a chunk makes (its shapes, its inputs), and
+their command line and report."""
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Callable
 
 import torch
+from script_inputs import random_case
 
 from framepipe._decoder import WanDecoderStep
 
@@ -22,3 +26,22 @@ def third_chunk_with(vae, z: torch.Tensor, owner: object, name: str, replacement
             step(z[:, :, i : i + 1], cache, first_chunk=i == 0)
         finally:
             setattr(owner, name, plain)
+
+
+def report_calls(calls_of: Callable, measured: Callable[..., dict], ways: tuple[str, ...], fallback: str = "") -> None:
+    """``ARCH DTYPE HxW`` from the command line: each call ``calls_of(vae, z)`` finds in a steady chunk,
+    ``measured(*call)`` (a row with ``WAY_ms`` for each of ``ways``) printed as a JSON line, then the
+    milliseconds a chunk each way (``fallback``'s where a way did not apply to a call)."""
+    arch, dtype_name, size = sys.argv[1], sys.argv[2], sys.argv[3]
+    vae, z = random_case(arch, dtype_name, tuple(int(n) for n in size.split("x")), 9, "cuda")  # 3 latent frames
+    totals = dict.fromkeys(ways, 0.0)
+    with torch.no_grad():
+        for call in calls_of(vae, z):
+            row = measured(*call)
+            for name in totals:
+                totals[name] += row[f"{name}_ms"] if f"{name}_ms" in row else row[f"{fallback}_ms"]
+            print(json.dumps(row), flush=True)
+    totals = {name: round(ms, 3) for name, ms in totals.items()}
+    device = torch.cuda.get_device_name()
+    print(json.dumps({"arch": arch, "dtype": dtype_name, "size": size, "device": device, "torch": torch.__version__,
+                      "ms_per_chunk": totals}))  # fmt: skip
