@@ -2,9 +2,11 @@
 channels-last, and channels-last with the output channels (N) or the input and output channels (NK)
 zero-padded to a multiple of 64 or 128, each with ``cudnn.benchmark`` off and on; bits compared
 with the channel-first convolution. One JSON line a shape, then the seconds per chunk summed over
-the shapes each way applies to. (What ``_layouts.padded_channels`` rests on.)
+the shapes each way applies to. (What ``_layouts.padded_channels`` rests on.) A fourth argument sets
+``torch.backends.cudnn.benchmark_limit``, how many of cuDNN's plans benchmark mode tries (PyTorch's
+default 10; 0: all of them).
 
-    python benchmarks/conv_padding.py wan2.1 bfloat16 480x832 > conv_bfloat16.jsonl
+    python benchmarks/conv_padding.py wan2.1 bfloat16 480x832 [LIMIT] > conv_bfloat16.jsonl
 """
 
 from __future__ import annotations
@@ -73,6 +75,8 @@ def ways(xs, ws, has_bias: bool, dtype: torch.dtype) -> tuple[torch.Tensor, dict
 
 def main() -> None:
     arch, dtype_name, size = sys.argv[1:4]
+    if len(sys.argv) > 4:
+        torch.backends.cudnn.benchmark_limit = int(sys.argv[4])
     height, width = map(int, size.split("x"))
     dtype = getattr(torch, dtype_name)
     vae, z = random_case(arch, dtype_name, (height, width), 13, "cuda")  # 4 latent frames
@@ -93,7 +97,8 @@ def main() -> None:
             torch.backends.cudnn.benchmark = False
             print(json.dumps(row), flush=True)
     ranked = sorted(total.items(), key=lambda kv: kv[1])
-    print("TOTAL per steady chunk:", json.dumps({k: round(v, 5) for k, v in ranked}))
+    limit = torch.backends.cudnn.benchmark_limit
+    print("TOTAL per steady chunk:", json.dumps({k: round(v, 5) for k, v in ranked}), "benchmark_limit", limit)
 
 
 if __name__ == "__main__":
