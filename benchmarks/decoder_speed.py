@@ -100,7 +100,7 @@ def breakdown(fn) -> dict[str, float]:
         torch.cuda.synchronize()
     seconds: dict[str, float] = defaultdict(float)
     events = sorted(prof.key_averages(), key=lambda e: -(getattr(e, "device_time_total", 0) or 0))
-    top = {e.key[:90]: round((getattr(e, "device_time_total", 0) or 0) / 1e6, 4) for e in events[:14]}
+    top = {e.key[:90]: round((getattr(e, "device_time_total", 0) or 0) / 1e6, 4) for e in events[:30]}
     seconds["_top_kernels"] = top  # type: ignore[assignment]
     for event in prof.key_averages():
         total = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
