@@ -12,8 +12,7 @@ import copy
 
 import torch
 from gpu_timing import mean_seconds
-from norm_kernels import steps
-from steady_chunk import report_calls, third_chunk_with
+from steady_chunk import report_calls, steps, third_chunk_with
 
 from framepipe._attention import explicit_attention
 from framepipe._decoder import WanDecoderStep

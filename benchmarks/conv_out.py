@@ -1,7 +1,7 @@
 """The Wan 2.1 decoder's last convolution (96 -> 3 channels, 3x3x3) on one chunk's window, channels-last:
 its time with the output channels zero-padded to 4-64 (and whether the first 3 keep their bits), with
 ``cudnn.benchmark``, and the time of a 96 -> 81 channel 1x1 convolution, i.e. its 27 taps computed as
-one GEMM before they would be summed (a lower bound for that rewrite). Random data; CUDA event timing.
+one GEMM before they would be summed (a lower bound for that rewrite). Random data.
 
     python benchmarks/conv_out.py --sizes 480x832 720x1280 --dtypes bfloat16 float32
 """
@@ -14,21 +14,14 @@ import time
 
 import torch
 import torch.nn.functional as F
+from gpu_timing import mean_seconds
 
 CL = torch.channels_last_3d
 
 
-def milliseconds(run, n: int = 20) -> float:
-    """Mean milliseconds of ``run`` over ``n`` calls back to back, after one untimed call."""
-    run()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(n):
-        run()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / n
+def milliseconds(run) -> float:
+    """Mean milliseconds of ``run`` over 20 calls back to back, after one untimed call."""
+    return mean_seconds(run, 20) * 1e3
 
 
 def case(dtype: torch.dtype, h: int, w: int) -> dict:

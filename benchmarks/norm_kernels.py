@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from gpu_timing import mean_seconds
-from steady_chunk import report_calls, third_chunk_with
+from steady_chunk import report_calls, steps, third_chunk_with
 
 import framepipe._decoder as decoder
 from framepipe._exact_kernels import norm_silu as exact_kernel
@@ -32,12 +32,6 @@ def chunk_calls(vae, z: torch.Tensor) -> list[tuple]:
 
     third_chunk_with(vae, z, decoder, "norm_silu", recorded)
     return calls
-
-
-def steps(got: torch.Tensor, want: torch.Tensor) -> float:
-    """The largest |got - want| in units of got's dtype's rounding step at max(|want|, 1)."""
-    step = torch.finfo(got.dtype).eps * want.abs().clamp_min(1.0)
-    return float(((got.double() - want) / step).abs().max())
 
 
 def measured(x: torch.Tensor, norm, bias: torch.Tensor | None, out: torch.Tensor) -> dict:

@@ -58,9 +58,7 @@ def rows_per_dtype(args: argparse.Namespace, run: Callable[[str, tuple[int, int]
     """``run(dtype, (height, width))`` for each of ``--dtypes``: each row printed as it comes, all of
     them written to ``--out``/NAME.json with the machine's description."""
     size = tuple(int(v) for v in args.size.split("x"))
-    card = torch.cuda.get_device_name() if args.device.startswith("cuda") else platform.machine()
-    env = {"device": card, "torch": torch.__version__, "python": platform.python_version(),
-           "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+    env = machine(args.device)
     rows = []
     args.out.mkdir(parents=True, exist_ok=True)
     for dtype in args.dtypes:
@@ -69,10 +67,18 @@ def rows_per_dtype(args: argparse.Namespace, run: Callable[[str, tuple[int, int]
         (args.out / f"{name}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
 
 
+def machine(device: str) -> dict:
+    """Where a script's figures were measured: the card (the CPU's architecture off CUDA), torch,
+    Python, the date."""
+    card = torch.cuda.get_device_name() if device.startswith("cuda") else platform.machine()
+    return {"device": card, "torch": torch.__version__, "python": platform.python_version(),
+            "date": time.strftime("%Y-%m-%d")}  # fmt: skip
+
+
 def random_case(arch: str, dtype: str, size: tuple[int, int], frames: int, device: str, videos: int = 1):
     """``arch``'s VAE with seeded random weights on ``device`` in ``dtype``, and seeded random latents
     of ``videos`` videos of ``frames`` frames of ``size`` (H, W) for it: (vae, [B, C, T, H, W])."""
     vae = framepipe.random_vae(arch).to(device, getattr(torch, dtype))
-    s, g = vae.config.scale_factor_spatial, torch.Generator(device=device).manual_seed(0)
-    shape = (videos, vae.config.z_dim, (frames - 1) // 4 + 1, size[0] // s, size[1] // s)
-    return vae, torch.randn(shape, generator=g, device=device).to(vae.dtype)
+    b, t, h, w = framepipe.latent_shape(vae, frames=frames, height=size[0], width=size[1], batch=videos)
+    g = torch.Generator(device=device).manual_seed(0)
+    return vae, torch.randn((b, vae.config.z_dim, t, h, w), generator=g, device=device).to(vae.dtype)

@@ -9,16 +9,17 @@ import sys
 from collections.abc import Callable
 
 import torch
-from script_inputs import random_case
+from script_inputs import machine, random_case
 
 from framepipe._decoder import WanDecoderStep
+from framepipe._source import causal_conv_count
 
 
 def third_chunk_with(vae, z: torch.Tensor, owner: object, name: str, replacement: Callable) -> None:
     """Decode z's first three latent frames one chunk at a time, ``owner.name`` replaced by
     ``replacement`` during the third only: a steady chunk, the first two having filled its history."""
     plain = getattr(owner, name)
-    step, cache = WanDecoderStep(vae), [None] * 64
+    step, cache = WanDecoderStep(vae), [None] * causal_conv_count(vae)
     for i in range(3):
         if i == 2:
             setattr(owner, name, replacement)
@@ -26,6 +27,12 @@ def third_chunk_with(vae, z: torch.Tensor, owner: object, name: str, replacement
             step(z[:, :, i : i + 1], cache, first_chunk=i == 0)
         finally:
             setattr(owner, name, plain)
+
+
+def steps(got: torch.Tensor, want: torch.Tensor) -> float:
+    """The largest |got - want| in units of got's dtype's rounding step at max(|want|, 1)."""
+    step = torch.finfo(got.dtype).eps * want.abs().clamp_min(1.0)
+    return float(((got.double() - want) / step).abs().max())
 
 
 def report_calls(calls_of: Callable, measured: Callable[..., dict], ways: tuple[str, ...], fallback: str = "") -> None:
@@ -42,6 +49,6 @@ def report_calls(calls_of: Callable, measured: Callable[..., dict], ways: tuple[
                 totals[name] += row[f"{name}_ms"] if f"{name}_ms" in row else row[f"{fallback}_ms"]
             print(json.dumps(row), flush=True)
     totals = {name: round(ms, 3) for name, ms in totals.items()}
-    device = torch.cuda.get_device_name()
-    print(json.dumps({"arch": arch, "dtype": dtype_name, "size": size, "device": device, "torch": torch.__version__,
-                      "ms_per_chunk": totals}))  # fmt: skip
+    where = machine("cuda")
+    print(json.dumps({"arch": arch, "dtype": dtype_name, "size": size, "device": where["device"],
+                      "torch": where["torch"], "ms_per_chunk": totals}))  # fmt: skip
