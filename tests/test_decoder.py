@@ -129,6 +129,34 @@ def test_subpixel_resampling_is_the_upsampled_convolution(pairs, layout):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize(
+    "channels, factors",
+    [((8, 8), (2, 2)), ((8, 4), (2, 2)), ((8, 4), (1, 2)), ((4, 8), (2, 2)), ((6, 3), (2, 2)), ((4, 3), (1, 2))],
+)
+@pytest.mark.parametrize("layout", ["channels-last", "channel-first"])
+@pytest.mark.parametrize("first_chunk", [False, True])
+def test_avg_shortcut_added_through_a_view_is_diffusers_sum(channels, factors, layout, first_chunk):
+    """Wan 2.2's ``DupUp3D`` shortcut read as a strided view and added in one step: diffusers' bits, in
+        x's layout; a mapping that is no view (4 -> 3 channels: repeats of 3 over blocks of 4; 4 -> 8: one
+    input channel for two output channels' blocks) is refused."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import DupUp3D
+
+    module = DupUp3D(*channels, factor_t=factors[0], factor_s=factors[1])
+    g = torch.Generator().manual_seed(1)
+    t = 1 if first_chunk else 3
+    shortcut = torch.randn(2, channels[0], t, 5, 7, generator=g, dtype=torch.bfloat16)
+    want_shape = module(shortcut, first_chunk=first_chunk).shape
+    x = torch.randn(want_shape, generator=g, dtype=torch.bfloat16)
+    if layout == "channels-last":
+        shortcut, x = (y.contiguous(memory_format=torch.channels_last_3d) for y in (shortcut, x))
+    got = resampling.shortcut_added(module, x, shortcut, first_chunk)
+    if channels in ((4, 3), (4, 8)):
+        assert resampling.shortcut_steps(module) is None and got is None
+        return
+    assert same_bits(got, x + module(shortcut.contiguous(), first_chunk=first_chunk))
+    assert got.stride() == x.stride()
+
+
 def test_fast_decoder_with_subpixel_resamplers_stays_close(version, monkeypatch):
     """The fast decoder's resamplers computed sub-pixel, through the whole decoder (its caches, the time
     convolutions' pairs): within float32 rounding of diffusers' decode."""

@@ -37,7 +37,7 @@ from ._layouts import (
     padded_channels,
     silu_into,
 )
-from ._resampling import subpixel_conv, subpixel_fits, upsampled
+from ._resampling import shortcut_added, subpixel_conv, subpixel_fits, upsampled
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKLWan
@@ -122,7 +122,7 @@ class WanDecoderStep:
             if sampler is not None:
                 x = self._resample(sampler, x, cache, idx)
             if getattr(block, "avg_shortcut", None) is not None:
-                x = x + block.avg_shortcut(channel_first(shortcut), first_chunk=first_chunk)
+                x = self._shortcut_added(block.avg_shortcut, x, shortcut)
         fill = self._norm_silu(d.norm_out, x)
         x = added(*self._causal_conv(d.conv_out, fill, x, x.shape[1], cache, idx))
         return x.contiguous()
@@ -165,6 +165,13 @@ class WanDecoderStep:
             way = fastest_way(key, sample, run, ("upsampled", "subpixel"), device=x.device, exact=False)
         y = self._upsampling(conv, x, pairs, way)
         return y.unflatten(0, (x.shape[0], -1)).transpose(1, 2)  # diffusers' view + permute
+
+    def _shortcut_added(self, module, x: torch.Tensor, shortcut: torch.Tensor) -> torch.Tensor:
+        """x plus a Wan 2.2 up block's ``avg_shortcut`` of its input, read in place (``_resampling.py``)."""
+        added_ = shortcut_added(module, x, shortcut, self.first_chunk)
+        if added_ is not None:
+            return added_
+        return x + module(channel_first(shortcut), first_chunk=self.first_chunk)
 
     def _upsampling(self, conv: torch.nn.Conv2d, x: torch.Tensor, pairs: bool, way: str) -> torch.Tensor:
         """The upsampled frames convolved [B * T * P, Co, 2H, 2W], ``way`` "upsampled" (diffusers'

@@ -3,7 +3,9 @@ upsampled in one copy (which also interleaves a time convolution's frame pairs),
 diffusers' bits. Sub-pixel (the fast decoder's): each 2x2 block of the output is a 2x2 convolution of
 the frames as they are, with the 3x3 weights that fall on the same input pixel summed, so 16
 multiply-adds a pixel and channel in place of 36 and no upsampled copy; the summed weights round
-otherwise, so its bits are not diffusers'."""
+otherwise, so its bits are not diffusers'. Wan 2.2's up blocks also add an upsampled copy of their
+input (diffusers' ``DupUp3D``: channels repeated, then moved into time and space); ``shortcut_added``
+reads it as a strided view of that input, no copy made."""
 
 from __future__ import annotations
 
@@ -103,3 +105,42 @@ def place(y: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None
         target.copy_(blocks)
     else:
         torch.add(blocks, bias.view(-1, 1, 1, 1, 1), out=target)
+
+
+def shortcut_steps(module: torch.nn.Module) -> tuple[int, int, int, int] | None:
+    """How far ``DupUp3D``'s input channel moves per step of (output channel, frame, row, column offset),
+    where its mapping (repeat each channel, then spread the repeats over the ft x fs x fs block) is that
+    regular: None where it is not."""
+    co, ft, fs, repeats = module.out_channels, module.factor_t, module.factor_s, module.repeats
+    source = (torch.arange(co * ft * fs * fs) // repeats).view(co, ft, fs, fs)
+    steps = tuple(int(source.narrow(d, 1, 1).flatten()[0]) if n > 1 else 0 for d, n in enumerate(source.shape))
+    grid = torch.meshgrid(*(torch.arange(n) for n in source.shape), indexing="ij")
+    regular = sum(step * index for step, index in zip(steps, grid, strict=True))
+    return steps if torch.equal(regular, source) else None
+
+
+def shortcut_added(
+    module: torch.nn.Module, x: torch.Tensor, shortcut: torch.Tensor, first_chunk: bool
+) -> torch.Tensor | None:
+    """``x + module(shortcut, first_chunk=first_chunk)`` for diffusers' ``DupUp3D`` ``module`` in one
+    add (the same bits: one rounding of the same sum), reading ``shortcut`` in any layout through a
+    strided view and writing in x's layout; None where the mapping is not a view (then run the module)."""
+    steps = shortcut_steps(module)
+    ft, fs = module.factor_t, module.factor_s
+    b, _, t, h, w = shortcut.shape
+    if steps is None or (first_chunk and ft > 1 and t != 1):
+        return None
+    sb, sc, st, sh, sw = shortcut.stride()
+    kc, ka, ki, kj = (step * sc for step in steps)
+    view = shortcut.as_strided(
+        (b, module.out_channels, t, ft, h, fs, w, fs), (sb, kc, st, ka, sh, ki, sw, kj), shortcut.storage_offset()
+    )
+    if first_chunk:
+        view = view[:, :, :, ft - 1 :]  # diffusers drops the frames before the first
+    spread = (b, module.out_channels, view.shape[2] * view.shape[3], h * fs, w * fs)
+    if tuple(x.shape) != spread:
+        return None
+    out = torch.empty_like(x)
+    as8 = lambda y: y.unflatten(2, view.shape[2:4]).unflatten(4, (h, fs)).unflatten(6, (w, fs))  # noqa: E731
+    torch.add(as8(x), view, out=as8(out))
+    return out
