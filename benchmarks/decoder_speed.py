@@ -99,18 +99,17 @@ def breakdown(fn) -> dict[str, float]:
         fn()
         torch.cuda.synchronize()
     seconds: dict[str, float] = defaultdict(float)
-    events = sorted(prof.key_averages(), key=lambda e: -(getattr(e, "device_time_total", 0) or 0))
-    top = {e.key[:90]: round((getattr(e, "device_time_total", 0) or 0) / 1e6, 4) for e in events[:30]}
-    seconds["_top_kernels"] = top  # type: ignore[assignment]
+    by_name: dict[str, float] = defaultdict(float)  # kernels whose names share their first 90 characters summed
     for event in prof.key_averages():
         total = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
         if total <= 0 or event.key.startswith("ProfilerStep"):
             continue
         name = event.key.lower()
         kind = next((k for k, words in KINDS if any(w in name for w in words)), "other")
-        seconds[kind] += round(total / 1e6, 4)
-    top = seconds.pop("_top_kernels")
-    return {**dict(sorted(seconds.items(), key=lambda kv: -kv[1])), "top_kernels": top}
+        seconds[kind] += total / 1e6
+        by_name[event.key[:90]] += total / 1e6
+    top = dict(sorted(((k, round(v, 4)) for k, v in by_name.items()), key=lambda kv: -kv[1])[:30])
+    return {**{k: round(v, 4) for k, v in sorted(seconds.items(), key=lambda kv: -kv[1])}, "top_kernels": top}
 
 
 def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, profile: bool) -> dict:
@@ -151,7 +150,7 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
         row["shapes_checked_exact"] = {  # kind -> [shapes where framepipe's way gave the same bits, shapes]
             kind: [sum(v for k, v in checked if k[0] == kind and vae.dtype in k),
                    sum(1 for k, v in checked if k[0] == kind and vae.dtype in k)]
-            for kind in ("norm", "conv", "bias_residual")
+            for kind in ("norm", "norm given", "conv", "bias_residual")
         }  # fmt: skip
         ways = [(k[-1], way) for k, way in chosen_ways().items() if k[0] == "conv" and vae.dtype in k]
         row["conv_shapes_padded"] = {  # decoder -> [shapes computed with padded output channels, shapes]

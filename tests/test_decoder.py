@@ -280,6 +280,17 @@ def test_no_fused_kernel_on_the_cpu():
     assert not norm_silu_is_exact(torch.device("cpu"), torch.float32)
 
 
+def test_pytorch_norms_are_those_diffusers_norm_divides_by():
+    """``pytorch_norms``: the float32 norms of x (+ bias, rounded first) that ``WanRMS_norm`` computes,
+    from channels-last bfloat16 x."""
+    x = torch.randn(1, 16, 2, 3, 5).to(torch.bfloat16)
+    bias = torch.randn(16).to(torch.bfloat16)
+    want = (x + bias[:, None, None, None]).float().norm(2.0, 1, keepdim=True)
+    got = fused.pytorch_norms(x.contiguous(memory_format=torch.channels_last_3d), bias)
+    assert got.dtype == torch.float32 and got.shape == (1, 1, 2, 3, 5) and got.is_contiguous()
+    assert same_bits(got, want)
+
+
 def test_both_norm_paths_run_pytorchs_ops_where_no_kernel_can():
     """On the CPU the exact and the fast norm + SiLU both give PyTorch's bits (bias added first)."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
@@ -326,6 +337,28 @@ def test_fused_norm_silu_on_large_strided_inputs(dtype, layout):
     assert same_bits(window[:, :, 2:, 1:61, 1:105], want)
     assert verified_equivalences()[("norm", tuple(x.shape), dtype, x.device, False)]  # the kernel ran, no fallback
     assert window[:, :, :2].abs().sum() == 0 and window[:, :, :, 0].abs().sum() == 0  # the border untouched
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fused_norm_silu_handed_pytorchs_norms_over_1024_channels(dtype, with_bias):
+    """Over 1024 channels (Wan 2.2), where PyTorch's reduction spreads a pixel's channels over several
+    thread blocks, the kernel handed PyTorch's own norms gives diffusers' bits, bias added first."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
+
+    g = torch.Generator(device="cuda").manual_seed(2)
+    norm = WanRMS_norm(1024, images=False).to("cuda", dtype)
+    with torch.no_grad():
+        norm.gamma.copy_(torch.randn(norm.gamma.shape, generator=g, device="cuda"))
+        x = (torch.randn(1, 1024, 2, 60, 104, generator=g, device="cuda") * 3).to(dtype)
+        bias = torch.randn(1024, generator=g, device="cuda").to(dtype) if with_bias else None
+        want = torch.nn.functional.silu(norm(x if bias is None else x + bias[:, None, None, None]))
+        got = torch.empty_like(x, memory_format=torch.channels_last_3d)
+        norm_silu(x.contiguous(memory_format=torch.channels_last_3d), norm, got, bias)
+    assert fused.norm_split(x, norm, bias) is None  # PyTorch's split is one the kernel does not repeat
+    assert verified_equivalences()[("norm given", tuple(x.shape), dtype, x.device, with_bias)]
+    assert same_bits(got, want)
 
 
 @pytest.mark.needs_cuda

@@ -69,9 +69,9 @@ def _channel_norm(x_ptr, b_ptr, offsets, mask, C, sxc, HAS_BIAS: tl.constexpr, R
 
 
 @triton.jit
-def _norm_silu(x_ptr, b_ptr, g_ptr, o_ptr, N, C, T, H, W, sxb, sxc, sxt, sxh, sxw, sob, soc, sot, soh, sow, scale,
-               eps, HAS_BIAS: tl.constexpr, ROUND_BF16: tl.constexpr, SPLIT: tl.constexpr, P: tl.constexpr,
-               BC: tl.constexpr):  # fmt: skip
+def _norm_silu(x_ptr, b_ptr, g_ptr, o_ptr, n_ptr, N, C, T, H, W, sxb, sxc, sxt, sxh, sxw, sob, soc, sot, soh, sow,
+               scale, eps, HAS_BIAS: tl.constexpr, ROUND_BF16: tl.constexpr, HAS_NORM: tl.constexpr,
+               SPLIT: tl.constexpr, P: tl.constexpr, BC: tl.constexpr):  # fmt: skip
     p = tl.program_id(0).to(tl.int64) * P + tl.arange(0, P)
     mask = p < N
     w = p % W
@@ -80,7 +80,10 @@ def _norm_silu(x_ptr, b_ptr, g_ptr, o_ptr, N, C, T, H, W, sxb, sxc, sxt, sxh, sx
     b = p // (W * H * T)
     x_at = b * sxb + t * sxt + h * sxh + w * sxw
     o_at = b * sob + t * sot + h * soh + w * sow
-    d = _channel_norm(x_ptr, b_ptr, x_at, mask, C, sxc, HAS_BIAS, ROUND_BF16, SPLIT, P)
+    if HAS_NORM:  # PyTorch's own norms, one float32 a pixel in (b, t, h, w) order
+        d = tl.load(n_ptr + p, mask=mask, other=1.0)
+    else:
+        d = _channel_norm(x_ptr, b_ptr, x_at, mask, C, sxc, HAS_BIAS, ROUND_BF16, SPLIT, P)
     d = tl.maximum(d, eps, propagate_nan=tl.PropagateNan.ALL)  # F.normalize's clamp_min(eps)
     for c0 in range(0, C, BC):
         c = c0 + tl.arange(0, BC)
@@ -133,16 +136,17 @@ def _subpixel_place(y_ptr, b_ptr, o_ptr, N, C, H2, W2, SN, SH, SW, HAS_BIAS: tl.
 
 
 def norm_silu(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor, scale: float, out: torch.Tensor,
-              split: int) -> None:  # fmt: skip
+              split: int, norms: torch.Tensor | None = None) -> None:  # fmt: skip
     """``out`` = silu(y / max(||y||_channels, eps) * scale * gamma) with y = x + bias (bias: one value a
     channel, or None), any strides; PyTorch's bits when ``split`` is the thread split PyTorch's
-    reduction uses for x's shape."""
+    reduction uses for x's shape, or when ``norms`` (float32, [B, 1, T, H, W], contiguous) are the
+    norms PyTorch computed (then ``split`` is unused)."""
     b, c, t, h, w = x.shape
     n = b * t * h * w
     _norm_silu[(triton.cdiv(n, PIXELS),)](
-        x, x if bias is None else bias, gamma, out, n, c, t, h, w, *x.stride(), *out.stride(), scale, 1e-12,
-        HAS_BIAS=bias is not None, ROUND_BF16=x.dtype == torch.bfloat16, SPLIT=split, P=PIXELS, BC=CHANNELS,
-        num_warps=8, enable_fp_fusion=False,
+        x, x if bias is None else bias, gamma, out, x if norms is None else norms, n, c, t, h, w, *x.stride(),
+        *out.stride(), scale, 1e-12, HAS_BIAS=bias is not None, ROUND_BF16=x.dtype == torch.bfloat16,
+        HAS_NORM=norms is not None, SPLIT=split, P=PIXELS, BC=CHANNELS, num_warps=8, enable_fp_fusion=False,
     )  # fmt: skip
 
 

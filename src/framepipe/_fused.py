@@ -33,6 +33,10 @@ from ._optional import require
 # arithmetic, then rounded); a kernel that reads the convolution's output can add it first with the
 # same rounding: the norm kernel (``HAS_BIAS``) and the bias + residual kernel. Whether the bias-less
 # channels-last convolution plus that ``add_`` gives the convolution's bits is checked with it.
+# Where PyTorch's reduction spreads each pixel's channels over several thread blocks (Wan 2.2's 1024
+# channels), PyTorch computes the norms itself, on a float32 channel-first copy as diffusers' norm
+# makes one, and the kernel does the rest (``HAS_NORM``): two passes more than the whole kernel, five
+# fewer than PyTorch's ops.
 
 _SPLITS: dict[tuple, int | None] = {}  # a norm's shape -> the thread split that gives PyTorch's bits, or None
 _EXACT: dict[tuple, bool] = {}  # (device, dtype) -> whether the fused kernel runs there with PyTorch's bits
@@ -107,13 +111,42 @@ def norm_silu(x: torch.Tensor, norm, out: torch.Tensor, bias: torch.Tensor | Non
     """Write ``silu(norm(x + bias))`` into ``out`` (any strides) for a channel-first ``WanRMS_norm``
     (``bias``: a convolution's, not yet added to x; or None): the fused kernel where it gives PyTorch's
     bits for x's shape, else PyTorch's ops on channel-first x."""
-    split = norm_split(x, norm, bias) if _fusable(x, norm) else None
-    if split is None:
+    fusable = _fusable(x, norm)
+    split = norm_split(x, norm, bias) if fusable else None
+    if split is None and not (fusable and norms_given_exact(x, norm, bias)):
         _norm_silu_ops(x, norm, out, bias)
         return
     from ._exact_kernels import norm_silu as fused
 
-    fused(x, bias, norm.gamma.reshape(-1), float(norm.scale), out, split)
+    norms = pytorch_norms(x, bias) if split is None else None
+    fused(x, bias, norm.gamma.reshape(-1), float(norm.scale), out, split or 1, norms)
+
+
+def pytorch_norms(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """The float32 norms over channels [B, 1, T, H, W] that diffusers' ``WanRMS_norm`` has PyTorch compute
+    for x (+ ``bias``, added as PyTorch adds a convolution's): of a float32 channel-first copy, in one
+    copy (two with a bias)."""
+    wide = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    wide.copy_(x if bias is None else torch.add(x, bias.reshape(-1, 1, 1, 1)))
+    return wide.norm(2.0, 1, keepdim=True)
+
+
+def norms_given_exact(x: torch.Tensor, norm, bias: torch.Tensor | None = None) -> bool:
+    """Whether the kernel handed ``pytorch_norms`` gives PyTorch's bits for ``norm`` over x's shape, x
+    contiguous or frame-major in diffusers' decoder (checked once per shape on random values)."""
+    from ._exact_kernels import norm_silu as fused
+
+    def reference() -> torch.Tensor:  # diffusers' norm on x as it holds it: contiguous, or frame-major
+        frame_major = probe(x).transpose(1, 2).contiguous().transpose(1, 2)
+        return torch.stack([F.silu(norm(added(layout.clone(), bias))) for layout in (probe(x), frame_major)])
+
+    def candidate() -> torch.Tensor:
+        sample = probe(x).contiguous(memory_format=CHANNELS_LAST)
+        got = torch.empty_like(sample)
+        fused(sample, bias, norm.gamma.reshape(-1), float(norm.scale), got, 1, pytorch_norms(sample, bias))
+        return torch.stack([got, got])
+
+    return verified(("norm given", tuple(x.shape), x.dtype, x.device, bias is not None), reference, candidate)
 
 
 def norm_silu_fast(x: torch.Tensor, norm, out: torch.Tensor, bias: torch.Tensor | None = None) -> None:
