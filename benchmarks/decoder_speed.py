@@ -116,6 +116,7 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
     KEPT.close()  # the last row's graphs
     vae, z = random_case(arch, dtype, size, frames, "cuda")
     row: dict = {"arch": arch, "dtype": dtype, "height": size[0], "width": size[1], "frames": frames}
+    earlier = {*verified_equivalences(), *chosen_ways()}  # an earlier row's shapes: not this row's to count
     with torch.inference_mode():
         row["fused_norm_silu"] = norm_silu_is_exact(z.device, vae.dtype)
         # framepipe's first decode at these shapes also checks each norm's and convolution's bits
@@ -146,20 +147,21 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
             **{name: round(graphed_peak(vae, z, name), 2) for name in GRAPHED},
             "framepipe first use": first_use,
         }
-        checked = verified_equivalences().items()
+        checked = [(k, v) for k, v in verified_equivalences().items() if k not in earlier]
         row["shapes_checked_exact"] = {  # kind -> [shapes where framepipe's way gave the same bits, shapes]
             kind: [sum(v for k, v in checked if k[0] == kind and vae.dtype in k),
                    sum(1 for k, v in checked if k[0] == kind and vae.dtype in k)]
             for kind in ("norm", "norm given", "conv", "bias_residual")
         }  # fmt: skip
-        ways = [(k[-1], way) for k, way in chosen_ways().items() if k[0] == "conv" and vae.dtype in k]
+        chosen = [(k, way) for k, way in chosen_ways().items() if k not in earlier]
+        ways = [(k[-1], way) for k, way in chosen if k[0] == "conv" and vae.dtype in k]
         row["conv_shapes_padded"] = {  # decoder -> [shapes computed with padded output channels, shapes]
             name: [sum(way is True for e, way in ways if e == exact), sum(e == exact for e, _ in ways)]
             for name, exact in (("framepipe", True), ("fast", False))
         }
-        resamplers = [way for k, way in chosen_ways().items() if k[0] == "resample" and vae.dtype in k]
+        resamplers = [way for k, way in chosen if k[0] == "resample" and vae.dtype in k]
         row["fast_resamplers_subpixel"] = [resamplers.count("subpixel"), len(resamplers)]
-        attentions = [way for k, way in chosen_ways().items() if k[0] == "attention" and vae.dtype in k]
+        attentions = [way for k, way in chosen if k[0] == "attention" and vae.dtype in k]
         row["fast_attention_explicit"] = [attentions.count("explicit"), len(attentions)]
         if profile:
             row["gpu_seconds_by_kind"] = {name: breakdown(lambda n=name: chunked(vae, z, n)) for name in decoders}
