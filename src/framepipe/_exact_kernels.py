@@ -18,9 +18,6 @@ from triton.language.extra import libdevice
 
 PIXELS = 64  # pixels (b, t, h, w positions) per program
 CHANNELS = 16  # channels per step of the normalizing loop
-# handed the norms, 16 pixels of 64 channels a step, 4 warps: of 9 settings tried over Wan 2.2's 1024
-# channels, the fastest or near it at each size (1.0-1.5x the settings above; H200, 2026-12-01)
-GIVEN_PIXELS, GIVEN_CHANNELS, GIVEN_WARPS = 16, 64, 4
 ELEMENTS = 1024  # values per program of the bias + residual kernel
 
 
@@ -146,11 +143,10 @@ def norm_silu(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor, s
     norms PyTorch computed (then ``split`` is unused)."""
     b, c, t, h, w = x.shape
     n = b * t * h * w
-    pixels, channels, warps = (PIXELS, CHANNELS, 8) if norms is None else (GIVEN_PIXELS, GIVEN_CHANNELS, GIVEN_WARPS)
-    _norm_silu[(triton.cdiv(n, pixels),)](
+    _norm_silu[(triton.cdiv(n, PIXELS),)](
         x, x if bias is None else bias, gamma, out, x if norms is None else norms, n, c, t, h, w, *x.stride(),
         *out.stride(), scale, 1e-12, HAS_BIAS=bias is not None, ROUND_BF16=x.dtype == torch.bfloat16,
-        HAS_NORM=norms is not None, SPLIT=split, P=pixels, BC=channels, num_warps=warps, enable_fp_fusion=False,
+        HAS_NORM=norms is not None, SPLIT=split, P=PIXELS, BC=CHANNELS, num_warps=8, enable_fp_fusion=False,
     )  # fmt: skip
 
 
