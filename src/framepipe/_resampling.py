@@ -9,6 +9,8 @@ reads it as a strided view of that input, no copy made."""
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -111,8 +113,13 @@ def shortcut_steps(module: torch.nn.Module) -> tuple[int, int, int, int] | None:
     """How far ``DupUp3D``'s input channel moves per step of (output channel, frame, row, column offset),
     where its mapping (repeat each channel, then spread the repeats over the ft x fs x fs block) is that
     regular: None where it is not."""
-    co, ft, fs, repeats = module.out_channels, module.factor_t, module.factor_s, module.repeats
-    source = (torch.arange(co * ft * fs * fs) // repeats).view(co, ft, fs, fs)
+    return mapping_steps(module.out_channels, module.factor_t, module.factor_s, module.repeats)
+
+
+@functools.cache
+def mapping_steps(channels: int, ft: int, fs: int, repeats: int) -> tuple[int, int, int, int] | None:
+    """``shortcut_steps`` for a ``DupUp3D`` of these sizes (worked out once)."""
+    source = (torch.arange(channels * ft * fs * fs) // repeats).view(channels, ft, fs, fs)
     steps = tuple(int(source.narrow(d, 1, 1).flatten()[0]) if n > 1 else 0 for d, n in enumerate(source.shape))
     grid = torch.meshgrid(*(torch.arange(n) for n in source.shape), indexing="ij")
     regular = sum(step * index for step, index in zip(steps, grid, strict=True))
