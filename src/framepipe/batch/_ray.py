@@ -35,6 +35,9 @@ from ._task import BatchOptions, decode_all, decode_task
 RESULT_FIELDS = ("name", "latents", "status", "output", "bytes", "sha256", "seconds", "frames", "error")
 RETRIES = 3  # a video whose actor dies goes back to the queue at most this many times
 POLL_S = 0.2  # how often the driver collects results
+# An actor Ray is restarting answers "unavailable" until it is back (its model loading, on a busy
+# machine for many seconds): it is run again a second later, and counts as dead again only after this long.
+UNAVAILABLE_S = 60.0
 
 
 class RayDecoder:
@@ -191,15 +194,27 @@ def run_on_ray(
 def _stream(ray: Any, actors: list[Any], dispatcher: Any, tasks: Sequence[BatchTask], finish, loaded) -> None:
     """Run every actor on the dispatcher's queue until every task has its result. A dead actor's
     videos go back to the queue (``RETRIES`` times each) and the actor, restarted by Ray, runs
-    again; one that dies ``RETRIES`` times in a row before it takes a video is given up."""
+    again; one that dies ``RETRIES`` times in a row before it takes a video is given up (one Ray is
+    still restarting counts after ``UNAVAILABLE_S``)."""
     running = {a.run.remote(i, dispatcher): i for i, a in enumerate(actors)}
     deaths: dict[str, int] = {}
     strikes = dict.fromkeys(range(len(actors)), 0)
     idle: list[int] = []  # actors that found the queue empty
+    back_at: dict[int, float] = {}  # actor -> when to run it again (Ray is restarting it)
+    unreachable: dict[int, float] = {}  # actor -> since when it has answered "unavailable", taking nothing
+    restarting = getattr(ray.exceptions, "ActorUnavailableError", ())
     remaining, error = len(tasks), ""
     try:
-        while remaining and running:
-            ended, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
+        while remaining and (running or back_at):
+            for w, at in list(back_at.items()):
+                if at <= time.monotonic():
+                    del back_at[w]
+                    running[actors[w].run.remote(w, dispatcher)] = w
+            if running:
+                ended, _ = ray.wait(list(running), num_returns=1, timeout=POLL_S)
+            else:
+                ended = []
+                time.sleep(POLL_S)
             results, loads = ray.get(dispatcher.collect.remote())
             for worker, at in loads:
                 loaded(worker, at)
@@ -215,6 +230,7 @@ def _stream(ray: Any, actors: list[Any], dispatcher: Any, tasks: Sequence[BatchT
                     continue
                 except ray.exceptions.RayActorError as e:
                     error = first_line(e)
+                    unavailable = isinstance(e, restarting)
                 lost, took = ray.get(dispatcher.release.remote(worker))
                 again = []
                 for task in lost:
@@ -228,12 +244,19 @@ def _stream(ray: Any, actors: list[Any], dispatcher: Any, tasks: Sequence[BatchT
                     if not finish(entry):
                         return
                 ray.get(dispatcher.requeue.remote(again))
-                strikes[worker] = 0 if took else strikes[worker] + 1
+                if took or not unavailable:
+                    unreachable.pop(worker, None)
+                    strikes[worker] = 0 if took else strikes[worker] + 1
+                elif time.monotonic() - unreachable.setdefault(worker, time.monotonic()) > UNAVAILABLE_S:
+                    strikes[worker] += 1
                 restart = [worker] if strikes[worker] < RETRIES else []  # run again once Ray has restarted it
                 if again:  # and the idle ones, for the videos that came back
                     restart, idle[:] = restart + idle, []
                 for w in restart:
-                    running[actors[w].run.remote(w, dispatcher)] = w
+                    if w == worker and unavailable and not took:
+                        back_at[w] = time.monotonic() + 1.0
+                    else:
+                        running[actors[w].run.remote(w, dispatcher)] = w
         if remaining:
             raise DeviceError(f"Every Ray worker has stopped with {remaining} video(s) left; last: {error}")
     finally:
