@@ -567,3 +567,62 @@ def test_ray_batch_from_and_to_an_object_store(tmp_path, vae_folder, ray_cluster
         out.download(f"v{i}.mp4", tmp_path / f"v{i}.mp4")
         assert file_digest(tmp_path / f"v{i}.mp4") == (entry["bytes"], entry["sha256"])
         assert _frames(tmp_path / f"v{i}.mp4")[0] == 1 + 4 * (2 + i % 3 - 1)
+
+
+def test_an_actor_ray_is_restarting_is_waited_for_not_given_up():
+    """Without Ray: an actor that answers "unavailable" more times in a row than a dead one may die
+    (Ray restarting it while its model loads) is run again until it is back, and decodes the batch."""
+    import types
+
+    from framepipe.batch import _ray
+    from framepipe.batch._plan import BatchTask
+
+    class RayActorError(Exception):
+        pass
+
+    class ActorUnavailableError(RayActorError):
+        pass
+
+    class Ref:  # a call's outcome, run at once (a result reported before the call ends is ready with it)
+        def __init__(self, run):
+            try:
+                self.value, self.error = run(), None
+            except RayActorError as e:
+                self.value, self.error = None, e
+
+        def get(self):
+            if self.error is not None:
+                raise self.error
+            return self.value
+
+    class Remote:  # a local object's methods called as Ray calls an actor's
+        def __init__(self, obj):
+            self.obj = obj
+
+        def __getattr__(self, name):
+            return types.SimpleNamespace(remote=lambda *a: Ref(lambda: getattr(self.obj, name)(*a)))
+
+    class Actor:
+        def __init__(self, unavailable: int):
+            self.unavailable = unavailable
+            self.run = types.SimpleNamespace(remote=self.start)
+
+        def start(self, worker, dispatcher):
+            def run():
+                if self.unavailable:
+                    self.unavailable -= 1
+                    raise ActorUnavailableError("The actor is temporarily unavailable: the actor is restarting")
+                while (task := dispatcher.obj.take(worker)) is not None:
+                    dispatcher.obj.report(worker, {"name": task.name, "latents": task.latents, "status": "done"})
+
+            return Ref(run)
+
+    exceptions = types.SimpleNamespace(RayActorError=RayActorError, ActorUnavailableError=ActorUnavailableError,
+                                       RayError=Exception)  # fmt: skip
+    fake = types.SimpleNamespace(exceptions=exceptions, get=lambda ref: ref.get(), kill=lambda actor: None,
+                                 wait=lambda refs, num_returns, timeout: (refs[:1], refs[1:]))  # fmt: skip
+    tasks = [BatchTask(f"v{i}.pt", f"v{i}") for i in range(3)]
+    finished = []
+    _ray._stream(fake, [Actor(_ray.RETRIES + 1)], Remote(_ray.Dispatcher(tasks)), tasks,
+                 lambda entry: finished.append(entry) or True, lambda worker, at: None)  # fmt: skip
+    assert sorted(e["name"] for e in finished) == ["v0", "v1", "v2"]
