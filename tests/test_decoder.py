@@ -157,6 +157,28 @@ def test_avg_shortcut_added_through_a_view_is_diffusers_sum(channels, factors, l
     assert got.stride() == x.stride()
 
 
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("channels, factors", [((16, 16), (2, 2)), ((16, 8), (1, 2))])
+@pytest.mark.parametrize("first_chunk", [False, True])
+def test_avg_shortcut_kernel_is_diffusers_sum_on_cuda(dtype, channels, factors, first_chunk):
+    """On CUDA, channels-last, the shortcut's add runs as one Triton kernel: diffusers' bits."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import DupUp3D
+
+    module = DupUp3D(*channels, factor_t=factors[0], factor_s=factors[1])
+    g = torch.Generator(device="cuda").manual_seed(3)
+    t = 1 if first_chunk else 2
+    shortcut = torch.randn(1, channels[0], t, 30, 52, generator=g, device="cuda").to(dtype)
+    want = module(shortcut, first_chunk=first_chunk)
+    x = torch.randn(want.shape, generator=g, device="cuda").to(dtype)
+    want = x + want
+    layout = torch.channels_last_3d
+    got = resampling.shortcut_added(
+        module, x.contiguous(memory_format=layout), shortcut.contiguous(memory_format=layout), first_chunk
+    )
+    assert got.is_contiguous(memory_format=layout) and same_bits(got, want)
+
+
 def test_fast_decoder_with_subpixel_resamplers_stays_close(version, monkeypatch):
     """The fast decoder's resamplers computed sub-pixel, through the whole decoder (its caches, the time
     convolutions' pairs): within float32 rounding of diffusers' decode."""
@@ -438,6 +460,23 @@ def test_subpixel_resampling_on_cuda(dtype, pairs):
         want = conv(resampling.upsampled(x, pairs, channels_last=True))
     assert same_bits(got.cpu(), on_cpu)
     torch.testing.assert_close(got, want, rtol=2e-2, atol=5e-2 if dtype == torch.bfloat16 else 1e-2)  # TF32
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("pairs", [False, True])
+@pytest.mark.parametrize("layout", ["channels-last", "padded slice", "channel-first"])
+def test_upsampling_kernel_copies_what_torch_copies(pairs, layout):
+    """On CUDA a resampler's channels-last 2x upsampling is one Triton copy: the CPU's strided copy's
+    values, frame for frame (a time convolution's pairs interleaved), whatever x's layout."""
+    g = torch.Generator().manual_seed(4)
+    c = 12 if pairs else 6
+    x = torch.randn(2, c + 4, 3, 5, 7, generator=g).to(torch.bfloat16)
+    if layout != "channel-first":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x = x[:, :c] if layout == "padded slice" else x[:, 4:]
+    got = resampling.upsampled(x.cuda(), pairs, channels_last=True)
+    assert got.is_contiguous(memory_format=torch.channels_last)
+    assert same_bits(got.cpu(), resampling.upsampled(x, pairs, channels_last=True))
 
 
 @pytest.mark.needs_cuda

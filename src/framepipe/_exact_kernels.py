@@ -2,7 +2,8 @@
 
 ``norm_silu``: a convolution's bias (optional), Wan's channel RMS norm and SiLU. ``bias_residual``: a
 convolution's bias and a residual block's shortcut. ``subpixel_place``: a sub-pixel convolution's
-output pixels put in place, bias added (``_resampling.py``). Imported only where Triton is (CUDA). See Note
+output pixels put in place, bias added, ``shortcut_add``: Wan 2.2's upsampled shortcut added, and
+``upsample``: a resampler's nearest 2x upsampling (``_resampling.py``). Imported only where Triton is (CUDA). See Note
 [Exact fusion] in ``_fused.py`` for why their bits are PyTorch's: the sum of squares over channels
 is added up in the order PyTorch's reduction kernel uses (``SPLIT`` interleaved threads of four
 accumulators each, then a tree); every other step is repeated operation by operation with PyTorch's
@@ -18,6 +19,9 @@ from triton.language.extra import libdevice
 
 PIXELS = 64  # pixels (b, t, h, w positions) per program
 CHANNELS = 16  # channels per step of the normalizing loop
+# handed the norms, 16 pixels of 64 channels a step, 4 warps: of 9 settings tried over Wan 2.2's 1024
+# channels, the fastest or near it at each size (1.0-1.5x the settings above; H200, 2026-12-01)
+GIVEN_PIXELS, GIVEN_CHANNELS, GIVEN_WARPS = 16, 64, 4
 ELEMENTS = 1024  # values per program of the bias + residual kernel
 
 
@@ -135,6 +139,43 @@ def _subpixel_place(y_ptr, b_ptr, o_ptr, N, C, H2, W2, SN, SH, SW, HAS_BIAS: tl.
     tl.store(o_ptr + i, v, mask=m)
 
 
+@triton.jit
+def _shortcut_add(x_ptr, s_ptr, o_ptr, N, C, T2, H2, W2, T0, FT: tl.constexpr, FS: tl.constexpr, ssb, sst, ssh, ssw,
+                  kc, ka, ki, kj, BLOCK: tl.constexpr):  # fmt: skip
+    """o = x + s[b, c kc + a ka + i ki + j kj, (t' + T0) // FT, h' // FS, w' // FS] over channels-last x and
+    o [B, C, T2, H2, W2] (whole), with a = (t' + T0) % FT, i = h' % FS, j = w' % FS: the add in float32,
+    then rounded, as PyTorch's."""
+    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = e < N
+    c = e % C
+    pixel = e // C
+    w2 = pixel % W2
+    h2 = (pixel // W2) % H2
+    u = (pixel // (W2 * H2)) % T2 + T0
+    b = pixel // (W2 * H2 * T2)
+    channel = c * kc + (u % FT) * ka + (h2 % FS) * ki + (w2 % FS) * kj
+    v = tl.load(s_ptr + b * ssb + channel + (u // FT) * sst + (h2 // FS) * ssh + (w2 // FS) * ssw, mask=m)
+    y = tl.load(x_ptr + e, mask=m).to(tl.float32) + v.to(tl.float32)
+    tl.store(o_ptr + e, y.to(o_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _upsample(x_ptr, o_ptr, N, C, P, T, H2, W2, sxb, sxc, sxt, sxh, sxw, BLOCK: tl.constexpr):
+    """o[n, c, r, q] (channels-last, whole, n = (b T + t) P + p) = x[b, p C + c, t, r // 2, q // 2]."""
+    e = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+    m = e < N
+    c = e % C
+    pixel = e // C
+    q = pixel % W2
+    r = (pixel // W2) % H2
+    n = pixel // (W2 * H2)
+    p = n % P
+    t = (n // P) % T
+    b = n // (P * T)
+    v = tl.load(x_ptr + b * sxb + (p * C + c) * sxc + t * sxt + (r // 2) * sxh + (q // 2) * sxw, mask=m)
+    tl.store(o_ptr + e, v, mask=m)
+
+
 def norm_silu(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor, scale: float, out: torch.Tensor,
               split: int, norms: torch.Tensor | None = None) -> None:  # fmt: skip
     """``out`` = silu(y / max(||y||_channels, eps) * scale * gamma) with y = x + bias (bias: one value a
@@ -143,10 +184,11 @@ def norm_silu(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor, s
     norms PyTorch computed (then ``split`` is unused)."""
     b, c, t, h, w = x.shape
     n = b * t * h * w
-    _norm_silu[(triton.cdiv(n, PIXELS),)](
+    pixels, channels, warps = (PIXELS, CHANNELS, 8) if norms is None else (GIVEN_PIXELS, GIVEN_CHANNELS, GIVEN_WARPS)
+    _norm_silu[(triton.cdiv(n, pixels),)](
         x, x if bias is None else bias, gamma, out, x if norms is None else norms, n, c, t, h, w, *x.stride(),
         *out.stride(), scale, 1e-12, HAS_BIAS=bias is not None, ROUND_BF16=x.dtype == torch.bfloat16,
-        HAS_NORM=norms is not None, SPLIT=split, P=PIXELS, BC=CHANNELS, num_warps=8, enable_fp_fusion=False,
+        HAS_NORM=norms is not None, SPLIT=split, P=pixels, BC=channels, num_warps=warps, enable_fp_fusion=False,
     )  # fmt: skip
 
 
@@ -171,4 +213,27 @@ def subpixel_place(y: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor
     _subpixel_place[(triton.cdiv(out.numel(), ELEMENTS),)](
         y, y if bias is None else bias, out, out.numel(), c, h2, w2, sn, sh, sw,
         HAS_BIAS=bias is not None, BLOCK=ELEMENTS, num_warps=4,
+    )  # fmt: skip
+
+
+def shortcut_add(x: torch.Tensor, view: torch.Tensor, first: int, out: torch.Tensor) -> None:
+    """``out`` = x + the shortcut ``view`` [B, C, T, FT, H, FS, W, FS] reads (a strided view), its frames
+    (T and FT together) from ``first`` on, for x and ``out`` whole channels-last
+    [B, C, T * FT - first, H * FS, W * FS]: ``torch.add``'s bits in one coalesced pass."""
+    b, c, t2, h2, w2 = out.shape
+    ssb, kc, sst, ka, ssh, ki, ssw, kj = view.stride()
+    ft, fs = view.shape[3], view.shape[5]
+    _shortcut_add[(triton.cdiv(out.numel(), ELEMENTS),)](
+        x, view, out, out.numel(), c, t2, h2, w2, first, ft, fs, ssb, sst, ssh, ssw, kc, ka, ki, kj,
+        BLOCK=ELEMENTS, num_warps=4,
+    )  # fmt: skip
+
+
+def upsample(x: torch.Tensor, out: torch.Tensor) -> None:
+    """``out`` [B * T * P, C, 2H, 2W] (whole, channels-last) = x [B, P * C, T, H, W]'s frames (channel
+    group p of frame t: frame t P + p), each pixel repeated 2x2: one coalesced pass, x in any strides."""
+    p = x.shape[1] // out.shape[1]
+    _upsample[(triton.cdiv(out.numel(), ELEMENTS),)](
+        x, out, out.numel(), out.shape[1], p, x.shape[2], out.shape[2], out.shape[3], *x.stride(),
+        BLOCK=ELEMENTS, num_warps=4,
     )  # fmt: skip
