@@ -7,7 +7,8 @@ framepipe's also as a device worker runs it (``graphed``: CUDA graphs kept from 
 timed alternately in one process. Every chunk of diffusers' and framepipe's chunked decoders is compared
 bit for bit, and the whole video against ``vae.decode`` in uint8; the fast decoder's difference
 from them is reported (its error against the fp32 reference: ``framepipe compare --decoder fast``).
-With ``--profile``, one decode of each is broken down by kernel kind.
+Each timed decode's energy (NVML's counter) gives its mean power, beside the card's power limit: whether
+a decode runs the card at its limit. With ``--profile``, one decode of each is broken down by kernel kind.
 
     python benchmarks/decoder_speed.py --out results/ --sizes 480x832 720x1280 --dtypes float32 bfloat16
 """
@@ -26,6 +27,7 @@ from gpu_timing import peak, timed
 from script_inputs import random_case
 
 from framepipe import to_uint8_frames
+from framepipe._accounting import GpuMeter
 from framepipe._equivalence import chosen_ways, same_bits, verified_equivalences
 from framepipe._fused import norm_silu_is_exact
 from framepipe._graphs import StepGraphs
@@ -91,6 +93,28 @@ def compare(vae, z) -> dict:
     }
 
 
+def metered(meter: GpuMeter, fn) -> tuple[float, float | None]:
+    """``timed(fn)`` and the joules the card drew meanwhile (None: no energy counter)."""
+    torch.cuda.synchronize()
+    before = meter.mark()
+    seconds = timed(fn)
+    after = meter.mark()
+    start, end = before.energy_mj, after.energy_mj
+    return seconds, None if start is None or end is None else (end - start) / 1000
+
+
+def power_limit(device: torch.device) -> float | None:
+    """The card's enforced power limit in watts (None: NVML cannot tell)."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+        handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+        return pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000
+    except Exception:  # no NVML here: the figure is left out
+        return None
+
+
 def breakdown(fn) -> dict[str, float]:
     """GPU seconds by kernel kind for one run of ``fn``."""
     from torch.profiler import ProfilerActivity, profile
@@ -126,11 +150,22 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
         for name in decoders:  # warm-up
             chunked(vae, z, name)
         times: dict[str, list[float]] = {"vae.decode": [], **{name: [] for name in decoders}}
-        for _ in range(runs):  # alternated, so drift hits all alike
-            times["vae.decode"].append(timed(lambda: to_uint8_frames(vae.decode(z).sample)))
-            for name in decoders:
-                times[name].append(timed(lambda n=name: chunked(vae, z, n)))
+        watts: dict[str, list[float]] = {name: [] for name in times}
+        meter = GpuMeter(z.device)
+        try:
+            for _ in range(runs):  # alternated, so drift hits all alike
+                for name in times:
+                    run = (lambda: to_uint8_frames(vae.decode(z).sample)) if name == "vae.decode" else (
+                        lambda n=name: chunked(vae, z, n))  # fmt: skip
+                    seconds, joules = metered(meter, run)
+                    times[name].append(seconds)
+                    if joules is not None:
+                        watts[name].append(joules / seconds)
+        finally:
+            meter.close()
         row["seconds"] = {k: round(min(v), 4) for k, v in times.items()}
+        row["mean_watts"] = {k: round(sum(v) / len(v), 1) for k, v in watts.items() if v}  # NVML's energy / time
+        row["power_limit_watts"] = power_limit(z.device)
         row["all_seconds"] = {k: [round(x, 4) for x in v] for k, v in times.items()}
         row["speedup_vs_vae_decode"] = round(min(times["vae.decode"]) / min(times["framepipe"]), 3)
         row["speedup_vs_diffusers_chunked"] = round(min(times["diffusers"]) / min(times["framepipe"]), 3)
