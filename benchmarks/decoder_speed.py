@@ -103,15 +103,11 @@ def metered(meter: GpuMeter, fn) -> tuple[float, float | None]:
     return seconds, None if start is None or end is None else (end - start) / 1000
 
 
-def power_limit(device: torch.device) -> float | None:
-    """The card's enforced power limit in watts (None: NVML cannot tell)."""
+def power_limit(meter: GpuMeter) -> float | None:
+    """The card's enforced power limit in watts, read through the meter's NVML handle (None: none)."""
     try:
-        import pynvml
-
-        pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
-        return pynvml.nvmlDeviceGetEnforcedPowerLimit(handle) / 1000
-    except Exception:  # no NVML here: the figure is left out
+        return None if meter.handle is None else meter.nvml.nvmlDeviceGetEnforcedPowerLimit(meter.handle) / 1000
+    except Exception:  # NVML cannot tell on this card: the figure is left out
         return None
 
 
@@ -161,11 +157,11 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
                     times[name].append(seconds)
                     if joules is not None:
                         watts[name].append(joules / seconds)
+            row["power_limit_watts"] = power_limit(meter)
         finally:
             meter.close()
         row["seconds"] = {k: round(min(v), 4) for k, v in times.items()}
         row["mean_watts"] = {k: round(sum(v) / len(v), 1) for k, v in watts.items() if v}  # NVML's energy / time
-        row["power_limit_watts"] = power_limit(z.device)
         row["all_seconds"] = {k: [round(x, 4) for x in v] for k, v in times.items()}
         row["speedup_vs_vae_decode"] = round(min(times["vae.decode"]) / min(times["framepipe"]), 3)
         row["speedup_vs_diffusers_chunked"] = round(min(times["diffusers"]) / min(times["framepipe"]), 3)

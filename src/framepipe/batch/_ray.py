@@ -202,7 +202,6 @@ def _stream(ray: Any, actors: list[Any], dispatcher: Any, tasks: Sequence[BatchT
     idle: list[int] = []  # actors that found the queue empty
     back_at: dict[int, float] = {}  # actor -> when to run it again (Ray is restarting it)
     unreachable: dict[int, float] = {}  # actor -> since when it has answered "unavailable", taking nothing
-    restarting = getattr(ray.exceptions, "ActorUnavailableError", ())
     remaining, error = len(tasks), ""
     try:
         while remaining and (running or back_at):
@@ -230,7 +229,7 @@ def _stream(ray: Any, actors: list[Any], dispatcher: Any, tasks: Sequence[BatchT
                     continue
                 except ray.exceptions.RayActorError as e:
                     error = first_line(e)
-                    unavailable = isinstance(e, restarting)
+                    unavailable = isinstance(e, ray.exceptions.ActorUnavailableError)
                 lost, took = ray.get(dispatcher.release.remote(worker))
                 again = []
                 for task in lost:
