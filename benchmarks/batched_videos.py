@@ -3,7 +3,7 @@
 The same N latent videos (seeded random weights and latents) decoded one after another (batch 1)
 and stacked into one batch of N (each call then decodes chunk i of every video), with diffusers'
 decoder and framepipe's (which runs PyTorch's ops for a batch of more than one video:
-``_decoder.proven_shape``); best of ``--runs``, alternated; each batched video's chunks compared
+``_decoder.fused_fits``); best of ``--runs``, alternated; each batched video's chunks compared
 with its own decode's, bit for bit.
 
     python benchmarks/batched_videos.py --arch wan2.1 --size 480x832 --videos 2 --dtypes bfloat16 float32 --out DIR

@@ -40,6 +40,21 @@ def test_same_bits_as_diffusers_on_cpu(version, frames, per_chunk, batch):
         assert same_bits(torch.cat(chunks, 2), vae.decode(z).sample)
 
 
+def test_diffusers_attention_hands_on_a_batch_channels_last(version):
+    """Why a batch of videos runs PyTorch's ops (``fused_fits``): diffusers' attention block leaves one
+    video's frame channel-first but a batch channels-last, and the norms after it reduce in another
+    order on each."""
+    attention = small_vae(version).decoder.mid_block.attentions[0]
+    for batch in (1, 2):
+        x = torch.randn(batch, attention.to_qkv.in_channels, 1, 4, 6)
+        with torch.no_grad():
+            out = attention(x)
+        assert out.is_contiguous() is (batch == 1)
+        assert out.is_contiguous(memory_format=torch.channels_last_3d) is (batch == 2)
+    assert decoder.fused_fits(small_latents(version, height=8, width=16))
+    assert not decoder.fused_fits(small_latents(version, batch=2, height=8, width=16))
+
+
 def test_channels_last_steps_give_diffusers_bits_where_every_check_falls_back(version, monkeypatch):
     """The channels-last path's own steps (windows, resampling, the time convolution's cache rules)
     on the CPU, where no fused kernel runs and each convolution's check is made to fail."""
@@ -265,10 +280,19 @@ def test_fastest_way_keeps_the_bits_unless_told_not_to(monkeypatch):
         ((2, 384, 1, 8, 12), 4),  # block.x spans all 2 x 96 outputs, not one video's
         ((1, 12, 1, 30, 52), 1),  # too few channels to split: each thread adds them all
         ((1, 1024, 1, 30, 52), None),  # 256 channels a thread: PyTorch splits over thread blocks too
+        ((1, 384, 1, 4, 6), 32),  # 24 pixels: 32 threads share each pixel's channels
     ],
 )
 def test_reduction_split_follows_pytorchs_launch_rule(shape, split):
     assert fused.reduction_split(shape, torch.empty(shape, device="meta").stride()) == split
+
+
+def test_a_split_wider_than_the_kernels_tree_runs_pytorchs_ops():
+    """``norm_split`` turns down a split its kernel cannot combine (32 threads a pixel) before building it."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
+
+    assert 32 not in fused.KERNEL_SPLITS
+    assert fused.norm_split(torch.randn(1, 384, 1, 4, 6), WanRMS_norm(384, images=False)) is None
 
 
 def test_unknown_decoder_is_a_settings_error():
@@ -315,6 +339,22 @@ def test_same_bits_as_diffusers_on_cuda(version, dtype):
     for kind in ("norm", "bias_residual"):  # the fused kernels ran somewhere
         assert any(v for k, v in checked.items() if k[0] == kind and dtype in k), kind
     assert any(k[0] == "conv" and len(k[1]) == 4 and k[3] == dtype for k in checked)  # a resampler's, here
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch, height, width", [(1, 4, 6), (2, 12, 20)])
+def test_small_frames_and_batches_take_pytorchs_ops_on_cuda(version, dtype, batch, height, width):
+    """Frames under 128 latent pixels, or a batch of two videos, run PyTorch's ops (``fused_fits``)
+    with diffusers' bits."""
+    vae = small_vae(version).to("cuda", dtype)
+    z = small_latents(version, batch=batch, frames=4, height=height, width=width).to("cuda", dtype)
+    step = decoder.WanDecoderStep(vae)
+    with torch.no_grad():
+        ours = [c.clone() for c in decode_chunks(vae, z, step=step)]
+    assert step.fused is False
+    theirs = _chunks(vae, z, "diffusers")
+    assert all(same_bits(a, b) for a, b in zip(ours, theirs, strict=True))
 
 
 @pytest.mark.needs_cuda

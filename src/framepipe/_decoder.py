@@ -69,11 +69,16 @@ def causal_window(
     return window
 
 
-def proven_shape(latents: torch.Tensor) -> bool:
-    """Whether the fused kernel and channels-last convolutions are proven for this latent video's shape:
-    one video, at least 128 latent pixels a frame. A batch of two 8x12 frames gave different bits in
-    float32 on an H200 (2026-11-30) though every shape's check had passed, cause not found; such
-    decodes run PyTorch's ops (the same bits, slower)."""
+def fused_fits(latents: torch.Tensor) -> bool:
+    """Whether the fused kernels and channels-last convolutions are for these latents: one video, at
+    least 128 latent pixels a frame. In a batch of more, diffusers' attention block hands on its output
+    channels-last (its [B, C, H, W] view of the attention's result has channels innermost, and PyTorch
+    takes it as channels-last only where the batch stride is not the degenerate one of a single
+    video), so the norms after it reduce channels innermost, an order the fused kernel does not
+    repeat. Smaller frames leave PyTorch's reduction so few pixels that it spreads each one's channels
+    over up to 32 threads, more than the kernel's tree combines (``_fused.KERNEL_SPLITS``), and a Wan
+    2.2 bf16 decode of 4x6 latent frames gave other bits (H200, 2026-12-01). Such decodes run
+    PyTorch's ops: the same bits, slower."""
     return latents.shape[0] == 1 and latents.shape[-2] * latents.shape[-1] >= 128
 
 
@@ -103,7 +108,7 @@ class WanDecoderStep:
 
     def __call__(self, x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:
         if self.fused is None:
-            self.fused = proven_shape(x) and norm_silu_is_exact(x.device, next(self.decoder.parameters()).dtype)
+            self.fused = fused_fits(x) and norm_silu_is_exact(x.device, next(self.decoder.parameters()).dtype)
         self.first_chunk = first_chunk
         d = self.decoder
         idx = [0]

@@ -38,6 +38,7 @@ from ._optional import require
 # makes one, and the kernel does the rest (``HAS_NORM``): two passes more than the whole kernel, five
 # fewer than PyTorch's ops.
 
+KERNEL_SPLITS = (1, 2, 4, 8, 16)  # the thread splits whose partial sums the fused kernel's tree combines
 _SPLITS: dict[tuple, int | None] = {}  # a norm's shape -> the thread split that gives PyTorch's bits, or None
 _EXACT: dict[tuple, bool] = {}  # (device, dtype) -> whether the fused kernel runs there with PyTorch's bits
 
@@ -85,17 +86,19 @@ def _fusable(x: torch.Tensor, norm) -> bool:
 def norm_split(x: torch.Tensor, norm, bias: torch.Tensor | None = None) -> int | None:
     """The thread split with which the fused kernel gives PyTorch's bits for ``norm`` over x's shape
     (with ``bias`` added first, as PyTorch adds a convolution's), whether x is contiguous or
-    frame-major (as after a resampler) in diffusers' decoder; None where those differ or the check on
-    random values failed. Checked once per shape."""
+    frame-major (as after a resampler) in diffusers' decoder; None where those differ, where the
+    kernel cannot combine the split, or where the check on random values failed. Checked once per shape."""
     key = ("norm", tuple(x.shape), x.dtype, x.device, bias is not None)
     if key not in _SPLITS:
-        from ._exact_kernels import norm_silu as fused
-
         frame_major = torch.empty(x.shape[:1] + x.shape[2:3] + x.shape[1:2] + x.shape[3:], device="meta")
         splits = {reduction_split(tuple(x.shape), s) for s in (torch.empty(x.shape, device="meta").stride(),
                                                               frame_major.transpose(1, 2).stride())}  # fmt: skip
         found = splits.pop() if len(splits) == 1 else None
+        if found not in KERNEL_SPLITS:
+            found = None
         if found is not None:
+            from ._exact_kernels import norm_silu as fused
+
             sample = probe(x)
             got = torch.empty_like(sample)
             fused(sample, bias, norm.gamma.reshape(-1), float(norm.scale), got, found)
