@@ -7,8 +7,9 @@ framepipe's also as a device worker runs it (``graphed``: CUDA graphs kept from 
 timed alternately in one process. Every chunk of diffusers' and framepipe's chunked decoders is compared
 bit for bit, and the whole video against ``vae.decode`` in uint8; the fast decoder's difference
 from them is reported (its error against the fp32 reference: ``framepipe compare --decoder fast``).
-Each timed decode's energy (NVML's counter) gives its mean power, beside the card's power limit: whether
-a decode runs the card at its limit. With ``--profile``, one decode of each is broken down by kernel kind.
+Each timed decode's mean power, mean SM clock and share of time held back for power (``gpu_power``),
+beside the card's power limit and top clock: whether a decode runs the card at its limit. With
+``--profile``, one decode of each is broken down by kernel kind.
 
     python benchmarks/decoder_speed.py --out results/ --sizes 480x832 720x1280 --dtypes float32 bfloat16
 """
@@ -23,7 +24,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from gpu_timing import peak, timed
+from gpu_power import PowerWatch
+from gpu_timing import peak
 from script_inputs import random_case
 
 from framepipe import to_uint8_frames
@@ -93,22 +95,11 @@ def compare(vae, z) -> dict:
     }
 
 
-def metered(meter: GpuMeter, fn) -> tuple[float, float | None]:
-    """``timed(fn)`` and the joules the card drew meanwhile (None: no energy counter)."""
-    torch.cuda.synchronize()
-    before = meter.mark()
-    seconds = timed(fn)
-    after = meter.mark()
-    start, end = before.energy_mj, after.energy_mj
-    return seconds, None if start is None or end is None else (end - start) / 1000
-
-
-def power_limit(meter: GpuMeter) -> float | None:
-    """The card's enforced power limit in watts, read through the meter's NVML handle (None: none)."""
-    try:
-        return None if meter.handle is None else meter.nvml.nvmlDeviceGetEnforcedPowerLimit(meter.handle) / 1000
-    except Exception:  # NVML cannot tell on this card: the figure is left out
-        return None
+def means(figures: list[dict]) -> dict:
+    """Each figure's mean over the runs that gave it."""
+    keys = {k for f in figures for k, v in f.items() if v is not None}
+    return {k: round(sum(f[k] for f in figures if f.get(k) is not None) / sum(f.get(k) is not None for f in figures), 3)
+            for k in sorted(keys)}  # fmt: skip
 
 
 def breakdown(fn) -> dict[str, float]:
@@ -146,22 +137,22 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
         for name in decoders:  # warm-up
             chunked(vae, z, name)
         times: dict[str, list[float]] = {"vae.decode": [], **{name: [] for name in decoders}}
-        watts: dict[str, list[float]] = {name: [] for name in times}
+        power: dict[str, list[dict]] = {name: [] for name in times}
         meter = GpuMeter(z.device)
         try:
+            watch = PowerWatch(meter)
             for _ in range(runs):  # alternated, so drift hits all alike
                 for name in times:
                     run = (lambda: to_uint8_frames(vae.decode(z).sample)) if name == "vae.decode" else (
                         lambda n=name: chunked(vae, z, n))  # fmt: skip
-                    seconds, joules = metered(meter, run)
+                    seconds, figures = watch.run(run)
                     times[name].append(seconds)
-                    if joules is not None:
-                        watts[name].append(joules / seconds)
-            row["power_limit_watts"] = power_limit(meter)
+                    power[name].append(figures)
+            row["power_limit_watts"], row["max_sm_mhz"] = watch.limit_watts(), watch.max_sm_mhz()
         finally:
             meter.close()
         row["seconds"] = {k: round(min(v), 4) for k, v in times.items()}
-        row["mean_watts"] = {k: round(sum(v) / len(v), 1) for k, v in watts.items() if v}  # NVML's energy / time
+        row["power"] = {name: means(runs_figures) for name, runs_figures in power.items()}  # over the runs
         row["all_seconds"] = {k: [round(x, 4) for x in v] for k, v in times.items()}
         row["speedup_vs_vae_decode"] = round(min(times["vae.decode"]) / min(times["framepipe"]), 3)
         row["speedup_vs_diffusers_chunked"] = round(min(times["diffusers"]) / min(times["framepipe"]), 3)
