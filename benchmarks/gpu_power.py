@@ -35,14 +35,14 @@ class PowerWatch:
         """The card's top SM clock (None: NVML cannot tell)."""
         try:
             return None if self.handle is None else int(self.nvml.nvmlDeviceGetMaxClockInfo(self.handle, 1))
-        except Exception:
+        except Exception:  # not on this card: the figure is left out
             return None
 
     def _throttled_ns(self) -> int | None:
         try:
             status = self.nvml.nvmlDeviceGetViolationStatus(self.handle, self.nvml.NVML_PERF_POLICY_POWER)
             return int(status.violationTime)
-        except Exception:
+        except Exception:  # no violation counter here: the share is left out
             return None
 
     def _reasons(self) -> int:

@@ -70,7 +70,7 @@ def causal_window(
 
 
 def fused_fits(latents: torch.Tensor) -> bool:
-    """Whether the fused kernels and channels-last convolutions are for these latents: one video, at
+    """Whether these latents take the fused kernels and channels-last convolutions: one video, at
     least 128 latent pixels a frame. In a batch of more, diffusers' attention block hands on its output
     channels-last (its [B, C, H, W] view of the attention's result has channels innermost, and PyTorch
     takes it as channels-last only where the batch stride is not the degenerate one of a single
