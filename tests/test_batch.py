@@ -7,6 +7,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import av
@@ -569,13 +570,9 @@ def test_ray_batch_from_and_to_an_object_store(tmp_path, vae_folder, ray_cluster
         assert _frames(tmp_path / f"v{i}.mp4")[0] == 1 + 4 * (2 + i % 3 - 1)
 
 
-def test_an_actor_ray_is_restarting_is_waited_for_not_given_up():
-    """Without Ray: an actor that answers "unavailable" more times in a row than a dead one may die
-    (Ray restarting it while its model loads) is run again until it is back, and decodes the batch."""
-    import types
-
-    from framepipe.batch import _ray
-    from framepipe.batch._plan import BatchTask
+class _FakeRay:
+    """Just enough of Ray for ``_ray._stream``, without Ray: an actor's call runs at once, where it is
+    made, and ``wait`` hands back the oldest call first."""
 
     class RayActorError(Exception):
         pass
@@ -583,46 +580,88 @@ def test_an_actor_ray_is_restarting_is_waited_for_not_given_up():
     class ActorUnavailableError(RayActorError):
         pass
 
-    class Ref:  # a call's outcome, run at once (a result reported before the call ends is ready with it)
+    exceptions = types.SimpleNamespace(RayActorError=RayActorError, ActorUnavailableError=ActorUnavailableError,
+                                       RayError=Exception)  # fmt: skip
+
+    class Ref:  # a call's outcome
         def __init__(self, run):
             try:
                 self.value, self.error = run(), None
-            except RayActorError as e:
+            except _FakeRay.RayActorError as e:
                 self.value, self.error = None, e
-
-        def get(self):
-            if self.error is not None:
-                raise self.error
-            return self.value
 
     class Remote:  # a local object's methods called as Ray calls an actor's
         def __init__(self, obj):
             self.obj = obj
 
         def __getattr__(self, name):
-            return types.SimpleNamespace(remote=lambda *a: Ref(lambda: getattr(self.obj, name)(*a)))
+            return types.SimpleNamespace(remote=lambda *a: _FakeRay.Ref(lambda: getattr(self.obj, name)(*a)))
 
     class Actor:
-        def __init__(self, unavailable: int):
-            self.unavailable = unavailable
+        """Runs ``lives``' first entry at its first call, the next at its next, the last from then on:
+        "decode" takes and reports videos until the queue is empty; "restarting" answers unavailable;
+        "dies holding one" takes a video and dies."""
+
+        def __init__(self, *lives: str):
+            self.lives = list(lives)
             self.run = types.SimpleNamespace(remote=self.start)
 
         def start(self, worker, dispatcher):
+            life = self.lives.pop(0) if len(self.lives) > 1 else self.lives[0]
+
             def run():
-                if self.unavailable:
-                    self.unavailable -= 1
-                    raise ActorUnavailableError("The actor is temporarily unavailable: the actor is restarting")
+                if life == "restarting":
+                    raise _FakeRay.ActorUnavailableError("The actor is temporarily unavailable: it is restarting")
+                if life == "dies holding one":
+                    dispatcher.obj.take(worker)
+                    raise _FakeRay.ActorUnavailableError("The actor is temporarily unavailable: its node died")
                 while (task := dispatcher.obj.take(worker)) is not None:
                     dispatcher.obj.report(worker, {"name": task.name, "latents": task.latents, "status": "done"})
 
-            return Ref(run)
+            return _FakeRay.Ref(run)
 
-    exceptions = types.SimpleNamespace(RayActorError=RayActorError, ActorUnavailableError=ActorUnavailableError,
-                                       RayError=Exception)  # fmt: skip
-    fake = types.SimpleNamespace(exceptions=exceptions, get=lambda ref: ref.get(), kill=lambda actor: None,
-                                 wait=lambda refs, num_returns, timeout: (refs[:1], refs[1:]))  # fmt: skip
-    tasks = [BatchTask(f"v{i}.pt", f"v{i}") for i in range(3)]
-    finished = []
-    _ray._stream(fake, [Actor(_ray.RETRIES + 1)], Remote(_ray.Dispatcher(tasks)), tasks,
-                 lambda entry: finished.append(entry) or True, lambda worker, at: None)  # fmt: skip
-    assert sorted(e["name"] for e in finished) == ["v0", "v1", "v2"]
+    @staticmethod
+    def get(ref):
+        if ref.error is not None:
+            raise ref.error
+        return ref.value
+
+    @staticmethod
+    def wait(refs, num_returns, timeout):
+        return refs[:1], refs[1:]
+
+    @staticmethod
+    def kill(actor):
+        pass
+
+    @classmethod
+    def stream(cls, actors, videos: int) -> list[str]:
+        """``_stream`` over ``videos`` videos: the names it finished."""
+        from framepipe.batch import _ray
+        from framepipe.batch._plan import BatchTask
+
+        tasks = [BatchTask(f"v{i}.pt", f"v{i}") for i in range(videos)]
+        finished = []
+        _ray._stream(cls, actors, cls.Remote(_ray.Dispatcher(tasks)), tasks,
+                     lambda entry: finished.append(entry["name"]) or True, lambda worker, at: None)  # fmt: skip
+        return sorted(finished)
+
+
+def test_an_actor_ray_is_restarting_is_waited_for_not_given_up():
+    """Without Ray: an actor that answers "unavailable" more times in a row than a dead one may die
+    (Ray restarting it while its model loads) is run again until it is back, and decodes the batch."""
+    from framepipe.batch import _ray
+
+    lives = ["restarting"] * (_ray.RETRIES + 1) + ["decode"]
+    assert _FakeRay.stream([_FakeRay.Actor(*lives)], 3) == ["v0", "v1", "v2"]
+
+
+def test_a_worker_that_found_the_queue_empty_takes_the_videos_a_dead_one_held(monkeypatch):
+    """Without Ray: one actor's node dies while it holds a video, and Ray cannot restart it (no free
+    CPU); the other had found the queue empty and ended before the driver put that video back. It
+    is run again for it, rather than waiting for the dead one until it is given up."""
+    from framepipe.batch import _ray
+
+    monkeypatch.setattr(_ray, "UNAVAILABLE_S", 0.5)  # the old rule: given up a few seconds later, a video short
+    actors = [_FakeRay.Actor("dies holding one", "restarting"), _FakeRay.Actor("decode")]
+    assert _FakeRay.stream(actors, 4) == ["v0", "v1", "v2", "v3"]

@@ -123,6 +123,10 @@ class Dispatcher:
     def requeue(self, tasks: Sequence[BatchTask]) -> None:
         self.todo.extendleft(reversed(tasks))
 
+    def waiting(self) -> int:
+        """Videos in the queue that a worker would be handed now."""
+        return 0 if self.stopped else len(self.todo)
+
     def stop(self) -> None:
         self.stopped = True
 
@@ -225,7 +229,12 @@ def _stream(ray: Any, actors: list[Any], dispatcher: Any, tasks: Sequence[BatchT
                 worker = running.pop(ref)
                 try:
                     ray.get(ref)
-                    idle.append(worker)  # the queue was empty
+                    # the queue was empty when it looked; videos a dead worker held may have come back
+                    # since (requeued in this loop, before this or after: then it is run again below)
+                    if ray.get(dispatcher.waiting.remote()):
+                        running[actors[worker].run.remote(worker, dispatcher)] = worker
+                    else:
+                        idle.append(worker)
                     continue
                 except ray.exceptions.RayActorError as e:
                     error = first_line(e)
