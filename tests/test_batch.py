@@ -277,6 +277,26 @@ def test_cli(tmp_path, vae_folder, capsys):
     assert "CUDA GPU" in capsys.readouterr().err
 
 
+def test_cli_json_stays_alone_on_stdout(tmp_path, vae_folder, capsys, monkeypatch):
+    """What prints on stdout during a batch (Ray's raylet messages do, on a cluster) goes to stderr:
+    ``--json`` output parses."""
+    import framepipe.batch
+
+    run_batch_ = framepipe.batch.run_batch
+
+    def chatty(*args, **kwargs):
+        print("(raylet) A worker died or was killed while executing a task by an unexpected system error.")
+        return run_batch_(*args, **kwargs)
+
+    monkeypatch.setattr(framepipe.batch, "run_batch", chatty)
+    _latents(tmp_path / "in", 1)
+    args = ["batch", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--vae", str(vae_folder), "--preset",
+            "ultrafast", "--json"]  # fmt: skip
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert json.loads(captured.out)["done"] == 1 and "(raylet) A worker died" in captured.err
+
+
 @pytest.mark.filterwarnings("ignore:No VAE checkpoint given")  # random weights: the point here
 @pytest.mark.parametrize("mode", ["async", "sync"])
 def test_procedural_content_reaches_the_encoders(tmp_path, mode):

@@ -695,8 +695,12 @@ def _batch(args: argparse.Namespace) -> int:
             what = f"done in {entry['seconds']:.2f} s" if entry["status"] == "done" else f"failed: {entry['error']}"
             print(f"[{index}/{total}] {entry['name']}: {what}", file=sys.stderr)
 
-    summary = run_batch(tasks, args.output, options, devices=devices, fail_fast=args.fail_fast, verify=args.verify,
-                        ray_address=args.ray, workers=args.workers, on_result=progress)  # fmt: skip
+    # stdout holds the summary alone: what else prints there while the batch runs (Ray's raylet
+    # messages reach the driver's stdout, log_to_driver or not) goes to stderr with the progress
+    with contextlib.redirect_stdout(sys.stderr):
+        summary = run_batch(tasks, args.output, options, devices=devices, fail_fast=args.fail_fast,
+                            verify=args.verify, ray_address=args.ray, workers=args.workers,
+                            on_result=progress)  # fmt: skip
     if args.json:
         print(json.dumps(summary.to_dict(), indent=2))
     elif not args.quiet:
