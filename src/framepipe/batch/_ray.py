@@ -199,7 +199,8 @@ def _stream(ray: Any, actors: list[Any], dispatcher: Any, tasks: Sequence[BatchT
     """Run every actor on the dispatcher's queue until every task has its result. A dead actor's
     videos go back to the queue (``RETRIES`` times each) and the actor, restarted by Ray, runs
     again; one that dies ``RETRIES`` times in a row before it takes a video is given up (one Ray is
-    still restarting counts after ``UNAVAILABLE_S``)."""
+    still restarting counts after ``UNAVAILABLE_S``). Actors that found the queue empty run again
+    whenever videos are waiting in it."""
     running = {a.run.remote(i, dispatcher): i for i, a in enumerate(actors)}
     deaths: dict[str, int] = {}
     strikes = dict.fromkeys(range(len(actors)), 0)
@@ -229,12 +230,7 @@ def _stream(ray: Any, actors: list[Any], dispatcher: Any, tasks: Sequence[BatchT
                 worker = running.pop(ref)
                 try:
                     ray.get(ref)
-                    # the queue was empty when it looked; videos a dead worker held may have come back
-                    # since (requeued in this loop, before this or after: then it is run again below)
-                    if ray.get(dispatcher.waiting.remote()):
-                        running[actors[worker].run.remote(worker, dispatcher)] = worker
-                    else:
-                        idle.append(worker)
+                    idle.append(worker)  # the queue was empty when it looked
                     continue
                 except ray.exceptions.RayActorError as e:
                     error = first_line(e)
@@ -257,14 +253,17 @@ def _stream(ray: Any, actors: list[Any], dispatcher: Any, tasks: Sequence[BatchT
                     strikes[worker] = 0 if took else strikes[worker] + 1
                 elif time.monotonic() - unreachable.setdefault(worker, time.monotonic()) > UNAVAILABLE_S:
                     strikes[worker] += 1
-                restart = [worker] if strikes[worker] < RETRIES else []  # run again once Ray has restarted it
-                if again:  # and the idle ones, for the videos that came back
-                    restart, idle[:] = restart + idle, []
-                for w in restart:
-                    if w == worker and unavailable and not took:
-                        back_at[w] = time.monotonic() + 1.0
-                    else:
-                        running[actors[w].run.remote(w, dispatcher)] = w
+                if strikes[worker] >= RETRIES:
+                    continue
+                if unavailable and not took:  # run again once Ray has restarted it
+                    back_at[worker] = time.monotonic() + 1.0
+                else:
+                    running[actors[worker].run.remote(worker, dispatcher)] = worker
+            # videos a dead worker held go back to the queue, before or after another found it empty
+            if ended and idle and ray.get(dispatcher.waiting.remote()):
+                for w in idle:
+                    running[actors[w].run.remote(w, dispatcher)] = w
+                idle.clear()
         if remaining:
             raise DeviceError(f"Every Ray worker has stopped with {remaining} video(s) left; last: {error}")
     finally:
