@@ -12,7 +12,7 @@ from framepipe import _equivalence as equivalence
 from framepipe import _fused as fused
 from framepipe import _layouts as layouts
 from framepipe import _resampling as resampling
-from framepipe._equivalence import same_bits, verified_equivalences
+from framepipe._equivalence import chosen_ways, same_bits, verified_equivalences
 from framepipe._fused import norm_silu, norm_silu_is_exact
 from framepipe._graphs import StepGraphs
 from framepipe._source import causal_conv_count, decode_chunks
@@ -355,6 +355,28 @@ def test_small_frames_and_batches_take_pytorchs_ops_on_cuda(version, dtype, batc
     assert step.fused is False
     theirs = _chunks(vae, z, "diffusers")
     assert all(same_bits(a, b) for a, b in zip(ours, theirs, strict=True))
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("name", ["framepipe", "fast"])
+def test_first_use_checks_are_made_before_the_first_chunk(version, name, monkeypatch):
+    """A decode at a new frame size makes every first-use check and way choice before its first chunk
+    (``WanDecoderStep.run_checks``), where they hold no video's cache on top: none during the chunks."""
+    vae = small_vae(version).to("cuda", torch.bfloat16)
+    z = small_latents(version, frames=3, height=8, width=18).to("cuda", torch.bfloat16)  # a size no other test uses
+    made = lambda: (len(verified_equivalences()), len(chosen_ways()))  # noqa: E731
+    before, after_checks = made(), []
+    run_checks = decoder.WanDecoderStep.run_checks
+
+    def spied(self, x):
+        run_checks(self, x)
+        after_checks.append(made())
+
+    monkeypatch.setattr(decoder.WanDecoderStep, "run_checks", spied)
+    with torch.no_grad():
+        for _ in decode_chunks(vae, z, decoder=name):
+            assert made() == after_checks[0]
+    assert after_checks[0][1] > before[1]  # the ways were chosen there
 
 
 @pytest.mark.needs_cuda

@@ -82,6 +82,22 @@ def fused_fits(latents: torch.Tensor) -> bool:
     return latents.shape[0] == 1 and latents.shape[-2] * latents.shape[-1] >= 128
 
 
+class _NoCache(list):
+    """A causal cache that keeps nothing: every entry reads as None (no history) and writes are dropped.
+    A step run with it makes its first-use checks without holding a video's cache."""
+
+    def __getitem__(self, i: int) -> None:
+        return None
+
+    def __setitem__(self, i: int, value: object) -> None:
+        pass
+
+
+# The decoders (by their parameters' shapes), latent frame shapes, dtypes, devices and exactness whose
+# first-use checks have run (``WanDecoderStep.run_checks``).
+_CHECKED: set[tuple] = set()
+
+
 def copy_of(x: torch.Tensor) -> Callable[[torch.Tensor], object]:
     """What fills a window's interior with x as it is (a convolution with no norm before it)."""
     return lambda out: out.copy_(x)
@@ -131,6 +147,19 @@ class WanDecoderStep:
         fill = self._norm_silu(d.norm_out, x)
         x = added(*self._causal_conv(d.conv_out, fill, x, x.shape[1], cache, idx))
         return x.contiguous()
+
+    def run_checks(self, x: torch.Tensor) -> None:
+        """Make the first-use checks and choices (``_equivalence.py``) for latent frames like ``x`` ([B, C,
+        1, H, W]) now: one first chunk and one later chunk of x, their output and cache dropped. Made
+        during a decode, the checks' random inputs and outputs come on top of the video's causal cache
+        (its first decode then peaked 0.9-3.3 GiB above diffusers' chunked one); made here, on top of one
+        chunk's activations alone. Once per decoder architecture and frame shape in a process."""
+        key = (tuple(p.shape for p in self.decoder.parameters()), tuple(x.shape), x.dtype, x.device, self.exact)
+        if key in _CHECKED or not (x.is_cuda and fused_fits(x)):  # else there is nothing to check
+            return
+        for first_chunk in (True, False):
+            self(x, _NoCache(), first_chunk=first_chunk)
+        _CHECKED.add(key)
 
     @property
     def channels_last(self) -> bool:
@@ -230,10 +259,11 @@ class WanDecoderStep:
 
         ways = (False, True) if padded_channels(conv.out_channels) != conv.out_channels else (False,)
         key = ("conv", tuple(x.shape), tuple(conv.weight.shape), x.dtype, x.device, defer_bias, self.exact)
-        sample = functools.cache(lambda: probe(x))  # drawn once, and only for a shape not yet checked
+        # drawn once, and only for a shape not yet checked; held channels-last, as the ways read it
+        sample = functools.cache(lambda: probe(x).contiguous(memory_format=channels_last_format(x.dim())))
         way = fastest_way(
             key,
-            lambda: conv._conv_forward(sample(), conv.weight, conv.bias),
+            lambda: conv._conv_forward(sample().contiguous(), conv.weight, conv.bias),  # as diffusers: channel-first
             lambda padded: added(run(sample(), padded), bias),
             ways,
             device=x.device,

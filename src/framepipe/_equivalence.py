@@ -29,8 +29,13 @@ def chosen_ways() -> dict[tuple, object]:
 
 def verified(key: tuple, reference: Callable[[], torch.Tensor], candidate: Callable[[], torch.Tensor]) -> bool:
     """Whether ``candidate()`` gives ``reference()``'s bits for ``key`` (computed once per process)."""
+    return checked(key, lambda: same_bits(reference(), candidate()))
+
+
+def checked(key: tuple, check: Callable[[], bool]) -> bool:
+    """``check()``'s answer for ``key``: whether a way gives PyTorch's bits (computed once per process)."""
     if key not in _VERIFIED:
-        _VERIFIED[key] = same_bits(reference(), candidate())
+        _VERIFIED[key] = check()
     return _VERIFIED[key]
 
 
@@ -99,7 +104,8 @@ def probe(like: torch.Tensor, seed: int = 0) -> torch.Tensor:
 
 
 def same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether two float tensors hold the same bits (NaN payloads and the sign of zero included)."""
+    """Whether two float tensors hold the same bits (NaN payloads and the sign of zero included), in
+    any layouts (compared in place: no copies)."""
     if a.shape != b.shape or a.dtype != b.dtype:
         return False
-    return torch.equal(bits(a.contiguous()), bits(b.contiguous()))
+    return torch.equal(bits(a), bits(b))

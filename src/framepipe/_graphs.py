@@ -48,6 +48,10 @@ class ChunkGraphs:
         self.failed = False  # a capture failed: eager from then on
         self.done: torch.cuda.Event | None = None  # recorded after the last video's chunks
 
+    def run_checks(self, x: torch.Tensor) -> None:
+        """The step's first-use checks for x's shape (``WanDecoderStep.run_checks``)."""
+        self.step.run_checks(x)
+
     def fits(self, vae: Any, shape: tuple[int, ...]) -> bool:
         """Whether these graphs decode ``shape`` with ``vae``'s decoder as its parameters are now."""
         return self.step.decoder is vae.decoder and self.shape == shape and same_parameters(self.state, vae.decoder)

@@ -93,7 +93,8 @@ def decode_chunks(
     patch = vae.config.patch_size
     feat_cache: list[torch.Tensor | None] = [None] * causal_conv_count(vae)
     held = ExitStack()  # the graphs this video holds
-    if step is None and decoder != "diffusers":
+    made = step is None and decoder != "diffusers"  # framepipe's step, made here (not a split band's)
+    if made:
         exact = decoder == "framepipe"
         if graphs is not None and graphable(latents, decoder):
             step = held.enter_context(graphs.step(vae, latents, exact=exact))
@@ -110,6 +111,8 @@ def decode_chunks(
         if latents.is_cuda:  # made on another stream: its memory must not be reused before this read
             latents.record_stream(torch.cuda.current_stream(latents.device))
         num_latent = x.shape[2]
+        if made and num_latent:
+            step.run_checks(x[:, :, :1])  # its first-use checks, before the cache grows
         start = 0
         check: FirstChunkCheck | None = None
         while start < num_latent:
