@@ -100,8 +100,9 @@ def test_bad_encoder_settings(tmp_path):
         VideoFileSink(tmp_path / "v.mp4", VideoSettings(encoder_options={"profile": "bogus"})).open(
             frames=1, height=32, width=48
         )
-    with pytest.raises(EncoderError, match="nosuchcodec"):
-        VideoFileSink(tmp_path / "v.mp4", VideoSettings(codec="nosuchcodec")).open(frames=1, height=32, width=48)
+    for codec in ("nosuchcodec", "aac"):  # unknown, and an audio encoder
+        with pytest.raises(EncoderError, match=f"no video encoder '{codec}'; choose one it has, such as libx264"):
+            VideoFileSink(tmp_path / "v.mp4", VideoSettings(codec=codec)).open(frames=1, height=32, width=48)
     with pytest.raises(EncoderError, match="even"):
         VideoFileSink(tmp_path / "v.mp4").open(frames=1, height=33, width=48)
     with pytest.raises(EncoderError, match=r"Encoder 'libx264' has no option 'lookahead', 'thread'; `ffmpeg -h"):

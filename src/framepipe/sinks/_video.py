@@ -15,6 +15,15 @@ from ._base import check_frames
 from ._settings import VideoSettings
 
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv")
+COMMON_ENCODERS = ("libx264", "libx265", "libvpx-vp9", "libsvtav1")  # software ones, named where a codec is unknown
+
+
+def video_encoder(av, codec: str) -> bool:
+    """Whether PyAV's FFmpeg (the module ``av``) has a video encoder named ``codec``."""
+    try:
+        return av.codec.Codec(codec, "w").type == "video"
+    except ValueError:  # PyAV's UnknownCodecError
+        return False
 
 
 def check_video_path(path: Path) -> Path:
@@ -53,6 +62,9 @@ class VideoFileSink:
         if height % 2 or width % 2:
             raise EncoderError(f"yuv420p needs even frame sizes, got {width}x{height}.")
         codec, options = self.settings.codec, self.settings.codec_options
+        if not video_encoder(av, codec):
+            some = ", ".join(c for c in COMMON_ENCODERS if video_encoder(av, c))
+            raise EncoderError(f"PyAV's FFmpeg has no video encoder {codec!r}; choose one it has, such as {some}.")
         self._height, self._width = height, width
         self._tmp = temporary_sibling(self.path, clean=self.writes_file)
         try:
