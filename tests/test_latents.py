@@ -42,6 +42,7 @@ def test_formats_round_trip(tmp_path, z):
             "none is named",
         ),
         ("obj.npy", lambda p: np.save(p, np.array(["a"])), "numeric"),
+        ("no-tensor.pt", lambda p: torch.save({"step": 3}, p), r"holds no tensor \(its keys: step\)"),
     ],
 )
 def test_bad_files(tmp_path, name, make, match):

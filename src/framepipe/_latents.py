@@ -97,7 +97,10 @@ def _from_mapping(obj: object, path: Path) -> torch.Tensor:
         return tensors["latents"]
     if len(tensors) == 1:
         return next(iter(tensors.values()))
-    keys = ", ".join(sorted(map(str, obj))) or "none"
+    if not tensors:
+        keys = ", ".join(sorted(map(str, obj))) or "none"
+        raise LatentsError(f"{path} holds no tensor (its keys: {keys}); save the latents tensor, or a dict of it.")
+    keys = ", ".join(sorted(map(str, tensors)))
     raise LatentsError(f"{path} holds several tensors ({keys}) and none is named 'latents'; save one tensor.")
 
 
