@@ -165,6 +165,37 @@ def test_encoder_options_from_the_command_line(setup, capsys):
     assert not (tmp / "u.mp4").exists()
 
 
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["feed-bench", "--files", "-5"], ">= 1"),
+        (["feed-bench", "--batch", "0"], ">= 1"),
+        (["feed-bench", "--loader-workers", "-1"], ">= 0"),
+        (["pack", "a", "b", "--shard-size", "0"], "invalid size"),
+        (["pack", "a", "b", "--workers", "0"], ">= 1"),
+        (["serve", "--port", "99999"], "from 1 to 65535"),
+        (["batch", "a", "-o", "b", "--ray", "auto", "--workers", "x"], ">= 1"),
+    ],
+)
+def test_counts_out_of_range_are_refused_by_the_parser(capsys, args, expected):
+    """A count or port out of its range stops at the parser, in one line, before any work (a negative
+    --files, a zero --batch and --port 99999 ended in tracebacks)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and expected in err and "Traceback" not in err
+
+
+def test_feed_bench_refuses_bad_settings_before_any_work():
+    from framepipe import SettingsError
+    from framepipe.data._feedbench import feed_bench
+
+    with pytest.raises(SettingsError, match=r"smallest file \(40 KB\) is larger than the largest \(4 KB\)"):
+        feed_bench(files=10, min_kb=40, max_kb=4)
+    with pytest.raises(SettingsError, match="batch=0"):
+        feed_bench(files=10, batch=0)
+
+
 def test_encoder_failing_mid_video(setup, capsys, monkeypatch, no_thread_leak):
     tmp, _, _ = setup
     (tmp / "v.mp4").write_bytes(b"previous result")

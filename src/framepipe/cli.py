@@ -20,6 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ._argtypes import whole_number
 from ._decoder import DECODERS
 from ._errors import FramepipeError, OutputError, SettingsError
 from ._paths import removed_if_unused
@@ -68,11 +69,7 @@ def _counts(text: str) -> list[int]:
     return counts
 
 
-def _count(text: str) -> int:
-    value = int(text) if text.strip().isdigit() else 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
+_count = whole_number(1)
 
 
 def _hours(text: str) -> float:
@@ -266,7 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_model_options(sv)
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    sv.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    sv.add_argument("--port", type=whole_number(1, 65535), default=8000, help="port (default 8000)")
     sv.add_argument("--state-dir", default="framepipe-serve", help="jobs, latents, videos (default ./framepipe-serve)")
     sv.add_argument(
         "--token-env",

@@ -7,6 +7,8 @@ import dataclasses
 import json
 import sys
 
+from .._argtypes import whole_number
+
 COMMANDS = ("pack", "snapshot", "restore", "feed-bench", "local-s3")
 
 
@@ -14,9 +16,12 @@ def _size(text: str) -> int:
     units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     t = text.strip().lower().removesuffix("b").removesuffix("i")
     try:
-        return int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
+        size = int(float(t[:-1]) * units[t[-1]]) if t and t[-1] in units else int(t)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid size {text!r}; e.g. 64M, 2G or 1000000") from None
+        size = 0
+    if size < 1:
+        raise argparse.ArgumentTypeError(f"invalid size {text!r}; e.g. 64M, 2G or 1000000")
+    return size
 
 
 def _store_options(p: argparse.ArgumentParser, *, two: bool) -> None:
@@ -24,7 +29,7 @@ def _store_options(p: argparse.ArgumentParser, *, two: bool) -> None:
                    help="S3 endpoint for s3:// URLs (default: boto3's, e.g. AWS_ENDPOINT_URL)")  # fmt: skip
     if two:
         p.add_argument("--dest-endpoint-url", default=None, help="S3 endpoint of the destination, if different")
-    p.add_argument("--workers", type=int, default=8, help="parallel transfers (default 8)")
+    p.add_argument("--workers", type=whole_number(1), default=8, help="parallel transfers (default 8)")
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
 
@@ -36,7 +41,7 @@ def add_parsers(sub) -> None:
     p.add_argument("dest", help="folder or s3://bucket/prefix (not inside src) for the shards, index.json and "
                                 "pack-plan.json (the plan a re-run resumes from)")  # fmt: skip
     p.add_argument("--shard-size", type=_size, default=64 << 20, help="target bytes per shard (default 64M)")
-    p.add_argument("--shard-samples", type=int, default=100_000, help="at most this many samples per shard")
+    p.add_argument("--shard-samples", type=whole_number(1), default=100_000, help="at most this many samples per shard")
     _store_options(p, two=True)
 
     s = sub.add_parser("snapshot", help="freeze a packed dataset into an object store (immutable, hashed manifest)")
@@ -60,15 +65,15 @@ def add_parsers(sub) -> None:
     )
 
     f = sub.add_parser("feed-bench", help="samples/s and data-wait share: per-file GETs vs framepipe vs local disk")
-    f.add_argument("--files", type=int, default=200_000, help="synthetic small files (default 200000)")
-    f.add_argument("--min-kb", type=int, default=4, help="smallest file, KB (default 4)")
-    f.add_argument("--max-kb", type=int, default=32, help="largest file, KB (default 32)")
-    f.add_argument("--batch", type=int, default=256, help="samples per training step (default 256)")
+    f.add_argument("--files", type=whole_number(1), default=200_000, help="synthetic small files (default 200000)")
+    f.add_argument("--min-kb", type=whole_number(1), default=4, help="smallest file, KB (default 4)")
+    f.add_argument("--max-kb", type=whole_number(1), default=32, help="largest file, KB (default 32)")
+    f.add_argument("--batch", type=whole_number(1), default=256, help="samples per training step (default 256)")
     f.add_argument("--step-ms", type=float, default=50.0, help="simulated training step (default 50 ms)")
-    f.add_argument("--steps", type=int, default=200, help="training steps measured per mode (default 200)")
-    f.add_argument("--feed-steps", type=int, default=0,
+    f.add_argument("--steps", type=whole_number(1), default=200, help="training steps measured per mode (default 200)")
+    f.add_argument("--feed-steps", type=whole_number(0), default=0,
                    help="batches for the feed-rate phase (default 0: one whole epoch)")  # fmt: skip
-    f.add_argument("--loader-workers", type=int, default=4, help="DataLoader worker processes (default 4)")
+    f.add_argument("--loader-workers", type=whole_number(0), default=4, help="DataLoader worker processes (default 4)")
     f.add_argument("--modes", default=",".join(_modes()), help="comma-separated subset of the modes")
     f.add_argument("--workdir", default=None, help="keep local shards and caches here (default: a temp folder)")
     f.add_argument("--endpoint-url", default=None, help="use this S3 server (default: start a local SeaweedFS)")

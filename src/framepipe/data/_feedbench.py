@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
+from .._errors import SettingsError
 from ._dataset import ShardedDataset
 from ._loader import Loader
 from ._pack import pack
@@ -145,6 +146,14 @@ def feed_bench(
 ) -> dict:
     """Build the synthetic dataset, then measure each mode; returns a JSON-ready report."""
     from ._seaweed import LocalS3, use_local_credentials
+
+    counts = {"files": files, "min_kb": min_kb, "max_kb": max_kb, "batch": batch, "steps": steps}
+    if min(counts.values()) < 1 or workers < 0 or (feed_steps or 0) < 0 or not step_ms >= 0:
+        shown = ", ".join(f"{k}={v}" for k, v in {**counts, "workers": workers, "feed_steps": feed_steps,
+                                                   "step_ms": step_ms}.items())  # fmt: skip
+        raise SettingsError(f"feed_bench needs counts >= 1, workers and feed_steps >= 0, step_ms >= 0; got {shown}.")
+    if min_kb > max_kb:
+        raise SettingsError(f"The smallest file ({min_kb} KB) is larger than the largest ({max_kb} KB).")
 
     local = endpoint_url is None
     with contextlib.ExitStack() as stack:
