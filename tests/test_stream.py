@@ -175,3 +175,15 @@ def test_interrupt_in_the_second_video_ends_cleanly(tmp_path, monkeypatch, concu
     names = sorted(p.name for p in tmp_path.iterdir())
     # one at a time, the first video may have finished; two at once, it was still decoding
     assert names in ((["0.mp4"], []) if concurrent == 1 else ([],))  # nothing partial anywhere
+
+
+def test_arguments_of_the_wrong_type_are_named(tmp_path):
+    """A NumPy array for latents, or a number for an output, is a TypeError that says what to pass."""
+    z = small_latents("wan2.1")
+    with pytest.raises(TypeError, match=r"latents must be a torch.Tensor or a path, got ndarray .*torch.from_numpy"):
+        decode(z.numpy(), tmp_path / "a.mp4")
+    with pytest.raises(TypeError, match="output must be a path or sinks, got int"):
+        decode(z, 123)
+    with pytest.raises(TypeError, match="video must be a VideoSettings, got dict"):
+        decode(z, tmp_path / "b.mp4", video={"crf": 3})
+    assert list(tmp_path.iterdir()) == []

@@ -152,6 +152,12 @@ def decode_many(
     if video is not None and any(_is_sinks(output) for _, output in inputs):
         raise SettingsError("Sinks carry their own settings: give video settings or sinks, not both.")
     video = video or VideoSettings()
+    for latents, output in inputs:
+        if not isinstance(latents, torch.Tensor | str | os.PathLike):
+            raise TypeError(f"latents must be a torch.Tensor or a path, got {type(latents).__name__} "
+                            "(a NumPy array: torch.from_numpy(array)).")  # fmt: skip
+        if not (isinstance(output, str | os.PathLike) or _is_sinks(output)):
+            raise TypeError(f"output must be a path or sinks, got {type(output).__name__}.")
     sources = {Path(latents).resolve() for latents, _ in inputs if not isinstance(latents, torch.Tensor)}
     for _, output in inputs:
         if not _is_sinks(output):
