@@ -1,5 +1,8 @@
 """Reading latent files and rejecting bad ones with a clear message."""
 
+import contextlib
+import random
+
 import numpy as np
 import pytest
 import torch
@@ -112,3 +115,26 @@ def test_a_broadcast_view_in_a_pt_file_is_refused(tmp_path):
         LatentsError, match=r"holds a view of shape \(16, 1000, 1000, 1000\) \(59\.60 GiB\) over only 4"
     ):
         load_latents(tmp_path / "z.pt")
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".safetensors", ".npy"])
+def test_corrupt_files_give_one_line_errors(tmp_path, suffix):
+    """Truncated or damaged latent files, and the same bytes as a VAE checkpoint, either load or raise
+    framepipe's own error (a fuzz: PyTorch's unpickler raised KeyError and IndexError on some, NumPy's
+    header parser TokenError)."""
+    from framepipe import FramepipeError
+    from framepipe._checkpoint import read_state_dict
+
+    z = torch.randn(16, 3, 4, 6)
+    good = tmp_path / f"good{suffix}"
+    {".pt": lambda: torch.save(z, good), ".safetensors": lambda: save_file({"latents": z}, good),
+     ".npy": lambda: np.save(good, z.numpy())}[suffix]()  # fmt: skip
+    data, rng, path = good.read_bytes(), random.Random(1), tmp_path / f"bad{suffix}"
+    for i in range(300):
+        damaged = bytearray(data[: rng.randrange(1, len(data))] if i % 3 == 0 else data)
+        for _ in range(0 if i % 3 == 0 else rng.randrange(1, 8)):
+            damaged[rng.randrange(len(damaged))] = rng.randrange(256)
+        path.write_bytes(bytes(damaged))
+        for read in (load_latents, read_state_dict):
+            with contextlib.suppress(FramepipeError):
+                read(path)

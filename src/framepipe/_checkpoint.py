@@ -7,15 +7,13 @@ as ``wan_2.1_vae.safetensors`` / ``wan2.2_vae.safetensors`` with the same keys.
 
 from __future__ import annotations
 
-import pickle
 import re
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from ._errors import CheckpointError, first_line
+from ._errors import UNREADABLE, CheckpointError, first_line
 from ._optional import require
 
 _WRAPPER_KEYS = ("state_dict", "model", "vae")
@@ -35,7 +33,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except SafetensorError as e:
         raise CheckpointError(f"Cannot read VAE checkpoint {path}: not a valid safetensors file ({e}).") from e
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+    except UNREADABLE as e:
         raise CheckpointError(f"Cannot read VAE checkpoint {path}: {first_line(e)}") from e
     for key in _WRAPPER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):

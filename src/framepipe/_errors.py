@@ -1,9 +1,20 @@
 """framepipe's exception types. The CLI turns each into a one-line message and a non-zero exit."""
 
+import pickle
+import tokenize
+import zipfile
+
 #: What a user can do when the GPU runs out of memory (``DeviceError``'s message).
 GPU_OUT_OF_MEMORY = (
     "The GPU ran out of memory while decoding; free GPU memory, use --dtype bfloat16, or decode fewer videos at once."
 )
+
+
+#: What ``torch.load`` and ``np.load`` raise on a file that is not what it claims (truncated, corrupt,
+#: another format): the file's fault, reported in one line. ``KeyError`` and ``IndexError`` come from
+#: PyTorch's unpickler, ``TokenError`` from NumPy's header parser, on some corrupt bytes (a fuzz test).
+UNREADABLE = (OSError, RuntimeError, ValueError, EOFError, KeyError, IndexError, tokenize.TokenError,
+              pickle.UnpicklingError, zipfile.BadZipFile)  # fmt: skip
 
 
 class FramepipeError(Exception):

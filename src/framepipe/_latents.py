@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
 import torch
 
-from ._errors import LatentsError, SettingsError, first_line
+from ._errors import UNREADABLE, LatentsError, SettingsError, first_line
 from ._optional import require
 
 LatentFormat = Literal["pipeline", "raw"]
@@ -46,7 +44,7 @@ def load_latents(path: str | Path) -> torch.Tensor:
             tensor = obj if isinstance(obj, torch.Tensor) else _from_mapping(obj, path)
     except LatentsError:
         raise
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+    except UNREADABLE as e:
         raise LatentsError(f"Cannot read latents from {path}: {first_line(e)}") from e
     if isinstance(tensor, torch.Tensor):
         declared, held = tensor.numel() * tensor.element_size(), tensor.untyped_storage().nbytes()
