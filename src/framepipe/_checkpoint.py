@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from ._errors import UNREADABLE, CheckpointError, first_line
+from ._errors import UNREADABLE, CheckpointError, why_unreadable
 from ._optional import require
 
 _WRAPPER_KEYS = ("state_dict", "model", "vae")
@@ -34,7 +34,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     except SafetensorError as e:
         raise CheckpointError(f"Cannot read VAE checkpoint {path}: not a valid safetensors file ({e}).") from e
     except UNREADABLE as e:
-        raise CheckpointError(f"Cannot read VAE checkpoint {path}: {first_line(e)}") from e
+        raise CheckpointError(f"Cannot read VAE checkpoint {path}: {why_unreadable(e)}") from e
     for key in _WRAPPER_KEYS:
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]

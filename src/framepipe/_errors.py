@@ -73,6 +73,14 @@ def first_line(error: BaseException) -> str:
     return text.splitlines()[0] if text else type(error).__name__
 
 
+def why_unreadable(error: BaseException) -> str:
+    """What one of ``UNREADABLE`` says about a file, in a few words: its first line, or where that is a
+    bare key or index (the unpickler's KeyError, IndexError), that the bytes are damaged."""
+    if isinstance(error, KeyError | IndexError | tokenize.TokenError):
+        return "the file is damaged, or not the format its name says."
+    return first_line(error)
+
+
 def traceback_message(text: str) -> str | None:
     """Our own error's message where ``text`` ends with it, as a traceback carried in another
     error's message does (DataLoader and Ray re-raise a worker's error so); None otherwise."""

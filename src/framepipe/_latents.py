@@ -8,7 +8,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ._errors import UNREADABLE, LatentsError, SettingsError, first_line
+from ._errors import UNREADABLE, LatentsError, SettingsError, why_unreadable
 from ._optional import require
 
 LatentFormat = Literal["pipeline", "raw"]
@@ -45,7 +45,7 @@ def load_latents(path: str | Path) -> torch.Tensor:
     except LatentsError:
         raise
     except UNREADABLE as e:
-        raise LatentsError(f"Cannot read latents from {path}: {first_line(e)}") from e
+        raise LatentsError(f"Cannot read latents from {path}: {why_unreadable(e)}") from e
     if isinstance(tensor, torch.Tensor):
         declared, held = tensor.numel() * tensor.element_size(), tensor.untyped_storage().nbytes()
         if declared > held:  # a broadcast view (expand): a few bytes on disk, any size once copied
