@@ -54,6 +54,10 @@ def test_compare_cli(tmp_path, capsys):
     fast = json.loads(capsys.readouterr().out)
     assert code == 0 and fast["candidate"]["path"] == "framepipe async, fast decoder"
     assert fast["error"] == report["error"]  # on the CPU the fast decoder's convolutions are the exact ones
+    assert "framepipe compare: decoding the fp32 reference" in err and "decoding the candidate (bfloat16" in err
+    code = main(["compare", "--vae", str(tmp_path / "vae"), "--shape", "1x2x3x3", "--quiet"])
+    out, err = capsys.readouterr()
+    assert code == 0 and err == "" and "PSNR" in out  # --quiet: the result alone
     with pytest.raises(SystemExit) as exit_info:
         main(["compare", "--vae", str(tmp_path / "vae"), "--shape", "1x2x3", "--json"])
     assert exit_info.value.code == 2 and "expected 4 whole numbers" in capsys.readouterr().err

@@ -9,6 +9,7 @@ error here.
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -43,22 +44,29 @@ def compare(
     decoder: str = "framepipe",
     slots: int = 2,
     latent_format: str = "pipeline",
+    on_phase: Callable[[str], None] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """Decode ``latents`` with the fp32 reference and with the candidate; return their error.
 
-    ``vae`` must be in float32; a copy is cast to ``dtype`` for the candidate.
+    ``vae`` must be in float32; a copy is cast to ``dtype`` for the candidate. ``on_phase`` hears what
+    starts (the reference's one long call, the candidate's decode); ``progress``: the candidate's bar.
     """
+    phase = on_phase or (lambda words: None)
     param = next(vae.parameters())
     if param.dtype != torch.float32:
         raise ValueError(f"The reference VAE must be float32, got {param.dtype}.")
     latents = check_latents(latents, z_dim=vae.config.z_dim)
+    phase("decoding the fp32 reference (diffusers' vae.decode of the whole video, in one call)")
     reference = reference_frames(vae, latents, latent_format=latent_format)
     candidate_dtype = resolve_dtype(dtype)
     candidate_vae = vae if candidate_dtype == torch.float32 else move_vae(
         copy.deepcopy(vae), device=param.device, dtype=candidate_dtype
     )  # fmt: skip
     sinks = [ArraySink() for _ in range(latents.shape[0])]
-    decode(latents, sinks, vae=candidate_vae, mode=mode, decoder=decoder, slots=slots, latent_format=latent_format)
+    phase(f"decoding the candidate ({str(candidate_dtype).removeprefix('torch.')}, {mode}, {decoder} decoder)")
+    decode(latents, sinks, vae=candidate_vae, mode=mode, decoder=decoder, slots=slots, latent_format=latent_format,
+           progress=progress)  # fmt: skip
     candidate = np.stack([s.frames for s in sinks])
     overall = frame_error(torch.from_numpy(reference), torch.from_numpy(candidate))
     pairs = zip(reference, candidate, strict=True)

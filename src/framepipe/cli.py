@@ -404,6 +404,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--slots", type=int, default=2, help="the candidate's async ring depth (default 2)")
     c.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     c.add_argument("--seed", type=int, default=0, help="seed of the clip, random latents or weights (default 0)")
+    c.add_argument("--quiet", action="store_true", help="no progress")
     c.add_argument("--json", action="store_true", help="print the result as JSON")
 
     m = sub.add_parser(
@@ -620,7 +621,12 @@ def _compare(args: argparse.Namespace) -> int:
         latent_format = "raw"
         source = f"procedural clip {'x'.join(map(str, args.clip))} (FxHxW, seed {args.seed}) encoded by this VAE"
     candidate = {"dtype": args.dtype, "mode": args.mode, "decoder": args.decoder, "slots": args.slots}
-    report = compare(vae, latents, **candidate, latent_format=latent_format)
+
+    def phase(words: str) -> None:
+        if not args.quiet:
+            print(f"framepipe compare: {words}", file=sys.stderr)
+
+    report = compare(vae, latents, **candidate, latent_format=latent_format, on_phase=phase, progress=not args.quiet)
     report["latents"] = source
     report["environment"] = environment(next(vae.parameters()).device)
     report["command"] = _compare_command(args)
