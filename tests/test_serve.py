@@ -245,9 +245,14 @@ def test_save_file_bodies_from_disk_too(server, tmp_path):
         assert _wait(client, answer.json()["id"])["state"] == "done"
 
 
-def test_serve_command_line_refusals(capsys, monkeypatch):
+def test_serve_command_line_refusals(capsys, monkeypatch, tmp_path):
     from framepipe.cli import main
 
+    (tmp_path / "a-file").write_text("")
+    assert main(["serve", "--state-dir", str(tmp_path / "a-file")]) == 1  # was a NotADirectoryError traceback
+    assert "Cannot keep the service's state in" in capsys.readouterr().err
+    assert main(["serve", "--input-root", str(tmp_path / "nothing-here"), "--state-dir", str(tmp_path / "s")]) == 1
+    assert "nothing-here: no such folder" in capsys.readouterr().err
     monkeypatch.delenv("NO_SUCH_TOKEN", raising=False)
     assert main(["serve", "--token-env", "NO_SUCH_TOKEN"]) == 1
     assert "error: --token-env NO_SUCH_TOKEN: that environment variable is empty or not set." in capsys.readouterr().err

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .._device_worker import DeviceWorker
-from .._errors import OutputError
+from .._errors import OutputError, SettingsError
 from .._jsonl import append_jsonl, read_jsonl
 from .._models import load_vae
 from ..sinks import VideoSettings
@@ -83,8 +83,13 @@ class JobStore:
     def __init__(self, state_dir: Path, options: ServiceOptions) -> None:
         self.dir = Path(state_dir)
         self.options = options
-        (self.dir / "latents").mkdir(parents=True, exist_ok=True)
-        (self.dir / "videos").mkdir(parents=True, exist_ok=True)
+        if options.input_root is not None and not Path(options.input_root).is_dir():
+            raise SettingsError(f"input_root {options.input_root}: no such folder; give the folder jobs may read from.")
+        try:
+            (self.dir / "latents").mkdir(parents=True, exist_ok=True)
+            (self.dir / "videos").mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError(f"Cannot keep the service's state in {self.dir}: {e.strerror or e}.") from e
         self.journal = self.dir / "jobs.jsonl"
         self.jobs: dict[str, Job] = {}
         self.queue: queue.Queue[str | None] = queue.Queue()
