@@ -95,6 +95,15 @@ def test_plan_refusals(tmp_path):
         plan_batch([str(tmp_path / "empty")])
 
 
+def test_ray_workers_without_ray_are_refused_before_any_work(tmp_path, vae_folder):
+    """``workers`` (``--workers``) counts Ray actors; without ``ray_address`` it was silently ignored."""
+    _latents(tmp_path / "in", 1)
+    tasks = plan_batch([str(tmp_path / "in")])
+    with pytest.raises(SettingsError, match=r"needs a Ray cluster \(--ray\)"):
+        run_batch(tasks, tmp_path / "out", _options(vae_folder), workers=2)
+    assert not (tmp_path / "out").exists()
+
+
 def test_failures_are_recorded_and_the_batch_goes_on(tmp_path, vae_folder):
     _latents(tmp_path / "in", 3)
     (tmp_path / "in" / "v1.safetensors").write_bytes(b"garbage")

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._errors import SettingsError
 from .._models import load_vae
 from .._paths import removed_if_unused, work_folder
 from ._destination import open_batch_destination
@@ -129,6 +130,9 @@ def run_batch(
     what the journal records done and still finds intact (``verify``: by its SHA-256 too).
     """
     options = options or BatchOptions()
+    if workers is not None and ray_address is None:
+        raise SettingsError("workers sets how many Ray actors decode (--workers); it needs a Ray cluster (--ray). "
+                            "Without Ray, --gpus sets one worker per GPU.")  # fmt: skip
     local = contextlib.nullcontext() if str(outdir).startswith("s3://") else removed_if_unused(Path(outdir))
     with local:
         destination = open_batch_destination(outdir, endpoint_url=options.endpoint_url)
