@@ -147,11 +147,11 @@ def feed_bench(
     """Build the synthetic dataset, then measure each mode; returns a JSON-ready report."""
     from ._seaweed import LocalS3, use_local_credentials
 
-    counts = {"files": files, "min_kb": min_kb, "max_kb": max_kb, "batch": batch, "steps": steps}
-    if min(counts.values()) < 1 or workers < 0 or (feed_steps or 0) < 0 or not step_ms >= 0:
-        shown = ", ".join(f"{k}={v}" for k, v in {**counts, "workers": workers, "feed_steps": feed_steps,
-                                                   "step_ms": step_ms}.items())  # fmt: skip
-        raise SettingsError(f"feed_bench needs counts >= 1, workers and feed_steps >= 0, step_ms >= 0; got {shown}.")
+    for name, value, least in (("files", files, 1), ("min_kb", min_kb, 1), ("max_kb", max_kb, 1), ("batch", batch, 1),
+                               ("steps", steps, 1), ("workers", workers, 0), ("feed_steps", feed_steps or 0, 0),
+                               ("step_ms", step_ms, 0)):  # fmt: skip
+        if not value >= least:  # NaN too
+            raise SettingsError(f"feed_bench needs {name} >= {least}; got {name}={value}.")
     if min_kb > max_kb:
         raise SettingsError(f"The smallest file ({min_kb} KB) is larger than the largest ({max_kb} KB).")
 
