@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -99,11 +100,13 @@ def norm_split(x: torch.Tensor, norm, bias: torch.Tensor | None = None) -> int |
         if found is not None:
             from ._exact_kernels import norm_silu as fused
 
-            sample = probe(x)
-            got = torch.empty_like(sample)
-            fused(sample, bias, norm.gamma.reshape(-1), float(norm.scale), got, found)
-            del sample
-            if not pytorch_gives(got, x, norm, bias):
+            def kernel() -> torch.Tensor:
+                sample = probe(x)
+                got = torch.empty_like(sample)
+                fused(sample, bias, norm.gamma.reshape(-1), float(norm.scale), got, found)
+                return got
+
+            if not pytorch_gives(kernel, x, norm, bias):
                 found = None
         _SPLITS[key] = found
         record(key, found is not None)
@@ -139,27 +142,31 @@ def norms_given_exact(x: torch.Tensor, norm, bias: torch.Tensor | None = None) -
     contiguous or frame-major in diffusers' decoder (checked once per shape on random values)."""
     from ._exact_kernels import norm_silu as fused
 
-    def check() -> bool:
+    def kernel() -> torch.Tensor:
         sample = probe(x).contiguous(memory_format=CHANNELS_LAST)
         got = torch.empty_like(sample)
         fused(sample, bias, norm.gamma.reshape(-1), float(norm.scale), got, 1, pytorch_norms(sample, bias))
-        del sample
-        return pytorch_gives(got, x, norm, bias)
+        return got
 
-    return checked(("norm given", tuple(x.shape), x.dtype, x.device, bias is not None), check)
+    key = ("norm given", tuple(x.shape), x.dtype, x.device, bias is not None)
+    return checked(key, lambda: pytorch_gives(kernel, x, norm, bias))
 
 
-def pytorch_gives(got: torch.Tensor, x: torch.Tensor, norm, bias: torch.Tensor | None) -> bool:
-    """Whether ``got`` holds the bits of diffusers' ``silu(norm(probe(x) + bias))`` on both layouts its
-    decoder feeds its norms: contiguous, and frame-major (as a resampler leaves it). One layout at a
-    time, so that a check at a large shape holds few copies of it on top of the decode's memory."""
+def pytorch_gives(kernel: Callable[[], torch.Tensor], x: torch.Tensor, norm, bias: torch.Tensor | None) -> bool:
+    """Whether ``kernel()`` (the fused kernel run on ``probe(x)``) gives the bits of diffusers'
+    ``silu(norm(probe(x) + bias))`` on both layouts its decoder feeds its norms: contiguous, and
+    frame-major (as a resampler leaves it). One layout at a time, PyTorch's result made before the
+    kernel's and each dropped once compared, so that a check at a large shape holds few copies of it on
+    top of the decode's memory (diffusers' norm makes float32 copies of its own)."""
     for frame_major in (False, True):
         layout = probe(x)
         if frame_major:
             layout = layout.transpose(1, 2).contiguous().transpose(1, 2)
         want = F.silu(norm(added(layout, bias)))  # layout is this check's own: the bias goes in place
         del layout
-        if not same_bits(got, want):
+        same = same_bits(kernel(), want)
+        del want
+        if not same:
             return False
     return True
 
