@@ -20,11 +20,10 @@ import time
 
 import torch
 from decoder_speed import chunked
-from gpu_power import PowerWatch
+from gpu_power import alternated
 from script_inputs import random_case
 
 from framepipe import to_uint8_frames
-from framepipe._accounting import GpuMeter
 from framepipe._decoder import WanDecoderStep
 
 GOALS = {"float32": 1.4, "bfloat16": 1.8}  # issue #21: the exact decoder's speed-up over vae.decode
@@ -76,19 +75,9 @@ def case(arch: str, dtype: str, size: tuple[int, int], runs: int) -> dict:
         }
         for run in ways.values():  # warm-up
             run()
-        seconds: dict[str, list[float]] = {name: [] for name in ways}
-        power: dict[str, list[dict]] = {name: [] for name in ways}
-        meter = GpuMeter(z.device)
-        try:
-            watch = PowerWatch(meter)
-            for _ in range(runs):  # alternated, so drift hits all alike
-                for name, run in ways.items():
-                    took, figures = watch.run(run)
-                    seconds[name].append(took)
-                    power[name].append(figures)
-            row["power_limit_watts"], row["max_sm_mhz"] = watch.limit_watts(), watch.max_sm_mhz()
-        finally:
-            meter.close()
+        timed = alternated(ways, runs, z.device)
+        seconds, power = timed["seconds"], timed["power"]
+        row["power_limit_watts"], row["max_sm_mhz"] = timed["power_limit_watts"], timed["max_sm_mhz"]
     best = {name: min(v) for name, v in seconds.items()}
     row["seconds"] = {name: round(v, 4) for name, v in best.items()}
     row["all_seconds"] = {name: [round(x, 4) for x in v] for name, v in seconds.items()}

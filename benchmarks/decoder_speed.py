@@ -24,12 +24,11 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from gpu_power import PowerWatch
+from gpu_power import alternated
 from gpu_timing import peak
 from script_inputs import random_case
 
 from framepipe import to_uint8_frames
-from framepipe._accounting import GpuMeter
 from framepipe._equivalence import chosen_ways, same_bits, verified_equivalences
 from framepipe._fused import norm_silu_is_exact
 from framepipe._graphs import StepGraphs
@@ -136,21 +135,11 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
         decoders = ("diffusers", "framepipe", "fast", *GRAPHED)
         for name in decoders:  # warm-up
             chunked(vae, z, name)
-        times: dict[str, list[float]] = {"vae.decode": [], **{name: [] for name in decoders}}
-        power: dict[str, list[dict]] = {name: [] for name in times}
-        meter = GpuMeter(z.device)
-        try:
-            watch = PowerWatch(meter)
-            for _ in range(runs):  # alternated, so drift hits all alike
-                for name in times:
-                    run = (lambda: to_uint8_frames(vae.decode(z).sample)) if name == "vae.decode" else (
-                        lambda n=name: chunked(vae, z, n))  # fmt: skip
-                    seconds, figures = watch.run(run)
-                    times[name].append(seconds)
-                    power[name].append(figures)
-            row["power_limit_watts"], row["max_sm_mhz"] = watch.limit_watts(), watch.max_sm_mhz()
-        finally:
-            meter.close()
+        decodes = {"vae.decode": lambda: to_uint8_frames(vae.decode(z).sample),
+                   **{name: lambda n=name: chunked(vae, z, n) for name in decoders}}  # fmt: skip
+        timed = alternated(decodes, runs, z.device)
+        times, power = timed["seconds"], timed["power"]
+        row["power_limit_watts"], row["max_sm_mhz"] = timed["power_limit_watts"], timed["max_sm_mhz"]
         row["seconds"] = {k: round(min(v), 4) for k, v in times.items()}
         row["power"] = {name: means(runs_figures) for name, runs_figures in power.items()}  # over the runs
         row["all_seconds"] = {k: [round(x, 4) for x in v] for k, v in times.items()}

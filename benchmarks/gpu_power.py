@@ -85,3 +85,23 @@ class PowerWatch:
         if throttled is not None and throttled_after is not None:
             figures["power_throttled_share"] = round((throttled_after - throttled) / 1e9 / seconds, 3)
         return seconds, figures
+
+
+def alternated(ways: dict[str, Callable[[], object]], runs: int, device: torch.device) -> dict:
+    """Each of ``ways`` run ``runs`` times, alternated so that drift hits all alike, each run timed with
+    what the card drew (``PowerWatch.run``): {"seconds": {name: [s, ...]}, "power": {name: [figures,
+    ...]}, "power_limit_watts": W, "max_sm_mhz": MHz}."""
+    seconds: dict[str, list[float]] = {name: [] for name in ways}
+    power: dict[str, list[dict]] = {name: [] for name in ways}
+    meter = GpuMeter(device)
+    try:
+        watch = PowerWatch(meter)
+        for _ in range(runs):
+            for name, run in ways.items():
+                took, figures = watch.run(run)
+                seconds[name].append(took)
+                power[name].append(figures)
+        return {"seconds": seconds, "power": power, "power_limit_watts": watch.limit_watts(),
+                "max_sm_mhz": watch.max_sm_mhz()}  # fmt: skip
+    finally:
+        meter.close()
