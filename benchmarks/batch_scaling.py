@@ -24,7 +24,7 @@ import torch
 from safetensors.torch import save_file
 from script_inputs import add_encoder_arguments, latents_shape
 
-from framepipe._source import CONTENTS
+from framepipe._choices import CONTENTS
 
 
 def main() -> None:

@@ -6,7 +6,11 @@ Decoding needs ``framepipe[video]``; the training side's data loading lives in `
 and needs neither diffusers nor PyAV.
 """
 
-from ._api import DecodeResult, decode, decode_many
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
 from ._errors import (
     CheckpointError,
     DataError,
@@ -20,21 +24,53 @@ from ._errors import (
     ShardError,
     TooLargeError,
 )
-from ._latents import check_latents, denormalize, latent_shape, load_latents, random_latents
-from ._models import ARCHITECTURES, EMBEDDED_VAE, embedded_vae, load_vae, random_vae
-from ._postprocess import to_uint8_frames
-from ._source import decode_chunks
-from ._split import SplitDecoder
-from .sinks import (
-    ArraySink,
-    NpySink,
-    PngFolderSink,
-    SegmentedVideoSink,
-    Sink,
-    VideoFileSink,
-    VideoSettings,
-    open_sink,
-)
+
+# The rest of the public API, by the module that owns each name: imported at first use, so that
+# ``framepipe --help``, the data commands and their worker processes start without torch.
+_MODULES = {
+    "._api": ("DecodeResult", "decode", "decode_many"),
+    "._latents": ("check_latents", "denormalize", "latent_shape", "load_latents", "random_latents"),
+    "._models": ("ARCHITECTURES", "EMBEDDED_VAE", "embedded_vae", "load_vae", "random_vae"),
+    "._postprocess": ("to_uint8_frames",),
+    "._source": ("decode_chunks",),
+    "._split": ("SplitDecoder",),
+    ".sinks": ("ArraySink", "NpySink", "PngFolderSink", "SegmentedVideoSink", "Sink", "VideoFileSink",
+               "VideoSettings", "open_sink"),
+}  # fmt: skip
+_OWNERS = {name: module for module, names in _MODULES.items() for name in names}
+
+
+def __getattr__(name: str) -> object:
+    """A public name's value, its module imported on first use (PEP 562)."""
+    if name not in _OWNERS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_OWNERS[name], __name__), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, the ones not yet imported included."""
+    return sorted({*globals(), *_OWNERS})
+
+
+if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from ._api import DecodeResult, decode, decode_many
+    from ._latents import check_latents, denormalize, latent_shape, load_latents, random_latents
+    from ._models import ARCHITECTURES, EMBEDDED_VAE, embedded_vae, load_vae, random_vae
+    from ._postprocess import to_uint8_frames
+    from ._source import decode_chunks
+    from ._split import SplitDecoder
+    from .sinks import (
+        ArraySink,
+        NpySink,
+        PngFolderSink,
+        SegmentedVideoSink,
+        Sink,
+        VideoFileSink,
+        VideoSettings,
+        open_sink,
+    )
 
 __version__ = "0.1.0"
 

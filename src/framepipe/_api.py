@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import torch
 
-from ._decoder import DECODERS
+from ._choices import DECODERS
 from ._errors import GPU_OUT_OF_MEMORY, DeviceError, LatentsError, OutputError, SettingsError
 from ._latents import LATENT_FORMATS, LatentFormat, check_latents, denormalize, load_latents, looks_raw
 from ._models import load_vae, model_name, resolve_device

@@ -42,9 +42,6 @@ from ._resampling import shortcut_added, subpixel_conv, subpixel_fits, upsampled
 if TYPE_CHECKING:
     from diffusers import AutoencoderKLWan
 
-DECODERS = ("framepipe", "diffusers", "fast")  # fast: framepipe's, convolutions free to change bits
-
-
 _CACHE_T = 2  # frames of history a causal 3x3x3 convolution reads (diffusers' CACHE_T)
 
 

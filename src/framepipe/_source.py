@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ._decoder import DECODERS, WanDecoderStep
+from ._choices import DECODERS
+from ._decoder import WanDecoderStep
 from ._errors import GPU_OUT_OF_MEMORY, CheckpointError, DeviceError, SettingsError
 from ._graphs import StepGraphs, graphable
 from ._optional import require
@@ -25,11 +26,6 @@ if TYPE_CHECKING:
 
 #: What makes a video's chunks, called as ``decode_chunks`` is: ``decode_chunks`` or ``ProceduralChunks()``.
 ChunkSource = Callable[..., Iterator[torch.Tensor]]
-#: What the encoders may be given (bench, batch), and how a report names it.
-CONTENTS = {
-    "decoded": "the VAE's output",
-    "procedural": "procedural clips of the decoded size (encode like real video); the GPU decodes the latents",
-}
 
 
 @dataclass(frozen=True)

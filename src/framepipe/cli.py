@@ -21,10 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from ._argtypes import whole_number
-from ._decoder import DECODERS
+from ._choices import CONTENTS, DECODERS
 from ._errors import FramepipeError, OutputError, SettingsError
 from ._paths import removed_if_unused
-from ._source import CONTENTS
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130

@@ -13,10 +13,11 @@ from typing import Any
 
 from .._accounting import GpuMeter
 from .._api import decode, prepare_latents
+from .._choices import CONTENTS
 from .._device_worker import DecodedVideo, DeviceWorker, VideoOrder, failure_message
 from .._errors import FramepipeError, SettingsError
 from .._latents import check_one_video, load_latents
-from .._source import CONTENTS, ChunkSource, ProceduralChunks
+from .._source import ChunkSource, ProceduralChunks
 from ..sinks import VideoSettings
 from ._destination import fetch_latents
 from ._plan import BatchTask

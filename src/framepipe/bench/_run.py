@@ -33,12 +33,12 @@ import numpy as np
 import torch
 
 from .._api import decode, decode_many
-from .._decoder import DECODERS
+from .._choices import CONTENTS, DECODERS
 from .._errors import SettingsError
 from .._latents import denormalize
 from .._pipeline import numbered_chunks
 from .._postprocess import to_uint8_frames
-from .._source import CONTENTS, ProceduralChunks, decode_chunks, geometry
+from .._source import ProceduralChunks, decode_chunks, geometry
 from .._trace import PipelineTrace, stage
 from ..sinks import Sink, VideoSettings, open_sink, parse_segment_frames
 from ._cost import FORMULA

@@ -6,13 +6,47 @@ of the training step (``Loader``). ``snapshot``/``restore`` freeze a dataset ver
 up in another bucket or endpoint.
 """
 
-from ._cache import ShardCache
-from ._dataset import ShardedDataset
-from ._loader import Loader
-from ._pack import PackResult, pack
-from ._shards import DatasetIndex, ShardInfo
-from ._snapshot import TransferResult, restore, snapshot
-from ._store import open_store
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING
+
+# The public API, by the module that owns each name: imported at first use, so that ``framepipe pack``
+# and its worker processes start without torch (only the dataset and the loader need it).
+_MODULES = {
+    "._cache": ("ShardCache",),
+    "._dataset": ("ShardedDataset",),
+    "._loader": ("Loader",),
+    "._pack": ("PackResult", "pack"),
+    "._shards": ("DatasetIndex", "ShardInfo"),
+    "._snapshot": ("TransferResult", "restore", "snapshot"),
+    "._store": ("open_store",),
+}
+_OWNERS = {name: module for module, names in _MODULES.items() for name in names}
+
+
+def __getattr__(name: str) -> object:
+    """A public name's value, its module imported on first use (PEP 562)."""
+    if name not in _OWNERS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(_OWNERS[name], __name__), name)
+    globals()[name] = value  # found directly from now on
+    return value
+
+
+def __dir__() -> list[str]:
+    """The module's names, the ones not yet imported included."""
+    return sorted({*globals(), *_OWNERS})
+
+
+if TYPE_CHECKING:  # what the names are, for type checkers and editors
+    from ._cache import ShardCache
+    from ._dataset import ShardedDataset
+    from ._loader import Loader
+    from ._pack import PackResult, pack
+    from ._shards import DatasetIndex, ShardInfo
+    from ._snapshot import TransferResult, restore, snapshot
+    from ._store import open_store
 
 __all__ = [
     "DatasetIndex",

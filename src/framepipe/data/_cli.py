@@ -74,17 +74,12 @@ def add_parsers(sub) -> None:
     f.add_argument("--feed-steps", type=whole_number(0), default=0,
                    help="batches for the feed-rate phase (default 0: one whole epoch)")  # fmt: skip
     f.add_argument("--loader-workers", type=whole_number(0), default=4, help="DataLoader worker processes (default 4)")
-    f.add_argument("--modes", default=",".join(_modes()), help="comma-separated subset of the modes")
+    f.add_argument("--modes", default=None,
+                   help="comma-separated subset of the modes (default: all five; the report names them)")  # fmt: skip
     f.add_argument("--workdir", default=None, help="keep local shards and caches here (default: a temp folder)")
     f.add_argument("--endpoint-url", default=None, help="use this S3 server (default: start a local SeaweedFS)")
     f.add_argument("--quiet", action="store_true", help="no progress or summary")
     f.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
-
-
-def _modes():
-    from ._feedbench import MODES
-
-    return MODES
 
 
 def _progress(args, unit: str):
@@ -147,7 +142,7 @@ def _feed_bench(args: argparse.Namespace) -> int:
     from .._errors import FramepipeError
     from ._feedbench import MODES, feed_bench
 
-    modes = tuple(m.strip() for m in args.modes.split(",") if m.strip())
+    modes = MODES if args.modes is None else tuple(m.strip() for m in args.modes.split(",") if m.strip())
     unknown = [m for m in modes if m not in MODES]
     if unknown:
         raise FramepipeError(f"unknown --modes {', '.join(unknown)}; choose from {', '.join(MODES)}")

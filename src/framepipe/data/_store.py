@@ -180,10 +180,10 @@ def s3_process_pool(workers: int) -> ProcessPoolExecutor:
     """Processes for many small S3 requests (boto3 spends each mostly under the interpreter lock),
     started from a fresh single-threaded server: a child forked from a process with other threads
     (a progress bar's, Ray's) can inherit a lock one of them held and wait for it forever (seen in the
-    test suite, 2026-11-30). The server imports the data side once, so that its children start with
-    it (each imported torch on its own before: 3.5 s of CPU a worker, 8 workers to pack)."""
+    test suite, 2026-11-30). The server imports the packing code and boto3 once, so that its children
+    start with them (0.5-1 s of CPU a worker otherwise; 3.5 s when the package imported torch)."""
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["__main__", "framepipe.data"])  # no effect once the server runs
+    context.set_forkserver_preload(["__main__", "framepipe.data._pack", "boto3"])  # no effect once it runs
     return ProcessPoolExecutor(workers, mp_context=context)
 
 

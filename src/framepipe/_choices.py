@@ -1,0 +1,14 @@
+"""The names a user chooses among, shared by the library and the command line: importable without
+torch, so that ``framepipe --help`` and the data commands start at once."""
+
+from __future__ import annotations
+
+#: The decoders: framepipe's step (diffusers' bits), diffusers' own forward, and framepipe's fast one
+#: (its convolutions free to change bits: opt-in).
+DECODERS = ("framepipe", "diffusers", "fast")
+
+#: What the encoders may be given (bench, batch), and how a report names it.
+CONTENTS = {
+    "decoded": "the VAE's output",
+    "procedural": "procedural clips of the decoded size (encode like real video); the GPU decodes the latents",
+}
