@@ -1,4 +1,7 @@
-"""Shared by the tests: writing frames through a sink, and the reference decode."""
+"""Shared by the tests: writing frames through a sink, the reference decode, a command line that
+takes Ctrl-C."""
+
+import sys
 
 import torch
 
@@ -29,3 +32,14 @@ def diffusers_frames(vae, latents: torch.Tensor, *, latent_format="pipeline") ->
     with torch.no_grad():
         video = vae.decode(z).sample
     return to_uint8_frames(video).cpu()
+
+
+# A process started in the background by a non-interactive shell (CI scripts, `make test &`) inherits
+# SIGINT ignored, and Python then leaves it ignored: a test that sends Ctrl-C has its child take it back.
+TAKES_CTRL_C = "import signal; signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+
+
+def framepipe_command(*args) -> list[str]:
+    """``python -m framepipe ARGS``, in a process that takes Ctrl-C whatever its parent ignores."""
+    code = TAKES_CTRL_C + "import runpy; runpy.run_module('framepipe', run_name='__main__')"
+    return [sys.executable, "-c", code, *map(str, args)]

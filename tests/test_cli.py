@@ -17,7 +17,7 @@ from conftest import small_latents, small_vae
 from framepipe import EncoderError, VideoFileSink
 from framepipe import decode as framepipe_decode
 from framepipe.cli import main
-from helpers import diffusers_frames
+from helpers import TAKES_CTRL_C, diffusers_frames, framepipe_command
 
 
 @pytest.fixture
@@ -256,12 +256,8 @@ def test_real_process_error_has_no_traceback(tmp_path):
 def test_ctrl_c_and_sigterm_end_cleanly(tmp_path, sig, code, words):
     # SIGTERM is what timeout, Slurm, Kubernetes and docker stop send: it ends a run as Ctrl-C does.
     save_file({"latents": torch.randn(1, 16, 40, 8, 8)}, tmp_path / "z.safetensors")
-    # A process started in the background by a non-interactive shell inherits SIGINT ignored, and
-    # Python then keeps it ignored; the child takes it back so the test does not depend on that.
-    interruptible = "import signal, runpy; signal.signal(signal.SIGINT, signal.default_int_handler); "
     proc = subprocess.Popen(
-        [sys.executable, "-c", interruptible + "runpy.run_module('framepipe', run_name='__main__')",
-         "decode", "z.safetensors", "-o", "out.mp4", "--arch", "tiny-wan2.1", "--device", "cpu"],
+        framepipe_command("decode", "z.safetensors", "-o", "out.mp4", "--arch", "tiny-wan2.1", "--device", "cpu"),
         cwd=tmp_path, env={**os.environ, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True,
     )  # fmt: skip
@@ -366,7 +362,7 @@ def test_ctrl_c_inside_one_long_native_operation_ends_within_the_grace(tmp_path)
     this process's work in progress removed and one line said."""
     script = tmp_path / "long.py"
     script.write_text(
-        "import sys, torch\n"
+        TAKES_CTRL_C + "import sys, torch\n"
         "from pathlib import Path\n"
         "from framepipe import _watchdog\n"
         "from framepipe._paths import temporary_sibling\n"

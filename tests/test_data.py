@@ -15,6 +15,7 @@ from framepipe import DataError, ShardError
 from framepipe.cli import main
 from framepipe.data import Loader, ShardedDataset, open_store, pack, restore, snapshot
 from framepipe.data._shards import INDEX_NAME, DatasetIndex
+from helpers import framepipe_command
 
 
 def _tree(root, n=300, seed=0):
@@ -489,9 +490,8 @@ def test_missing_s3_credentials_are_one_line():
 
 def test_local_s3_command_serves_until_interrupted(tmp_path, monkeypatch):
     import subprocess
-    import sys
 
-    proc = subprocess.Popen([sys.executable, "-m", "framepipe", "local-s3"], stdout=subprocess.PIPE,
+    proc = subprocess.Popen(framepipe_command("local-s3"), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)  # fmt: skip
     try:
         line = proc.stdout.readline()  # the export line, once the server answers
