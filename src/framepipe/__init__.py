@@ -8,7 +8,6 @@ and needs neither diffusers nor PyAV.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
 
 from ._errors import (
@@ -24,6 +23,7 @@ from ._errors import (
     ShardError,
     TooLargeError,
 )
+from ._lazy import public_names
 
 # The rest of the public API, by the module that owns each name: imported at first use, so that
 # ``framepipe --help``, the data commands and their worker processes start without torch.
@@ -37,22 +37,7 @@ _MODULES = {
     ".sinks": ("ArraySink", "NpySink", "PngFolderSink", "SegmentedVideoSink", "Sink", "VideoFileSink",
                "VideoSettings", "open_sink"),
 }  # fmt: skip
-_OWNERS = {name: module for module, names in _MODULES.items() for name in names}
-
-
-def __getattr__(name: str) -> object:
-    """A public name's value, its module imported on first use (PEP 562)."""
-    if name not in _OWNERS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_OWNERS[name], __name__), name)
-    globals()[name] = value  # found directly from now on
-    return value
-
-
-def __dir__() -> list[str]:
-    """The module's names, the ones not yet imported included."""
-    return sorted({*globals(), *_OWNERS})
-
+__getattr__, __dir__ = public_names(__name__, _MODULES)
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from ._api import DecodeResult, decode, decode_many

@@ -8,8 +8,9 @@ up in another bucket or endpoint.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING
+
+from .._lazy import public_names
 
 # The public API, by the module that owns each name: imported at first use, so that ``framepipe pack``
 # and its worker processes start without torch (only the dataset and the loader need it).
@@ -22,22 +23,7 @@ _MODULES = {
     "._snapshot": ("TransferResult", "restore", "snapshot"),
     "._store": ("open_store",),
 }
-_OWNERS = {name: module for module, names in _MODULES.items() for name in names}
-
-
-def __getattr__(name: str) -> object:
-    """A public name's value, its module imported on first use (PEP 562)."""
-    if name not in _OWNERS:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(_OWNERS[name], __name__), name)
-    globals()[name] = value  # found directly from now on
-    return value
-
-
-def __dir__() -> list[str]:
-    """The module's names, the ones not yet imported included."""
-    return sorted({*globals(), *_OWNERS})
-
+__getattr__, __dir__ = public_names(__name__, _MODULES)
 
 if TYPE_CHECKING:  # what the names are, for type checkers and editors
     from ._cache import ShardCache
