@@ -19,6 +19,7 @@ from framepipe import DeviceError, SettingsError
 from framepipe.batch import JOURNAL_NAME, BatchOptions, Journal, file_digest, plan_batch, run_batch
 from framepipe.cli import main
 from framepipe.sinks import VideoSettings
+from helpers import framepipe_command
 
 FAST = BatchOptions(video=VideoSettings(preset="ultrafast"))
 
@@ -379,8 +380,8 @@ def test_kill_minus_9_at_random_moments_loses_nothing(tmp_path, vae_folder):
     then run to the end: every output exists once, matches its journal entry, and decodes to the
     right number of frames."""
     _latents(tmp_path / "in", 8, frames=6)
-    command = [sys.executable, "-m", "framepipe", "batch", str(tmp_path / "in"), "-o", str(tmp_path / "out"),
-               "--vae", str(vae_folder), "--preset", "ultrafast", "--quiet"]  # fmt: skip
+    command = framepipe_command("batch", tmp_path / "in", "-o", tmp_path / "out", "--vae", vae_folder,
+                                "--preset", "ultrafast", "--quiet")  # fmt: skip
     rng = random.Random(7)
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     journal = tmp_path / "out" / JOURNAL_NAME

@@ -237,7 +237,7 @@ def test_a_failure_inside_pyav_is_one_line(setup, capsys, monkeypatch, where, no
 
 def _subprocess(args, cwd, **kw):
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "framepipe", *map(str, args)], cwd=cwd, env=env,
+    return subprocess.Popen(framepipe_command(*args), cwd=cwd, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)  # fmt: skip
 
 
@@ -273,8 +273,8 @@ def test_ctrl_c_and_sigterm_end_cleanly(tmp_path, sig, code, words):
 
 def test_a_later_run_removes_what_a_killed_run_left(tmp_path):
     save_file({"latents": torch.randn(1, 16, 20, 8, 8)}, tmp_path / "z.safetensors")  # seconds: killed mid-run
-    args = [sys.executable, "-m", "framepipe", "decode", "z.safetensors", "-o", "out.mp4", "--arch", "tiny-wan2.1",
-            "--device", "cpu", "--quiet"]  # fmt: skip
+    args = framepipe_command("decode", "z.safetensors", "-o", "out.mp4", "--arch", "tiny-wan2.1", "--device", "cpu",
+                             "--quiet")  # fmt: skip
     proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not list(tmp_path.glob(".out.mp4.*")):

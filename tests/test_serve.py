@@ -6,7 +6,6 @@ import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 
@@ -16,6 +15,7 @@ import torch
 from safetensors.torch import save, save_file
 
 from conftest import small_latents, small_vae
+from helpers import framepipe_command
 
 httpx = pytest.importorskip("httpx")
 uvicorn = pytest.importorskip("uvicorn")
@@ -205,8 +205,8 @@ def test_bearer_token(tmp_path, vae_folder):
 def test_a_restarted_service_finishes_every_accepted_job(tmp_path, vae_folder):
     """The service is killed (SIGKILL) with jobs queued and running, then started again."""
     port = _free_port()
-    command = [sys.executable, "-m", "framepipe", "serve", "--vae", str(vae_folder), "--port", str(port),
-               "--state-dir", str(tmp_path / "state"), "--preset", "ultrafast", "--device", "cpu"]  # fmt: skip
+    command = framepipe_command("serve", "--vae", vae_folder, "--port", port, "--state-dir", tmp_path / "state",
+                                "--preset", "ultrafast", "--device", "cpu")  # fmt: skip
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     url = f"http://127.0.0.1:{port}"
 
