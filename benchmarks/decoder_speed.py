@@ -33,6 +33,7 @@ from framepipe._equivalence import chosen_ways, same_bits, verified_equivalences
 from framepipe._fused import norm_silu_is_exact
 from framepipe._graphs import StepGraphs
 from framepipe._source import decode_chunks
+from framepipe._window_conv import WindowTile
 
 KINDS = [  # (kind, substrings of kernel names), first match wins
     ("fused kernels (Triton)", ("norm_silu", "bias_residual", "subpixel_place")),
@@ -170,6 +171,9 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
             name: [sum(way is True for e, way in ways if e == exact), sum(e == exact for e, _ in ways)]
             for name, exact in (("framepipe", True), ("fast", False))
         }
+        row["fast_conv_shapes_window"] = [  # [shapes the fast decoder computes with its own kernel, shapes]
+            sum(isinstance(way, WindowTile) for e, way in ways if not e), sum(not e for e, _ in ways)
+        ]
         resamplers = [way for k, way in chosen if k[0] == "resample" and vae.dtype in k]
         row["fast_resamplers_subpixel"] = [resamplers.count("subpixel"), len(resamplers)]
         attentions = [way for k, way in chosen if k[0] == "attention" and vae.dtype in k]

@@ -12,8 +12,8 @@ channels padded to cuDNN's tile (``padded_channels``) where that is faster and k
 (``fastest_way``). Each is checked bit for bit against PyTorch on the device, per shape, before
 first use (``_equivalence.py``); where a check fails, that step runs as diffusers runs it. The
 attention runs diffusers' module. The fast decoder (``exact=False``, opt-in) takes each
-convolution's fastest way whatever its bits, and runs a resampler sub-pixel where that is faster
-(``_resampling.py``).
+convolution's fastest way whatever its bits (its own Triton kernel's among them, ``_window_conv.py``),
+and runs a resampler sub-pixel where that is faster (``_resampling.py``).
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from ._layouts import (
     silu_into,
 )
 from ._resampling import shortcut_added, subpixel_conv, subpixel_fits, upsampled
+from ._window_conv import WindowTile, window_convolved, window_tiles
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKLWan
@@ -239,29 +240,36 @@ class WanDecoderStep:
         """``conv`` (a Conv3d without padding of its own, or a Conv2d) over ``x``, and the part of its
         bias still to be added (None: none). Channels-last, computed with its output channels padded
         to cuDNN's tile (``padded_channels``) or not: whichever is faster of the ways that give the
-        channel-first convolution's bits for these shapes (any way for the fast decoder), the bias
-        then left to the caller if ``defer_bias`` (PyTorch adds it after cuDNN's convolution, with
-        ``add_``); channel-first where none does."""
+        channel-first convolution's bits for these shapes (the fast decoder: any way, its own Triton
+        kernel's tiles too, ``_window_conv.py``), the bias then left to the caller if ``defer_bias``
+        (PyTorch adds it after cuDNN's convolution, with ``add_``); channel-first where none does."""
         if not self.channels_last:
             return conv._conv_forward(x, conv.weight, conv.bias), None
         bias = conv.bias if defer_bias else None
 
-        def run(x: torch.Tensor, padded: bool) -> torch.Tensor:
+        def run(x: torch.Tensor, way: bool | WindowTile) -> torch.Tensor:
+            padded = way is True
             if (conv, padded) not in self.copies:  # its parameters do not change while a video decodes
                 self.copies[conv, padded] = conv_copies(conv, padded)
             weight, full_bias = self.copies[conv, padded]
-            out = conv._conv_forward(x.contiguous(memory_format=channels_last_format(x.dim())), weight,
-                                     None if defer_bias else full_bias)  # fmt: skip
+            x = x.contiguous(memory_format=channels_last_format(x.dim()))
+            if isinstance(way, WindowTile):
+                return window_convolved(x, weight, None if defer_bias else full_bias, way)
+            out = conv._conv_forward(x, weight, None if defer_bias else full_bias)
             return out[:, : conv.out_channels] if padded else out
 
-        ways = (False, True) if padded_channels(conv.out_channels) != conv.out_channels else (False,)
+        ways: tuple[bool | WindowTile, ...] = (False,)
+        if padded_channels(conv.out_channels) != conv.out_channels:
+            ways += (True,)
+        if not self.exact:
+            ways += window_tiles(conv, x)
         key = ("conv", tuple(x.shape), tuple(conv.weight.shape), x.dtype, x.device, defer_bias, self.exact)
         # drawn once, and only for a shape not yet checked; held channels-last, as the ways read it
         sample = functools.cache(lambda: probe(x).contiguous(memory_format=channels_last_format(x.dim())))
         way = fastest_way(
             key,
             lambda: conv._conv_forward(sample().contiguous(), conv.weight, conv.bias),  # as diffusers: channel-first
-            lambda padded: added(run(sample(), padded), bias),
+            lambda way: added(run(sample(), way), bias),
             ways,
             device=x.device,
             exact=self.exact,

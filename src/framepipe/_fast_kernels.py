@@ -1,9 +1,11 @@
-"""The fast decoder's Triton kernel for Wan's channel RMS norm + SiLU, free of PyTorch's bits.
+"""The fast decoder's Triton kernels, free of PyTorch's bits: Wan's channel RMS norm + SiLU, and a
+3x3x3 convolution of a zero-bordered channels-last window.
 
 ``_exact_kernels.norm_silu`` repeats PyTorch's summation order and roundings, so it reads each pixel's
 channels in slices, twice, and divides with IEEE division. Here one program holds whole pixels (all
 their channels, contiguous channels-last) in registers: one read, the sum of squares as a tree, one
-reciprocal a pixel, float32 throughout with one rounding at the store. Imported only where Triton is.
+reciprocal a pixel, float32 throughout with one rounding at the store. The convolution: Note [Window
+convolution] below. Imported only where Triton is.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 VALUES = 4096  # values (pixels x channels, channels rounded up to a power of two) per program
 WARPS = 4
@@ -51,3 +54,71 @@ def norm_silu_free(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tens
         x, x if bias is None else bias, gamma, out, c, t, h, w, *x.stride(), *out.stride(), scale, 1e-12,
         HAS_BIAS=bias is not None, P=pixels, BC=channels, num_warps=WARPS,
     )  # fmt: skip
+
+
+# Note [Window convolution]
+# A causal convolution's input window [T, H, W, C] (channels-last, one video, its zero border written)
+# is a [T * H * W, C] matrix whose row p + dt * H * W + dh * W + dw is tap (dt, dh, dw) of the output
+# computed at row p. So over the window's own grid the convolution is one GEMM of K = 27 * C: for each
+# tap, a block of rows shifted by that tap's offset, times the tap's [C, Co] weights. The grid's last
+# two columns and rows of each frame are not outputs (their taps wrap into the next row or frame):
+# computed and not stored. Both operands come in by TMA (rows past the end read as zeros), the weights
+# straight from the channels-last copy the convolutions keep ([Co, 3, 3, 3, C] is [Co, 27 * C]).
+# Programs run the frames of one block of rows one after another (then its output channel tiles), so
+# the rows the three frame taps share are read from L2, not memory, again. cuDNN's kernels take 96 or
+# 192 output channels in tiles 32 wide or pad them to 128 channels of input and output; here only the
+# output channels are rounded up to the tile (BN), and the sum runs in float32 with one rounding at
+# the store, the bias (if given) added first.
+
+
+@triton.jit(do_not_specialize=["HW", "W", "H_out", "W_out", "T_out", "tiles_n"])
+def _window_conv(a_desc, b_desc, o_ptr, bias_ptr, C, HW, W, H_out, W_out, T_out, Co, tiles_n,
+                 HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
+                 PRECISION: tl.constexpr):  # fmt: skip
+    pid = tl.program_id(0)
+    n0 = (pid % tiles_n) * BN
+    t = (pid // tiles_n) % T_out
+    q0 = (pid // tiles_n // T_out) * BM  # the block's first row within a frame of the window's grid
+    m0 = t * HW + q0
+    slices = C // BK
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for k in range(27 * slices):
+        tap = k // slices
+        c0 = (k % slices) * BK
+        shift = (tap // 9) * HW + (tap // 3 % 3) * W + tap % 3
+        a = a_desc.load([m0 + shift, c0])
+        b = b_desc.load([n0, tap * C + c0])
+        acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
+    q = q0 + tl.arange(0, BM)
+    h = q // W
+    w = q % W
+    n = n0 + tl.arange(0, BN)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + n, mask=n < Co, other=0.0).to(tl.float32)[None, :]
+    row = ((t * H_out + h) * W_out + w).to(tl.int64)
+    mask = ((h < H_out) & (w < W_out))[:, None] & (n < Co)[None, :]
+    tl.store(o_ptr + row[:, None] * Co + n[None, :], acc.to(o_ptr.dtype.element_ty), mask=mask)
+
+
+def window_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: int, depth: int,
+                warps: int, stages: int) -> torch.Tensor:  # fmt: skip
+    """The 3x3x3 convolution (no padding of its own) of ``x`` [1, C, T, H, W], contiguous channels-last,
+    with ``weight`` [Co, C, 3, 3, 3] contiguous channels-last and ``bias`` (or None): a new [1, Co, T - 2,
+    H - 2, W - 2] tensor, channels-last. Tiles of ``rows`` output pixels by ``depth`` input channels
+    (C a multiple of it); TF32 products for float32."""
+    _, c, t, h, w = x.shape
+    co = weight.shape[0]
+    out = torch.empty((1, co, t - 2, h - 2, w - 2), dtype=x.dtype, device=x.device,
+                      memory_format=torch.channels_last_3d)  # fmt: skip
+    columns = min(128, max(16, triton.next_power_of_2(co)))
+    # views, no copies: channels-last, x is [T * H * W, C] and the weight [Co, 27 * C]
+    a = TensorDescriptor.from_tensor(x.permute(0, 2, 3, 4, 1).view(-1, c), [rows, depth])
+    b = TensorDescriptor.from_tensor(weight.permute(0, 2, 3, 4, 1).view(co, -1), [columns, depth])
+    tiles_n = triton.cdiv(co, columns)
+    grid = (triton.cdiv((h - 2) * w, rows) * (t - 2) * tiles_n,)
+    _window_conv[grid](
+        a, b, out, x if bias is None else bias, c, h * w, w, h - 2, w - 2, t - 2, co, tiles_n,
+        HAS_BIAS=bias is not None, BM=rows, BN=columns, BK=depth,
+        PRECISION="tf32" if x.dtype == torch.float32 else None, num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    return out

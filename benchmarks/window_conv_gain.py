@@ -1,0 +1,105 @@
+"""The fast decoder with and without its own window convolution (``_window_conv.py``), side by side in
+one process: ``vae.decode``; the fast decoder choosing among cuDNN's ways only, each way's call timed
+alone (as it chose before the kernel came); cuDNN's ways only, timed back to back (``seconds``' calls);
+and as shipped (cuDNN's ways and the kernel's tiles, back to back). Alternated, best of ``--runs``, GPU-only
+decode + uint8 conversion; one JSON line per case, with the shapes each variant computes with the kernel
+and the fast decode's uint8 difference from ``vae.decode``.
+
+    python benchmarks/window_conv_gain.py --cases wan2.1:bfloat16:480x832 wan2.1:float32:480x832 --runs 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+import torch
+from gpu_power import alternated
+from script_inputs import machine, random_case
+
+import framepipe._decoder as decoder
+import framepipe._equivalence as equivalence
+from framepipe import to_uint8_frames
+from framepipe._source import decode_chunks
+from framepipe._window_conv import WindowTile
+
+VARIANTS = ("cuDNN, timed alone", "cuDNN", "fast")  # the last: as framepipe ships it
+
+
+def chooser(variant: str, chosen: dict):
+    """``fastest_way`` for ``variant``, its choices kept apart from the other variants'."""
+    ways_of: dict = {}
+    plain, timed = equivalence.fastest_way, equivalence.seconds
+
+    def choose(key, reference, run, ways, **options):
+        if variant != "fast":
+            ways = [way for way in ways if not isinstance(way, WindowTile)]
+        kept, equivalence._WAYS = equivalence._WAYS, ways_of
+        if variant == "cuDNN, timed alone":
+            equivalence.seconds = lambda run, device: timed(run, device, calls=1)
+        try:
+            way = plain(key, reference, run, ways, **options)
+        finally:
+            equivalence._WAYS, equivalence.seconds = kept, timed
+        if key[0] == "conv":
+            chosen[key] = way
+        return way
+
+    return choose
+
+
+def case(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int) -> dict:
+    vae, z = random_case(arch, dtype, size, frames, "cuda")
+    chosen: dict[str, dict] = {variant: {} for variant in VARIANTS}
+    steps = {variant: decoder.WanDecoderStep(vae, exact=False) for variant in VARIANTS}
+    choosers = {variant: chooser(variant, chosen[variant]) for variant in VARIANTS}
+    plain = decoder.fastest_way
+
+    def fast(variant: str, keep: list | None = None) -> None:
+        decoder.fastest_way = choosers[variant]
+        try:
+            for chunk in decode_chunks(vae, z, step=steps[variant]):
+                frames_u8 = to_uint8_frames(chunk)
+                if keep is not None:
+                    keep.append(frames_u8.cpu())
+        finally:
+            decoder.fastest_way = plain
+
+    with torch.inference_mode():
+        shipped: list = []
+        for variant in VARIANTS:  # first use: the choices; then one warm decode
+            fast(variant)
+        fast("fast", shipped)
+        whole = to_uint8_frames(vae.decode(z).sample).cpu()
+        ours = torch.cat(shipped, 1)
+        ways = {"vae.decode": lambda: to_uint8_frames(vae.decode(z).sample)}
+        ways |= {variant: lambda v=variant: fast(v) for variant in VARIANTS}
+        timed = alternated(ways, runs, z.device)
+    best = {name: round(min(s), 4) for name, s in timed["seconds"].items()}
+    return {
+        "arch": arch, "dtype": dtype, "height": size[0], "width": size[1], "frames": frames,
+        "seconds": best, "all_seconds": timed["seconds"],
+        "speedup_vs_vae_decode": {v: round(best["vae.decode"] / best[v], 3) for v in VARIANTS},
+        "window_shapes": {v: [sum(isinstance(w, WindowTile) for w in c.values()), len(c)] for v, c in chosen.items()},
+        "fast_uint8_levels_differing": int((ours.int() - whole.int()).abs().max()),
+        "fast_uint8_share_differing": round(float((ours != whole).float().mean()), 6),
+        "watts": {n: round(sum(f["watts"] for f in figures) / len(figures), 1)
+                  for n, figures in timed["power"].items() if all(f.get("watts") for f in figures)},
+        **machine("cuda"),
+    }  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", nargs="+", default=["wan2.1:bfloat16:480x832"], help="ARCH:DTYPE:HxW")
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    for spec in args.cases:
+        arch, dtype, size = spec.split(":")
+        height, width = map(int, size.split("x"))
+        print(json.dumps(case(arch, dtype, (height, width), args.frames, args.runs)), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""Which convolutions the fast decoder may also compute with its own Triton kernel, and in which tiles
+(Note [Window convolution], ``_fast_kernels.py``). Each tile is one more way ``fastest_way`` times
+against cuDNN's at first use; a shape keeps cuDNN where no tile is clearly faster."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class WindowTile:
+    """One launch configuration of the window convolution: output pixels and input channels a step."""
+
+    rows: int
+    depth: int
+    warps: int
+    stages: int
+
+
+@functools.cache
+def _descriptors() -> bool:
+    """Whether this Triton has host-side tensor descriptors (TMA loads)."""
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def window_tiles(conv: torch.nn.Module, x: torch.Tensor) -> tuple[WindowTile, ...]:
+    """The tiles to time for ``conv`` over the window ``x`` (none where the kernel does not apply): a
+    plain 3x3x3 convolution of one video's window on a Hopper or newer GPU, input channels a multiple
+    of 32, bfloat16, or float32 where cuDNN may use TF32 (the kernel's float32 products are TF32).
+    Two tiles a dtype, the fastest two on a Wan decoder's shapes of the 7 and 6 tried (H200, 2026-12-01)."""
+    fits = (
+        x.is_cuda and x.dim() == 5 and x.shape[0] == 1 and x.shape[1] % 32 == 0
+        and isinstance(conv, torch.nn.Conv3d) and conv.kernel_size == (3, 3, 3) and conv.padding == (0, 0, 0)
+        and conv.stride == (1, 1, 1) and conv.dilation == (1, 1, 1) and conv.groups == 1
+        and (x.dtype == torch.bfloat16 or (x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32))
+    )  # fmt: skip
+    if not fits or torch.cuda.get_device_capability(x.device) < (9, 0) or not _descriptors():
+        return ()
+    if x.dtype == torch.bfloat16:
+        depth = 64 if x.shape[1] % 64 == 0 else 32
+        return WindowTile(256, depth, 8, 4), WindowTile(128, depth, 4, 4)
+    return WindowTile(256, 32, 8, 4), WindowTile(128, 32, 8, 5)
+
+
+def window_convolved(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tile: WindowTile
+) -> torch.Tensor:
+    """The convolution of the window ``x`` (contiguous channels-last) with ``weight`` (channels-last) and
+    ``bias``, in ``tile``: a new channels-last tensor."""
+    from ._fast_kernels import window_conv
+
+    return window_conv(x, weight, bias, tile.rows, tile.depth, tile.warps, tile.stages)

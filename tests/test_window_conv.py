@@ -1,0 +1,96 @@
+"""The fast decoder's own 3x3x3 convolution (``_window_conv.py``, Note [Window convolution]): where it
+applies, and on the GPU its output against the convolution in float64, alone and through decodes."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import small_latents
+from framepipe import _decoder as decoder
+from framepipe._source import decode_chunks
+from framepipe._window_conv import WindowTile, window_convolved, window_tiles
+
+
+def test_the_kernel_is_offered_only_where_it_applies():
+    """Not on the CPU, not for a batch, a padded or strided convolution, or input channels off 32."""
+    conv = torch.nn.Conv3d(64, 64, 3)
+    assert window_tiles(conv, torch.empty(1, 64, 6, 10, 12)) == ()
+    if not torch.cuda.is_available():
+        return
+    on_gpu = torch.empty(1, 64, 6, 10, 12, device="cuda", dtype=torch.bfloat16)
+    if torch.cuda.get_device_capability() < (9, 0):
+        assert window_tiles(conv, on_gpu) == ()
+        return
+    assert window_tiles(conv, on_gpu)
+    assert window_tiles(conv, torch.empty(2, 64, 6, 10, 12, device="cuda", dtype=torch.bfloat16)) == ()
+    assert window_tiles(torch.nn.Conv3d(64, 64, 3, padding=1), on_gpu) == ()
+    assert window_tiles(torch.nn.Conv3d(64, 64, 3, stride=2), on_gpu) == ()
+    assert window_tiles(torch.nn.Conv3d(48, 64, 3), on_gpu[:, :48]) == ()
+    assert window_tiles(torch.nn.Conv3d(64, 64, (1, 3, 3)), on_gpu) == ()
+
+
+def _within(got: torch.Tensor, x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None) -> None:
+    """``got`` against the convolution in float64: one rounding of the output (bfloat16), or TF32's
+    rounding of each product (float32, bounded by the sum of the products' magnitudes)."""
+    want = F.conv3d(x.double(), w.double(), None if b is None else b.double())
+    magnitude = F.conv3d(x.double().abs(), w.double().abs(), None if b is None else b.double().abs())
+    if x.dtype == torch.bfloat16:
+        bound = want.abs() * 2.0**-8 + magnitude * 2.0**-20
+    else:
+        bound = magnitude * 2.0**-10 + want.abs() * 2.0**-23
+    assert got.shape == want.shape
+    assert got.is_contiguous(memory_format=torch.channels_last_3d)
+    assert ((got.double() - want).abs() <= bound).all()
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize(
+    "channels, out_channels, with_bias",
+    [(96, 96, False), (96, 3, True), (64, 192, True), (32, 40, False), (128, 12, False)],
+)
+def test_window_convolution_against_float64(dtype, channels, out_channels, with_bias):
+    """Each tile, output channels under, at and over one tile of 128, sizes off the tiles' multiples."""
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("the window convolution runs on Hopper or newer GPUs")
+    g = torch.Generator(device="cuda").manual_seed(4)
+    x = torch.randn(1, channels, 5, 23, 37, generator=g, device="cuda").to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last_3d)
+    w = (torch.randn(out_channels, channels, 3, 3, 3, generator=g, device="cuda") / 16).to(dtype)
+    b = torch.randn(out_channels, generator=g, device="cuda").to(dtype) if with_bias else None
+    tiles = window_tiles(torch.nn.Conv3d(channels, out_channels, 3), x)
+    assert len(tiles) == 2
+    for tile in tiles:
+        got = window_convolved(x, w.contiguous(memory_format=torch.channels_last_3d), b, tile)
+        _within(got, x, w, b)
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_fast_decoder_with_window_convolutions_stays_close(dtype, monkeypatch):
+    """Every convolution the kernel applies to computed with it, through whole decodes (caches, first
+    and later chunks, both tiles): within a few roundings of diffusers' decoder in the same dtype."""
+    from diffusers import AutoencoderKLWan
+
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("the window convolution runs on Hopper or newer GPUs")
+    torch.manual_seed(0)
+    vae = AutoencoderKLWan(base_dim=32, z_dim=16).eval().requires_grad_(False).to("cuda", dtype)
+    z = small_latents("wan2.1", frames=4, height=10, width=14).to("cuda", dtype)
+    chosen: list[WindowTile] = []
+
+    def choose(key, reference, run, ways, **_):
+        tiles = [way for way in ways if isinstance(way, WindowTile)]
+        if key[0] == "conv" and tiles:
+            chosen.append(tiles[len(chosen) % len(tiles)])
+            return chosen[-1]
+        return ways[0] if ways else None
+
+    monkeypatch.setattr(decoder, "fastest_way", choose)
+    step = decoder.WanDecoderStep(vae, exact=False)
+    with torch.no_grad():
+        ours = [c.clone() for c in decode_chunks(vae, z, step=step)]
+        theirs = [c.clone() for c in decode_chunks(vae, z, decoder="diffusers")]
+    assert step.fused and len({tile.rows for tile in chosen}) == 2  # both tiles
+    worst = max((a.float() - b.float()).abs().max().item() for a, b in zip(ours, theirs, strict=True))
+    assert worst <= (0.25 if dtype == torch.bfloat16 else 0.02)
