@@ -64,11 +64,10 @@ def norm_silu_free(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tens
 # two columns and rows of each frame are not outputs (their taps wrap into the next row or frame):
 # computed and not stored. Both operands come in by TMA (rows past the end read as zeros), the weights
 # straight from the channels-last copy the convolutions keep ([Co, 3, 3, 3, C] is [Co, 27 * C]).
-# Programs run the frames of one block of rows one after another (then its output channel tiles), so
-# the rows the three frame taps share are read from L2, not memory, again. cuDNN's kernels take 96 or
-# 192 output channels in tiles 32 wide or pad them to 128 channels of input and output; here only the
-# output channels are rounded up to the tile (BN), and the sum runs in float32 with one rounding at
-# the store, the bias (if given) added first.
+# Programs take the frames of one block of rows one after another (and, within a frame, its output
+# channel tiles), so that the rows their frame taps share are read close together in time. The output
+# channels are rounded up to the tile (BN), the input channels not (a step of K is 32 or 64 channels
+# of one tap); the sum runs in float32 with one rounding at the store, the bias (if any) added first.
 
 
 @triton.jit(do_not_specialize=["HW", "W", "H_out", "W_out", "T_out", "tiles_n"])
