@@ -332,7 +332,7 @@ def test_procedural_content_needs_random_weights(tmp_path, vae_folder, capsys):
         BatchOptions(content="procedural")
     with pytest.raises(SettingsError, match="random weights"):
         BatchOptions(vae=str(vae_folder), arch="wan2.1", content="procedural")
-    with pytest.raises(SettingsError, match="Unknown content"):
+    with pytest.raises(SettingsError, match="Invalid content"):
         BatchOptions(arch="wan2.1", content="noise")
     assert main(["batch", str(tmp_path), "-o", str(tmp_path / "out"), "--content", "procedural"]) == 1
     assert "error: --content procedural replaces" in capsys.readouterr().err

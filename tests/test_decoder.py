@@ -296,7 +296,7 @@ def test_a_split_wider_than_the_kernels_tree_runs_pytorchs_ops():
 
 
 def test_unknown_decoder_is_a_settings_error():
-    with pytest.raises(SettingsError, match="Unknown decoder 'fastest'"):
+    with pytest.raises(SettingsError, match=r"Invalid decoder \('fastest'\)"):
         next(decode_chunks(small_vae("wan2.1"), small_latents("wan2.1"), decoder="fastest"))
 
 

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import torch
 
-from ._choices import DECODERS
+from ._choices import DECODERS, check_choice
 from ._errors import GPU_OUT_OF_MEMORY, DeviceError, LatentsError, OutputError, SettingsError
 from ._latents import LATENT_FORMATS, LatentFormat, check_latents, denormalize, load_latents, looks_raw
 from ._models import load_vae, model_name, resolve_device
@@ -134,8 +134,7 @@ def decode_many(
     """
     if mode not in MODES:
         raise SettingsError(f"Invalid mode ({mode!r}). Supported values are {', '.join(MODES)}.")
-    if decoder not in DECODERS:
-        raise SettingsError(f"Invalid decoder ({decoder!r}). Supported values are {', '.join(DECODERS)}.")
+    check_choice("decoder", decoder, DECODERS)
     if latent_format not in LATENT_FORMATS:
         raise SettingsError(f"Invalid latent_format ({latent_format!r}). Supported: {', '.join(LATENT_FORMATS)}.")
     if isinstance(concurrent_videos, bool) or not isinstance(concurrent_videos, int) or concurrent_videos < 1:

@@ -3,6 +3,10 @@ torch, so that ``framepipe --help`` and the data commands start at once."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+from ._errors import SettingsError
+
 #: The decoders: framepipe's step (diffusers' bits), diffusers' own forward, and framepipe's fast one
 #: (its convolutions free to change bits: opt-in).
 DECODERS = ("framepipe", "diffusers", "fast")
@@ -12,3 +16,10 @@ CONTENTS = {
     "decoded": "the VAE's output",
     "procedural": "procedural clips of the decoded size (encode like real video); the GPU decodes the latents",
 }
+
+
+def check_choice(what: str, value: object, names: Iterable[str]) -> None:
+    """Refuse ``value`` unless it is one of ``names``, in the one wording every option's refusal uses."""
+    names = tuple(names)
+    if value not in names:
+        raise SettingsError(f"Invalid {what} ({value!r}). Supported values are {', '.join(names)}.")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ._choices import DECODERS
+from ._choices import DECODERS, check_choice
 from ._decoder import WanDecoderStep
 from ._errors import GPU_OUT_OF_MEMORY, CheckpointError, DeviceError, SettingsError
 from ._graphs import StepGraphs, graphable
@@ -83,8 +83,7 @@ def decode_chunks(
     """
     if latent_frames_per_chunk < 1:
         raise SettingsError(f"latent_frames_per_chunk must be >= 1, got {latent_frames_per_chunk}.")
-    if decoder not in DECODERS:
-        raise SettingsError(f"Unknown decoder {decoder!r}; choose one of {', '.join(DECODERS)}.")
+    check_choice("decoder", decoder, DECODERS)
     unpatchify = require("diffusers.models.autoencoders.autoencoder_kl_wan", "video").unpatchify
     patch = vae.config.patch_size
     feat_cache: list[torch.Tensor | None] = [None] * causal_conv_count(vae)

@@ -13,7 +13,7 @@ from typing import Any
 
 from .._accounting import GpuMeter
 from .._api import decode, prepare_latents
-from .._choices import CONTENTS
+from .._choices import CONTENTS, check_choice
 from .._device_worker import DecodedVideo, DeviceWorker, VideoOrder, failure_message
 from .._errors import FramepipeError, SettingsError
 from .._latents import check_one_video, load_latents
@@ -42,8 +42,7 @@ class BatchOptions:
     content: str = "decoded"
 
     def __post_init__(self) -> None:
-        if self.content not in CONTENTS:
-            raise SettingsError(f"Unknown content {self.content!r}; choose one of {', '.join(CONTENTS)}.")
+        check_choice("content", self.content, CONTENTS)
         if self.content == "procedural" and (self.arch is None or self.vae is not None):
             raise SettingsError("--content procedural replaces what the VAE decodes: it is for benchmarks with "
                                 "random weights (--arch, no --vae).")  # fmt: skip

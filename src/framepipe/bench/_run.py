@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from .._api import decode, decode_many
-from .._choices import CONTENTS, DECODERS
+from .._choices import CONTENTS, DECODERS, check_choice
 from .._errors import SettingsError
 from .._latents import denormalize
 from .._pipeline import numbered_chunks
@@ -341,10 +341,8 @@ def run_bench(
     the others in this process and against the same ``gpu-only``. ``async-stream`` runs once for
     each of ``concurrent_videos`` (videos decoding at once), as ``"async-stream [2 at once]"``."""
     video = video or VideoSettings()
-    if content not in CONTENTS:
-        raise SettingsError(f"Invalid content ({content!r}). Supported values are {', '.join(CONTENTS)}.")
-    if decoder not in DECODERS:
-        raise SettingsError(f"Invalid decoder ({decoder!r}). Supported values are {', '.join(DECODERS)}.")
+    check_choice("content", content, CONTENTS)
+    check_choice("decoder", decoder, DECODERS)
     variants = [(spec, encoder_variant(spec, video)) for spec in encoder_variants]
     bad = [m for m in modes if m not in BENCH_MODES]
     if bad:
