@@ -282,8 +282,10 @@ def test_a_later_run_removes_what_a_killed_run_left(tmp_path):
     proc.kill()  # kill -9: nothing can clean up
     proc.communicate(timeout=60)
     assert [p.name.startswith(".out.mp4.") for p in tmp_path.iterdir() if p.name != "z.safetensors"] == [True]
+    save_file({"latents": torch.randn(1, 16, 2, 8, 8)}, tmp_path / "short.safetensors")  # the later run: short
+    args[args.index("z.safetensors")] = "short.safetensors"
     assert subprocess.run(args, cwd=tmp_path, capture_output=True, timeout=300).returncode == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4", "z.safetensors"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.mp4", "short.safetensors", "z.safetensors"]
 
 
 def test_demo(tmp_path):
