@@ -60,10 +60,11 @@ def norm_silu_free(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tens
 # A causal convolution's input window [T, H, W, C] (channels-last, one video, its zero border written)
 # is a [T * H * W, C] matrix whose row p + dt * H * W + dh * W + dw is tap (dt, dh, dw) of the output
 # computed at row p. So over the window's own grid the convolution is one GEMM of K = 27 * C: for each
-# tap, a block of rows shifted by that tap's offset, times the tap's [C, Co] weights. The grid's last
-# two columns and rows of each frame are not outputs (their taps wrap into the next row or frame):
-# computed and not stored. Both operands come in by TMA (rows past the end read as zeros), the weights
-# straight from the channels-last copy the convolutions keep ([Co, 3, 3, 3, C] is [Co, 27 * C]).
+# tap, a block of rows shifted by that tap's offset, times the tap's [C, Co] weights. Blocks of rows
+# cover each frame's first H - 2 rows of the grid; the last two columns of each row are not outputs
+# (their taps wrap into the next row): computed and not stored. Both operands come in by TMA (rows
+# past the end read as zeros), the weights straight from the channels-last copy the convolutions keep
+# ([Co, 3, 3, 3, C] is [Co, 27 * C]).
 # Programs take the frames of one block of rows one after another (and, within a frame, its output
 # channel tiles), so that the rows their frame taps share are read close together in time. The output
 # channels are rounded up to the tile (BN), the input channels not (a step of K is 32 or 64 channels
