@@ -172,7 +172,8 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
             for name, exact in (("framepipe", True), ("fast", False))
         }
         row["fast_conv_shapes_window"] = [  # [shapes the fast decoder computes with its own kernel, shapes]
-            sum(isinstance(way, WindowTile) for e, way in ways if not e), sum(not e for e, _ in ways)
+            sum(isinstance(way, WindowTile) for e, way in ways if not e),
+            sum(not e for e, _ in ways),
         ]
         resamplers = [way for k, way in chosen if k[0] == "resample" and vae.dtype in k]
         row["fast_resamplers_subpixel"] = [resamplers.count("subpixel"), len(resamplers)]
