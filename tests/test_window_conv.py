@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import small_latents
+from conftest import small_latents, small_vae
 from framepipe import _decoder as decoder
 from framepipe._source import decode_chunks
 from framepipe._window_conv import WindowTile, window_convolved, window_tiles
@@ -94,3 +94,26 @@ def test_the_fast_decoder_with_window_convolutions_stays_close(dtype, monkeypatc
     assert step.fused and len({tile.rows for tile in chosen}) == 2  # both tiles
     worst = max((a.float() - b.float()).abs().max().item() for a, b in zip(ours, theirs, strict=True))
     assert worst <= (0.25 if dtype == torch.bfloat16 else 0.02)
+
+
+def test_only_the_fast_decoder_is_offered_the_kernel(monkeypatch):
+    """The exact decoder's ways are cuDNN's alone (its pixels are diffusers'); the fast decoder's
+    include the kernel's tiles wherever they apply."""
+    offered: dict[bool, tuple] = {}
+    tile = WindowTile(256, 32, 8, 4)
+    monkeypatch.setattr(decoder, "window_tiles", lambda conv, x: (tile,))
+
+    def choose(key, reference, run, ways, *, device, exact=True):
+        offered[exact] = tuple(ways)
+        return False
+
+    monkeypatch.setattr(decoder, "fastest_way", choose)
+    conv = torch.nn.Conv3d(96, 96, 3)
+    x = torch.randn(1, 96, 3, 6, 8).contiguous(memory_format=torch.channels_last_3d)
+    for exact in (True, False):
+        step = decoder.WanDecoderStep(small_vae("wan2.1"), exact=exact)
+        step.fused = True  # channels-last, as on a GPU
+        with torch.no_grad():
+            out, _ = step._conv(conv, x)
+        torch.testing.assert_close(out, conv(x))
+    assert tile not in offered[True] and tile in offered[False]
