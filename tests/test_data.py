@@ -291,7 +291,7 @@ def test_s3_errors_name_the_object_the_code_and_the_servers_words():
 
 
 def test_feed_bench_smoke(s3_endpoint, capsys):
-    argv = ["feed-bench", "--files", "600", "--steps", "3", "--feed-steps", "4", "--batch", "32",
+    argv = ["feed-bench", "--files", "200", "--steps", "3", "--feed-steps", "4", "--batch", "32",
             "--loader-workers", "1", "--endpoint-url", s3_endpoint, "--json"]  # fmt: skip
     assert main(argv) == 0
     report = json.loads(capsys.readouterr().out)
