@@ -90,9 +90,15 @@ def compare(vae, z) -> dict:
         "chunks_max_abs_diff": max_diff,
         "uint8_same_as_vae_decode": bool(torch.equal(ours_u8, whole)),
         "uint8_levels_differing": int((ours_u8.int() - whole.int()).abs().max()),
-        "fast_uint8_levels_differing": int((fast_u8.int() - whole.int()).abs().max()),
-        "fast_uint8_share_differing": round(float((fast_u8 != whole).float().mean()), 6),
+        **{f"fast_uint8_{k}": v for k, v in uint8_difference(fast_u8, whole).items()},
     }
+
+
+def uint8_difference(got: torch.Tensor, want: torch.Tensor) -> dict:
+    """How far uint8 frames ``got`` are from ``want``: the largest difference in levels, and the share
+    of values that differ."""
+    return {"levels_differing": int((got.int() - want.int()).abs().max()),
+            "share_differing": round(float((got != want).float().mean()), 6)}  # fmt: skip
 
 
 def means(figures: list[dict]) -> dict:

@@ -14,6 +14,7 @@ import argparse
 import json
 
 import torch
+from decoder_speed import means, uint8_difference
 from gpu_power import alternated
 from script_inputs import machine, random_case
 
@@ -81,10 +82,8 @@ def case(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int) -
         "seconds": best, "all_seconds": timed["seconds"],
         "speedup_vs_vae_decode": {v: round(best["vae.decode"] / best[v], 3) for v in VARIANTS},
         "window_shapes": {v: [sum(isinstance(w, WindowTile) for w in c.values()), len(c)] for v, c in chosen.items()},
-        "fast_uint8_levels_differing": int((ours.int() - whole.int()).abs().max()),
-        "fast_uint8_share_differing": round(float((ours != whole).float().mean()), 6),
-        "watts": {n: round(sum(f["watts"] for f in figures) / len(figures), 1)
-                  for n, figures in timed["power"].items() if all(f.get("watts") for f in figures)},
+        **{f"fast_uint8_{k}": v for k, v in uint8_difference(ours, whole).items()},
+        "watts": {name: means(figures).get("watts") for name, figures in timed["power"].items()},
         **machine("cuda"),
     }  # fmt: skip
 

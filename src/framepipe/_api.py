@@ -132,8 +132,7 @@ def decode_many(
         trace: a ``PipelineTrace`` that records each stage's host-side span and the bytes copied
             device-to-host (used by the bench).
     """
-    if mode not in MODES:
-        raise SettingsError(f"Invalid mode ({mode!r}). Supported values are {', '.join(MODES)}.")
+    check_choice("mode", mode, MODES)
     check_choice("decoder", decoder, DECODERS)
     if latent_format not in LATENT_FORMATS:
         raise SettingsError(f"Invalid latent_format ({latent_format!r}). Supported: {', '.join(LATENT_FORMATS)}.")

@@ -21,8 +21,11 @@ class WindowTile:
 
 
 @functools.cache
-def _descriptors() -> bool:
-    """Whether this Triton has host-side tensor descriptors (TMA loads)."""
+def _runs_on(device: torch.device) -> bool:
+    """Whether the kernel can run on ``device`` (asked once a device, not at every convolution): a
+    Hopper or newer GPU, and a Triton with host-side tensor descriptors (TMA loads)."""
+    if torch.cuda.get_device_capability(device) < (9, 0):
+        return False
     try:
         from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
     except ImportError:
@@ -42,7 +45,7 @@ def window_tiles(conv: torch.nn.Module, x: torch.Tensor) -> tuple[WindowTile, ..
         and conv.stride == (1, 1, 1) and conv.dilation == (1, 1, 1) and conv.groups == 1
         and (x.dtype == torch.bfloat16 or (x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32))
     )  # fmt: skip
-    if not fits or torch.cuda.get_device_capability(x.device) < (9, 0) or not _descriptors():
+    if not fits or not _runs_on(x.device):
         return ()
     if x.dtype == torch.bfloat16:
         depth = 64 if x.shape[1] % 64 == 0 else 32
