@@ -78,8 +78,8 @@ def seconds(run: Callable[[], object], device: torch.device, runs: int = 3, call
     """The time of one call of ``run`` on an idle ``device``, as a decode meets it: ``calls`` calls one
     after another, the shortest of ``runs`` such times over ``calls`` (after one untimed call). Back to
     back, a call's launch on the host overlaps the kernels before it, as in a decode; a call timed alone
-    adds it (timed alone, the fast decoder's own convolution was chosen for none of Wan 2.1's 22 bf16
-    shapes at 480x832 on an H200, 2026-12-01; timed back to back, for one)."""
+    adds it, and so lost the fast decoder's own convolution shapes it wins in a decode
+    (``docs/benchmarks.md``, "Its own convolution")."""
 
     def sync() -> None:
         if device.type == "cuda":
