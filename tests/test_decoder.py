@@ -104,9 +104,10 @@ def test_padded_convolution_outputs_flow_through_the_decoder(version, monkeypatc
 
     made = []
     copies = decoder.conv_copies
-    monkeypatch.setattr(decoder, "conv_copies", lambda conv, padded: made.append(padded) or copies(conv, padded))
+    monkeypatch.setattr(
+        decoder, "conv_copies", lambda conv, n: made.append(n == conv.out_channels + 4) or copies(conv, n)
+    )
     monkeypatch.setattr(decoder, "padded_channels", lambda n: n + 4)
-    monkeypatch.setattr(layouts, "padded_channels", lambda n: n + 4)
     monkeypatch.setattr(decoder, "fastest_way", padded_way)
     vae = small_vae(version)
     z = small_latents(version, frames=5, height=6, width=10)
@@ -220,20 +221,20 @@ def test_weight_copies_are_kept_until_the_parameters_change():
     """Channels-last weight copies serve every video of a stream, and are made again after an in-place
     write, a load_state_dict or a move to another dtype."""
     conv = torch.nn.Conv3d(4, 6, 3)
-    first = layouts.conv_copies(conv, False)
-    assert layouts.conv_copies(conv, False) is first
+    first = layouts.conv_copies(conv, 6)
+    assert layouts.conv_copies(conv, 6) is first
     assert first[0].is_contiguous(memory_format=torch.channels_last_3d) and torch.equal(first[0], conv.weight)
     with torch.no_grad():
         conv.weight.mul_(2)
-    second = layouts.conv_copies(conv, False)
+    second = layouts.conv_copies(conv, 6)
     assert second is not first and torch.equal(second[0], conv.weight)
     conv.load_state_dict({"weight": torch.ones_like(conv.weight), "bias": torch.zeros(6)})
-    third = layouts.conv_copies(conv, False)
+    third = layouts.conv_copies(conv, 6)
     assert torch.equal(third[0], torch.ones_like(conv.weight)) and torch.equal(third[1], torch.zeros(6))
     conv.to(torch.float64)
-    assert layouts.conv_copies(conv, False)[0].dtype == torch.float64
+    assert layouts.conv_copies(conv, 6)[0].dtype == torch.float64
     wide = torch.nn.Conv3d(2, 96, 1)
-    weight, bias = layouts.conv_copies(wide, True)  # zero output channels up to cuDNN's tile
+    weight, bias = layouts.conv_copies(wide, 128)  # zero output channels up to cuDNN's tile
     assert weight.shape[0] == bias.shape[0] == 128 and torch.equal(weight[:96], wide.weight)
     assert not weight[96:].any() and not bias[96:].any() and torch.equal(bias[:96], wide.bias)
 
@@ -512,7 +513,7 @@ def test_weight_copies_made_on_one_stream_are_ready_on_another():
     with torch.cuda.stream(busy):
         for _ in range(20):  # keeps this stream busy for a while
             big = big @ big / 64
-        weight, bias = layouts.conv_copies(conv, True)
+        weight, bias = layouts.conv_copies(conv, 128)
     with torch.cuda.stream(other):
         got = weight[:96].clone(), bias[:96].clone()
     torch.cuda.synchronize()

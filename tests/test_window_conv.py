@@ -61,8 +61,12 @@ def test_window_convolution_against_float64(dtype, channels, out_channels, with_
     tiles = window_tiles(torch.nn.Conv3d(channels, out_channels, 3), x)
     assert len(tiles) == 2
     for tile in tiles:
-        got = window_convolved(x, w.contiguous(memory_format=torch.channels_last_3d), b, tile)
+        got = window_convolved(x, w.contiguous(memory_format=torch.channels_last_3d), b, out_channels, tile)
         _within(got, x, w, b)
+        # as the decoder hands it its weights: zero output channels up to its column tile, the same sums
+        extra = w.new_zeros(tile.weight_rows(out_channels) - out_channels, *w.shape[1:])
+        padded = torch.cat([w, extra]).contiguous(memory_format=torch.channels_last_3d)
+        assert torch.equal(window_convolved(x, padded, b, out_channels, tile), got)
 
 
 @pytest.mark.needs_cuda
@@ -100,7 +104,7 @@ def test_only_the_fast_decoder_is_offered_the_kernel(monkeypatch):
     """The exact decoder's ways are cuDNN's alone (its pixels are diffusers'); the fast decoder's
     include the kernel's tiles wherever they apply."""
     offered: dict[bool, tuple] = {}
-    tile = WindowTile(256, 32, 8, 4)
+    tile = WindowTile(256, 128, 32, 8, 4)
     monkeypatch.setattr(decoder, "window_tiles", lambda conv, x: (tile,))
 
     def choose(key, reference, run, ways, *, device, exact=True):
@@ -117,3 +121,27 @@ def test_only_the_fast_decoder_is_offered_the_kernel(monkeypatch):
             out, _ = step._conv(conv, x)
         torch.testing.assert_close(out, conv(x))
     assert tile not in offered[True] and tile in offered[False]
+
+
+def test_the_kernel_reads_weights_padded_to_its_column_tile(monkeypatch):
+    """The decoder hands the kernel its weights with zero output channels up to the tile (96 -> 128),
+    and asks for the true channel count back."""
+    tile = WindowTile(256, 128, 32, 8, 4)
+    assert [tile.weight_rows(n) for n in (3, 96, 128, 192, 384)] == [128, 128, 128, 256, 384]
+    handed = []
+
+    def convolved(x, weight, bias, channels, way):
+        handed.append((weight.shape[0], channels, way))
+        return F.conv3d(x, weight[:channels], None if bias is None else bias[:channels])
+
+    monkeypatch.setattr(decoder, "window_tiles", lambda conv, x: (tile,))
+    monkeypatch.setattr(decoder, "window_convolved", convolved)
+    monkeypatch.setattr(decoder, "fastest_way", lambda key, reference, run, ways, **_: ways[-1])
+    conv = torch.nn.Conv3d(32, 96, 3)
+    x = torch.randn(1, 32, 3, 6, 8).contiguous(memory_format=torch.channels_last_3d)
+    step = decoder.WanDecoderStep(small_vae("wan2.1"), exact=False)
+    step.fused = True  # channels-last, as on a GPU
+    with torch.no_grad():
+        out, _ = step._conv(conv, x)
+        torch.testing.assert_close(out, conv(x))
+    assert handed == [(128, 96, tile)]

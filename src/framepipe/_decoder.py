@@ -117,7 +117,7 @@ class WanDecoderStep:
         self.decoder = vae.decoder
         self.exact = exact  # False: the fast decoder, whose convolutions may change the bits
         self.fused: bool | None = None  # decided on the first call, on the decoder's device
-        self.copies: dict[tuple, tuple] = {}  # (conv, padded) -> conv_copies, looked up once a video
+        self.copies: dict[tuple, tuple] = {}  # (conv, channels) -> conv_copies, looked up once a video
         self.first_chunk = True  # the call's: the first chunk reads no history
 
     def __call__(self, x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:
@@ -248,15 +248,16 @@ class WanDecoderStep:
         bias = conv.bias if defer_bias else None
 
         def run(x: torch.Tensor, way: bool | WindowTile) -> torch.Tensor:
-            padded = way is True
-            if (conv, padded) not in self.copies:  # its parameters do not change while a video decodes
-                self.copies[conv, padded] = conv_copies(conv, padded)
-            weight, full_bias = self.copies[conv, padded]
+            co = conv.out_channels
+            channels = way.weight_rows(co) if isinstance(way, WindowTile) else padded_channels(co) if way else co
+            if (conv, channels) not in self.copies:  # its parameters do not change while a video decodes
+                self.copies[conv, channels] = conv_copies(conv, channels)
+            weight, full_bias = self.copies[conv, channels]
             x = x.contiguous(memory_format=channels_last_format(x.dim()))
             if isinstance(way, WindowTile):
-                return window_convolved(x, weight, None if defer_bias else full_bias, way)
+                return window_convolved(x, weight, None if defer_bias else full_bias, co, way)
             out = conv._conv_forward(x, weight, None if defer_bias else full_bias)
-            return out[:, : conv.out_channels] if padded else out
+            return out[:, :co] if channels != co else out
 
         ways: tuple[bool | WindowTile, ...] = (False,)
         if padded_channels(conv.out_channels) != conv.out_channels:

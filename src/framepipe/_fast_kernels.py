@@ -62,9 +62,10 @@ def norm_silu_free(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tens
 # computed at row p. So over the window's own grid the convolution is one GEMM of K = 27 * C: for each
 # tap, a block of rows shifted by that tap's offset, times the tap's [C, Co] weights. Blocks of rows
 # cover each frame's first H - 2 rows of the grid; the last two columns of each row are not outputs
-# (their taps wrap into the next row): computed and not stored. Both operands come in by TMA (rows
-# past the end read as zeros), the weights straight from the channels-last copy the convolutions keep
-# ([Co, 3, 3, 3, C] is [Co, 27 * C]).
+# (their taps wrap into the next row): computed and not stored. Both operands come in by TMA (the input's
+# rows past its end read as zeros), the weights from a channels-last copy ([Co, 3, 3, 3, C] is
+# [Co, 27 * C]) whose output channels are zero-padded to the tile (read past their end as TMA's
+# zeros instead, they were slower: ``WindowTile.weight_rows``).
 # Programs take the frames of one block of rows one after another (and, within a frame, its output
 # channel tiles), so that the rows their frame taps share are read close together in time. The output
 # channels are rounded up to the tile (BN), the input channels not (a step of K is 32 or 64 channels
@@ -100,24 +101,23 @@ def _window_conv(a_desc, b_desc, o_ptr, bias_ptr, C, HW, W, H_out, W_out, T_out,
     tl.store(o_ptr + row[:, None] * Co + n[None, :], acc.to(o_ptr.dtype.element_ty), mask=mask)
 
 
-def window_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, rows: int, depth: int,
-                warps: int, stages: int) -> torch.Tensor:  # fmt: skip
+def window_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, channels: int, rows: int,
+                columns: int, depth: int, warps: int, stages: int) -> torch.Tensor:  # fmt: skip
     """The 3x3x3 convolution (no padding of its own) of ``x`` [1, C, T, H, W], contiguous channels-last,
-    with ``weight`` [Co, C, 3, 3, 3] contiguous channels-last and ``bias`` (or None): a new [1, Co, T - 2,
-    H - 2, W - 2] tensor, channels-last. Tiles of ``rows`` output pixels by ``depth`` input channels
-    (C a multiple of it); TF32 products for float32."""
+    with the first ``channels`` output channels of ``weight`` [Co, C, 3, 3, 3] (contiguous
+    channels-last, Co >= channels) and ``bias`` (or None): a new [1, channels, T - 2, H - 2, W - 2]
+    tensor, channels-last. Tiles of ``rows`` output pixels by ``columns`` output channels by ``depth``
+    input channels (C a multiple of it); TF32 products for float32."""
     _, c, t, h, w = x.shape
-    co = weight.shape[0]
-    out = torch.empty((1, co, t - 2, h - 2, w - 2), dtype=x.dtype, device=x.device,
+    out = torch.empty((1, channels, t - 2, h - 2, w - 2), dtype=x.dtype, device=x.device,
                       memory_format=torch.channels_last_3d)  # fmt: skip
-    columns = min(128, max(16, triton.next_power_of_2(co)))
     # views, no copies: channels-last, x is [T * H * W, C] and the weight [Co, 27 * C]
     a = TensorDescriptor.from_tensor(x.permute(0, 2, 3, 4, 1).view(-1, c), [rows, depth])
-    b = TensorDescriptor.from_tensor(weight.permute(0, 2, 3, 4, 1).view(co, -1), [columns, depth])
-    tiles_n = triton.cdiv(co, columns)
+    b = TensorDescriptor.from_tensor(weight.permute(0, 2, 3, 4, 1).view(weight.shape[0], -1), [columns, depth])
+    tiles_n = triton.cdiv(channels, columns)
     grid = (triton.cdiv((h - 2) * w, rows) * (t - 2) * tiles_n,)
     _window_conv[grid](
-        a, b, out, x if bias is None else bias, c, h * w, w, h - 2, w - 2, t - 2, co, tiles_n,
+        a, b, out, x if bias is None else bias, c, h * w, w, h - 2, w - 2, t - 2, channels, tiles_n,
         HAS_BIAS=bias is not None, BM=rows, BN=columns, BK=depth,
         PRECISION="tf32" if x.dtype == torch.float32 else None, num_warps=warps, num_stages=stages,
     )  # fmt: skip

@@ -126,16 +126,16 @@ def made_apart(make: Callable[[], tuple], device: torch.device) -> tuple:
     return made
 
 
-def conv_copies(conv: torch.nn.Module, padded: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``conv``'s weight channels-last, and its bias, with zero output channels added up to
-    ``padded_channels`` if ``padded``: made at first use, again where the parameters changed."""
+def conv_copies(conv: torch.nn.Module, channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``conv``'s weight channels-last, and its bias, with zero output channels added up to ``channels``
+    (cuDNN's tile, ``padded_channels``, or the window convolution's): made at first use, again where
+    the parameters changed."""
 
     def make(conv: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         weight, bias = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
-        if padded:
-            extra = padded_channels(conv.out_channels) - conv.out_channels
+        if (extra := channels - conv.out_channels) > 0:
             weight = torch.cat([weight, weight.new_zeros(extra, *weight.shape[1:])])
             bias = None if bias is None else torch.cat([bias, bias.new_zeros(extra)])
         return weight.contiguous(memory_format=channels_last_format(weight.dim())), bias
 
-    return kept_copy(conv, padded, make)
+    return kept_copy(conv, channels, make)

@@ -12,12 +12,21 @@ import torch
 
 @dataclass(frozen=True)
 class WindowTile:
-    """One launch configuration of the window convolution: output pixels and input channels a step."""
+    """One launch configuration of the window convolution: output pixels, output channels and input
+    channels a step."""
 
     rows: int
+    columns: int
     depth: int
     warps: int
     stages: int
+
+    def weight_rows(self, channels: int) -> int:
+        """The output channels of the weights it reads: ``channels`` rounded up to its column tile, zero
+        rows of a copy. TMA reads rows past a weight's end as zeros too, but slower: 96 and 192
+        channels took 14-17 % longer so, 384 (a whole number of tiles) no longer (H200, bf16,
+        2026-12-01; the decodes: ``docs/benchmarks.md``, "Its own convolution")."""
+        return -(-channels // self.columns) * self.columns
 
 
 @functools.cache
@@ -47,17 +56,19 @@ def window_tiles(conv: torch.nn.Module, x: torch.Tensor) -> tuple[WindowTile, ..
     )  # fmt: skip
     if not fits or not _runs_on(x.device):
         return ()
+    columns = min(128, max(16, 1 << (conv.out_channels - 1).bit_length()))  # Triton's blocks: powers of 2
     if x.dtype == torch.bfloat16:
         depth = 64 if x.shape[1] % 64 == 0 else 32
-        return WindowTile(256, depth, 8, 4), WindowTile(128, depth, 4, 4)
-    return WindowTile(256, 32, 8, 4), WindowTile(128, 32, 8, 5)
+        return WindowTile(256, columns, depth, 8, 4), WindowTile(128, columns, depth, 4, 4)
+    return WindowTile(256, columns, 32, 8, 4), WindowTile(128, columns, 32, 8, 5)
 
 
 def window_convolved(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, tile: WindowTile
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, channels: int, tile: WindowTile
 ) -> torch.Tensor:
-    """The convolution of the window ``x`` (contiguous channels-last) with ``weight`` (channels-last) and
-    ``bias``, in ``tile``: a new channels-last tensor."""
+    """The convolution of the window ``x`` (contiguous channels-last) with the first ``channels`` output
+    channels of ``weight`` (channels-last; rows past them, if any, are zeros: ``weight_rows``) and
+    ``bias``, in ``tile``: a new channels-last tensor of ``channels`` channels."""
     from ._fast_kernels import window_conv
 
-    return window_conv(x, weight, bias, tile.rows, tile.depth, tile.warps, tile.stages)
+    return window_conv(x, weight, bias, channels, tile.rows, tile.columns, tile.depth, tile.warps, tile.stages)
