@@ -24,7 +24,7 @@ class WindowTile:
     def weight_rows(self, channels: int) -> int:
         """The output channels of the weights it reads: ``channels`` rounded up to its column tile, zero
         rows of a copy. TMA reads rows past a weight's end as zeros too, but slower: 96 and 192
-        channels took 14-17 % longer so, 384 (a whole number of tiles) no longer (H200, bf16,
+        channels took 15-20 % longer so, 384 (a whole number of tiles) no longer (H200, bf16,
         2026-12-01; the decodes: ``docs/benchmarks.md``, "Its own convolution")."""
         return -(-channels // self.columns) * self.columns
 
