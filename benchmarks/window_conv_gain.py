@@ -1,9 +1,9 @@
 """The fast decoder with and without its own window convolution (``_window_conv.py``), side by side in
 one process: ``vae.decode``; the fast decoder choosing among cuDNN's ways only; with the kernel reading
-the weights' true output channels (TMA's zeros past their end, as it first shipped); and as shipped
-(the weights zero-padded to the kernel's tile). Alternated, best of ``--runs``, GPU-only decode + uint8
-conversion; one JSON line per case, with the shapes each variant computes with the kernel and the
-fast decode's uint8 difference from ``vae.decode``.
+the weights' true output channels (TMA's zeros past their end, as it first shipped); with the weights
+zero-padded to the kernel's tile, but no tile of two dots (``two_dot_tile``); and as shipped.
+Alternated, best of ``--runs``, GPU-only decode + uint8 conversion; one JSON line per case, with the
+shapes each variant computes with the kernel and the fast decode's uint8 difference from ``vae.decode``.
 
     python benchmarks/window_conv_gain.py --cases wan2.1:bfloat16:480x832 wan2.1:float32:480x832 --runs 3
 """
@@ -24,7 +24,8 @@ from framepipe import to_uint8_frames
 from framepipe._source import decode_chunks
 from framepipe._window_conv import WindowTile
 
-VARIANTS = ("cuDNN", "fast, unpadded weights", "fast")  # the last: as framepipe ships it
+VARIANTS = ("cuDNN", "fast, unpadded weights", "fast, no two-dot tile", "fast")  # the last: as shipped
+BEFORE_TWO_DOTS = ("cuDNN", "fast, unpadded weights", "fast, no two-dot tile")
 
 
 def chooser(variant: str, chosen: dict):
@@ -52,19 +53,21 @@ def case(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int) -
     chosen: dict[str, dict] = {variant: {} for variant in VARIANTS}
     steps = {variant: decoder.WanDecoderStep(vae, exact=False) for variant in VARIANTS}
     choosers = {variant: chooser(variant, chosen[variant]) for variant in VARIANTS}
-    plain, padded = decoder.fastest_way, WindowTile.weight_rows
+    plain, padded, two_dots = decoder.fastest_way, WindowTile.weight_rows, decoder.two_dot_tile
 
     def fast(variant: str, keep: list | None = None) -> None:
         decoder.fastest_way = choosers[variant]
         if variant == "fast, unpadded weights":
             WindowTile.weight_rows = lambda tile, channels: channels
+        if variant in BEFORE_TWO_DOTS:
+            decoder.two_dot_tile = lambda conv, x: None
         try:
             for chunk in decode_chunks(vae, z, step=steps[variant]):
                 frames_u8 = to_uint8_frames(chunk)
                 if keep is not None:
                     keep.append(frames_u8.cpu())
         finally:
-            decoder.fastest_way, WindowTile.weight_rows = plain, padded
+            decoder.fastest_way, WindowTile.weight_rows, decoder.two_dot_tile = plain, padded, two_dots
 
     with torch.inference_mode():
         shipped: list = []

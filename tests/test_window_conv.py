@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from conftest import small_latents, small_vae
 from framepipe import _decoder as decoder
 from framepipe._source import decode_chunks
-from framepipe._window_conv import WindowTile, window_convolved, window_tiles
+from framepipe._window_conv import WindowTile, two_dot_tile, two_dots, window_convolved, window_tiles
 
 
 def test_the_kernel_is_offered_only_where_it_applies():
@@ -58,9 +58,12 @@ def test_window_convolution_against_float64(dtype, channels, out_channels, with_
     x = x.contiguous(memory_format=torch.channels_last_3d)
     w = (torch.randn(out_channels, channels, 3, 3, 3, generator=g, device="cuda") / 16).to(dtype)
     b = torch.randn(out_channels, generator=g, device="cuda").to(dtype) if with_bias else None
-    tiles = window_tiles(torch.nn.Conv3d(channels, out_channels, 3), x)
+    conv = torch.nn.Conv3d(channels, out_channels, 3)
+    tiles = window_tiles(conv, x)
     assert len(tiles) == 2
-    for tile in tiles:
+    two = two_dot_tile(conv, x)  # 96 = 64 + 32 and 192 = 128 + 64 in bf16: one tile of two dots
+    assert (two is not None) == (dtype == torch.bfloat16 and out_channels in (96, 192))
+    for tile in tiles + ((two,) if two else ()):
         got = window_convolved(x, w.contiguous(memory_format=torch.channels_last_3d), b, out_channels, tile)
         _within(got, x, w, b)
         # as the decoder hands it its weights: zero output channels up to its column tile, the same sums
@@ -128,6 +131,7 @@ def test_the_kernel_reads_weights_padded_to_its_column_tile(monkeypatch):
     and asks for the true channel count back."""
     tile = WindowTile(256, 128, 32, 8, 4)
     assert [tile.weight_rows(n) for n in (3, 96, 128, 192, 384)] == [128, 128, 128, 256, 384]
+    assert WindowTile(256, 96, 32, 8, 4).weight_rows(96) == 96  # two dots, 64 + 32: none padded
     handed = []
 
     def convolved(x, weight, bias, channels, way):
@@ -145,3 +149,35 @@ def test_the_kernel_reads_weights_padded_to_its_column_tile(monkeypatch):
         out, _ = step._conv(conv, x)
         torch.testing.assert_close(out, conv(x))
     assert handed == [(128, 96, tile)]
+
+
+def test_two_dots_are_two_powers_of_two_from_16_to_128():
+    assert [c for c in range(1, 400) if two_dots(c)] == [48, 80, 96, 144, 160, 192]
+
+
+def test_the_fast_decoder_takes_a_tile_of_two_dots_outright(monkeypatch):
+    """Where a tile of two dots applies, it is the fast decoder's one way (not timed against cuDNN's or
+    the padded tiles: timed alone it loses, in a whole decode it wins); the exact decoder's ways stay
+    cuDNN's."""
+    two = WindowTile(256, 96, 32, 8, 4)
+    monkeypatch.setattr(decoder, "two_dot_tile", lambda conv, x: two)
+    monkeypatch.setattr(decoder, "window_tiles", lambda conv, x: (WindowTile(256, 128, 32, 8, 4),))
+    monkeypatch.setattr(
+        decoder, "window_convolved", lambda x, weight, bias, channels, way: F.conv3d(x, weight[:channels])
+    )
+    offered: dict[bool, tuple] = {}
+
+    def choose(key, reference, run, ways, *, device, exact=True):
+        offered[exact] = tuple(ways)
+        return ways[0]
+
+    monkeypatch.setattr(decoder, "fastest_way", choose)
+    conv = torch.nn.Conv3d(32, 96, 3, bias=False)
+    x = torch.randn(1, 32, 3, 6, 8).contiguous(memory_format=torch.channels_last_3d)
+    for exact in (True, False):
+        step = decoder.WanDecoderStep(small_vae("wan2.1"), exact=exact)
+        step.fused = True  # channels-last, as on a GPU
+        with torch.no_grad():
+            out, _ = step._conv(conv, x)
+        torch.testing.assert_close(out, conv(x))
+    assert offered[False] == (two,) and two not in offered[True]

@@ -38,7 +38,7 @@ from ._layouts import (
     silu_into,
 )
 from ._resampling import shortcut_added, subpixel_conv, subpixel_fits, upsampled
-from ._window_conv import WindowTile, window_convolved, window_tiles
+from ._window_conv import WindowTile, two_dot_tile, window_convolved, window_tiles
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKLWan
@@ -262,8 +262,8 @@ class WanDecoderStep:
         ways: tuple[bool | WindowTile, ...] = (False,)
         if padded_channels(conv.out_channels) != conv.out_channels:
             ways += (True,)
-        if not self.exact:
-            ways += window_tiles(conv, x)
+        if not self.exact:  # a tile of two dots taken outright where one applies (``two_dot_tile``)
+            ways = (taken,) if (taken := two_dot_tile(conv, x)) else ways + window_tiles(conv, x)
         key = ("conv", tuple(x.shape), tuple(conv.weight.shape), x.dtype, x.device, defer_bias, self.exact)
         # drawn once, and only for a shape not yet checked; held channels-last, as the ways read it
         sample = functools.cache(lambda: probe(x).contiguous(memory_format=channels_last_format(x.dim())))

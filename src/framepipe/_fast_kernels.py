@@ -68,37 +68,50 @@ def norm_silu_free(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tens
 # zeros instead, they were slower: ``WindowTile.weight_rows``).
 # Programs take the frames of one block of rows one after another (and, within a frame, its output
 # channel tiles), so that the rows their frame taps share are read close together in time. The output
-# channels are rounded up to the tile (BN), the input channels not (a step of K is 32 or 64 channels
-# of one tap); the sum runs in float32 with one rounding at the store, the bias (if any) added first.
+# channels are rounded up to the tile (BN), or, as two dots on the same rows (BN + BN2: 96 = 64 + 32),
+# not at all; the input channels are not (a step of K is 32 or 64 channels of one tap). The sum runs
+# in float32 with one rounding at the store, the bias (if any) added first.
+
+
+@triton.jit
+def _store_columns(o_ptr, bias_ptr, acc, row, pixels, n0, Co, HAS_BIAS: tl.constexpr, BN: tl.constexpr):
+    """Output channels [n0, n0 + BN) of a block of output pixels: the bias added, one rounding."""
+    n = n0 + tl.arange(0, BN)
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + n, mask=n < Co, other=0.0).to(tl.float32)[None, :]
+    mask = pixels[:, None] & (n < Co)[None, :]
+    tl.store(o_ptr + row[:, None] * Co + n[None, :], acc.to(o_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit(do_not_specialize=["HW", "W", "H_out", "W_out", "T_out", "tiles_n"])
-def _window_conv(a_desc, b_desc, o_ptr, bias_ptr, C, HW, W, H_out, W_out, T_out, Co, tiles_n,
-                 HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr,
-                 PRECISION: tl.constexpr):  # fmt: skip
+def _window_conv(a_desc, b_desc, b2_desc, o_ptr, bias_ptr, C, HW, W, H_out, W_out, T_out, Co, tiles_n,
+                 HAS_BIAS: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BN2: tl.constexpr,
+                 BK: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
     pid = tl.program_id(0)
-    n0 = (pid % tiles_n) * BN
+    n0 = (pid % tiles_n) * (BN + BN2)
     t = (pid // tiles_n) % T_out
     q0 = (pid // tiles_n // T_out) * BM  # the block's first row within a frame of the window's grid
     m0 = t * HW + q0
     slices = C // BK
     acc = tl.zeros((BM, BN), dtype=tl.float32)
+    if BN2 > 0:  # a second dot of BN2 columns on the same rows (96 = 64 + 32 channels, no padding)
+        acc2 = tl.zeros((BM, BN2), dtype=tl.float32)
     for k in range(27 * slices):
         tap = k // slices
         c0 = (k % slices) * BK
         shift = (tap // 9) * HW + (tap // 3 % 3) * W + tap % 3
         a = a_desc.load([m0 + shift, c0])
-        b = b_desc.load([n0, tap * C + c0])
-        acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
+        acc = tl.dot(a, b_desc.load([n0, tap * C + c0]).T, acc, input_precision=PRECISION)
+        if BN2 > 0:
+            acc2 = tl.dot(a, b2_desc.load([n0 + BN, tap * C + c0]).T, acc2, input_precision=PRECISION)
     q = q0 + tl.arange(0, BM)
     h = q // W
     w = q % W
-    n = n0 + tl.arange(0, BN)
-    if HAS_BIAS:
-        acc += tl.load(bias_ptr + n, mask=n < Co, other=0.0).to(tl.float32)[None, :]
     row = ((t * H_out + h) * W_out + w).to(tl.int64)
-    mask = ((h < H_out) & (w < W_out))[:, None] & (n < Co)[None, :]
-    tl.store(o_ptr + row[:, None] * Co + n[None, :], acc.to(o_ptr.dtype.element_ty), mask=mask)
+    pixels = (h < H_out) & (w < W_out)
+    _store_columns(o_ptr, bias_ptr, acc, row, pixels, n0, Co, HAS_BIAS, BN)
+    if BN2 > 0:
+        _store_columns(o_ptr, bias_ptr, acc2, row, pixels, n0 + BN, Co, HAS_BIAS, BN2)
 
 
 def window_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, channels: int, rows: int,
@@ -106,19 +119,24 @@ def window_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """The 3x3x3 convolution (no padding of its own) of ``x`` [1, C, T, H, W], contiguous channels-last,
     with the first ``channels`` output channels of ``weight`` [Co, C, 3, 3, 3] (contiguous
     channels-last, Co >= channels) and ``bias`` (or None): a new [1, channels, T - 2, H - 2, W - 2]
-    tensor, channels-last. Tiles of ``rows`` output pixels by ``columns`` output channels by ``depth``
-    input channels (C a multiple of it); TF32 products for float32."""
+    tensor, channels-last. Tiles of ``rows`` output pixels by ``columns`` output channels (a power of
+    two, or the sum of two: two dots on the same rows) by ``depth`` input channels (C a multiple of
+    it); TF32 products for float32."""
     _, c, t, h, w = x.shape
+    first = 1 << (columns.bit_length() - 1)
+    second = columns - first
     out = torch.empty((1, channels, t - 2, h - 2, w - 2), dtype=x.dtype, device=x.device,
                       memory_format=torch.channels_last_3d)  # fmt: skip
     # views, no copies: channels-last, x is [T * H * W, C] and the weight [Co, 27 * C]
     a = TensorDescriptor.from_tensor(x.permute(0, 2, 3, 4, 1).view(-1, c), [rows, depth])
-    b = TensorDescriptor.from_tensor(weight.permute(0, 2, 3, 4, 1).view(weight.shape[0], -1), [columns, depth])
+    weights = weight.permute(0, 2, 3, 4, 1).view(weight.shape[0], -1)
+    b = TensorDescriptor.from_tensor(weights, [first, depth])
+    b2 = TensorDescriptor.from_tensor(weights, [second, depth]) if second else b
     tiles_n = triton.cdiv(channels, columns)
     grid = (triton.cdiv((h - 2) * w, rows) * (t - 2) * tiles_n,)
     _window_conv[grid](
-        a, b, out, x if bias is None else bias, c, h * w, w, h - 2, w - 2, t - 2, channels, tiles_n,
-        HAS_BIAS=bias is not None, BM=rows, BN=columns, BK=depth,
+        a, b, b2, out, x if bias is None else bias, c, h * w, w, h - 2, w - 2, t - 2, channels, tiles_n,
+        HAS_BIAS=bias is not None, BM=rows, BN=first, BN2=second, BK=depth,
         PRECISION="tf32" if x.dtype == torch.float32 else None, num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out

@@ -1,6 +1,7 @@
 """Which convolutions the fast decoder may also compute with its own Triton kernel, and in which tiles
 (Note [Window convolution], ``_fast_kernels.py``). Each tile is one more way ``fastest_way`` times
-against cuDNN's at first use; a shape keeps cuDNN where no tile is clearly faster."""
+against cuDNN's at first use; a shape keeps cuDNN where no tile is clearly faster. A tile of two dots,
+where one applies, is taken without timing (``two_dot_tile``)."""
 
 from __future__ import annotations
 
@@ -42,25 +43,51 @@ def _runs_on(device: torch.device) -> bool:
     return True
 
 
-def window_tiles(conv: torch.nn.Module, x: torch.Tensor) -> tuple[WindowTile, ...]:
-    """The tiles to time for ``conv`` over the window ``x`` (none where the kernel does not apply): a
-    plain 3x3x3 convolution of one video's window on a Hopper or newer GPU, input channels a multiple
-    of 32, bfloat16, or float32 where cuDNN may use TF32 (the kernel's float32 products are TF32).
-    Two tiles a dtype: of 7 (bf16) and 6 (fp32) tried on Wan 2.1's and 2.2's shapes with a throwaway
-    sweep (H200, 2026-12-01), the two fastest most often."""
+def _applies(conv: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether the kernel can compute ``conv`` over the window ``x``: a plain 3x3x3 convolution of one
+    video's window on a Hopper or newer GPU, input channels a multiple of 32, bfloat16, or float32
+    where cuDNN may use TF32 (the kernel's float32 products are TF32)."""
     fits = (
         x.is_cuda and x.dim() == 5 and x.shape[0] == 1 and x.shape[1] % 32 == 0
         and isinstance(conv, torch.nn.Conv3d) and conv.kernel_size == (3, 3, 3) and conv.padding == (0, 0, 0)
         and conv.stride == (1, 1, 1) and conv.dilation == (1, 1, 1) and conv.groups == 1
         and (x.dtype == torch.bfloat16 or (x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32))
     )  # fmt: skip
-    if not fits or not _runs_on(x.device):
+    return fits and _runs_on(x.device)
+
+
+def window_tiles(conv: torch.nn.Module, x: torch.Tensor) -> tuple[WindowTile, ...]:
+    """The tiles to time for ``conv`` over the window ``x`` (none where the kernel does not apply),
+    each of a power of two of output channels. Two tiles a dtype: of 7 (bf16) and 6 (fp32) tried on
+    Wan 2.1's and 2.2's shapes with a throwaway sweep (H200, 2026-12-01), the two fastest most often."""
+    if not _applies(conv, x):
         return ()
     columns = min(128, max(16, 1 << (conv.out_channels - 1).bit_length()))  # Triton's blocks: powers of 2
     if x.dtype == torch.bfloat16:
         depth = 64 if x.shape[1] % 64 == 0 else 32
         return WindowTile(256, columns, depth, 8, 4), WindowTile(128, columns, depth, 4, 4)
     return WindowTile(256, columns, 32, 8, 4), WindowTile(128, columns, 32, 8, 5)
+
+
+def two_dot_tile(conv: torch.nn.Module, x: torch.Tensor) -> WindowTile | None:
+    """The tile the fast decoder takes for ``conv`` over ``x`` without timing, if any: in bfloat16,
+    where the output channels are two dots' (``two_dots``: 96 = 64 + 32, 192 = 128 + 64), one tile of
+    two dots on the same rows computes them all, no product padded. Timed alone, in bursts too short
+    for the card's power limit, it looked slower than a tile padded to a power of two, and so was not
+    chosen; in whole decodes, which run at that limit, it made Wan 2.1's fast bf16 decode 2.4-2.9 %
+    faster at a lower power (H200, 2026-12-01: ``docs/benchmarks.md``, "Its own convolution"). Not
+    measured in float32, so not taken there."""
+    co = conv.out_channels
+    if x.dtype != torch.bfloat16 or not two_dots(co) or not _applies(conv, x):
+        return None
+    return WindowTile(256 if co <= 128 else 128, co, 64 if x.shape[1] % 64 == 0 else 32, 8, 4)
+
+
+def two_dots(channels: int) -> bool:
+    """Whether ``channels`` is the sum of two powers of two from 16 to 128 (96 = 64 + 32, 192 = 128 +
+    64): one tile of two dots on the same rows computes them all, none padded."""
+    low = channels & -channels
+    return 16 <= low < channels <= 192 and (channels - low) & (channels - low - 1) == 0 and channels - low <= 128
 
 
 def window_convolved(
