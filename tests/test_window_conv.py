@@ -106,24 +106,30 @@ def test_the_fast_decoder_with_window_convolutions_stays_close(dtype, monkeypatc
 def test_only_the_fast_decoder_is_offered_the_kernel(monkeypatch):
     """The exact decoder's ways are cuDNN's alone (its pixels are diffusers'); the fast decoder's
     include the kernel's tiles wherever they apply."""
-    offered: dict[bool, tuple] = {}
     tile = WindowTile(256, 128, 32, 8, 4)
     monkeypatch.setattr(decoder, "window_tiles", lambda conv, x: (tile,))
+    offered = _ways_offered(monkeypatch, torch.nn.Conv3d(96, 96, 3), pick=lambda ways: False)
+    assert tile not in offered[True] and tile in offered[False]
+
+
+def _ways_offered(monkeypatch, conv: torch.nn.Module, pick) -> dict[bool, tuple]:
+    """The ways the exact (True) and the fast (False) decoder offer ``fastest_way`` for ``conv`` over a
+    small channels-last window, taking ``pick(ways)``; each result checked against ``conv`` itself."""
+    offered: dict[bool, tuple] = {}
 
     def choose(key, reference, run, ways, *, device, exact=True):
         offered[exact] = tuple(ways)
-        return False
+        return pick(ways)
 
     monkeypatch.setattr(decoder, "fastest_way", choose)
-    conv = torch.nn.Conv3d(96, 96, 3)
-    x = torch.randn(1, 96, 3, 6, 8).contiguous(memory_format=torch.channels_last_3d)
+    x = torch.randn(1, conv.in_channels, 3, 6, 8).contiguous(memory_format=torch.channels_last_3d)
     for exact in (True, False):
         step = decoder.WanDecoderStep(small_vae("wan2.1"), exact=exact)
         step.fused = True  # channels-last, as on a GPU
         with torch.no_grad():
             out, _ = step._conv(conv, x)
         torch.testing.assert_close(out, conv(x))
-    assert tile not in offered[True] and tile in offered[False]
+    return offered
 
 
 def test_the_kernel_reads_weights_padded_to_its_column_tile(monkeypatch):
@@ -165,19 +171,5 @@ def test_the_fast_decoder_takes_a_tile_of_two_dots_outright(monkeypatch):
     monkeypatch.setattr(
         decoder, "window_convolved", lambda x, weight, bias, channels, way: F.conv3d(x, weight[:channels])
     )
-    offered: dict[bool, tuple] = {}
-
-    def choose(key, reference, run, ways, *, device, exact=True):
-        offered[exact] = tuple(ways)
-        return ways[0]
-
-    monkeypatch.setattr(decoder, "fastest_way", choose)
-    conv = torch.nn.Conv3d(32, 96, 3, bias=False)
-    x = torch.randn(1, 32, 3, 6, 8).contiguous(memory_format=torch.channels_last_3d)
-    for exact in (True, False):
-        step = decoder.WanDecoderStep(small_vae("wan2.1"), exact=exact)
-        step.fused = True  # channels-last, as on a GPU
-        with torch.no_grad():
-            out, _ = step._conv(conv, x)
-        torch.testing.assert_close(out, conv(x))
+    offered = _ways_offered(monkeypatch, torch.nn.Conv3d(32, 96, 3, bias=False), pick=lambda ways: ways[0])
     assert offered[False] == (two,) and two not in offered[True]
