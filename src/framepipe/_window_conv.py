@@ -64,8 +64,7 @@ def window_tiles(conv: torch.nn.Module, x: torch.Tensor) -> tuple[WindowTile, ..
         return ()
     columns = min(128, max(16, 1 << (conv.out_channels - 1).bit_length()))  # Triton's blocks: powers of 2
     if x.dtype == torch.bfloat16:
-        depth = 64 if x.shape[1] % 64 == 0 else 32
-        return WindowTile(256, columns, depth, 8, 4), WindowTile(128, columns, depth, 4, 4)
+        return WindowTile(256, columns, _depth(x), 8, 4), WindowTile(128, columns, _depth(x), 4, 4)
     return WindowTile(256, columns, 32, 8, 4), WindowTile(128, columns, 32, 8, 5)
 
 
@@ -80,7 +79,12 @@ def two_dot_tile(conv: torch.nn.Module, x: torch.Tensor) -> WindowTile | None:
     co = conv.out_channels
     if x.dtype != torch.bfloat16 or not two_dots(co) or not _applies(conv, x):
         return None
-    return WindowTile(256 if co <= 128 else 128, co, 64 if x.shape[1] % 64 == 0 else 32, 8, 4)
+    return WindowTile(256 if co <= 128 else 128, co, _depth(x), 8, 4)
+
+
+def _depth(x: torch.Tensor) -> int:
+    """A bfloat16 tile's input channels a step: 64 where they divide the window's, else 32."""
+    return 64 if x.shape[1] % 64 == 0 else 32
 
 
 def two_dots(channels: int) -> bool:
