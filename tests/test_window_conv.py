@@ -73,6 +73,75 @@ def test_window_convolution_against_float64(dtype, channels, out_channels, with_
 
 
 @pytest.mark.needs_cuda
+@pytest.mark.parametrize("channels, out_channels", [(96, 96), (192, 192), (64, 48)])
+def test_a_tile_of_two_dots_applies_the_next_norm_into_a_window(channels, out_channels):
+    """With ``norm``, the tile's output is silu(RMS norm * scale * gamma) of the convolution + bias,
+    rounded once (bf16), stored into a window's interior with its border left as it was."""
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("the window convolution runs on Hopper or newer GPUs")
+    g = torch.Generator(device="cuda").manual_seed(5)
+    dtype = torch.bfloat16
+    x = torch.randn(1, channels, 6, 19, 29, generator=g, device="cuda").to(dtype)
+    x = x.contiguous(memory_format=torch.channels_last_3d)
+    w = (torch.randn(out_channels, channels, 3, 3, 3, generator=g, device="cuda") / 16).to(dtype)
+    b = torch.randn(out_channels, generator=g, device="cuda").to(dtype)
+    gamma = (torch.rand(out_channels, generator=g, device="cuda") + 0.5).to(dtype)
+    tile = two_dot_tile(torch.nn.Conv3d(channels, out_channels, 3), x)
+    assert tile is not None and tile.columns == out_channels
+    window = torch.full((1, out_channels, 2 + 4, 17 + 2, 27 + 2), 3.0, device="cuda", dtype=dtype)
+    window = window.contiguous(memory_format=torch.channels_last_3d)
+    inside = window[:, :, 2:, 1:-1, 1:-1]
+    weight = w.contiguous(memory_format=torch.channels_last_3d)
+    scale = out_channels**0.5
+    window_convolved(x, weight, b, out_channels, tile, out=inside, norm=(gamma, scale))
+    y = F.conv3d(x.double(), w.double(), b.double())
+    want = F.silu(F.normalize(y, dim=1) * scale * gamma.double().view(1, -1, 1, 1, 1))
+    assert ((inside.double() - want).abs() <= want.abs() * 2.0**-8 + 2.0**-12).all()
+    border = window.clone()
+    border[:, :, 2:, 1:-1, 1:-1] = 3.0
+    assert (border == 3.0).all()
+
+
+def test_the_fast_decoder_norms_a_residual_blocks_first_convolution_in_its_kernel(monkeypatch):
+    """Where conv1 of a residual block takes a tile of two dots, the fast decoder has it apply norm2 +
+    SiLU and fill conv2's window itself (the kernel emulated on the CPU): the same decode as norming
+    its output apart, within float32's roundings, and diffusers' decode."""
+    normed: list[int] = []
+
+    def convolved(x, weight, bias, channels, way, *, out=None, norm=None):
+        y = F.conv3d(x, weight[:channels], None if bias is None else bias[:channels])
+        if norm is not None:
+            normed.append(channels)
+            gamma, scale = norm
+            y = F.silu(F.normalize(y, dim=1) * scale * gamma.view(1, -1, 1, 1, 1))
+        return y if out is None else out.copy_(y)
+
+    def two_dots(conv, x):
+        return WindowTile(256, conv.out_channels, 32, 8, 4) if conv.kernel_size == (3, 3, 3) else None
+
+    monkeypatch.setattr(decoder, "two_dot_tile", two_dots)
+    monkeypatch.setattr(decoder, "window_convolved", convolved)
+    monkeypatch.setattr(decoder, "norm_fusable", lambda x, norm: True)  # the CUDA kernels' test, on the CPU
+    monkeypatch.setattr(decoder, "fastest_way", lambda key, reference, run, ways, **_: ways[0])
+    vae = small_vae("wan2.1")
+    z = small_latents("wan2.1")
+    decoded = {}
+    for in_kernel in (True, False):
+        step = decoder.WanDecoderStep(vae, exact=False)
+        step.fused = True  # channels-last, as on a GPU
+        if not in_kernel:
+            monkeypatch.setattr(step, "_norms_in_kernel", lambda conv, norm, x: False)
+        with torch.no_grad():
+            decoded[in_kernel] = torch.cat(list(decode_chunks(vae, z, step=step)), 2)
+    blocks = [m for m in vae.decoder.modules() if type(m).__name__ == "WanResidualBlock"]
+    assert len(normed) == len(blocks) * z.shape[2]  # every block's conv1, every chunk
+    torch.testing.assert_close(decoded[True], decoded[False], rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        theirs = torch.cat(list(decode_chunks(vae, z, decoder="diffusers")), 2)
+    torch.testing.assert_close(decoded[True], theirs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.needs_cuda
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_the_fast_decoder_with_window_convolutions_stays_close(dtype, monkeypatch):
     """Every convolution the kernel applies to computed with it, through whole decodes (caches, first

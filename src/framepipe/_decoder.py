@@ -26,7 +26,7 @@ import torch
 
 from ._attention import explicit_attention
 from ._equivalence import fastest_way, probe
-from ._fused import add_bias_residual, norm_silu, norm_silu_fast, norm_silu_is_exact
+from ._fused import add_bias_residual, norm_fusable, norm_silu, norm_silu_fast, norm_silu_is_exact
 from ._layouts import (
     CHANNELS_LAST,
     added,
@@ -219,14 +219,45 @@ class WanDecoderStep:
     def _residual(self, block, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
         """``WanResidualBlock.forward`` (dropout is the identity at inference). Channels-last, the
         convolutions' biases are left to the kernels that read their outputs: conv1's to norm2's
-        kernel, conv2's to the residual add."""
+        kernel (or, in the fast decoder, norm2 + SiLU inside conv1's own: ``_norms_in_kernel``),
+        conv2's to the residual add."""
         shortcut = block.conv_shortcut  # a 1x1x1 conv whose F.pad(x, 0) is only a clone of x
         h = x if isinstance(shortcut, torch.nn.Identity) else added(*self._conv(shortcut, x))
-        fill = self._norm_silu(block.norm1, x)
-        y, bias = self._causal_conv(block.conv1, fill, x, x.shape[1], cache, idx, defer_bias=True)
-        fill = self._norm_silu(block.norm2, y, bias)
-        y, bias = self._causal_conv(block.conv2, fill, y, y.shape[1], cache, idx, defer_bias=True)
+        first = self._norm_silu(block.norm1, x)
+        if self._norms_in_kernel(block.conv1, block.norm2, x):
+
+            def conv1_normed(out: torch.Tensor) -> None:  # fills conv2's window: conv1, norm2 + SiLU
+                convolve = functools.partial(self._conv_normed, block.conv1, norm=block.norm2, out=out)
+                self._causal(block.conv1, first, x, x.shape[1], cache, idx, convolve)
+
+            channels = block.conv1.out_channels
+            y, bias = self._causal_conv(block.conv2, conv1_normed, x, channels, cache, idx, defer_bias=True)
+        else:
+            y, bias = self._causal_conv(block.conv1, first, x, x.shape[1], cache, idx, defer_bias=True)
+            second = self._norm_silu(block.norm2, y, bias)
+            y, bias = self._causal_conv(block.conv2, second, y, y.shape[1], cache, idx, defer_bias=True)
         return y.add_(h) if bias is None else add_bias_residual(y, bias, h)
+
+    def _norms_in_kernel(self, conv, norm, x: torch.Tensor) -> bool:
+        """Whether ``conv`` over a window of x's channels (a residual block's first) applies ``norm`` +
+        SiLU in its own kernel and stores straight into the next window: the fast decoder, where the
+        convolution takes a tile of two dots, which holds every output channel (``two_dot_tile``). Its
+        output is never written unnormed, nor read back by a norm kernel (``docs/benchmarks.md``)."""
+        return not self.exact and self.channels_last and norm_fusable(x, norm) and two_dot_tile(conv, x) is not None
+
+    def _conv_normed(self, conv, window: torch.Tensor, *, norm, out: torch.Tensor) -> None:
+        """silu(norm(conv(window))) into ``out`` (the next window's interior), in the tile of two dots."""
+        tile = two_dot_tile(conv, window)
+        weight, bias = self._copies(conv, tile.weight_rows(conv.out_channels))
+        gain = (norm.gamma.reshape(-1), float(norm.scale))
+        window_convolved(window, weight, bias, conv.out_channels, tile, out=out, norm=gain)
+
+    def _copies(self, conv, channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``conv``'s channels-last weights and bias with ``channels`` output channels (``conv_copies``),
+        made once: its parameters do not change while a video decodes."""
+        if (conv, channels) not in self.copies:
+            self.copies[conv, channels] = conv_copies(conv, channels)
+        return self.copies[conv, channels]
 
     def _norm_silu(self, norm, x: torch.Tensor, bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], object]:
         """What writes ``silu(norm(x + bias))`` into a window's interior (bias: a convolution's, left to
@@ -250,9 +281,7 @@ class WanDecoderStep:
         def run(x: torch.Tensor, way: bool | WindowTile) -> torch.Tensor:
             co = conv.out_channels
             channels = way.weight_rows(co) if isinstance(way, WindowTile) else padded_channels(co) if way else co
-            if (conv, channels) not in self.copies:  # its parameters do not change while a video decodes
-                self.copies[conv, channels] = conv_copies(conv, channels)
-            weight, full_bias = self.copies[conv, channels]
+            weight, full_bias = self._copies(conv, channels)
             x = x.contiguous(memory_format=channels_last_format(x.dim()))
             if isinstance(way, WindowTile):
                 return window_convolved(x, weight, None if defer_bias else full_bias, co, way)
@@ -284,6 +313,11 @@ class WanDecoderStep:
         """``WanCausalConv3d.forward`` over [its cache, x] with its causal and spatial zero padding,
         the window filled by ``fill``; the window's last two frames become the conv's cache. Returns
         what ``_conv`` returns."""
+        return self._causal(conv, fill, x, channels, cache, idx, lambda window: self._conv(conv, window, defer_bias))
+
+    def _causal(self, conv, fill, x: torch.Tensor, channels: int, cache: list, idx: list[int],
+                convolve: Callable[[torch.Tensor], object]):  # fmt: skip
+        """``_causal_conv`` with ``convolve(window)`` as its convolution: what it returns is returned."""
         pad_w, _, pad_h, _, pad_t, _ = conv._padding
         b, _, t, h, w = x.shape
         shape = (b, channels, pad_t + t, h + 2 * pad_h, w + 2 * pad_w)
@@ -296,7 +330,7 @@ class WanDecoderStep:
             history.zero_()
         else:
             copy_bits(history, previous)
-        out = self._conv(conv, window, defer_bias)
+        out = convolve(window)
         # the last frames whole (zero border, a split band's halo rows): one block of memory channels-last
         last = window[:, :, -_CACHE_T:]
         if previous is not None and previous.shape == last.shape:

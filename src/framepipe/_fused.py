@@ -76,7 +76,8 @@ def _floor_pow2(n: int) -> int:
     return 1 << max(n, 1).bit_length() - 1
 
 
-def _fusable(x: torch.Tensor, norm) -> bool:
+def norm_fusable(x: torch.Tensor, norm) -> bool:
+    """Whether the kernels can compute ``norm`` (Wan's RMS norm: no bias, channels first) over x."""
     gamma = norm.gamma
     return (
         x.is_cuda and x.dtype in (torch.float32, torch.bfloat16) and gamma.dtype == x.dtype
@@ -117,7 +118,7 @@ def norm_silu(x: torch.Tensor, norm, out: torch.Tensor, bias: torch.Tensor | Non
     """Write ``silu(norm(x + bias))`` into ``out`` (any strides) for a channel-first ``WanRMS_norm``
     (``bias``: a convolution's, not yet added to x; or None): the fused kernel where it gives PyTorch's
     bits for x's shape, else PyTorch's ops on channel-first x."""
-    fusable = _fusable(x, norm)
+    fusable = norm_fusable(x, norm)
     split = norm_split(x, norm, bias) if fusable else None
     if split is None and not (fusable and norms_given_exact(x, norm, bias)):
         _norm_silu_ops(x, norm, out, bias)
@@ -174,7 +175,7 @@ def pytorch_gives(kernel: Callable[[], torch.Tensor], x: torch.Tensor, norm, bia
 def norm_silu_fast(x: torch.Tensor, norm, out: torch.Tensor, bias: torch.Tensor | None = None) -> None:
     """``norm_silu`` for the fast decoder: the fast kernel (``_fast_kernels.py``; float32, its own order,
     not PyTorch's bits) where x's dtype and ``norm`` fit it, else PyTorch's ops."""
-    if not _fusable(x, norm):
+    if not norm_fusable(x, norm):
         _norm_silu_ops(x, norm, out, bias)
         return
     from ._fast_kernels import norm_silu_free

@@ -95,11 +95,22 @@ def two_dots(channels: int) -> bool:
 
 
 def window_convolved(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, channels: int, tile: WindowTile
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    channels: int,
+    tile: WindowTile,
+    *,
+    out: torch.Tensor | None = None,
+    norm: tuple[torch.Tensor, float] | None = None,
 ) -> torch.Tensor:
     """The convolution of the window ``x`` (contiguous channels-last) with the first ``channels`` output
     channels of ``weight`` (channels-last; rows past them, if any, are zeros: ``weight_rows``) and
-    ``bias``, in ``tile``: a new channels-last tensor of ``channels`` channels."""
+    ``bias``, in ``tile``: a channels-last tensor of ``channels`` channels, ``out`` (channels innermost,
+    e.g. the next window's interior) or a new one. ``norm`` = (gamma, scale): silu of the output's RMS
+    norm stored instead, for a tile of every channel (``window_conv``)."""
     from ._fast_kernels import window_conv
 
-    return window_conv(x, weight, bias, channels, tile.rows, tile.columns, tile.depth, tile.warps, tile.stages)
+    return window_conv(
+        x, weight, bias, channels, tile.rows, tile.columns, tile.depth, tile.warps, tile.stages, out, norm
+    )
