@@ -8,18 +8,14 @@ with each one's peak memory, mean power and clock, and uint8 difference from ``v
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import torch
 import window_conv_gain
 from decoder_speed import means, uint8_difference
 from gpu_power import alternated
-from script_inputs import machine, random_case
+from script_inputs import case_lines, machine, random_case
 
 import framepipe._decoder as decoder
 from framepipe import to_uint8_frames
-from framepipe._source import decode_chunks
 from framepipe._window_conv import WindowTile
 
 IN_KERNEL = decoder.WanDecoderStep._norms_in_kernel
@@ -38,10 +34,7 @@ def case(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int) -
         if variant == "norms apart":
             decoder.WanDecoderStep._norms_in_kernel = lambda step, conv, norm, x: False
         try:
-            for chunk in decode_chunks(vae, z, step=steps[variant]):
-                frames_u8 = to_uint8_frames(chunk)
-                if keep is not None:
-                    keep.append(frames_u8.cpu())
+            window_conv_gain.decoded(vae, z, steps[variant], keep)
         finally:
             decoder.fastest_way, decoder.WanDecoderStep._norms_in_kernel = plain, IN_KERNEL
 
@@ -75,16 +68,7 @@ def case(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=["wan2.1:bfloat16:480x832"], help="ARCH:DTYPE:HxW")
-    parser.add_argument("--frames", type=int, default=81)
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
-    for spec in args.cases:
-        arch, dtype, size = spec.split(":")
-        height, width = map(int, size.split("x"))
-        print(json.dumps(case(arch, dtype, (height, width), args.frames, args.runs)), flush=True)
-        torch.cuda.empty_cache()
+    case_lines(__doc__.splitlines()[0], case)
 
 
 if __name__ == "__main__":

@@ -67,6 +67,22 @@ def rows_per_dtype(args: argparse.Namespace, run: Callable[[str, tuple[int, int]
         (args.out / f"{name}.json").write_text(json.dumps({"environment": env, "rows": rows}, indent=1))
 
 
+def case_lines(description: str, case: Callable[[str, str, tuple[int, int], int, int], dict]) -> None:
+    """A script's command line of ``--cases ARCH:DTYPE:HxW ...``, ``--frames`` and ``--runs``:
+    ``case(arch, dtype, (height, width), frames, runs)`` for each, printed as one JSON line."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--cases", nargs="+", default=["wan2.1:bfloat16:480x832"], help="ARCH:DTYPE:HxW")
+    parser.add_argument("--frames", type=int, default=81)
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    for spec in args.cases:
+        arch, dtype, size = spec.split(":")
+        height, width = map(int, size.split("x"))
+        print(json.dumps(case(arch, dtype, (height, width), args.frames, args.runs)), flush=True)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # the last case's model and caches, before the next one's
+
+
 def machine(device: str) -> dict:
     """Where a script's figures were measured: the card (the CPU's architecture off CUDA), torch,
     Python, the date."""

@@ -10,13 +10,10 @@ shapes each variant computes with the kernel and the fast decode's uint8 differe
 
 from __future__ import annotations
 
-import argparse
-import json
-
 import torch
 from decoder_speed import means, uint8_difference
 from gpu_power import alternated
-from script_inputs import machine, random_case
+from script_inputs import case_lines, machine, random_case
 
 import framepipe._decoder as decoder
 import framepipe._equivalence as equivalence
@@ -48,6 +45,15 @@ def chooser(variant: str, chosen: dict):
     return choose
 
 
+def decoded(vae, z, step, keep: list | None = None) -> None:
+    """One decode of ``z`` through ``step`` to uint8 frames on the GPU, each chunk's frames also
+    appended to ``keep`` on the host if given."""
+    for chunk in decode_chunks(vae, z, step=step):
+        frames_u8 = to_uint8_frames(chunk)
+        if keep is not None:
+            keep.append(frames_u8.cpu())
+
+
 def case(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int) -> dict:
     vae, z = random_case(arch, dtype, size, frames, "cuda")
     chosen: dict[str, dict] = {variant: {} for variant in VARIANTS}
@@ -62,10 +68,7 @@ def case(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int) -
         if variant in BEFORE_TWO_DOTS:
             decoder.two_dot_tile = lambda conv, x: None
         try:
-            for chunk in decode_chunks(vae, z, step=steps[variant]):
-                frames_u8 = to_uint8_frames(chunk)
-                if keep is not None:
-                    keep.append(frames_u8.cpu())
+            decoded(vae, z, steps[variant], keep)
         finally:
             decoder.fastest_way, WindowTile.weight_rows, decoder.two_dot_tile = plain, padded, two_dots
 
@@ -92,15 +95,7 @@ def case(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", nargs="+", default=["wan2.1:bfloat16:480x832"], help="ARCH:DTYPE:HxW")
-    parser.add_argument("--frames", type=int, default=81)
-    parser.add_argument("--runs", type=int, default=3)
-    args = parser.parse_args()
-    for spec in args.cases:
-        arch, dtype, size = spec.split(":")
-        height, width = map(int, size.split("x"))
-        print(json.dumps(case(arch, dtype, (height, width), args.frames, args.runs)), flush=True)
+    case_lines(__doc__.splitlines()[0], case)
 
 
 if __name__ == "__main__":
