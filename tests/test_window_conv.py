@@ -102,7 +102,7 @@ def test_a_tile_of_two_dots_applies_the_next_norm_into_a_window(channels, out_ch
     assert (border == 3.0).all()
 
 
-def test_the_fast_decoder_norms_a_residual_blocks_first_convolution_in_its_kernel(monkeypatch):
+def test_the_fast_decoder_norms_a_residual_blocks_first_convolution_in_its_kernel(version, monkeypatch):
     """Where conv1 of a residual block takes a tile of two dots, the fast decoder has it apply norm2 +
     SiLU and fill conv2's window itself (the kernel emulated on the CPU): the same decode as norming
     its output apart, within float32's roundings, and diffusers' decode."""
@@ -123,8 +123,8 @@ def test_the_fast_decoder_norms_a_residual_blocks_first_convolution_in_its_kerne
     monkeypatch.setattr(decoder, "window_convolved", convolved)
     monkeypatch.setattr(decoder, "norm_fusable", lambda x, norm: True)  # the CUDA kernels' test, on the CPU
     monkeypatch.setattr(decoder, "fastest_way", lambda key, reference, run, ways, **_: ways[0])
-    vae = small_vae("wan2.1")
-    z = small_latents("wan2.1")
+    vae = small_vae(version)
+    z = small_latents(version)
     decoded = {}
     for in_kernel in (True, False):
         step = decoder.WanDecoderStep(vae, exact=False)
