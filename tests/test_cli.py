@@ -250,6 +250,20 @@ def test_real_process_error_has_no_traceback(tmp_path):
     assert "Traceback" not in err
 
 
+def test_a_mistyped_latent_path_fails_before_torch_and_diffusers_load(tmp_path):
+    """decode, bench and compare check their latent files first: a typo is answered at once, not after
+    the seconds that importing torch and diffusers take."""
+    code = (
+        "import sys; from framepipe.cli import main; rc = main(sys.argv[1:]); "
+        "assert not {'torch', 'diffusers'} & set(sys.modules), sorted(sys.modules); sys.exit(rc)"
+    )
+    for args in (["decode", "typo.pt", "-o", "out.mp4"], ["compare", "typo.pt"], ["bench", "--latents", "typo.pt"]):
+        proc = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+        assert proc.returncode == 1, proc.stderr
+        assert proc.stderr.strip() == "framepipe: error: Latent file not found: typo.pt."
+
+
 @pytest.mark.parametrize(
     ("sig", "code", "words"), [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "terminated")]
 )

@@ -89,6 +89,15 @@ def test_bad_input_midway_keeps_finished_videos_only(tmp_path, no_thread_leak):
     assert sorted(p.name for p in tmp_path.iterdir()) in (["a.npy"], [])  # a finished video may stay; no partials
 
 
+def test_a_missing_file_later_in_a_stream_fails_before_the_first_video(tmp_path):
+    """Every input file is checked before the first video starts, not when the stream reaches it."""
+    save_file({"latents": small_latents("wan2.1")}, tmp_path / "a.safetensors")
+    pairs = [(tmp_path / "a.safetensors", tmp_path / "a.npy"), (tmp_path / "typo.safetensors", tmp_path / "b.npy")]
+    with pytest.raises(LatentsError, match="Latent file not found: .*typo.safetensors"):
+        decode_many(pairs, vae=small_vae("wan2.1"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.safetensors"]
+
+
 def test_mismatched_frame_size_is_refused(tmp_path):
     vae = small_vae("wan2.1")
     pairs = [

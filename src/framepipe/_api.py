@@ -14,6 +14,7 @@ import torch
 
 from ._choices import DECODERS, check_choice
 from ._errors import GPU_OUT_OF_MEMORY, DeviceError, LatentsError, OutputError, SettingsError
+from ._latent_files import checked_latent_file
 from ._latents import LATENT_FORMATS, LatentFormat, check_latents, denormalize, load_latents, looks_raw
 from ._models import load_vae, model_name, resolve_device
 from ._pipeline import Job, run_async, run_sync
@@ -156,6 +157,8 @@ def decode_many(
                             "(a NumPy array: torch.from_numpy(array)).")  # fmt: skip
         if not (isinstance(output, str | os.PathLike) or _is_sinks(output)):
             raise TypeError(f"output must be a path or sinks, got {type(output).__name__}.")
+        if not isinstance(latents, torch.Tensor):
+            checked_latent_file(latents)  # every file, before the first video starts
     sources = {Path(latents).resolve() for latents, _ in inputs if not isinstance(latents, torch.Tensor)}
     for _, output in inputs:
         if not _is_sinks(output):

@@ -9,11 +9,11 @@ import numpy as np
 import torch
 
 from ._errors import UNREADABLE, LatentsError, SettingsError, why_unreadable
+from ._latent_files import checked_latent_file
 from ._optional import require
 
 LatentFormat = Literal["pipeline", "raw"]
 LATENT_FORMATS: tuple[str, ...] = ("pipeline", "raw")
-LATENT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".pth", ".npy")
 
 
 def load_latents(path: str | Path) -> torch.Tensor:
@@ -22,18 +22,8 @@ def load_latents(path: str | Path) -> torch.Tensor:
     A safetensors file must hold one tensor or one named ``latents``; a ``.pt`` file a tensor or a
     dict with a ``latents`` tensor. Returns the tensor on the CPU, as stored (shape checked later).
     """
-    path = Path(path)
-    if not path.exists():
-        raise LatentsError(f"Latent file not found: {path}.")
-    if not path.is_file():
-        raise LatentsError(f"Latent path is not a file: {path}.")
-    if path.stat().st_size == 0:
-        raise LatentsError(f"Latent file is empty: {path}.")
+    path = checked_latent_file(path)
     suffix = path.suffix.lower()
-    if suffix not in LATENT_SUFFIXES:
-        raise LatentsError(
-            f"Unsupported latent file type {suffix!r} ({path}). Supported: {', '.join(LATENT_SUFFIXES)}."
-        )
     try:
         if suffix == ".safetensors":
             tensor = _from_mapping(_read_safetensors(path), path)

@@ -23,6 +23,7 @@ from typing import Any
 from ._argtypes import whole_number
 from ._choices import CONTENTS, DECODERS
 from ._errors import FramepipeError, OutputError, SettingsError
+from ._latent_files import checked_latent_file
 from ._paths import removed_if_unused
 
 EXIT_ERROR = 1
@@ -753,6 +754,9 @@ def _run(args: argparse.Namespace) -> int:
         from .data._cli import run as run_data
 
         return run_data(args)
+    latents = getattr(args, "latents", None) if args.command in ("decode", "bench", "compare") else None
+    for path in [latents] if isinstance(latents, str) else latents or []:
+        checked_latent_file(path)  # a mistyped path fails at once, not after torch and diffusers load (seconds)
     from ._optional import require
 
     require("diffusers.utils.logging", "video").set_verbosity_error()
