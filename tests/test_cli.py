@@ -250,18 +250,27 @@ def test_real_process_error_has_no_traceback(tmp_path):
     assert "Traceback" not in err
 
 
-def test_a_mistyped_latent_path_fails_before_torch_and_diffusers_load(tmp_path):
-    """decode, bench and compare check their latent files first: a typo is answered at once, not after
-    the seconds that importing torch and diffusers take."""
+def test_a_mistyped_path_fails_before_torch_and_diffusers_load(tmp_path):
+    """decode, bench, compare and serve check their latent files and VAE path first: a typo is answered
+    at once, not after the seconds that importing torch and diffusers take."""
     code = (
         "import sys; from framepipe.cli import main; rc = main(sys.argv[1:]); "
         "assert not {'torch', 'diffusers'} & set(sys.modules), sorted(sys.modules); sys.exit(rc)"
     )
-    for args in (["decode", "typo.pt", "-o", "out.mp4"], ["compare", "typo.pt"], ["bench", "--latents", "typo.pt"]):
+    (tmp_path / "z.pt").write_bytes(b"not read")
+    cases = {
+        ("decode", "typo.pt", "-o", "out.mp4"): "Latent file not found: typo.pt.",
+        ("compare", "typo.pt"): "Latent file not found: typo.pt.",
+        ("bench", "--latents", "typo.pt"): "Latent file not found: typo.pt.",
+        ("decode", "z.pt", "-o", "out.mp4", "--vae", "typo.pth"): "VAE checkpoint not found: typo.pth.",
+        ("serve", "--vae", "typo"): "VAE checkpoint not found: typo.",
+    }
+    for args, message in cases.items():
         proc = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True, text=True,
                               timeout=60)  # fmt: skip
         assert proc.returncode == 1, proc.stderr
-        assert proc.stderr.strip() == "framepipe: error: Latent file not found: typo.pt."
+        assert proc.stderr.strip() == f"framepipe: error: {message}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["z.pt"]
 
 
 @pytest.mark.parametrize(

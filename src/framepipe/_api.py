@@ -14,7 +14,7 @@ import torch
 
 from ._choices import DECODERS, check_choice
 from ._errors import GPU_OUT_OF_MEMORY, DeviceError, LatentsError, OutputError, SettingsError
-from ._latent_files import checked_latent_file
+from ._input_files import checked_latent_file
 from ._latents import LATENT_FORMATS, LatentFormat, check_latents, denormalize, load_latents, looks_raw
 from ._models import load_vae, model_name, resolve_device
 from ._pipeline import Job, run_async, run_sync

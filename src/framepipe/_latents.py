@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from ._errors import UNREADABLE, LatentsError, SettingsError, why_unreadable
-from ._latent_files import checked_latent_file
+from ._input_files import checked_latent_file
 from ._optional import require
 
 LatentFormat = Literal["pipeline", "raw"]

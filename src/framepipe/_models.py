@@ -11,6 +11,7 @@ import torch
 
 from ._checkpoint import detect_layout, infer_config, read_state_dict, to_diffusers
 from ._errors import CheckpointError, DeviceError, SettingsError, first_line
+from ._input_files import checked_vae_path
 from ._optional import require
 
 if TYPE_CHECKING:
@@ -187,8 +188,7 @@ def _check_arch(vae, arch: str, checkpoint: str | Path) -> None:
 
 def _load_checkpoint(path: Path):
     AutoencoderKLWan = require("diffusers", "video").AutoencoderKLWan
-    if not path.exists():
-        raise CheckpointError(f"VAE checkpoint not found: {path}.")
+    checked_vae_path(path)
     if path.is_dir():
         folder = path / "vae" if (path / "vae" / "config.json").is_file() else path
         if not (folder / "config.json").is_file():

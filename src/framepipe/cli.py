@@ -23,7 +23,7 @@ from typing import Any
 from ._argtypes import whole_number
 from ._choices import CONTENTS, DECODERS
 from ._errors import FramepipeError, OutputError, SettingsError
-from ._latent_files import checked_latent_file
+from ._input_files import checked_latent_file, checked_vae_path
 from ._paths import removed_if_unused
 
 EXIT_ERROR = 1
@@ -754,9 +754,14 @@ def _run(args: argparse.Namespace) -> int:
         from .data._cli import run as run_data
 
         return run_data(args)
-    latents = getattr(args, "latents", None) if args.command in ("decode", "bench", "compare") else None
-    for path in [latents] if isinstance(latents, str) else latents or []:
-        checked_latent_file(path)  # a mistyped path fails at once, not after torch and diffusers load (seconds)
+    # A mistyped path fails at once, not after torch and diffusers load (seconds). Not for batch: its
+    # inputs may be folders, globs, manifests or objects, and on a Ray cluster the VAE is the nodes'.
+    if args.command in ("decode", "bench", "compare", "serve"):
+        latents = getattr(args, "latents", None)
+        for path in [latents] if isinstance(latents, str) else latents or []:
+            checked_latent_file(path)
+        if args.vae is not None:
+            checked_vae_path(args.vae)
     from ._optional import require
 
     require("diffusers.utils.logging", "video").set_verbosity_error()

@@ -1,11 +1,11 @@
-"""Latent files on disk, checked without torch: a mistyped path fails at once, before a stream starts
-or a model loads, not seconds later."""
+"""The files a command reads (latents, a VAE checkpoint), checked without torch: a mistyped path fails
+at once, before a stream starts or a model loads, not seconds later."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from ._errors import LatentsError
+from ._errors import CheckpointError, LatentsError
 
 LATENT_SUFFIXES: tuple[str, ...] = (".safetensors", ".pt", ".pth", ".npy")
 
@@ -25,4 +25,13 @@ def checked_latent_file(path: str | Path) -> Path:
         raise LatentsError(
             f"Unsupported latent file type {suffix!r} ({path}). Supported: {', '.join(LATENT_SUFFIXES)}."
         )
+    return path
+
+
+def checked_vae_path(path: str | Path) -> Path:
+    """``path`` as a ``Path`` if something is there (a checkpoint file or a diffusers folder, read
+    later), else a ``CheckpointError``."""
+    path = Path(path)
+    if not path.exists():
+        raise CheckpointError(f"VAE checkpoint not found: {path}.")
     return path
