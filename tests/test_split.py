@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import save_file
 
 import framepipe
 from conftest import small_latents, small_vae
@@ -59,12 +60,14 @@ def test_a_helper_that_dies_mid_video_fails_the_decode_in_one_line(tmp_path, vae
     assert list(tmp_path.iterdir()) == []  # nothing half-written
 
 
-def test_split_decode_refusals(capsys):
+def test_split_decode_refusals(tmp_path, capsys):
     from framepipe.cli import main
 
     with pytest.raises(SettingsError, match="different GPUs"):
         SplitDecoder(["cpu"])
-    assert main(["decode", "x.safetensors", "-o", "x.mp4", "--split-gpus", "all"]) == 1
+    latents, out = tmp_path / "x.safetensors", str(tmp_path / "x.mp4")
+    save_file({"latents": small_latents("wan2.1")}, latents)
+    assert main(["decode", str(latents), "-o", out, "--split-gpus", "all"]) == 1
     assert "--split-gpus all: no CUDA GPU" in capsys.readouterr().err
-    assert main(["decode", "x.safetensors", "-o", "x.mp4", "--split-gpus", "0,1", "--mode", "sync"]) == 1
+    assert main(["decode", str(latents), "-o", out, "--split-gpus", "0,1", "--mode", "sync"]) == 1
     assert "--split-gpus decodes one video at a time" in capsys.readouterr().err
