@@ -1,5 +1,5 @@
 """The fast decoder with a residual block's norm2 + SiLU applied inside conv1's tile of two dots
-(``WanDecoderStep._norms_in_kernel``), against norming conv1's output apart, side by side in one
+(``WanDecoderStep._norm_tile``), against norming conv1's output apart, side by side in one
 process: ``vae.decode`` and both, alternated, best of ``--runs``, GPU-only decode + uint8 conversion,
 with each one's peak memory, mean power and clock, and uint8 difference from ``vae.decode``.
 
@@ -18,7 +18,7 @@ import framepipe._decoder as decoder
 from framepipe import to_uint8_frames
 from framepipe._window_conv import WindowTile
 
-IN_KERNEL = decoder.WanDecoderStep._norms_in_kernel
+IN_KERNEL = decoder.WanDecoderStep._norm_tile
 VARIANTS = ("norms apart", "norm in conv1's kernel")  # the last: as shipped
 
 
@@ -32,11 +32,11 @@ def case(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int) -
     def fast(variant: str, keep: list | None = None) -> None:
         decoder.fastest_way = choosers[variant]  # each variant's first-use choices its own
         if variant == "norms apart":
-            decoder.WanDecoderStep._norms_in_kernel = lambda step, conv, norm, x: False
+            decoder.WanDecoderStep._norm_tile = lambda step, conv, norm, x: None
         try:
             window_conv_gain.decoded(vae, z, steps[variant], keep)
         finally:
-            decoder.fastest_way, decoder.WanDecoderStep._norms_in_kernel = plain, IN_KERNEL
+            decoder.fastest_way, decoder.WanDecoderStep._norm_tile = plain, IN_KERNEL
 
     with torch.inference_mode():
         outs, peaks = {}, {}

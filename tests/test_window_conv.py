@@ -130,7 +130,7 @@ def test_the_fast_decoder_norms_a_residual_blocks_first_convolution_in_its_kerne
         step = decoder.WanDecoderStep(vae, exact=False)
         step.fused = True  # channels-last, as on a GPU
         if not in_kernel:
-            monkeypatch.setattr(step, "_norms_in_kernel", lambda conv, norm, x: False)
+            monkeypatch.setattr(step, "_norm_tile", lambda conv, norm, x: None)
         with torch.no_grad():
             decoded[in_kernel] = torch.cat(list(decode_chunks(vae, z, step=step)), 2)
     blocks = [m for m in vae.decoder.modules() if type(m).__name__ == "WanResidualBlock"]

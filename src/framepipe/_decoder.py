@@ -219,15 +219,15 @@ class WanDecoderStep:
     def _residual(self, block, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
         """``WanResidualBlock.forward`` (dropout is the identity at inference). Channels-last, the
         convolutions' biases are left to the kernels that read their outputs: conv1's to norm2's
-        kernel (or, in the fast decoder, norm2 + SiLU inside conv1's own: ``_norms_in_kernel``),
+        kernel (or, in the fast decoder, norm2 + SiLU inside conv1's own: ``_norm_tile``),
         conv2's to the residual add."""
         shortcut = block.conv_shortcut  # a 1x1x1 conv whose F.pad(x, 0) is only a clone of x
         h = x if isinstance(shortcut, torch.nn.Identity) else added(*self._conv(shortcut, x))
         first = self._norm_silu(block.norm1, x)
-        if self._norms_in_kernel(block.conv1, block.norm2, x):
+        if tile := self._norm_tile(block.conv1, block.norm2, x):
 
             def conv1_normed(out: torch.Tensor) -> None:  # fills conv2's window: conv1, norm2 + SiLU
-                convolve = functools.partial(self._conv_normed, block.conv1, norm=block.norm2, out=out)
+                convolve = functools.partial(self._conv_normed, block.conv1, tile=tile, norm=block.norm2, out=out)
                 self._causal(block.conv1, first, x, x.shape[1], cache, idx, convolve)
 
             channels = block.conv1.out_channels
@@ -238,16 +238,18 @@ class WanDecoderStep:
             y, bias = self._causal_conv(block.conv2, second, y, y.shape[1], cache, idx, defer_bias=True)
         return y.add_(h) if bias is None else add_bias_residual(y, bias, h)
 
-    def _norms_in_kernel(self, conv, norm, x: torch.Tensor) -> bool:
-        """Whether ``conv`` over a window of x's channels (a residual block's first) applies ``norm`` +
-        SiLU in its own kernel and stores straight into the next window: the fast decoder, where the
-        convolution takes a tile of two dots, which holds every output channel (``two_dot_tile``). Its
-        output is never written unnormed, nor read back by a norm kernel (``docs/benchmarks.md``)."""
-        return not self.exact and self.channels_last and norm_fusable(x, norm) and two_dot_tile(conv, x) is not None
+    def _norm_tile(self, conv, norm, x: torch.Tensor) -> WindowTile | None:
+        """The tile in which ``conv`` over a window of x's channels (a residual block's first) applies
+        ``norm`` + SiLU in its own kernel and stores straight into the next window, if any: the fast
+        decoder, where the convolution takes a tile of two dots, which holds every output channel
+        (``two_dot_tile``). Its output is never written unnormed, nor read back by a norm kernel
+        (``docs/benchmarks.md``)."""
+        if self.exact or not self.channels_last or not norm_fusable(x, norm):
+            return None
+        return two_dot_tile(conv, x)
 
-    def _conv_normed(self, conv, window: torch.Tensor, *, norm, out: torch.Tensor) -> None:
-        """silu(norm(conv(window))) into ``out`` (the next window's interior), in the tile of two dots."""
-        tile = two_dot_tile(conv, window)
+    def _conv_normed(self, conv, window: torch.Tensor, *, tile: WindowTile, norm, out: torch.Tensor) -> None:
+        """silu(norm(conv(window))) into ``out`` (the next window's interior), in ``tile`` (of two dots)."""
         weight, bias = self._copies(conv, tile.weight_rows(conv.out_channels))
         gain = (norm.gamma.reshape(-1), float(norm.scale))
         window_convolved(window, weight, bias, conv.out_channels, tile, out=out, norm=gain)
