@@ -2,6 +2,7 @@ import faulthandler
 import os
 import subprocess
 import threading
+import time
 
 import pytest
 import torch
@@ -75,8 +76,13 @@ def version(request):
 
 @pytest.fixture
 def no_thread_leak():
+    """No thread the test started still runs a few seconds after it: threads that end on their own a
+    moment later (multiprocessing's queue feeders, after a DataLoader closes its queues) are no leak."""
     before = {t.ident for t in threading.enumerate()}
     yield
+    deadline = time.monotonic() + 5
+    for thread in [t for t in threading.enumerate() if t.ident not in before]:
+        thread.join(timeout=max(0.0, deadline - time.monotonic()))
     leaked = [t.name for t in threading.enumerate() if t.ident not in before and t.is_alive()]
     assert not leaked, f"threads left running: {leaked}"
 

@@ -6,6 +6,7 @@ import json
 import os
 import random
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -315,6 +316,32 @@ def test_stopping_early_stops_the_loader_thread_and_workers(packed, no_thread_le
         if i == 2:
             break
     assert loader.state_dict()["batches"] == 3
+
+
+def test_the_workers_start_in_the_callers_thread(packed, no_thread_leak, monkeypatch):
+    """DataLoader forks its workers when iterated: from the thread that iterates the Loader, not from its
+    side thread (a child forked there while another thread holds a lock can hang)."""
+    started_in = []
+    plain = torch.utils.data.DataLoader.__iter__
+
+    def recorded(self):
+        started_in.append(threading.current_thread())
+        return plain(self)
+
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__iter__", recorded)
+    assert sorted(_epoch(packed, workers=1)) == list(range(300))
+    assert started_in == [threading.current_thread()]
+
+
+def test_an_error_starting_the_workers_reaches_the_caller(packed, no_thread_leak, monkeypatch):
+    """Workers that cannot start (here: no more processes) raise in the caller; nothing waits forever."""
+
+    def failing(self):
+        raise OSError("Resource temporarily unavailable")
+
+    monkeypatch.setattr(torch.utils.data.DataLoader, "__iter__", failing)
+    with pytest.raises(OSError, match="temporarily"):
+        _epoch(packed, workers=1)
 
 
 _CACHE_READER = """

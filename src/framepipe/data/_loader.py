@@ -106,7 +106,11 @@ class Loader:
         compute = torch.cuda.current_stream(self.device) if cuda else None
         ready_batches: queue.Queue = queue.Queue(maxsize=self.ahead)
         stop = threading.Event()
-        thread = threading.Thread(target=self._fill, args=(ready_batches, stop, compute), daemon=True,
+        # The workers fork here, in the caller's thread, not in the loader thread: a child forked from a
+        # side thread while another holds a lock (logging, malloc, an import) can hang on its first use
+        # of it; and an error starting them is the caller's at once, not a loader thread's that died.
+        batches = iter(self._loader)
+        thread = threading.Thread(target=self._fill, args=(batches, ready_batches, stop, compute), daemon=True,
                                   name="framepipe-loader")  # fmt: skip
         thread.start()
         try:
@@ -132,6 +136,7 @@ class Loader:
                 with contextlib.suppress(queue.Empty):
                     ready_batches.get(timeout=0.05)
             thread.join()
+            del batches  # with the loader thread's reference gone: stops the worker processes now
             self._gather_skipped()
 
     def _gather_skipped(self) -> None:
@@ -142,8 +147,9 @@ class Loader:
             self.dataset.skipped.append(name)
             warnings.warn(f"a loader worker skipped shard {name} (on_error='skip')", UserWarning, stacklevel=3)
 
-    def _fill(self, out: queue.Queue, stop: threading.Event, compute) -> None:
-        """The loader thread: take batches from the workers, start their copy to the GPU, queue them."""
+    def _fill(self, it: Iterator, out: queue.Queue, stop: threading.Event, compute) -> None:
+        """The loader thread: take batches from the workers (``it``), start their copy to the GPU, queue
+        them."""
 
         def put(item) -> bool:
             while not stop.is_set():
@@ -154,7 +160,6 @@ class Loader:
                     continue
             return False
 
-        it = iter(self._loader)
         copy = torch.cuda.Stream(self.device) if compute is not None else None
         try:
             for batch in it:
@@ -172,4 +177,4 @@ class Loader:
         except BaseException as e:  # handed to the consumer, raised there
             put(e)
         finally:
-            del it  # stops the worker processes now rather than at garbage collection
+            del it  # the caller drops its own reference after this thread ends: the workers stop then
