@@ -8,17 +8,17 @@ with each one's peak memory, mean power and clock, and uint8 difference from ``v
 
 from __future__ import annotations
 
+import contextlib
+from unittest import mock
+
 import torch
 import window_conv_gain
 from decoder_speed import means, uint8_difference
-from gpu_power import alternated
 from script_inputs import case_lines, machine, random_case
 
 import framepipe._decoder as decoder
-from framepipe import to_uint8_frames
 from framepipe._window_conv import WindowTile
 
-IN_KERNEL = decoder.WanDecoderStep._norm_tile
 VARIANTS = ("norms apart", "norm in conv1's kernel")  # the last: as shipped
 
 
@@ -27,16 +27,14 @@ def case(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int) -
     chosen: dict[str, dict] = {variant: {} for variant in VARIANTS}
     steps = {variant: decoder.WanDecoderStep(vae, exact=False) for variant in VARIANTS}
     choosers = {variant: window_conv_gain.chooser("fast", chosen[variant]) for variant in VARIANTS}
-    plain = decoder.fastest_way
 
     def fast(variant: str, keep: list | None = None) -> None:
-        decoder.fastest_way = choosers[variant]  # each variant's first-use choices its own
-        if variant == "norms apart":
-            decoder.WanDecoderStep._norm_tile = lambda step, conv, norm, x: None
-        try:
+        with contextlib.ExitStack() as patched:
+            patched.enter_context(mock.patch.object(decoder, "fastest_way", choosers[variant]))  # its own choices
+            if variant == "norms apart":
+                apart = lambda step, conv, norm, x: None  # noqa: E731
+                patched.enter_context(mock.patch.object(decoder.WanDecoderStep, "_norm_tile", apart))
             window_conv_gain.decoded(vae, z, steps[variant], keep)
-        finally:
-            decoder.fastest_way, decoder.WanDecoderStep._norm_tile = plain, IN_KERNEL
 
     with torch.inference_mode():
         outs, peaks = {}, {}
@@ -49,11 +47,7 @@ def case(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int) -
             torch.cuda.synchronize()
             peaks[variant] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
             outs[variant] = torch.cat(keep, 1)
-        whole = to_uint8_frames(vae.decode(z).sample).cpu()
-        ways = {"vae.decode": lambda: to_uint8_frames(vae.decode(z).sample)}
-        ways |= {variant: lambda v=variant: fast(v) for variant in VARIANTS}
-        timed = alternated(ways, runs, z.device)
-    best = {name: round(min(s), 4) for name, s in timed["seconds"].items()}
+        whole, timed, best = window_conv_gain.against_vae_decode(vae, z, fast, VARIANTS, runs)
     return {
         "case": f"{arch}:{dtype}:{size[0]}x{size[1]}", "seconds": best, "all_seconds": timed["seconds"],
         "speedup": {v: round(best["vae.decode"] / best[v], 3) for v in VARIANTS},

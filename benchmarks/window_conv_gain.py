@@ -10,6 +10,10 @@ shapes each variant computes with the kernel and the fast decode's uint8 differe
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
+from unittest import mock
+
 import torch
 from decoder_speed import means, uint8_difference
 from gpu_power import alternated
@@ -54,35 +58,38 @@ def decoded(vae, z, step, keep: list | None = None) -> None:
             keep.append(frames_u8.cpu())
 
 
+def against_vae_decode(vae, z, fast: Callable[[str], None], variants: tuple[str, ...], runs: int):
+    """``vae.decode``'s uint8 frames (on the host), then it and ``fast(variant)`` for each variant alternated
+    (``alternated``): the frames, its figures and each one's best seconds. Under inference mode."""
+    whole = to_uint8_frames(vae.decode(z).sample).cpu()
+    ways = {"vae.decode": lambda: to_uint8_frames(vae.decode(z).sample)}
+    ways |= {variant: lambda v=variant: fast(v) for variant in variants}
+    timed = alternated(ways, runs, z.device)
+    return whole, timed, {name: round(min(s), 4) for name, s in timed["seconds"].items()}
+
+
 def case(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int) -> dict:
     vae, z = random_case(arch, dtype, size, frames, "cuda")
     chosen: dict[str, dict] = {variant: {} for variant in VARIANTS}
     steps = {variant: decoder.WanDecoderStep(vae, exact=False) for variant in VARIANTS}
     choosers = {variant: chooser(variant, chosen[variant]) for variant in VARIANTS}
-    plain, padded, two_dots = decoder.fastest_way, WindowTile.weight_rows, decoder.two_dot_tile
 
     def fast(variant: str, keep: list | None = None) -> None:
-        decoder.fastest_way = choosers[variant]
-        if variant == "fast, unpadded weights":
-            WindowTile.weight_rows = lambda tile, channels: channels
-        if variant in BEFORE_TWO_DOTS:
-            decoder.two_dot_tile = lambda conv, x: None
-        try:
+        with contextlib.ExitStack() as patched:
+            patched.enter_context(mock.patch.object(decoder, "fastest_way", choosers[variant]))
+            if variant == "fast, unpadded weights":
+                patched.enter_context(mock.patch.object(WindowTile, "weight_rows", lambda tile, channels: channels))
+            if variant in BEFORE_TWO_DOTS:
+                patched.enter_context(mock.patch.object(decoder, "two_dot_tile", lambda conv, x: None))
             decoded(vae, z, steps[variant], keep)
-        finally:
-            decoder.fastest_way, WindowTile.weight_rows, decoder.two_dot_tile = plain, padded, two_dots
 
     with torch.inference_mode():
         shipped: list = []
         for variant in VARIANTS:  # first use: the choices; then one warm decode
             fast(variant)
         fast("fast", shipped)
-        whole = to_uint8_frames(vae.decode(z).sample).cpu()
         ours = torch.cat(shipped, 1)
-        ways = {"vae.decode": lambda: to_uint8_frames(vae.decode(z).sample)}
-        ways |= {variant: lambda v=variant: fast(v) for variant in VARIANTS}
-        timed = alternated(ways, runs, z.device)
-    best = {name: round(min(s), 4) for name, s in timed["seconds"].items()}
+        whole, timed, best = against_vae_decode(vae, z, fast, VARIANTS, runs)
     return {
         "arch": arch, "dtype": dtype, "height": size[0], "width": size[1], "frames": frames,
         "seconds": best, "all_seconds": timed["seconds"],

@@ -177,4 +177,4 @@ class Loader:
         except BaseException as e:  # handed to the consumer, raised there
             put(e)
         finally:
-            del it  # the caller drops its own reference after this thread ends: the workers stop then
+            del it  # an error handed to the caller keeps this frame; the caller's reference goes last
