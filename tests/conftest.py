@@ -1,8 +1,11 @@
+import contextlib
 import faulthandler
 import os
+import signal
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -38,16 +41,51 @@ TEST_TIME_LIMIT_S = float(os.environ.get("FRAMEPIPE_TEST_TIME_LIMIT_S", "300"))
 _TERMINAL: dict[str, int] = {}
 
 
+_RUNNING_SINCE: list[float] = []  # when the current test started (time.monotonic), while one runs
+
+
 def pytest_configure(config):
     _TERMINAL["stderr"] = os.dup(2)  # the real stderr (output capture is suspended here), for hang_guard
+    # Inherited by every process forked from this one (a DataLoader worker): on SIGUSR1 it prints its
+    # threads' stacks too, so a hang that waits on a child shows where the child is.
+    faulthandler.register(signal.SIGUSR1, file=_TERMINAL["stderr"], all_threads=True)
+    threading.Thread(target=_children_stacks_before_the_limit, name="hang-guard", daemon=True).start()
+
+
+def _descendants(pid: int) -> list[int]:
+    """The processes below ``pid`` (Linux's /proc), children first."""
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in map(int, (task / "children").read_text().split()):
+                found += [child, *_descendants(child)]
+    return found
+
+
+def _children_stacks_before_the_limit() -> None:
+    """Five seconds before a test's time limit, ask its child processes for their stacks (SIGUSR1), then
+    end them (the session's S3 server too): the hung test then fails, or the run ends at the limit,
+    and no child is left behind holding CI's output open."""
+    while True:
+        time.sleep(1)
+        if _RUNNING_SINCE and time.monotonic() - _RUNNING_SINCE[0] > TEST_TIME_LIMIT_S - 5:
+            _RUNNING_SINCE.clear()
+            children = _descendants(os.getpid())
+            for sent in (signal.SIGUSR1, signal.SIGKILL):
+                for child in children:
+                    with contextlib.suppress(OSError):
+                        os.kill(child, sent)
+                time.sleep(2)
 
 
 @pytest.fixture(autouse=True)
 def hang_guard():
-    """A test that hangs prints every thread's stack and ends the run, instead of holding CI until
-    its time limit with nothing to show for it."""
+    """A test that hangs prints every thread's stack, its child processes' too, and ends the run,
+    instead of holding CI until its time limit with nothing to show for it."""
     faulthandler.dump_traceback_later(TEST_TIME_LIMIT_S, exit=True, file=_TERMINAL.get("stderr", 2))
+    _RUNNING_SINCE[:] = [time.monotonic()]
     yield
+    _RUNNING_SINCE.clear()
     faulthandler.cancel_dump_traceback_later()
 
 
