@@ -145,24 +145,43 @@ def test_subpixel_resampling_is_the_upsampled_convolution(pairs, layout):
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("pairs", [False, True])
+@pytest.mark.parametrize("layout", ["channels-last", "padded slice", "channel-first"])
+@pytest.mark.parametrize("out_layout", ["channels-last", "channel-first"])
+def test_upsampled_frames_on_the_gpu_are_the_strided_copys(pairs, layout, out_layout):
+    """The frames upsampled on CUDA (a Triton kernel) hold exactly the values torch's strided copy puts
+    there (on the CPU), in the layout asked for."""
+    c = 12 if pairs else 6
+    x = torch.randn(2, c + 4, 3, 5, 7, generator=torch.Generator().manual_seed(0), dtype=torch.bfloat16)
+    if layout != "channel-first":
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    x = x[:, :c] if layout == "padded slice" else x[:, 4:]
+    channels_last = out_layout == "channels-last"
+    got = resampling.upsampled(x.cuda(), pairs, channels_last)
+    want = resampling.upsampled(x, pairs, channels_last)
+    assert same_bits(got.cpu(), want) and got.stride() == want.stride()
+
+
 @pytest.mark.parametrize(
     "channels, factors",
     [((8, 8), (2, 2)), ((8, 4), (2, 2)), ((8, 4), (1, 2)), ((4, 8), (2, 2)), ((6, 3), (2, 2)), ((4, 3), (1, 2))],
 )
 @pytest.mark.parametrize("layout", ["channels-last", "channel-first"])
 @pytest.mark.parametrize("first_chunk", [False, True])
-def test_avg_shortcut_added_through_a_view_is_diffusers_sum(channels, factors, layout, first_chunk):
-    """Wan 2.2's ``DupUp3D`` shortcut read as a strided view and added in one step: diffusers' bits, in
-        x's layout; a mapping that is no view (4 -> 3 channels: repeats of 3 over blocks of 4; 4 -> 8: one
-    input channel for two output channels' blocks) is refused."""
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.needs_cuda)])
+def test_avg_shortcut_added_through_a_view_is_diffusers_sum(channels, factors, layout, first_chunk, device):
+    """Wan 2.2's ``DupUp3D`` shortcut read as a strided view and added in one step (on CUDA, in a Triton
+    kernel): diffusers' bits, in x's layout; a mapping that is no view (4 -> 3 channels: repeats of 3
+    over blocks of 4; 4 -> 8: one input channel for two output channels' blocks) is refused."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import DupUp3D
 
     module = DupUp3D(*channels, factor_t=factors[0], factor_s=factors[1])
     g = torch.Generator().manual_seed(1)
     t = 1 if first_chunk else 3
-    shortcut = torch.randn(2, channels[0], t, 5, 7, generator=g, dtype=torch.bfloat16)
+    shortcut = torch.randn(2, channels[0], t, 5, 7, generator=g, dtype=torch.bfloat16).to(device)
     want_shape = module(shortcut, first_chunk=first_chunk).shape
-    x = torch.randn(want_shape, generator=g, dtype=torch.bfloat16)
+    x = torch.randn(want_shape, generator=g, dtype=torch.bfloat16).to(device)
     if layout == "channels-last":
         shortcut, x = (y.contiguous(memory_format=torch.channels_last_3d) for y in (shortcut, x))
     got = resampling.shortcut_added(module, x, shortcut, first_chunk)
@@ -305,15 +324,35 @@ def test_no_fused_kernel_on_the_cpu():
     assert not norm_silu_is_exact(torch.device("cpu"), torch.float32)
 
 
-def test_pytorch_norms_are_those_diffusers_norm_divides_by():
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.needs_cuda)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_pytorch_norms_are_those_diffusers_norm_divides_by(device, dtype, with_bias):
     """``pytorch_norms``: the float32 norms of x (+ bias, rounded first) that ``WanRMS_norm`` computes,
-    from channels-last bfloat16 x."""
-    x = torch.randn(1, 16, 2, 3, 5).to(torch.bfloat16)
-    bias = torch.randn(16).to(torch.bfloat16)
-    want = (x + bias[:, None, None, None]).float().norm(2.0, 1, keepdim=True)
+    from channels-last x (on CUDA its float32 copy made by a Triton kernel)."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 300, 2, 3, 5, generator=g).to(device, dtype)
+    bias = torch.randn(300, generator=g).to(device, dtype) if with_bias else None
+    want = (x if bias is None else x + bias[:, None, None, None]).float().norm(2.0, 1, keepdim=True)
     got = fused.pytorch_norms(x.contiguous(memory_format=torch.channels_last_3d), bias)
-    assert got.dtype == torch.float32 and got.shape == (1, 1, 2, 3, 5) and got.is_contiguous()
+    assert got.dtype == torch.float32 and got.shape == (2, 1, 2, 3, 5) and got.is_contiguous()
     assert same_bits(got, want)
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("shape, padded", [((2, 300, 3, 5, 7), 300), ((2, 96, 3, 5, 7), 128), ((4, 200, 9, 11), 200)])
+def test_a_bias_added_on_the_gpu_is_pytorchs_add(dtype, shape, padded):
+    """``added`` on a channels-last CUDA tensor (a Triton kernel; a padded convolution's first channels
+    too) gives ``add_``'s bits and leaves the padding alone."""
+    g = torch.Generator().manual_seed(0)
+    whole = torch.randn(shape[0], padded, *shape[2:], generator=g).to("cuda", dtype)
+    whole = whole.contiguous(memory_format=torch.channels_last_3d if len(shape) == 5 else torch.channels_last)
+    bias = torch.randn(padded, generator=g).to("cuda", dtype)
+    want = whole.clone()
+    want[:, : shape[1]].add_(bias[: shape[1]].reshape(-1, *(1,) * (len(shape) - 2)))
+    got = layouts.added(whole[:, : shape[1]], bias[: shape[1]])
+    assert got.data_ptr() == whole.data_ptr() and same_bits(whole, want)
 
 
 def test_both_norm_paths_run_pytorchs_ops_where_no_kernel_can():

@@ -287,7 +287,7 @@ class WanDecoderStep:
             x = x.contiguous(memory_format=channels_last_format(x.dim()))
             if isinstance(way, WindowTile):
                 return window_convolved(x, weight, None if defer_bias else full_bias, co, way)
-            out = conv._conv_forward(x, weight, None if defer_bias else full_bias)
+            out = added(conv._conv_forward(x, weight, None), None if defer_bias else full_bias)  # as PyTorch adds it
             return out[:, :co] if channels != co else out
 
         ways: tuple[bool | WindowTile, ...] = (False,)

@@ -1,12 +1,15 @@
-"""The Triton kernels behind framepipe's decoder step, each several of PyTorch's ops in one pass.
+"""The Triton kernels behind framepipe's decoder step, each several of PyTorch's ops in one pass, or
+one of them faster than PyTorch's strided kernels run it.
 
 ``norm_silu``: a convolution's bias (optional), Wan's channel RMS norm and SiLU. ``bias_residual``: a
-convolution's bias and a residual block's shortcut. ``subpixel_place``: a sub-pixel convolution's
-output pixels put in place, bias added (``_resampling.py``). Imported only where Triton is (CUDA). See Note
-[Exact fusion] in ``_fused.py`` for why their bits are PyTorch's: the sum of squares over channels
-is added up in the order PyTorch's reduction kernel uses (``SPLIT`` interleaved threads of four
-accumulators each, then a tree); every other step is repeated operation by operation with PyTorch's
-roundings.
+convolution's bias and a residual block's shortcut. ``bias_add``: a convolution's bias alone.
+``widened``: the float32 channel-first copy PyTorch's norm of 1024 channels reads. For
+``_resampling.py``: ``subpixel_place``, a sub-pixel convolution's output pixels put in place, bias
+added; ``upsample_copy``, a resampler's frames upsampled; ``shortcut_add``, a Wan 2.2 up block's output
+plus its upsampled input. Imported only where Triton is (CUDA). See Note [Exact fusion] in
+``_fused.py`` for why their bits are PyTorch's: the sum of squares over channels is added up in the
+order PyTorch's reduction kernel uses (``SPLIT`` interleaved threads of four accumulators each, then
+a tree); every other step is repeated operation by operation with PyTorch's roundings.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from triton.language.extra import libdevice
 PIXELS = 64  # pixels (b, t, h, w positions) per program
 CHANNELS = 16  # channels per step of the normalizing loop
 ELEMENTS = 1024  # values per program of the bias + residual kernel
+TILE_PIXELS, TILE_CHANNELS = 32, 128  # a program of the (pixels x channels) tile kernels below
 
 
 @triton.jit
@@ -135,6 +139,74 @@ def _subpixel_place(y_ptr, b_ptr, o_ptr, N, C, H2, W2, SN, SH, SW, HAS_BIAS: tl.
     tl.store(o_ptr + i, v, mask=m)
 
 
+@triton.jit
+def _tile(P: tl.constexpr, BC: tl.constexpr, N, C, T, H, W):
+    """This program's pixels p (of N, in (b, t, h, w) order: their coordinates) and channels c (of C),
+    and the mask of those that exist."""
+    p = tl.program_id(0).to(tl.int64) * P + tl.arange(0, P)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    m = (p < N)[:, None] & (c < C)[None, :]
+    return p, c, m, p // (W * H * T), (p // (W * H)) % T, (p // W) % H, p % W
+
+
+@triton.jit
+def _shortcut_add(x_ptr, s_ptr, o_ptr, N, C, T, H, W, sxb, sxc, sxt, sxh, sxw, ssb, ssc, sst, ssh, ssw,
+                  sob, soc, sot, soh, sow, FT, A0, FS, K0, K1, K2, K3, BP: tl.constexpr, BC: tl.constexpr):  # fmt: skip
+    """o[b, c, t, h, w] = x[b, c, t, h, w] + s[b, c K0 + a K1 + i K2 + j K3, t // FT, h // FS, w // FS]
+    with a = t % FT + A0, i = h % FS, j = w % FS; the add in float32, rounded once."""
+    p, c, m, b, t, h, w = _tile(BP, BC, N, C, T, H, W)
+    x_at = (b * sxb + t * sxt + h * sxh + w * sxw)[:, None] + c[None, :].to(tl.int64) * sxc
+    source = (c[None, :] * K0 + ((t % FT + A0) * K1 + (h % FS) * K2 + (w % FS) * K3)[:, None]).to(tl.int64)
+    s_at = (b * ssb + (t // FT) * sst + (h // FS) * ssh + (w // FS) * ssw)[:, None] + source * ssc
+    y = tl.load(x_ptr + x_at, mask=m).to(tl.float32) + tl.load(s_ptr + s_at, mask=m).to(tl.float32)
+    o_at = (b * sob + t * sot + h * soh + w * sow)[:, None] + c[None, :].to(tl.int64) * soc
+    tl.store(o_ptr + o_at, y.to(o_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _upsample_copy(x_ptr, o_ptr, N, C, T, P, H, W, sxb, sxc, sxt, sxh, sxw, son, soc, soh, sow,
+                   BP: tl.constexpr, BC: tl.constexpr):  # fmt: skip
+    """o[(b T + t) P + p, c, r, q] = x[b, p C + c, t, r // 2, q // 2] for o's N pixels (n, r, q): a 2x
+    nearest upsampling of x's frames into one batch, P channel groups of x its consecutive frames."""
+    i = tl.program_id(0).to(tl.int64) * BP + tl.arange(0, BP)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    m = (i < N)[:, None] & (c < C)[None, :]
+    q = i % (2 * W)
+    r = (i // (2 * W)) % (2 * H)
+    n = i // (4 * W * H)
+    p, t, b = n % P, (n // P) % T, n // (P * T)
+    x_at = (b * sxb + p * C * sxc + t * sxt + (r // 2) * sxh + (q // 2) * sxw)[:, None] + c[None, :].to(tl.int64) * sxc
+    o_at = (n * son + r * soh + q * sow)[:, None] + c[None, :].to(tl.int64) * soc
+    tl.store(o_ptr + o_at, tl.load(x_ptr + x_at, mask=m), mask=m)
+
+
+@triton.jit
+def _bias_add(y_ptr, b_ptr, N, C, SY, BP: tl.constexpr, BC: tl.constexpr):
+    """y[p, c] += bias[c] over N channels-last pixels (pixel stride SY), the add in float32, rounded once."""
+    p = tl.program_id(0).to(tl.int64) * BP + tl.arange(0, BP)
+    c = tl.program_id(1) * BC + tl.arange(0, BC)
+    m = (p < N)[:, None] & (c < C)[None, :]
+    at = p[:, None] * SY + c[None, :]
+    y = tl.load(y_ptr + at, mask=m).to(tl.float32) + tl.load(b_ptr + c, mask=c < C).to(tl.float32)[None, :]
+    tl.store(y_ptr + at, y.to(y_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _widened(x_ptr, b_ptr, o_ptr, N, C, T, H, W, sxb, sxc, sxt, sxh, sxw, HAS_BIAS: tl.constexpr,
+             ROUND_BF16: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr):  # fmt: skip
+    """o (float32, [B, C, T, H, W] contiguous) = x (+ bias, rounded to x's dtype), for N pixels of x."""
+    p, c, m, b, t, h, w = _tile(BP, BC, N, C, T, H, W)
+    x_at = (b * sxb + t * sxt + h * sxh + w * sxw)[:, None] + c[None, :].to(tl.int64) * sxc
+    x = tl.load(x_ptr + x_at, mask=m).to(tl.float32)
+    if HAS_BIAS:
+        x = x + tl.load(b_ptr + c, mask=c < C).to(tl.float32)[None, :]
+        if ROUND_BF16:
+            x = x.to(tl.bfloat16).to(tl.float32)
+    thw = T * H * W
+    o_at = (b * C * thw + p % thw)[:, None] + c[None, :].to(tl.int64) * thw
+    tl.store(o_ptr + o_at, x, mask=m)
+
+
 def norm_silu(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor, scale: float, out: torch.Tensor,
               split: int, norms: torch.Tensor | None = None) -> None:  # fmt: skip
     """``out`` = silu(y / max(||y||_channels, eps) * scale * gamma) with y = x + bias (bias: one value a
@@ -172,3 +244,53 @@ def subpixel_place(y: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor
         y, y if bias is None else bias, out, out.numel(), c, h2, w2, sn, sh, sw,
         HAS_BIAS=bias is not None, BLOCK=ELEMENTS, num_warps=4,
     )  # fmt: skip
+
+
+def shortcut_add(x: torch.Tensor, s: torch.Tensor, steps: tuple[int, int, int, int], ft: int, fs: int,
+                 first_chunk: bool) -> torch.Tensor:  # fmt: skip
+    """x plus ``DupUp3D``'s output for its input s (``_resampling.shortcut_added``: the same sum), in one
+    pass that reads s where each output value's input value is, in x's layout (any strides)."""
+    out = torch.empty_like(x)
+    b, c, t, h, w = x.shape
+    n = b * t * h * w
+    first = first_chunk and ft > 1  # diffusers keeps only each first-chunk frame's last time step
+    _shortcut_add[(triton.cdiv(n, TILE_PIXELS), triton.cdiv(c, TILE_CHANNELS))](
+        x, s, out, n, c, t, h, w, *x.stride(), *s.stride(), *out.stride(), 1 if first else ft,
+        ft - 1 if first else 0, fs, *steps, BP=TILE_PIXELS, BC=TILE_CHANNELS, num_warps=4,
+    )  # fmt: skip
+    return out
+
+
+def upsample_copy(x: torch.Tensor, out: torch.Tensor) -> None:
+    """``out`` [B * T * P, C, 2H, 2W] (any strides) = x [B, P * C, T, H, W]'s frames upsampled 2x, nearest
+    (``_resampling.upsampled``: the same values), channel group p of x frame p of each P: one pass."""
+    b, _, t, h, w = x.shape
+    n, c = out.shape[0] * out.shape[2] * out.shape[3], out.shape[1]
+    son, soc, soh, sow = out.stride()
+    _upsample_copy[(triton.cdiv(n, TILE_PIXELS), triton.cdiv(c, TILE_CHANNELS))](
+        x, out, n, c, t, out.shape[0] // (b * t), h, w, *x.stride(), son, soc, soh, sow,
+        BP=TILE_PIXELS, BC=TILE_CHANNELS, num_warps=4,
+    )  # fmt: skip
+
+
+def bias_add(y: torch.Tensor, bias: torch.Tensor, stride: int) -> torch.Tensor:
+    """``y.add_(bias)`` over y's channels (dim 1) for channels-last y whose pixels are ``stride`` apart
+    (``_layouts.pixel_stride``): PyTorch's bits, in one coalesced pass; returns y."""
+    n, c = y.numel() // y.shape[1], y.shape[1]
+    _bias_add[(triton.cdiv(n, TILE_PIXELS), triton.cdiv(c, TILE_CHANNELS))](
+        y, bias, n, c, stride, BP=TILE_PIXELS, BC=TILE_CHANNELS, num_warps=4
+    )
+    return y
+
+
+def widened(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A float32 contiguous (channel-first) copy of x [B, C, T, H, W] (+ ``bias``, rounded to x's dtype
+    first, as ``torch.add`` rounds), from any strides: one pass, read along the channels."""
+    b, c, t, h, w = x.shape
+    out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
+    n = b * t * h * w
+    _widened[(triton.cdiv(n, TILE_PIXELS), triton.cdiv(c, TILE_CHANNELS))](
+        x, x if bias is None else bias, out, n, c, t, h, w, *x.stride(), HAS_BIAS=bias is not None,
+        ROUND_BF16=x.dtype == torch.bfloat16, BP=TILE_PIXELS, BC=TILE_CHANNELS, num_warps=4,
+    )  # fmt: skip
+    return out

@@ -28,12 +28,12 @@ def padded_channels(n: int) -> int:
 
 
 def pixel_stride(x: torch.Tensor) -> int | None:
-    """S where x [B, C, T, H, W] is channels [0, C) of a channels-last tensor of S >= C channels (a
-    padded convolution's output, or S = C: a whole one), else None."""
-    if x.dim() != 5 or x.stride(1) != 1:
+    """S where x [B, C, T, H, W] (or [B, C, H, W]) is channels [0, C) of a channels-last tensor of S >= C
+    channels (a padded convolution's output, or S = C: a whole one), else None."""
+    if x.dim() not in (4, 5) or x.stride(1) != 1:
         return None
-    s = x.stride(4)
-    expected = (s * math.prod(x.shape[2:]), 1, s * x.shape[3] * x.shape[4], s * x.shape[4], s)
+    s = x.stride(-1)
+    expected = (s * math.prod(x.shape[2:]), 1, *(s * math.prod(x.shape[d + 1 :]) for d in range(2, x.dim())))
     fits = all(n == 1 or have == want for n, have, want in zip(x.shape, x.stride(), expected, strict=True))
     return s if fits and s >= x.shape[1] else None
 
@@ -45,8 +45,21 @@ def channel_first(x: torch.Tensor) -> torch.Tensor:
 
 
 def added(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """``out`` with a convolution's bias added as PyTorch adds it after cuDNN's convolution (in place)."""
-    return out if bias is None else out.add_(bias.reshape(-1, *(1,) * (out.dim() - 2)))
+    """``out`` with a convolution's bias added as PyTorch adds it after cuDNN's convolution (in place):
+    channels-last on CUDA in a Triton kernel (the same bits, faster than PyTorch's broadcast add runs
+    there: ``docs/benchmarks.md``), else with ``add_``."""
+    if bias is None:
+        return out
+    if out.is_cuda and out.dtype in (torch.float32, torch.bfloat16) and bias.dtype == out.dtype:
+        stride = pixel_stride(out)
+        if stride is not None:
+            try:
+                from ._exact_kernels import bias_add
+            except ImportError:  # no Triton
+                pass
+            else:
+                return bias_add(out, bias, stride)
+    return out.add_(bias.reshape(-1, *(1,) * (out.dim() - 2)))
 
 
 _BITS = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}

@@ -10,6 +10,7 @@ reads it as a strided view of that input, no copy made."""
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +30,22 @@ def upsampled(x: torch.Tensor, pairs: bool, channels_last: bool) -> torch.Tensor
     p = 2 if pairs else 1
     layout = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty((b * t * p, c // p, 2 * h, 2 * w), dtype=x.dtype, device=x.device, memory_format=layout)
+    if x.is_cuda and (kernel := _cuda_kernel("upsample_copy")) is not None:  # faster than torch's strided copy
+        kernel(x, out)
+        return out
     target = out.unflatten(0, (b, t, p)).unflatten(4, (h, 2)).unflatten(6, (w, 2))  # [B, T, P, C, H, 2, W, 2]
     source = x.unflatten(1, (p, c // p)).permute(0, 3, 1, 2, 4, 5)  # [B, T, P, C, H, W]
     target.copy_(source[:, :, :, :, :, None, :, None])
     return out
+
+
+def _cuda_kernel(name: str) -> Callable | None:
+    """``_exact_kernels``' function ``name``, None where Triton is not installed."""
+    try:
+        from . import _exact_kernels
+    except ImportError:
+        return None
+    return getattr(_exact_kernels, name)
 
 
 def resampler_frames(x: torch.Tensor, pairs: bool) -> torch.Tensor:
@@ -90,14 +103,9 @@ def place(y: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None
     """Put the output pixels y holds (channel group (a, b) of pixel (i + a, j + b): pixel (2i + a,
     2j + b)) into ``out``, ``bias`` added: one Triton kernel on CUDA (torch's strided add is ~3x
     slower there), else a strided ``torch.add`` (the same bits)."""
-    if y.is_cuda:
-        try:
-            from ._exact_kernels import subpixel_place
-        except ImportError:  # no Triton: the strided add below
-            pass
-        else:
-            subpixel_place(y, bias, out)
-            return
+    if y.is_cuda and (kernel := _cuda_kernel("subpixel_place")) is not None:
+        kernel(y, bias, out)
+        return
     n, co, h, w = out.shape[0], out.shape[1], out.shape[2] // 2, out.shape[3] // 2
     sn, _, sh, sw = y.stride()
     # pixel (n, co, i, a, j, b) sits at channel (a, b, co) of y's pixel (i + a, j + b): strides add up
@@ -131,7 +139,8 @@ def shortcut_added(
 ) -> torch.Tensor | None:
     """``x + module(shortcut, first_chunk=first_chunk)`` for diffusers' ``DupUp3D`` ``module`` in one
     add (the same bits: one rounding of the same sum), reading ``shortcut`` in any layout through a
-    strided view and writing in x's layout; None where the mapping is not a view (then run the module)."""
+    strided view (on CUDA, a Triton kernel's) and writing in x's layout; None where the mapping is not
+    a view (then run the module)."""
     steps = shortcut_steps(module)
     ft, fs = module.factor_t, module.factor_s
     b, _, t, h, w = shortcut.shape
@@ -147,6 +156,9 @@ def shortcut_added(
     spread = (b, module.out_channels, view.shape[2] * view.shape[3], h * fs, w * fs)
     if tuple(x.shape) != spread:
         return None
+    fits = x.is_cuda and x.dtype in (torch.float32, torch.bfloat16) and shortcut.dtype == x.dtype
+    if fits and (kernel := _cuda_kernel("shortcut_add")) is not None:  # faster than torch's add of the view
+        return kernel(x, shortcut, steps, ft, fs, first_chunk)
     out = torch.empty_like(x)
     as8 = lambda y: y.unflatten(2, view.shape[2:4]).unflatten(4, (h, fs)).unflatten(6, (w, fs))  # noqa: E731
     torch.add(as8(x), view, out=as8(out))
