@@ -40,12 +40,13 @@ def upsampled(x: torch.Tensor, pairs: bool, channels_last: bool) -> torch.Tensor
 
 
 def _cuda_kernel(name: str) -> Callable | None:
-    """``_exact_kernels``' function ``name``, None where Triton is not installed."""
+    """The Triton kernel ``name`` of ``_exact_kernels`` that this module runs on CUDA tensors, None where
+    Triton is not installed."""
     try:
-        from . import _exact_kernels
+        from ._exact_kernels import shortcut_add, subpixel_place, upsample_copy
     except ImportError:
         return None
-    return getattr(_exact_kernels, name)
+    return {"shortcut_add": shortcut_add, "subpixel_place": subpixel_place, "upsample_copy": upsample_copy}[name]
 
 
 def resampler_frames(x: torch.Tensor, pairs: bool) -> torch.Tensor:
