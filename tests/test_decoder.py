@@ -149,7 +149,7 @@ def test_subpixel_resampling_is_the_upsampled_convolution(pairs, layout):
 @pytest.mark.parametrize("pairs", [False, True])
 @pytest.mark.parametrize("layout", ["channels-last", "padded slice", "channel-first"])
 @pytest.mark.parametrize("out_layout", ["channels-last", "channel-first"])
-def test_upsampled_frames_on_the_gpu_are_the_strided_copys(pairs, layout, out_layout):
+def test_frames_upsampled_on_the_gpu_equal_torchs_strided_copy(pairs, layout, out_layout):
     """The frames upsampled on CUDA (a Triton kernel) hold exactly the values torch's strided copy puts
     there (on the CPU), in the layout asked for."""
     c = 12 if pairs else 6
