@@ -140,13 +140,23 @@ def _subpixel_place(y_ptr, b_ptr, o_ptr, N, C, H2, W2, SN, SH, SW, HAS_BIAS: tl.
 
 
 @triton.jit
-def _tile(P: tl.constexpr, BC: tl.constexpr, N, C, T, H, W):
-    """This program's pixels p (of N, in (b, t, h, w) order: their coordinates) and channels c (of C),
-    and the mask of those that exist."""
-    p = tl.program_id(0).to(tl.int64) * P + tl.arange(0, P)
+def _tile(BP: tl.constexpr, BC: tl.constexpr, N, C):
+    """This program's tile: pixels p (of N) and channels c (of C), and the mask of those that exist."""
+    p = tl.program_id(0).to(tl.int64) * BP + tl.arange(0, BP)
     c = tl.program_id(1) * BC + tl.arange(0, BC)
-    m = (p < N)[:, None] & (c < C)[None, :]
-    return p, c, m, p // (W * H * T), (p // (W * H)) % T, (p // W) % H, p % W
+    return p, c, (p < N)[:, None] & (c < C)[None, :]
+
+
+@triton.jit
+def _coordinates(p, T, H, W):
+    """Pixel p's (b, t, h, w) in a [B, C, T, H, W] tensor, pixels counted in (b, t, h, w) order."""
+    return p // (W * H * T), (p // (W * H)) % T, (p // W) % H, p % W
+
+
+@triton.jit
+def _address(b, t, h, w, c, sb, sc, st, sh, sw):
+    """[pixels, channels] offsets of channels c of pixels (b, t, h, w) in a tensor of strides sb ... sw."""
+    return (b * sb + t * st + h * sh + w * sw)[:, None] + c[None, :].to(tl.int64) * sc
 
 
 @triton.jit
@@ -154,12 +164,13 @@ def _shortcut_add(x_ptr, s_ptr, o_ptr, N, C, T, H, W, sxb, sxc, sxt, sxh, sxw, s
                   sob, soc, sot, soh, sow, FT, A0, FS, K0, K1, K2, K3, BP: tl.constexpr, BC: tl.constexpr):  # fmt: skip
     """o[b, c, t, h, w] = x[b, c, t, h, w] + s[b, c K0 + a K1 + i K2 + j K3, t // FT, h // FS, w // FS]
     with a = t % FT + A0, i = h % FS, j = w % FS; the add in float32, rounded once."""
-    p, c, m, b, t, h, w = _tile(BP, BC, N, C, T, H, W)
-    x_at = (b * sxb + t * sxt + h * sxh + w * sxw)[:, None] + c[None, :].to(tl.int64) * sxc
+    p, c, m = _tile(BP, BC, N, C)
+    b, t, h, w = _coordinates(p, T, H, W)
+    x_at = _address(b, t, h, w, c, sxb, sxc, sxt, sxh, sxw)
     source = (c[None, :] * K0 + ((t % FT + A0) * K1 + (h % FS) * K2 + (w % FS) * K3)[:, None]).to(tl.int64)
     s_at = (b * ssb + (t // FT) * sst + (h // FS) * ssh + (w // FS) * ssw)[:, None] + source * ssc
     y = tl.load(x_ptr + x_at, mask=m).to(tl.float32) + tl.load(s_ptr + s_at, mask=m).to(tl.float32)
-    o_at = (b * sob + t * sot + h * soh + w * sow)[:, None] + c[None, :].to(tl.int64) * soc
+    o_at = _address(b, t, h, w, c, sob, soc, sot, soh, sow)
     tl.store(o_ptr + o_at, y.to(o_ptr.dtype.element_ty), mask=m)
 
 
@@ -168,9 +179,7 @@ def _upsample_copy(x_ptr, o_ptr, N, C, T, P, H, W, sxb, sxc, sxt, sxh, sxw, son,
                    BP: tl.constexpr, BC: tl.constexpr):  # fmt: skip
     """o[(b T + t) P + p, c, r, q] = x[b, p C + c, t, r // 2, q // 2] for o's N pixels (n, r, q): a 2x
     nearest upsampling of x's frames into one batch, P channel groups of x its consecutive frames."""
-    i = tl.program_id(0).to(tl.int64) * BP + tl.arange(0, BP)
-    c = tl.program_id(1) * BC + tl.arange(0, BC)
-    m = (i < N)[:, None] & (c < C)[None, :]
+    i, c, m = _tile(BP, BC, N, C)
     q = i % (2 * W)
     r = (i // (2 * W)) % (2 * H)
     n = i // (4 * W * H)
@@ -183,9 +192,7 @@ def _upsample_copy(x_ptr, o_ptr, N, C, T, P, H, W, sxb, sxc, sxt, sxh, sxw, son,
 @triton.jit
 def _bias_add(y_ptr, b_ptr, N, C, SY, BP: tl.constexpr, BC: tl.constexpr):
     """y[p, c] += bias[c] over N channels-last pixels (pixel stride SY), the add in float32, rounded once."""
-    p = tl.program_id(0).to(tl.int64) * BP + tl.arange(0, BP)
-    c = tl.program_id(1) * BC + tl.arange(0, BC)
-    m = (p < N)[:, None] & (c < C)[None, :]
+    p, c, m = _tile(BP, BC, N, C)
     at = p[:, None] * SY + c[None, :]
     y = tl.load(y_ptr + at, mask=m).to(tl.float32) + tl.load(b_ptr + c, mask=c < C).to(tl.float32)[None, :]
     tl.store(y_ptr + at, y.to(y_ptr.dtype.element_ty), mask=m)
@@ -195,8 +202,9 @@ def _bias_add(y_ptr, b_ptr, N, C, SY, BP: tl.constexpr, BC: tl.constexpr):
 def _widened(x_ptr, b_ptr, o_ptr, N, C, T, H, W, sxb, sxc, sxt, sxh, sxw, HAS_BIAS: tl.constexpr,
              ROUND_BF16: tl.constexpr, BP: tl.constexpr, BC: tl.constexpr):  # fmt: skip
     """o (float32, [B, C, T, H, W] contiguous) = x (+ bias, rounded to x's dtype), for N pixels of x."""
-    p, c, m, b, t, h, w = _tile(BP, BC, N, C, T, H, W)
-    x_at = (b * sxb + t * sxt + h * sxh + w * sxw)[:, None] + c[None, :].to(tl.int64) * sxc
+    p, c, m = _tile(BP, BC, N, C)
+    b, t, h, w = _coordinates(p, T, H, W)
+    x_at = _address(b, t, h, w, c, sxb, sxc, sxt, sxh, sxw)
     x = tl.load(x_ptr + x_at, mask=m).to(tl.float32)
     if HAS_BIAS:
         x = x + tl.load(b_ptr + c, mask=c < C).to(tl.float32)[None, :]
@@ -246,6 +254,11 @@ def subpixel_place(y: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor
     )  # fmt: skip
 
 
+def _tiles(pixels: int, channels: int) -> tuple[int, int]:
+    """The launch grid of the tile kernels: one program a tile of pixels x channels."""
+    return triton.cdiv(pixels, TILE_PIXELS), triton.cdiv(channels, TILE_CHANNELS)
+
+
 def shortcut_add(x: torch.Tensor, s: torch.Tensor, steps: tuple[int, int, int, int], ft: int, fs: int,
                  first_chunk: bool) -> torch.Tensor:  # fmt: skip
     """x plus ``DupUp3D``'s output for its input s (``_resampling.shortcut_added``: the same sum), in one
@@ -254,7 +267,7 @@ def shortcut_add(x: torch.Tensor, s: torch.Tensor, steps: tuple[int, int, int, i
     b, c, t, h, w = x.shape
     n = b * t * h * w
     first = first_chunk and ft > 1  # diffusers keeps only each first-chunk frame's last time step
-    _shortcut_add[(triton.cdiv(n, TILE_PIXELS), triton.cdiv(c, TILE_CHANNELS))](
+    _shortcut_add[_tiles(n, c)](
         x, s, out, n, c, t, h, w, *x.stride(), *s.stride(), *out.stride(), 1 if first else ft,
         ft - 1 if first else 0, fs, *steps, BP=TILE_PIXELS, BC=TILE_CHANNELS, num_warps=4,
     )  # fmt: skip
@@ -267,7 +280,7 @@ def upsample_copy(x: torch.Tensor, out: torch.Tensor) -> None:
     b, _, t, h, w = x.shape
     n, c = out.shape[0] * out.shape[2] * out.shape[3], out.shape[1]
     son, soc, soh, sow = out.stride()
-    _upsample_copy[(triton.cdiv(n, TILE_PIXELS), triton.cdiv(c, TILE_CHANNELS))](
+    _upsample_copy[_tiles(n, c)](
         x, out, n, c, t, out.shape[0] // (b * t), h, w, *x.stride(), son, soc, soh, sow,
         BP=TILE_PIXELS, BC=TILE_CHANNELS, num_warps=4,
     )  # fmt: skip
@@ -277,9 +290,7 @@ def bias_add(y: torch.Tensor, bias: torch.Tensor, stride: int) -> torch.Tensor:
     """``y.add_(bias)`` over y's channels (dim 1) for channels-last y whose pixels are ``stride`` apart
     (``_layouts.pixel_stride``): PyTorch's bits, in one coalesced pass; returns y."""
     n, c = y.numel() // y.shape[1], y.shape[1]
-    _bias_add[(triton.cdiv(n, TILE_PIXELS), triton.cdiv(c, TILE_CHANNELS))](
-        y, bias, n, c, stride, BP=TILE_PIXELS, BC=TILE_CHANNELS, num_warps=4
-    )
+    _bias_add[_tiles(n, c)](y, bias, n, c, stride, BP=TILE_PIXELS, BC=TILE_CHANNELS, num_warps=4)
     return y
 
 
@@ -289,7 +300,7 @@ def widened(x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     b, c, t, h, w = x.shape
     out = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     n = b * t * h * w
-    _widened[(triton.cdiv(n, TILE_PIXELS), triton.cdiv(c, TILE_CHANNELS))](
+    _widened[_tiles(n, c)](
         x, x if bias is None else bias, out, n, c, t, h, w, *x.stride(), HAS_BIAS=bias is not None,
         ROUND_BF16=x.dtype == torch.bfloat16, BP=TILE_PIXELS, BC=TILE_CHANNELS, num_warps=4,
     )  # fmt: skip
