@@ -18,7 +18,7 @@ from steady_chunk import report_calls, steps, third_chunk_with
 import framepipe._decoder as decoder
 from framepipe._exact_kernels import norm_silu as exact_kernel
 from framepipe._fast_kernels import norm_silu_free
-from framepipe._fused import norm_split, norms_given_exact, pytorch_norms
+from framepipe._fused import Split, norm_split, norms_given_exact, pytorch_norms
 from framepipe._layouts import added, channel_first
 
 
@@ -46,7 +46,7 @@ def measured(x: torch.Tensor, norm, bias: torch.Tensor | None, out: torch.Tensor
     if split is not None:
         ways["exact"] = lambda: exact_kernel(x, bias, gamma, scale, out, split)
     elif norms_given_exact(x, norm, bias):  # PyTorch's norms handed to the kernel (1024 channels)
-        ways["exact"] = lambda: exact_kernel(x, bias, gamma, scale, out, 1, pytorch_norms(x, bias))
+        ways["exact"] = lambda: exact_kernel(x, bias, gamma, scale, out, Split(1), pytorch_norms(x, bias))
     ways["fast"] = lambda: norm_silu_free(x, bias, gamma, scale, out)
     row = {"shape": list(x.shape), "x_strides": list(x.stride()), "out_strides": list(out.stride()),
            "bias": bias is not None, "split": split}  # fmt: skip

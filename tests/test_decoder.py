@@ -292,24 +292,44 @@ def test_fastest_way_keeps_the_bits_unless_told_not_to(monkeypatch):
     assert way(("t", 4), ways) == "slow"
 
 
+H200 = (132, 2048)  # multiprocessors, threads a multiprocessor
+
+
 @pytest.mark.parametrize(
     "shape, split",
     [
-        ((1, 96, 4, 480, 832), 4),  # 4 outputs a thread, 32 x 4 threads: 4 split each pixel's channels
-        ((1, 384, 1, 241, 417), 16),  # an odd pixel count: 1 output a thread, 32 x 16 threads
-        ((2, 384, 1, 8, 12), 4),  # block.x spans all 2 x 96 outputs, not one video's
-        ((1, 12, 1, 30, 52), 1),  # too few channels to split: each thread adds them all
-        ((1, 1024, 1, 30, 52), None),  # 256 channels a thread: PyTorch splits over thread blocks too
-        ((1, 384, 1, 4, 6), 32),  # 24 pixels: 32 threads share each pixel's channels
+        ((1, 96, 4, 480, 832), (4, 1)),  # 4 outputs a thread, 32 x 4 threads: 4 split each pixel's channels
+        ((1, 384, 1, 241, 417), (16, 1)),  # an odd pixel count: 1 output a thread, 32 x 16 threads
+        ((2, 384, 1, 8, 12), (4, 1)),  # block.x spans all 2 x 96 outputs, not one video's
+        ((1, 12, 1, 30, 52), (1, 1)),  # too few channels to split: each thread adds them all
+        ((1, 384, 1, 4, 6), (32, 1)),  # 24 pixels: 32 threads share each pixel's channels
+        # 256 channels a thread: PyTorch shares them over thread blocks too, enough to fill the card
+        # (2112 blocks of 128 threads) but 16 channels a thread at least
+        ((1, 1024, 1, 30, 52), (4, 16)),  # 13 blocks of outputs
+        ((1, 1024, 2, 90, 160), (4, 10)),  # 225
+        ((1, 1024, 4, 120, 208), (4, 3)),  # 780
+        ((1, 1024, 8, 240, 416), (4, 1)),  # 6240 blocks of outputs fill the card: no global reduction
     ],
 )
 def test_reduction_split_follows_pytorchs_launch_rule(shape, split):
-    assert fused.reduction_split(shape, torch.empty(shape, device="meta").stride()) == split
+    assert fused.reduction_split(shape, torch.empty(shape, device="meta").stride(), H200) == split
 
 
-def test_a_split_wider_than_the_kernels_tree_runs_pytorchs_ops():
-    """``norm_split`` turns down a split its kernel cannot combine (32 threads a pixel) before building it."""
+@pytest.mark.parametrize(
+    "split, combines",
+    [((4, 1), True), ((16, 1), True), ((32, 1), False), ((4, 16), True), ((4, 10), True), ((2, 16), False),
+     ((8, 17), False)],
+)  # fmt: skip
+def test_the_kernel_combines_up_to_16_blocks_of_its_thread_splits(split, combines):
+    assert fused.kernel_combines(fused.Split(*split)) == combines
+
+
+def test_a_split_wider_than_the_kernels_tree_runs_pytorchs_ops(monkeypatch):
+    """``norm_split`` turns down a split its kernel cannot combine (32 threads a pixel) before building it
+    (which it could not on the CPU)."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
+
+    monkeypatch.setattr(fused, "device_limits", lambda device: H200)
 
     assert 32 not in fused.KERNEL_SPLITS
     assert fused.norm_split(torch.randn(1, 384, 1, 4, 6), WanRMS_norm(384, images=False)) is None
@@ -441,24 +461,51 @@ def test_fused_norm_silu_on_large_strided_inputs(dtype, layout):
     assert window[:, :, :2].abs().sum() == 0 and window[:, :, :, 0].abs().sum() == 0  # the border untouched
 
 
-@pytest.mark.needs_cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("with_bias", [False, True])
-def test_fused_norm_silu_handed_pytorchs_norms_over_1024_channels(dtype, with_bias):
-    """Over 1024 channels (Wan 2.2), where PyTorch's reduction spreads a pixel's channels over several
-    thread blocks, the kernel handed PyTorch's own norms gives diffusers' bits, bias added first."""
+def wide_norm_case(dtype: torch.dtype, with_bias: bool, frames: int, height: int, width: int):
+    """A norm of 1024 channels (Wan 2.2's widest) on CUDA, its input (channel-first), a bias or None and
+    diffusers' ``silu(norm(x + bias))``."""
     from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
 
     g = torch.Generator(device="cuda").manual_seed(2)
     norm = WanRMS_norm(1024, images=False).to("cuda", dtype)
     with torch.no_grad():
         norm.gamma.copy_(torch.randn(norm.gamma.shape, generator=g, device="cuda"))
-        x = (torch.randn(1, 1024, 2, 60, 104, generator=g, device="cuda") * 3).to(dtype)
+        x = (torch.randn(1, 1024, frames, height, width, generator=g, device="cuda") * 3).to(dtype)
         bias = torch.randn(1024, generator=g, device="cuda").to(dtype) if with_bias else None
         want = torch.nn.functional.silu(norm(x if bias is None else x + bias[:, None, None, None]))
-        got = torch.empty_like(x, memory_format=torch.channels_last_3d)
+    return norm, x, bias, want
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_bias", [False, True])
+@pytest.mark.parametrize("frames, height, width", [(1, 30, 52), (4, 120, 208)])
+def test_fused_norm_silu_over_channels_shared_among_thread_blocks(dtype, with_bias, frames, height, width):
+    """Over 1024 channels (Wan 2.2), where PyTorch's reduction shares each pixel's channels out among
+    several thread blocks (16 and 3 on an H200 at these sizes), the kernel repeats that order:
+    diffusers' bits, bias added first."""
+    norm, x, bias, want = wide_norm_case(dtype, with_bias, frames, height, width)
+    got = torch.empty_like(x, memory_format=torch.channels_last_3d)
+    with torch.no_grad():
         norm_silu(x.contiguous(memory_format=torch.channels_last_3d), norm, got, bias)
-    assert fused.norm_split(x, norm, bias) is None  # PyTorch's split is one the kernel does not repeat
+    split = fused.norm_split(x, norm, bias)
+    assert split is not None and split.blocks > 1  # the kernel's own norm, not PyTorch's handed to it
+    assert same_bits(got, want)
+
+
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_fused_norm_silu_handed_pytorchs_norms_where_it_cannot_repeat_the_split(dtype, with_bias, monkeypatch):
+    """Where the kernel does not combine PyTorch's split (here: made to combine one block only), it is
+    handed PyTorch's own norms and still gives diffusers' bits, bias added first."""
+    monkeypatch.setattr(fused, "KERNEL_BLOCKS", 1)
+    monkeypatch.setattr(fused, "_SPLITS", {})
+    norm, x, bias, want = wide_norm_case(dtype, with_bias, 2, 60, 104)
+    got = torch.empty_like(x, memory_format=torch.channels_last_3d)
+    with torch.no_grad():
+        norm_silu(x.contiguous(memory_format=torch.channels_last_3d), norm, got, bias)
+    assert fused.norm_split(x, norm, bias) is None
     assert verified_equivalences()[("norm given", tuple(x.shape), dtype, x.device, with_bias)]
     assert same_bits(got, want)
 

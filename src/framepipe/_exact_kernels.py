@@ -9,7 +9,8 @@ added; ``upsample_copy``, a resampler's frames upsampled; ``shortcut_add``, a Wa
 plus its upsampled input. Imported only where Triton is (CUDA). See Note [Exact fusion] in
 ``_fused.py`` for why their bits are PyTorch's: the sum of squares over channels is added up in the
 order PyTorch's reduction kernel uses (``SPLIT`` interleaved threads of four accumulators each, then
-a tree); every other step is repeated operation by operation with PyTorch's roundings.
+a tree, in each of ``BLOCKS`` thread blocks, then the blocks' sums in turn); every other step is
+repeated operation by operation with PyTorch's roundings.
 """
 
 from __future__ import annotations
@@ -19,17 +20,53 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-PIXELS = 64  # pixels (b, t, h, w positions) per program
-CHANNELS = 16  # channels per step of the normalizing loop
+PIXELS = 16  # pixels (b, t, h, w positions) per program of the norm kernel
+CHANNELS = 64  # channels per step of its normalizing loop
+WARPS = 4  # its warps a program (benchmarks/norm_tiles.py: 16 x 64 x 4 the fastest of those timed)
 ELEMENTS = 1024  # values per program of the bias + residual kernel
 TILE_PIXELS, TILE_CHANNELS = 32, 128  # a program of the (pixels x channels) tile kernels below
 
 
 @triton.jit
-def _halve(t, N: tl.constexpr, P: tl.constexpr):
-    """[N, P] -> [N // 2, P]: row i plus row i + N // 2 (one step of PyTorch's block_y_reduce tree)."""
-    lo, hi = tl.split(tl.permute(tl.reshape(t, [2, N // 2, P]), [1, 2, 0]))
-    return lo + hi
+def _halve(t, B: tl.constexpr, N: tl.constexpr, P: tl.constexpr):
+    """[B * N, P] -> [B * N // 2, P]: in each of B groups of N rows, row i plus row i + N // 2 (one step
+    of PyTorch's block_y_reduce tree)."""
+    lo, hi = tl.split(tl.permute(tl.reshape(t, [B, 2, N // 2, P]), [0, 2, 3, 1]))
+    return tl.reshape(lo + hi, [B * (N // 2), P])
+
+
+@triton.jit
+def _tree(t, B: tl.constexpr, N: tl.constexpr, P: tl.constexpr):
+    """[B * N, P] -> [B, P]: each group of N rows (a power of two up to 16) summed as PyTorch's
+    block_y_reduce sums its N threads' values, halving."""
+    if N >= 16:
+        t = _halve(t, B, 16, P)
+    if N >= 8:
+        t = _halve(t, B, 8, P)
+    if N >= 4:
+        t = _halve(t, B, 4, P)
+    if N >= 2:
+        t = _halve(t, B, 2, P)
+    return t
+
+
+@triton.jit
+def _in_order(t, M: tl.constexpr, S: tl.constexpr, P: tl.constexpr):
+    """[M * S, P] -> [S, P]: row y = ((t[y] + t[S + y]) + t[2S + y]) + t[3S + y] for M = 4 (M = 1, 2 or
+    4): thread y of PyTorch's last thread block adding the staged sums of blocks y, y + S, ..."""
+    if M == 1:
+        s = t
+    else:
+        t = tl.permute(tl.reshape(t, [M, S, P]), [1, 2, 0])
+        if M == 2:
+            m0, m1 = tl.split(t)
+            s = m0 + m1
+        else:
+            even, odd = tl.split(tl.reshape(t, [S, P, 2, 2]))
+            m0, m2 = tl.split(even)
+            m1, m3 = tl.split(odd)
+            s = ((m0 + m1) + m2) + m3
+    return s
 
 
 @triton.jit
@@ -46,36 +83,38 @@ def _load(x_ptr, b_ptr, c, offsets, m, C, sxc, HAS_BIAS: tl.constexpr, ROUND_BF1
 
 @triton.jit
 def _channel_norm(x_ptr, b_ptr, offsets, mask, C, sxc, HAS_BIAS: tl.constexpr, ROUND_BF16: tl.constexpr,
-                  SPLIT: tl.constexpr, P: tl.constexpr):  # fmt: skip
-    """The L2 norm over C channels of P pixels, in PyTorch's ``ReduceOp`` order: thread y of SPLIT
-    adds channels y, y + SPLIT, ... into four accumulators in turn (``vt0`` = 4, fused multiply-add),
-    combined ((a0 + a1) + a2) + a3, then the SPLIT threads pairwise, halving; IEEE square root."""
-    R: tl.constexpr = 4 * SPLIT  # row r = i * SPLIT + y holds accumulator i of thread y
-    acc = tl.zeros([R, P], dtype=tl.float32)
-    for c0 in range(0, C, R):
-        c = c0 + tl.arange(0, R)
+                  SPLIT: tl.constexpr, BLOCKS: tl.constexpr, KP: tl.constexpr, P: tl.constexpr):  # fmt: skip
+    """The L2 norm over C channels of P pixels, in PyTorch's ``ReduceOp`` order: thread y of SPLIT in
+    thread block k of BLOCKS adds channels k SPLIT + y + j G (G = SPLIT BLOCKS threads a pixel) into
+    four accumulators in turn (``vt0`` = 4, fused multiply-add), combined ((a0 + a1) + a2) + a3, then
+    the block's threads pairwise, halving; over several blocks, thread y of the last one adds blocks
+    y, y + SPLIT, ... in turn and the threads combine as before (``global_reduce``). IEEE square root.
+    KP: BLOCKS rounded up to a power of two (the blocks past BLOCKS hold zeros)."""
+    Q: tl.constexpr = SPLIT * KP
+    r = tl.arange(0, 4 * Q)  # row r = i Q + k SPLIT + y holds accumulator i of thread y of block k
+    lane = (r // Q) * (SPLIT * BLOCKS) + r % Q  # its channel within a step (contiguous where KP = BLOCKS)
+    acc = tl.zeros([4 * Q, P], dtype=tl.float32)
+    for c0 in range(0, C, 4 * SPLIT * BLOCKS):
+        c = tl.where(r % Q < SPLIT * BLOCKS, c0 + lane, C)  # a block past BLOCKS reads nothing
         m = (c < C)[:, None] & mask[None, :]
         x = _load(x_ptr, b_ptr, c, offsets, m, C, sxc, HAS_BIAS, ROUND_BF16)
         acc = tl.fma(x, x, acc)  # a missing channel adds +0.0 to a sum that is >= +0.0: no change
-    even, odd = tl.split(tl.reshape(tl.permute(tl.reshape(acc, [4, SPLIT, P]), [1, 2, 0]), [SPLIT, P, 2, 2]))
+    even, odd = tl.split(tl.reshape(tl.permute(tl.reshape(acc, [4, Q, P]), [1, 2, 0]), [Q, P, 2, 2]))
     a0, a2 = tl.split(even)
     a1, a3 = tl.split(odd)
-    t = ((a0 + a1) + a2) + a3
-    if SPLIT >= 16:
-        t = _halve(t, 16, P)
-    if SPLIT >= 8:
-        t = _halve(t, 8, P)
-    if SPLIT >= 4:
-        t = _halve(t, 4, P)
-    if SPLIT >= 2:
-        t = _halve(t, 2, P)
+    t = _tree(((a0 + a1) + a2) + a3, KP, SPLIT, P)  # [KP, P]: each block's sum
+    if KP > SPLIT:  # thread y of the last block adds blocks y, y + SPLIT, ... in turn; then the tree
+        t = _tree(_in_order(t, KP // SPLIT, SPLIT, P), 1, SPLIT, P)
+    if KP <= SPLIT:  # thread y < KP of the last block holds block y's sum, the others 0.0: a tree over KP
+        t = _tree(t, 1, KP, P)
     return tl.sqrt_rn(tl.reshape(t, [P]))
 
 
 @triton.jit
 def _norm_silu(x_ptr, b_ptr, g_ptr, o_ptr, n_ptr, N, C, T, H, W, sxb, sxc, sxt, sxh, sxw, sob, soc, sot, soh, sow,
                scale, eps, HAS_BIAS: tl.constexpr, ROUND_BF16: tl.constexpr, HAS_NORM: tl.constexpr,
-               SPLIT: tl.constexpr, P: tl.constexpr, BC: tl.constexpr):  # fmt: skip
+               SPLIT: tl.constexpr, BLOCKS: tl.constexpr, KP: tl.constexpr, P: tl.constexpr,
+               BC: tl.constexpr):  # fmt: skip
     p = tl.program_id(0).to(tl.int64) * P + tl.arange(0, P)
     mask = p < N
     w = p % W
@@ -87,7 +126,7 @@ def _norm_silu(x_ptr, b_ptr, g_ptr, o_ptr, n_ptr, N, C, T, H, W, sxb, sxc, sxt, 
     if HAS_NORM:  # PyTorch's own norms, one float32 a pixel in (b, t, h, w) order
         d = tl.load(n_ptr + p, mask=mask, other=1.0)
     else:
-        d = _channel_norm(x_ptr, b_ptr, x_at, mask, C, sxc, HAS_BIAS, ROUND_BF16, SPLIT, P)
+        d = _channel_norm(x_ptr, b_ptr, x_at, mask, C, sxc, HAS_BIAS, ROUND_BF16, SPLIT, BLOCKS, KP, P)
     d = tl.maximum(d, eps, propagate_nan=tl.PropagateNan.ALL)  # F.normalize's clamp_min(eps)
     for c0 in range(0, C, BC):
         c = c0 + tl.arange(0, BC)
@@ -216,17 +255,20 @@ def _widened(x_ptr, b_ptr, o_ptr, N, C, T, H, W, sxb, sxc, sxt, sxh, sxw, HAS_BI
 
 
 def norm_silu(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor, scale: float, out: torch.Tensor,
-              split: int, norms: torch.Tensor | None = None) -> None:  # fmt: skip
+              split: tuple[int, int], norms: torch.Tensor | None = None) -> None:  # fmt: skip
     """``out`` = silu(y / max(||y||_channels, eps) * scale * gamma) with y = x + bias (bias: one value a
-    channel, or None), any strides; PyTorch's bits when ``split`` is the thread split PyTorch's
-    reduction uses for x's shape, or when ``norms`` (float32, [B, 1, T, H, W], contiguous) are the
-    norms PyTorch computed (then ``split`` is unused)."""
+    channel, or None), any strides; PyTorch's bits when ``split`` is the (threads, thread blocks) among
+    which PyTorch's reduction shares each pixel's channels for x's shape (``_fused.reduction_split``),
+    or when ``norms`` (float32, [B, 1, T, H, W], contiguous) are the norms PyTorch computed (then
+    ``split`` is unused)."""
     b, c, t, h, w = x.shape
     n = b * t * h * w
+    threads, blocks = (1, 1) if norms is not None else split
     _norm_silu[(triton.cdiv(n, PIXELS),)](
         x, x if bias is None else bias, gamma, out, x if norms is None else norms, n, c, t, h, w, *x.stride(),
         *out.stride(), scale, 1e-12, HAS_BIAS=bias is not None, ROUND_BF16=x.dtype == torch.bfloat16,
-        HAS_NORM=norms is not None, SPLIT=split, P=PIXELS, BC=CHANNELS, num_warps=8, enable_fp_fusion=False,
+        HAS_NORM=norms is not None, SPLIT=threads, BLOCKS=blocks, KP=triton.next_power_of_2(blocks), P=PIXELS,
+        BC=CHANNELS, num_warps=WARPS, enable_fp_fusion=False,
     )  # fmt: skip
 
 

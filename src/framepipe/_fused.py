@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import warnings
 from collections.abc import Callable
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -20,12 +21,16 @@ from ._optional import require
 # diffusers computes ``silu(F.normalize(x, dim=1) * scale * gamma + 0.0)`` as several kernels, each
 # rounding its result to the tensor's dtype (bfloat16: the norm in float32, then rounded). The fused
 # kernel (``_exact_kernels.py``) adds each pixel's squares in the order of PyTorch's reduction
-# kernel for a reduction over a channel dimension that is not the innermost one: ``SPLIT`` threads,
-# thread y taking channels y, y + SPLIT, ... into four accumulators in turn with fused multiply-adds,
-# then combined in a fixed tree. PyTorch picks ``SPLIT`` from the channel count and its launch
-# configuration (``reduction_split`` repeats that choice), and each shape's split is checked once on
-# random values against PyTorch on channel-first inputs: the contiguous layout and the frame-major
-# one a resampler leaves (a shape where the two would differ runs PyTorch's ops).
+# kernel for a reduction over a channel dimension that is not the innermost one: ``threads`` threads
+# of a thread block, thread y taking channels y, y + threads, ... into four accumulators in turn with
+# fused multiply-adds, then combined in a fixed tree. Where PyTorch also shares each pixel's channels
+# out over several thread blocks (Wan 2.2's 1024 channels), block k's
+# threads start at channel k * threads and step over all blocks' threads, and the last block to finish
+# adds up the blocks' sums in a fixed order: the kernel repeats that too. PyTorch picks the split from
+# the channel count, the number of pixels and the card's multiprocessors (``reduction_split`` repeats
+# that choice), and each shape's split is checked once on random values against PyTorch on
+# channel-first inputs: the contiguous layout and the frame-major one a resampler leaves (a shape where
+# the two would differ runs PyTorch's ops).
 # Every other step is repeated in the same order with the same roundings: IEEE division (div_rn),
 # no multiply-add contraction (enable_fp_fusion=False), libdevice's expf as PyTorch's CUDA build calls
 # it, bfloat16 rounding after each op where PyTorch stores a bfloat16 tensor. The kernel reads any
@@ -34,22 +39,29 @@ from ._optional import require
 # arithmetic, then rounded); a kernel that reads the convolution's output can add it first with the
 # same rounding: the norm kernel (``HAS_BIAS``) and the bias + residual kernel. Whether the bias-less
 # channels-last convolution plus that ``add_`` gives the convolution's bits is checked with it.
-# Where PyTorch's reduction spreads each pixel's channels over several thread blocks (Wan 2.2's 1024
-# channels), PyTorch computes the norms itself, on a float32 channel-first copy as diffusers' norm
-# makes one, and the kernel does the rest (``HAS_NORM``): two passes more than the whole kernel, five
-# fewer than PyTorch's ops.
+# Where the kernel cannot repeat PyTorch's split, PyTorch computes the norms itself, on a float32
+# channel-first copy as diffusers' norm makes one, and the kernel does the rest (``HAS_NORM``): two
+# passes more than the whole kernel, five fewer than PyTorch's ops.
+
+
+class Split(NamedTuple):
+    """How PyTorch's CUDA reduction kernel shares out each output's channels: among ``threads`` of a
+    thread block and ``blocks`` thread blocks (a global reduction where more than one)."""
+
+    threads: int
+    blocks: int = 1
+
 
 KERNEL_SPLITS = (1, 2, 4, 8, 16)  # the thread splits whose partial sums the fused kernel's tree combines
-_SPLITS: dict[tuple, int | None] = {}  # a norm's shape -> the thread split that gives PyTorch's bits, or None
+KERNEL_BLOCKS = 16  # the most thread blocks a pixel whose partial sums it combines
+_SPLITS: dict[tuple, Split | None] = {}  # a norm's shape -> the split that gives PyTorch's bits, or None
 _EXACT: dict[tuple, bool] = {}  # (device, dtype) -> whether the fused kernel runs there with PyTorch's bits
 
 
-def reduction_split(shape: tuple[int, ...], strides: tuple[int, ...]) -> int | None:
-    """The number of threads among which PyTorch's CUDA reduction kernel splits each output's channels
-    when it reduces dim 1 of a tensor of ``shape`` and ``strides`` (w innermost, freshly allocated):
-    ``setReduceConfig`` for a reduction over a dimension that is not the innermost one. None where it
-    also splits them over several thread blocks (256 or more channels a thread, as Wan 2.2's 1024):
-    an order the fused kernel does not repeat."""
+def reduction_split(shape: tuple[int, ...], strides: tuple[int, ...], device: tuple[int, int]) -> Split:
+    """The split of PyTorch's CUDA reduction kernel when it reduces dim 1 of a tensor of ``shape`` and
+    ``strides`` (w innermost, freshly allocated) on a card of ``device`` = (multiprocessors, threads a
+    multiprocessor): ``setReduceConfig`` for a reduction over a dimension that is not the innermost one."""
     c = shape[1]
     outputs = math.prod(shape) // c
     # TensorIterator drops size-1 dimensions and merges the output dimensions that follow each other
@@ -65,11 +77,30 @@ def reduction_split(shape: tuple[int, ...], strides: tuple[int, ...]) -> int | N
         while n % vec:
             vec //= 2
     threads = 512 // vec
-    width = min(_floor_pow2(outputs // vec) if outputs // vec < threads else threads, 32)  # block.x over all outputs
-    height = min(_floor_pow2(c) if c < threads else threads, threads // width)
+    along = _floor_pow2(outputs // vec) if outputs // vec < threads else threads
+    height = min(_floor_pow2(c) if c < threads else threads, threads // min(along, 32))
+    width = min(along, threads // height)  # block.x over the outputs
     if c < min(height * 16, 256):
-        return 1
-    return height if -(-c // height) < 256 else None
+        return Split(1)
+    values = -(-c // height)  # channels a thread
+    multiprocessors, per_multiprocessor = device
+    target = multiprocessors * (per_multiprocessor // (width * height))  # blocks that fill the card
+    grid = -(-(outputs // vec) // width)
+    if values < 256 or grid > target:
+        return Split(height)
+    return Split(height, max(min(-(-target // grid), -(-values // 16)), -(-values // 256)))
+
+
+def kernel_combines(split: Split) -> bool:
+    """Whether the fused kernel adds up partial sums shared out as ``split`` shares them."""
+    blocks = 1 << (split.blocks - 1).bit_length()
+    return split.threads in KERNEL_SPLITS and split.blocks <= KERNEL_BLOCKS and blocks <= 4 * split.threads
+
+
+def device_limits(device: torch.device) -> tuple[int, int]:
+    """(multiprocessors, threads a multiprocessor) of a CUDA device, as PyTorch's reductions size their grid."""
+    properties = torch.cuda.get_device_properties(device)
+    return properties.multi_processor_count, properties.max_threads_per_multi_processor
 
 
 def _floor_pow2(n: int) -> int:
@@ -85,18 +116,19 @@ def norm_fusable(x: torch.Tensor, norm) -> bool:
     )  # fmt: skip
 
 
-def norm_split(x: torch.Tensor, norm, bias: torch.Tensor | None = None) -> int | None:
-    """The thread split with which the fused kernel gives PyTorch's bits for ``norm`` over x's shape
+def norm_split(x: torch.Tensor, norm, bias: torch.Tensor | None = None) -> Split | None:
+    """The split with which the fused kernel gives PyTorch's bits for ``norm`` over x's shape
     (with ``bias`` added first, as PyTorch adds a convolution's), whether x is contiguous or
     frame-major (as after a resampler) in diffusers' decoder; None where those differ, where the
-    kernel cannot combine the split, or where the check on random values failed. Checked once per shape."""
+    kernel cannot combine the split (``kernel_combines``), or where the check on random values failed.
+    Checked once per shape."""
     key = ("norm", tuple(x.shape), x.dtype, x.device, bias is not None)
     if key not in _SPLITS:
         frame_major = torch.empty(x.shape[:1] + x.shape[2:3] + x.shape[1:2] + x.shape[3:], device="meta")
-        splits = {reduction_split(tuple(x.shape), s) for s in (torch.empty(x.shape, device="meta").stride(),
-                                                              frame_major.transpose(1, 2).stride())}  # fmt: skip
+        layouts = (torch.empty(x.shape, device="meta").stride(), frame_major.transpose(1, 2).stride())
+        splits = {reduction_split(tuple(x.shape), s, device_limits(x.device)) for s in layouts}
         found = splits.pop() if len(splits) == 1 else None
-        if found not in KERNEL_SPLITS:
+        if found is not None and not kernel_combines(found):
             found = None
         if found is not None:
             from ._exact_kernels import norm_silu as fused
@@ -126,7 +158,7 @@ def norm_silu(x: torch.Tensor, norm, out: torch.Tensor, bias: torch.Tensor | Non
     from ._exact_kernels import norm_silu as fused
 
     norms = pytorch_norms(x, bias) if split is None else None
-    fused(x, bias, norm.gamma.reshape(-1), float(norm.scale), out, split or 1, norms)
+    fused(x, bias, norm.gamma.reshape(-1), float(norm.scale), out, split or Split(1), norms)
 
 
 def pytorch_norms(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -150,7 +182,7 @@ def norms_given_exact(x: torch.Tensor, norm, bias: torch.Tensor | None = None) -
     def kernel() -> torch.Tensor:
         sample = probe(x).contiguous(memory_format=CHANNELS_LAST)
         got = torch.empty_like(sample)
-        fused(sample, bias, norm.gamma.reshape(-1), float(norm.scale), got, 1, pytorch_norms(sample, bias))
+        fused(sample, bias, norm.gamma.reshape(-1), float(norm.scale), got, Split(1), pytorch_norms(sample, bias))
         return got
 
     key = ("norm given", tuple(x.shape), x.dtype, x.device, bias is not None)
