@@ -24,13 +24,13 @@ from ._optional import require
 # kernel for a reduction over a channel dimension that is not the innermost one: ``threads`` threads
 # of a thread block, thread y taking channels y, y + threads, ... into four accumulators in turn with
 # fused multiply-adds, then combined in a fixed tree. Where PyTorch also shares each pixel's channels
-# out over several thread blocks (Wan 2.2's 1024 channels), block k's
-# threads start at channel k * threads and step over all blocks' threads, and the last block to finish
-# adds up the blocks' sums in a fixed order: the kernel repeats that too. PyTorch picks the split from
-# the channel count, the number of pixels and the card's multiprocessors (``reduction_split`` repeats
-# that choice), and each shape's split is checked once on random values against PyTorch on
-# channel-first inputs: the contiguous layout and the frame-major one a resampler leaves (a shape where
-# the two would differ runs PyTorch's ops).
+# out over several thread blocks (Wan 2.2's 1024 channels), block k's threads start at channel
+# k * threads and step over all blocks' threads, and the last block to finish adds up the blocks' sums
+# in a fixed order: the kernel repeats that too. PyTorch picks the split from the channel count, the
+# number of pixels and the card's multiprocessors (``reduction_split`` repeats that choice), and each
+# shape's split is checked once on random values against PyTorch on channel-first inputs: the
+# contiguous layout and the frame-major one a resampler leaves (a shape where the two would differ
+# runs PyTorch's ops).
 # Every other step is repeated in the same order with the same roundings: IEEE division (div_rn),
 # no multiply-add contraction (enable_fp_fusion=False), libdevice's expf as PyTorch's CUDA build calls
 # it, bfloat16 rounding after each op where PyTorch stores a bfloat16 tensor. The kernel reads any
@@ -58,10 +58,11 @@ _SPLITS: dict[tuple, Split | None] = {}  # a norm's shape -> the split that give
 _EXACT: dict[tuple, bool] = {}  # (device, dtype) -> whether the fused kernel runs there with PyTorch's bits
 
 
-def reduction_split(shape: tuple[int, ...], strides: tuple[int, ...], device: tuple[int, int]) -> Split:
+def reduction_split(shape: tuple[int, ...], strides: tuple[int, ...], limits: tuple[int, int]) -> Split:
     """The split of PyTorch's CUDA reduction kernel when it reduces dim 1 of a tensor of ``shape`` and
-    ``strides`` (w innermost, freshly allocated) on a card of ``device`` = (multiprocessors, threads a
-    multiprocessor): ``setReduceConfig`` for a reduction over a dimension that is not the innermost one."""
+    ``strides`` (w innermost, freshly allocated) on a card of ``limits`` = (multiprocessors, threads a
+    multiprocessor, ``device_limits``): ``setReduceConfig`` for a reduction over a dimension that is not
+    the innermost one."""
     c = shape[1]
     outputs = math.prod(shape) // c
     # TensorIterator drops size-1 dimensions and merges the output dimensions that follow each other
@@ -83,7 +84,7 @@ def reduction_split(shape: tuple[int, ...], strides: tuple[int, ...], device: tu
     if c < min(height * 16, 256):
         return Split(1)
     values = -(-c // height)  # channels a thread
-    multiprocessors, per_multiprocessor = device
+    multiprocessors, per_multiprocessor = limits
     target = multiprocessors * (per_multiprocessor // (width * height))  # blocks that fill the card
     grid = -(-(outputs // vec) // width)
     if values < 256 or grid > target:
@@ -126,7 +127,8 @@ def norm_split(x: torch.Tensor, norm, bias: torch.Tensor | None = None) -> Split
     if key not in _SPLITS:
         frame_major = torch.empty(x.shape[:1] + x.shape[2:3] + x.shape[1:2] + x.shape[3:], device="meta")
         layouts = (torch.empty(x.shape, device="meta").stride(), frame_major.transpose(1, 2).stride())
-        splits = {reduction_split(tuple(x.shape), s, device_limits(x.device)) for s in layouts}
+        limits = device_limits(x.device)
+        splits = {reduction_split(tuple(x.shape), s, limits) for s in layouts}
         found = splits.pop() if len(splits) == 1 else None
         if found is not None and not kernel_combines(found):
             found = None
