@@ -22,7 +22,7 @@ from triton.language.extra import libdevice
 
 PIXELS = 16  # pixels (b, t, h, w positions) per program of the norm kernel
 CHANNELS = 64  # channels per step of its normalizing loop
-WARPS = 4  # its warps a program (benchmarks/norm_tiles.py: 16 x 64 x 4 the fastest of those timed)
+WARPS = 4  # its warps a program (16 x 64 x 4: the fastest tile of a sweep, docs/benchmarks.md)
 ELEMENTS = 1024  # values per program of the bias + residual kernel
 TILE_PIXELS, TILE_CHANNELS = 32, 128  # a program of the (pixels x channels) tile kernels below
 
@@ -263,7 +263,7 @@ def norm_silu(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor, s
     ``split`` is unused)."""
     b, c, t, h, w = x.shape
     n = b * t * h * w
-    threads, blocks = (1, 1) if norms is not None else split
+    threads, blocks = split
     _norm_silu[(triton.cdiv(n, PIXELS),)](
         x, x if bias is None else bias, gamma, out, x if norms is None else norms, n, c, t, h, w, *x.stride(),
         *out.stride(), scale, 1e-12, HAS_BIAS=bias is not None, ROUND_BF16=x.dtype == torch.bfloat16,

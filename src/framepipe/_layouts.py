@@ -11,6 +11,8 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from ._optional import exact_kernel
+
 CHANNELS_LAST = torch.channels_last_3d
 
 
@@ -52,13 +54,8 @@ def added(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         return out
     if out.is_cuda and out.dtype in (torch.float32, torch.bfloat16) and bias.dtype == out.dtype:
         stride = pixel_stride(out)
-        if stride is not None:
-            try:
-                from ._exact_kernels import bias_add
-            except ImportError:  # no Triton
-                pass
-            else:
-                return bias_add(out, bias, stride)
+        if stride is not None and (kernel := exact_kernel("bias_add")) is not None:
+            return kernel(out, bias, stride)
     return out.add_(bias.reshape(-1, *(1,) * (out.dim() - 2)))
 
 

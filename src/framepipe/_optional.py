@@ -6,7 +6,9 @@ which names the install command when one is missing.
 
 from __future__ import annotations
 
+import functools
 import importlib
+from collections.abc import Callable
 from types import ModuleType
 
 from ._errors import MissingDependencyError
@@ -29,3 +31,17 @@ def require(module: str, extra: str) -> ModuleType:
             f"{name} is not installed; this needs framepipe's {extra!r} extra: "
             f"pip install 'framepipe[{extra}]' (from a clone: pip install -e '.[{extra}]')."
         ) from e
+
+
+@functools.cache
+def exact_kernel(name: str) -> Callable | None:
+    """The Triton kernel ``name`` of ``_exact_kernels`` (for CUDA tensors) that ``_layouts`` and
+    ``_resampling`` run, None where Triton is not installed: the callers then run PyTorch's ops, the
+    same bits. Looked up once a name."""
+    try:
+        from ._exact_kernels import bias_add, shortcut_add, subpixel_place, upsample_copy
+    except ImportError:
+        return None
+    kernels = {"bias_add": bias_add, "shortcut_add": shortcut_add, "subpixel_place": subpixel_place,
+               "upsample_copy": upsample_copy}  # fmt: skip
+    return kernels[name]

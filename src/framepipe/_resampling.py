@@ -10,12 +10,12 @@ reads it as a strided view of that input, no copy made."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ._layouts import kept_copy, pixel_stride
+from ._optional import exact_kernel
 
 # For an output row 2i + a, the 3x3 kernel's rows fall on input rows i - 1, i, i (a = 0) or i, i, i + 1
 # (a = 1): [a][k][r] = 1 where kernel row r falls on the k-th of the two input rows (i - 1 + a + k).
@@ -30,23 +30,13 @@ def upsampled(x: torch.Tensor, pairs: bool, channels_last: bool) -> torch.Tensor
     p = 2 if pairs else 1
     layout = torch.channels_last if channels_last else torch.contiguous_format
     out = torch.empty((b * t * p, c // p, 2 * h, 2 * w), dtype=x.dtype, device=x.device, memory_format=layout)
-    if x.is_cuda and (kernel := _cuda_kernel("upsample_copy")) is not None:  # faster than torch's strided copy
+    if x.is_cuda and (kernel := exact_kernel("upsample_copy")) is not None:  # faster than torch's strided copy
         kernel(x, out)
         return out
     target = out.unflatten(0, (b, t, p)).unflatten(4, (h, 2)).unflatten(6, (w, 2))  # [B, T, P, C, H, 2, W, 2]
     source = x.unflatten(1, (p, c // p)).permute(0, 3, 1, 2, 4, 5)  # [B, T, P, C, H, W]
     target.copy_(source[:, :, :, :, :, None, :, None])
     return out
-
-
-def _cuda_kernel(name: str) -> Callable | None:
-    """The Triton kernel ``name`` of ``_exact_kernels`` that this module runs on CUDA tensors, None where
-    Triton is not installed."""
-    try:
-        from ._exact_kernels import shortcut_add, subpixel_place, upsample_copy
-    except ImportError:
-        return None
-    return {"shortcut_add": shortcut_add, "subpixel_place": subpixel_place, "upsample_copy": upsample_copy}[name]
 
 
 def resampler_frames(x: torch.Tensor, pairs: bool) -> torch.Tensor:
@@ -104,7 +94,7 @@ def place(y: torch.Tensor, bias: torch.Tensor | None, out: torch.Tensor) -> None
     """Put the output pixels y holds (channel group (a, b) of pixel (i + a, j + b): pixel (2i + a,
     2j + b)) into ``out``, ``bias`` added: one Triton kernel on CUDA (torch's strided add is ~3x
     slower there), else a strided ``torch.add`` (the same bits)."""
-    if y.is_cuda and (kernel := _cuda_kernel("subpixel_place")) is not None:
+    if y.is_cuda and (kernel := exact_kernel("subpixel_place")) is not None:
         kernel(y, bias, out)
         return
     n, co, h, w = out.shape[0], out.shape[1], out.shape[2] // 2, out.shape[3] // 2
@@ -158,7 +148,7 @@ def shortcut_added(
     if tuple(x.shape) != spread:
         return None
     fits = x.is_cuda and x.dtype in (torch.float32, torch.bfloat16) and shortcut.dtype == x.dtype
-    if fits and (kernel := _cuda_kernel("shortcut_add")) is not None:  # faster than torch's add of the view
+    if fits and (kernel := exact_kernel("shortcut_add")) is not None:  # faster than torch's add of the view
         return kernel(x, shortcut, steps, ft, fs, first_chunk)
     out = torch.empty_like(x)
     as8 = lambda y: y.unflatten(2, view.shape[2:4]).unflatten(4, (h, fs)).unflatten(6, (w, fs))  # noqa: E731
