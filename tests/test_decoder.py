@@ -461,6 +461,31 @@ def test_fused_norm_silu_on_large_strided_inputs(dtype, layout):
     assert window[:, :, :2].abs().sum() == 0 and window[:, :, :, 0].abs().sum() == 0  # the border untouched
 
 
+@pytest.mark.needs_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fused_norm_silu_keeps_pytorchs_bits_for_subnormal_values_and_huge_norms(dtype):
+    """Tiny and subnormal values (their norms clamped to eps) and a norm far above 2^32 get diffusers'
+    bits too: the kernel divides as IEEE division does and flushes nothing to zero."""
+    from diffusers.models.autoencoders.autoencoder_kl_wan import WanRMS_norm
+
+    g = torch.Generator(device="cuda").manual_seed(3)
+    norm = WanRMS_norm(96, images=False).to("cuda", dtype)
+    with torch.no_grad():
+        norm.gamma.copy_(torch.randn(norm.gamma.shape, generator=g, device="cuda"))
+        x = torch.randn(1, 96, 2, 20, 36, generator=g, device="cuda")
+        x[0, :, 0, 3, :5] *= 1e-30  # whole pixels of tiny values
+        x[0, :, 1, 16:20] *= 1e-39  # subnormal ones: norms clamped to 1e-12
+        x[0, 7, 1, 10, 2] = 3e-41  # a subnormal float32 (in bf16: 0 or subnormal)
+        x[0, 9, 1, 11, 30] = -(2.0**-70)
+        x[0, :, 1, 15, 7] *= 1e10  # a norm far above 2^32
+        x = x.to(dtype)
+        want = torch.nn.functional.silu(norm(x))
+        got = torch.empty_like(x, memory_format=torch.channels_last_3d)
+        norm_silu(x.contiguous(memory_format=torch.channels_last_3d), norm, got)
+    assert fused.norm_split(x, norm, None) is not None  # the kernel's own norm
+    assert same_bits(got, want)
+
+
 def wide_norm_case(dtype: torch.dtype, with_bias: bool, frames: int, height: int, width: int):
     """A norm of 1024 channels (Wan 2.2's widest) on CUDA, its input (channel-first), a bias or None and
     diffusers' ``silu(norm(x + bias))``."""
