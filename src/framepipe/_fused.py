@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from ._equivalence import checked, probe, record, same_bits, verified
-from ._layouts import CHANNELS_LAST, added, channel_first, pixel_stride, silu_into
-from ._optional import require
+from ._layouts import CHANNELS_LAST, added, channel_first, kernels_take, pixel_stride, silu_into
+from ._optional import exact_kernel, require
 
 # Note [Exact fusion]
 # ~~~~~~~~~~~~~~~~~~~
@@ -110,11 +110,12 @@ def _floor_pow2(n: int) -> int:
 
 def norm_fusable(x: torch.Tensor, norm) -> bool:
     """Whether the kernels can compute ``norm`` (Wan's RMS norm: no bias, channels first) over x."""
-    gamma = norm.gamma
     return (
-        x.is_cuda and x.dtype in (torch.float32, torch.bfloat16) and gamma.dtype == x.dtype
-        and isinstance(norm.bias, float) and norm.bias == 0.0 and getattr(norm, "channel_first", True)
-    )  # fmt: skip
+        kernels_take(x, norm.gamma)
+        and isinstance(norm.bias, float)
+        and norm.bias == 0.0
+        and getattr(norm, "channel_first", True)
+    )
 
 
 def norm_split(x: torch.Tensor, norm, bias: torch.Tensor | None = None) -> Split | None:
@@ -130,10 +131,10 @@ def norm_split(x: torch.Tensor, norm, bias: torch.Tensor | None = None) -> Split
         limits = device_limits(x.device)
         splits = {reduction_split(tuple(x.shape), s, limits) for s in layouts}
         found = splits.pop() if len(splits) == 1 else None
-        if found is not None and not kernel_combines(found):
+        fused = exact_kernel("norm_silu")
+        if found is not None and (fused is None or not kernel_combines(found)):
             found = None
         if found is not None:
-            from ._exact_kernels import norm_silu as fused
 
             def kernel() -> torch.Tensor:
                 sample = probe(x)
@@ -157,19 +158,15 @@ def norm_silu(x: torch.Tensor, norm, out: torch.Tensor, bias: torch.Tensor | Non
     if split is None and not (fusable and norms_given_exact(x, norm, bias)):
         _norm_silu_ops(x, norm, out, bias)
         return
-    from ._exact_kernels import norm_silu as fused
-
     norms = pytorch_norms(x, bias) if split is None else None
-    fused(x, bias, norm.gamma.reshape(-1), float(norm.scale), out, split or Split(1), norms)
+    exact_kernel("norm_silu")(x, bias, norm.gamma.reshape(-1), float(norm.scale), out, split or Split(1), norms)
 
 
 def pytorch_norms(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The float32 norms over channels [B, 1, T, H, W] that diffusers' ``WanRMS_norm`` has PyTorch compute
     for x (+ ``bias``, added as PyTorch adds a convolution's): of a float32 channel-first copy, made in
     one pass (a Triton kernel: PyTorch's strided copy is slower)."""
-    if x.is_cuda and x.dtype in (torch.float32, torch.bfloat16) and (bias is None or bias.dtype == x.dtype):
-        from ._exact_kernels import widened  # callers run where Triton is
-
+    if kernels_take(x, bias) and (widened := exact_kernel("widened")) is not None:
         return widened(x, bias).norm(2.0, 1, keepdim=True)
     wide = torch.empty(x.shape, dtype=torch.float32, device=x.device)
     wide.copy_(x if bias is None else torch.add(x, bias.reshape(-1, 1, 1, 1)))
@@ -179,7 +176,9 @@ def pytorch_norms(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Te
 def norms_given_exact(x: torch.Tensor, norm, bias: torch.Tensor | None = None) -> bool:
     """Whether the kernel handed ``pytorch_norms`` gives PyTorch's bits for ``norm`` over x's shape, x
     contiguous or frame-major in diffusers' decoder (checked once per shape on random values)."""
-    from ._exact_kernels import norm_silu as fused
+    fused = exact_kernel("norm_silu")
+    if fused is None:
+        return False
 
     def kernel() -> torch.Tensor:
         sample = probe(x).contiguous(memory_format=CHANNELS_LAST)
@@ -230,10 +229,9 @@ def add_bias_residual(y: torch.Tensor, bias: torch.Tensor, h: torch.Tensor) -> t
     """``(y + bias) + h`` into y, a residual block's end (``bias``: its conv2's, not yet added): one
     kernel where y and h are channels-last (padded or not) and that was checked for their shapes and
     strides, else two adds."""
-    fits = y.is_cuda and y.dtype in (torch.float32, torch.bfloat16) and h.dtype == y.dtype
     strides = (pixel_stride(y), pixel_stride(h))
-    if fits and None not in strides:
-        from ._exact_kernels import bias_residual
+    bias_residual = exact_kernel("bias_residual") if kernels_take(y, h) and None not in strides else None
+    if bias_residual is not None:
 
         def sample(seed: int, stride: int) -> torch.Tensor:
             whole = probe(torch.empty((y.shape[0], stride, *y.shape[2:]), dtype=y.dtype, device=y.device), seed)

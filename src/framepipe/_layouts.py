@@ -46,13 +46,23 @@ def channel_first(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous() if x.shape[1] > 1 and x.stride(1) == 1 else x
 
 
+def kernels_take(x: torch.Tensor, *others: torch.Tensor | None) -> bool:
+    """Whether the exact Triton kernels (``_exact_kernels.py``) compute on x and ``others`` (None:
+    absent): CUDA tensors of float32 or bfloat16, all of x's dtype."""
+    return (
+        x.is_cuda
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and all(o is None or o.dtype == x.dtype for o in others)
+    )
+
+
 def added(out: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
     """``out`` with a convolution's bias added as PyTorch adds it after cuDNN's convolution (in place):
     channels-last on CUDA in a Triton kernel (the same bits, faster than PyTorch's broadcast add runs
     there: ``docs/benchmarks.md``), else with ``add_``."""
     if bias is None:
         return out
-    if out.is_cuda and out.dtype in (torch.float32, torch.bfloat16) and bias.dtype == out.dtype:
+    if kernels_take(out, bias):
         stride = pixel_stride(out)
         if stride is not None and (kernel := exact_kernel("bias_add")) is not None:
             return kernel(out, bias, stride)

@@ -35,13 +35,10 @@ def require(module: str, extra: str) -> ModuleType:
 
 @functools.cache
 def exact_kernel(name: str) -> Callable | None:
-    """The Triton kernel ``name`` of ``_exact_kernels`` (for CUDA tensors) that ``_layouts`` and
-    ``_resampling`` run, None where Triton is not installed: the callers then run PyTorch's ops, the
-    same bits. Looked up once a name."""
+    """The function ``name`` of ``_exact_kernels`` (Triton kernels, for CUDA tensors), None where Triton
+    is not installed: the callers then run PyTorch's ops, the same bits. Looked up once a name."""
     try:
-        from ._exact_kernels import bias_add, shortcut_add, subpixel_place, upsample_copy
+        kernels = importlib.import_module("._exact_kernels", __package__)
     except ImportError:
         return None
-    kernels = {"bias_add": bias_add, "shortcut_add": shortcut_add, "subpixel_place": subpixel_place,
-               "upsample_copy": upsample_copy}  # fmt: skip
-    return kernels[name]
+    return getattr(kernels, name)

@@ -14,7 +14,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-from ._layouts import kept_copy, pixel_stride
+from ._layouts import kept_copy, kernels_take, pixel_stride
 from ._optional import exact_kernel
 
 # For an output row 2i + a, the 3x3 kernel's rows fall on input rows i - 1, i, i (a = 0) or i, i, i + 1
@@ -147,8 +147,8 @@ def shortcut_added(
     spread = (b, module.out_channels, view.shape[2] * view.shape[3], h * fs, w * fs)
     if tuple(x.shape) != spread:
         return None
-    fits = x.is_cuda and x.dtype in (torch.float32, torch.bfloat16) and shortcut.dtype == x.dtype
-    if fits and (kernel := exact_kernel("shortcut_add")) is not None:  # faster than torch's add of the view
+    kernel = exact_kernel("shortcut_add") if kernels_take(x, shortcut) else None  # faster than torch's add
+    if kernel is not None:
         return kernel(x, shortcut, steps, ft, fs, first_chunk)
     out = torch.empty_like(x)
     as8 = lambda y: y.unflatten(2, view.shape[2:4]).unflatten(4, (h, fs)).unflatten(6, (w, fs))  # noqa: E731
