@@ -20,19 +20,22 @@ import framepipe._exact_kernels as kernels
 from framepipe._equivalence import same_bits
 from framepipe._fused import norm_split
 
-TILES = [(16, 64, 4), (64, 16, 8), (64, 16, 4), (32, 32, 4), (16, 64, 8), (32, 64, 4), (16, 32, 4)]
+# fmt: off
+TILES = [(16, 64, 4), (64, 16, 8), (64, 16, 4), (32, 32, 4), (16, 64, 8), (32, 64, 4), (16, 32, 4), (128, 16, 8),
+         (64, 32, 8), (128, 32, 8), (32, 16, 4)]
+# fmt: on
 
 
 def main() -> None:
     arch, dtype_name, size = sys.argv[1], sys.argv[2], sys.argv[3]
     vae, z = random_case(arch, dtype_name, tuple(int(n) for n in size.split("x")), 9, "cuda")  # 3 latent frames
-    chosen = (kernels.PIXELS, kernels.CHANNELS, kernels.WARPS)
+    chosen = (kernels.WIDE_TILE, kernels.NARROW_TILE)
     with torch.no_grad():
         calls = [(x, norm, bias, out, norm_split(x, norm, bias)) for x, norm, bias, out in chunk_calls(vae, z)]
         calls = [call for call in calls if call[4] is not None]
         first = None
         for tile in TILES:
-            kernels.PIXELS, kernels.CHANNELS, kernels.WARPS = tile
+            kernels.WIDE_TILE = kernels.NARROW_TILE = tile
             outputs, per_call = [], []
             for x, norm, bias, out, split in calls:
                 got = torch.empty_like(out)
@@ -45,7 +48,7 @@ def main() -> None:
             print(json.dumps({"pixels_channels_warps": tile, "ms_per_chunk": round(sum(per_call), 3),
                               "same_bits_as_first": same, "per_call_ms": per_call}), flush=True)  # fmt: skip
             del outputs
-        kernels.PIXELS, kernels.CHANNELS, kernels.WARPS = chosen
+        kernels.WIDE_TILE, kernels.NARROW_TILE = chosen
     where = machine("cuda")
     calls_seen = [{"shape": list(c[0].shape), "bias": c[2] is not None, "split": list(c[4])} for c in calls]
     print(json.dumps({"arch": arch, "dtype": dtype_name, "size": size, "device": where["device"],

@@ -20,9 +20,13 @@ import triton
 import triton.language as tl
 from triton.language.extra import libdevice
 
-PIXELS = 16  # pixels (b, t, h, w positions) per program of the norm kernel
-CHANNELS = 64  # channels per step of its normalizing loop
-WARPS = 4  # its warps a program (16 x 64 x 4: the fastest tile of a sweep, docs/benchmarks.md)
+# The norm kernel's tiles: (pixels (b, t, h, w positions) a program, channels a step of its normalizing
+# loop, warps a program), the fastest of sweeps over Wan 2.1's and 2.2's norms (``benchmarks/norm_tiles.py``,
+# docs/benchmarks.md): few pixels of many channels from 128 channels up, many pixels of few channels
+# below (Wan 2.1's 96-channel norms ran 2.2x slower on the wide tile).
+WIDE_TILE = (16, 64, 4)
+NARROW_TILE = (64, 16, 8)
+NARROW_BELOW = 128  # channels under which a norm takes NARROW_TILE
 ELEMENTS = 1024  # values per program of the bias + residual kernel
 TILE_PIXELS, TILE_CHANNELS = 32, 128  # a program of the (pixels x channels) tile kernels below
 
@@ -264,12 +268,19 @@ def norm_silu(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor, s
     b, c, t, h, w = x.shape
     n = b * t * h * w
     threads, blocks = split
-    _norm_silu[(triton.cdiv(n, PIXELS),)](
+    pixels, channels, warps = norm_tile(c)
+    _norm_silu[(triton.cdiv(n, pixels),)](
         x, x if bias is None else bias, gamma, out, x if norms is None else norms, n, c, t, h, w, *x.stride(),
         *out.stride(), scale, 1e-12, HAS_BIAS=bias is not None, ROUND_BF16=x.dtype == torch.bfloat16,
-        HAS_NORM=norms is not None, SPLIT=threads, BLOCKS=blocks, KP=triton.next_power_of_2(blocks), P=PIXELS,
-        BC=CHANNELS, num_warps=WARPS, enable_fp_fusion=False,
+        HAS_NORM=norms is not None, SPLIT=threads, BLOCKS=blocks, KP=triton.next_power_of_2(blocks), P=pixels,
+        BC=channels, num_warps=warps, enable_fp_fusion=False,
     )  # fmt: skip
+
+
+def norm_tile(channels: int) -> tuple[int, int, int]:
+    """The norm kernel's (pixels, channels a step, warps) for a norm over ``channels``; any tile gives the
+    same bits (a pixel's order is its split's), so the choice is speed alone."""
+    return NARROW_TILE if channels < NARROW_BELOW else WIDE_TILE
 
 
 def bias_residual(y: torch.Tensor, bias: torch.Tensor, h: torch.Tensor, strides: tuple[int, int]) -> torch.Tensor:
