@@ -1,6 +1,7 @@
 """The data side: pack, ShardedDataset/Loader (exact split, shuffle, resume), cache, errors,
 snapshot/restore, all against a real S3 server (SeaweedFS on loopback) where S3 is claimed."""
 
+import gc
 import io
 import json
 import os
@@ -308,6 +309,38 @@ def test_loader_copies_ahead_to_the_gpu(packed):
     batches = list(loader)
     assert all(b.is_cuda for b in batches)
     assert sorted(torch.cat(batches).tolist()) == list(range(300))
+
+
+class _Finalized:
+    """Garbage in a reference cycle whose finalizer writes down the process that ran it."""
+
+    def __init__(self, record: Path) -> None:
+        self.record, self.cycle = record, self
+
+    def __del__(self) -> None:
+        with open(self.record, "a") as f:
+            f.write(f"{os.getpid()}\n")
+
+
+def _number_after_a_collection(sample):
+    gc.collect()  # as a worker's allocations would start one
+    return _number(sample)
+
+
+def test_the_workers_leave_the_parents_garbage_to_the_parent(packed, tmp_path, no_thread_leak):
+    """A worker that collected the parent's garbage would run its finalizers, and one that waits on a
+    thread only the parent has (a video encoder's) hangs the worker: seen in a full test run, a
+    feed-bench worker hung in a collection."""
+    record = tmp_path / "finalized-in"
+    gc.disable()  # the cycle stays uncollected until the workers fork
+    try:
+        _Finalized(record)
+        loader = Loader(ShardedDataset(packed, transform=_number_after_a_collection), batch_size=4, num_workers=2)
+        assert sorted(x for batch in loader for x in batch.tolist()) == list(range(300))
+    finally:
+        gc.enable()
+    gc.collect()
+    assert record.read_text().split() == [str(os.getpid())]
 
 
 def test_stopping_early_stops_the_loader_thread_and_workers(packed, no_thread_leak):

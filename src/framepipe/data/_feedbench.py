@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from .._errors import SettingsError
 from ._dataset import ShardedDataset
-from ._loader import Loader
+from ._loader import Loader, gc_frozen_for_fork
 from ._pack import pack
 from ._shards import INDEX_NAME, DatasetIndex
 from ._store import S3Store, open_store, s3_process_pool
@@ -104,7 +104,8 @@ def _measure(
     the steady-state figures cover the batches after it."""
     start = time.perf_counter()
     waited, n, first = 0.0, 0, 0.0
-    iterator = iter(batches())
+    with gc_frozen_for_fork():  # the baselines' DataLoaders fork here too
+        iterator = iter(batches())
     try:
         while steps is None or n < steps:
             t = time.perf_counter()

@@ -12,6 +12,7 @@ same batch.
 from __future__ import annotations
 
 import contextlib
+import gc
 import multiprocessing
 import queue
 import threading
@@ -26,6 +27,21 @@ from .._errors import DataError, traceback_message
 from ._dataset import ShardedDataset
 
 _END = object()
+
+
+@contextlib.contextmanager
+def gc_frozen_for_fork() -> Iterator[None]:
+    """Python's collector kept off every object that exists while DataLoader forks its workers: a worker
+    that collected the parent's garbage would run its finalizers, and one that waits on a thread only
+    the parent has (a video encoder's, a lock it held at the fork) hangs the worker. The parent's
+    objects are released to its collector again afterwards, unless something had frozen some before."""
+    frozen_before = gc.get_freeze_count()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        if not frozen_before:
+            gc.unfreeze()
 
 
 @dataclass
@@ -109,7 +125,8 @@ class Loader:
         # The workers fork here, in the caller's thread, not in the loader thread: a child forked from a
         # side thread while another holds a lock (logging, malloc, an import) can hang on its first use
         # of it; and an error starting them is the caller's at once, not a loader thread's that died.
-        batches = iter(self._loader)
+        with gc_frozen_for_fork():
+            batches = iter(self._loader)
         thread = threading.Thread(target=self._fill, args=(batches, ready_batches, stop, compute), daemon=True,
                                   name="framepipe-loader")  # fmt: skip
         thread.start()
