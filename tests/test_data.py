@@ -329,8 +329,8 @@ def _number_after_a_collection(sample):
 
 def test_the_workers_leave_the_parents_garbage_to_the_parent(packed, tmp_path, no_thread_leak):
     """A worker that collected the parent's garbage would run its finalizers, and one that waits on a
-    thread only the parent has (a video encoder's) hangs the worker: seen in a full test run, a
-    feed-bench worker hung in a collection."""
+    lock or a thread of the parent's hangs the worker (a full test run's feed-bench worker hung inside
+    a collection)."""
     record = tmp_path / "finalized-in"
     gc.disable()  # the cycle stays uncollected until the workers fork
     try:

@@ -32,9 +32,9 @@ _END = object()
 @contextlib.contextmanager
 def gc_frozen_for_fork() -> Iterator[None]:
     """Python's collector kept off every object that exists while DataLoader forks its workers: a worker
-    that collected the parent's garbage would run its finalizers, and one that waits on a thread only
-    the parent has (a video encoder's, a lock it held at the fork) hangs the worker. The parent's
-    objects are released to its collector again afterwards, unless something had frozen some before."""
+    that collected the parent's garbage would run its finalizers there, and one that waits on a lock or
+    a thread of the parent's hangs it (a full test run's feed-bench worker hung inside a collection).
+    The parent's objects go back to its collector afterwards, unless some were frozen before."""
     frozen_before = gc.get_freeze_count()
     gc.freeze()
     try:
