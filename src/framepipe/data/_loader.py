@@ -6,7 +6,8 @@ compute stream waits on the copy's event only when it takes the batch (the frame
 stream discipline, run the other way). A loader thread does all of this, ``ahead`` batches in
 advance, so the training loop's ``next()`` only takes a finished batch from a queue.
 ``state_dict`` records the epoch and the batches taken, so a restarted run continues at the
-same batch.
+same batch. The workers fork with Python's collector kept off the parent's objects
+(``gc_frozen_for_fork``), so no worker runs the parent's finalizers.
 """
 
 from __future__ import annotations
