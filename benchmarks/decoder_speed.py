@@ -181,6 +181,10 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
             sum(isinstance(way, WindowTile) for e, way in ways if not e),
             sum(not e for e, _ in ways),
         ]
+        row["exact_conv_shapes_window"] = [  # the same for the exact decoder (cuDNN's bits, ``exact_tiles``)
+            sum(isinstance(way, WindowTile) for e, way in ways if e),
+            sum(bool(e) for e, _ in ways),
+        ]
         resamplers = [way for k, way in chosen if k[0] == "resample" and vae.dtype in k]
         row["fast_resamplers_subpixel"] = [resamplers.count("subpixel"), len(resamplers)]
         attentions = [way for k, way in chosen if k[0] == "attention" and vae.dtype in k]

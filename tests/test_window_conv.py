@@ -7,14 +7,16 @@ import torch.nn.functional as F
 
 from conftest import small_latents, small_vae
 from framepipe import _decoder as decoder
+from framepipe._equivalence import same_bits
 from framepipe._source import decode_chunks
-from framepipe._window_conv import WindowTile, two_dot_tile, two_dots, window_convolved, window_tiles
+from framepipe._window_conv import WindowTile, exact_tiles, two_dot_tile, two_dots, window_convolved, window_tiles
 
 
 def test_the_kernel_is_offered_only_where_it_applies():
     """Not on the CPU, not for a batch, a padded or strided convolution, or input channels off 32."""
     conv = torch.nn.Conv3d(64, 64, 3)
     assert window_tiles(conv, torch.empty(1, 64, 6, 10, 12)) == ()
+    assert exact_tiles(conv, torch.empty(1, 64, 6, 10, 12, dtype=torch.bfloat16)) == ()
     if not torch.cuda.is_available():
         return
     on_gpu = torch.empty(1, 64, 6, 10, 12, device="cuda", dtype=torch.bfloat16)
@@ -22,6 +24,8 @@ def test_the_kernel_is_offered_only_where_it_applies():
         assert window_tiles(conv, on_gpu) == ()
         return
     assert window_tiles(conv, on_gpu)
+    assert all(tile.channels_outer and tile.depth == 32 for tile in exact_tiles(conv, on_gpu))
+    assert exact_tiles(conv, on_gpu.float()) == ()  # float32: no order gave cuDNN's bits
     assert window_tiles(conv, torch.empty(2, 64, 6, 10, 12, device="cuda", dtype=torch.bfloat16)) == ()
     assert window_tiles(torch.nn.Conv3d(64, 64, 3, padding=1), on_gpu) == ()
     assert window_tiles(torch.nn.Conv3d(64, 64, 3, stride=2), on_gpu) == ()
@@ -63,13 +67,32 @@ def test_window_convolution_against_float64(dtype, channels, out_channels, with_
     assert len(tiles) == 2
     two = two_dot_tile(conv, x)  # 96 = 64 + 32 and 192 = 128 + 64 in bf16: one tile of two dots
     assert (two is not None) == (dtype == torch.bfloat16 and out_channels in (96, 192))
-    for tile in tiles + ((two,) if two else ()):
+    exact = exact_tiles(conv, x)  # cuDNN's order: each 32 input channels, then the taps
+    assert (len(exact) > 0) == (dtype == torch.bfloat16)
+    for tile in tiles + ((two,) if two else ()) + exact:
         got = window_convolved(x, w.contiguous(memory_format=torch.channels_last_3d), b, out_channels, tile)
         _within(got, x, w, b)
         # as the decoder hands it its weights: zero output channels up to its column tile, the same sums
         extra = w.new_zeros(tile.weight_rows(out_channels) - out_channels, *w.shape[1:])
         padded = torch.cat([w, extra]).contiguous(memory_format=torch.channels_last_3d)
         assert torch.equal(window_convolved(x, padded, b, out_channels, tile), got)
+
+
+@pytest.mark.needs_cuda
+def test_the_exact_decoders_tile_gives_cudnns_bits_for_wan21s_96_channels():
+    """In bfloat16, a 96 -> 96 convolution (cuDNN 9 runs its 256x32x32 kernel there) summed in cuDNN's
+    order (``exact_tiles``) gives the bits of ``F.conv3d`` channel-first, as diffusers calls it: the
+    gain the exact decoder takes at first use, where its check finds those bits."""
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("the window convolution runs on Hopper or newer GPUs")
+    g = torch.Generator(device="cuda").manual_seed(6)
+    x = torch.randn(1, 96, 6, 34, 58, generator=g, device="cuda").to(torch.bfloat16)
+    w = (torch.randn(96, 96, 3, 3, 3, generator=g, device="cuda") / 16).to(torch.bfloat16)
+    conv = torch.nn.Conv3d(96, 96, 3)
+    (tile,) = exact_tiles(conv, x)  # the tile of two dots, 64 + 32 channels
+    got = window_convolved(x.contiguous(memory_format=torch.channels_last_3d),
+                           w.contiguous(memory_format=torch.channels_last_3d), None, 96, tile)  # fmt: skip
+    assert same_bits(got.contiguous(), F.conv3d(x, w))
 
 
 @pytest.mark.needs_cuda

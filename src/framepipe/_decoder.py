@@ -38,7 +38,7 @@ from ._layouts import (
     silu_into,
 )
 from ._resampling import shortcut_added, subpixel_conv, subpixel_fits, upsampled
-from ._window_conv import WindowTile, two_dot_tile, window_convolved, window_tiles
+from ._window_conv import WindowTile, exact_tiles, two_dot_tile, window_convolved, window_tiles
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKLWan
@@ -272,9 +272,10 @@ class WanDecoderStep:
     def _conv(self, conv, x: torch.Tensor, defer_bias: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``conv`` (a Conv3d without padding of its own, or a Conv2d) over ``x``, and the part of its
         bias still to be added (None: none). Channels-last, computed with its output channels padded
-        to cuDNN's tile (``padded_channels``) or not: whichever is faster of the ways that give the
-        channel-first convolution's bits for these shapes (the fast decoder: any way, its own Triton
-        kernel's tiles too, ``_window_conv.py``), the bias then left to the caller if ``defer_bias``
+        to cuDNN's tile (``padded_channels``) or not, or by framepipe's Triton kernel in cuDNN's order
+        (``exact_tiles``): whichever is faster of the ways that give the channel-first convolution's
+        bits for these shapes (the fast decoder: any way, its kernel's other tiles too,
+        ``_window_conv.py``), the bias then left to the caller if ``defer_bias``
         (PyTorch adds it after cuDNN's convolution, with ``add_``); channel-first where none does."""
         if not self.channels_last:
             return conv._conv_forward(x, conv.weight, conv.bias), None
@@ -285,8 +286,10 @@ class WanDecoderStep:
             channels = way.weight_rows(co) if isinstance(way, WindowTile) else padded_channels(co) if way else co
             weight, full_bias = self._copies(conv, channels)
             x = x.contiguous(memory_format=channels_last_format(x.dim()))
-            if isinstance(way, WindowTile):
+            if isinstance(way, WindowTile) and not self.exact:  # the bias added before its one rounding
                 return window_convolved(x, weight, None if defer_bias else full_bias, co, way)
+            if isinstance(way, WindowTile):  # cuDNN's bits: the bias added after, as PyTorch adds it
+                return added(window_convolved(x, weight, None, co, way), None if defer_bias else conv.bias)
             out = added(conv._conv_forward(x, weight, None), None if defer_bias else full_bias)  # as PyTorch adds it
             return out[:, :co] if channels != co else out
 
@@ -295,6 +298,8 @@ class WanDecoderStep:
             ways += (True,)
         if not self.exact:  # a tile of two dots taken outright where one applies (``two_dot_tile``)
             ways = (taken,) if (taken := two_dot_tile(conv, x)) else ways + window_tiles(conv, x)
+        else:  # framepipe's kernel summing in cuDNN's order, kept where it gives cuDNN's bits
+            ways += exact_tiles(conv, x)
         key = ("conv", tuple(x.shape), tuple(conv.weight.shape), x.dtype, x.device, defer_bias, self.exact)
         # drawn once, and only for a shape not yet checked; held channels-last, as the ways read it
         sample = functools.cache(lambda: probe(x).contiguous(memory_format=channels_last_format(x.dim())))

@@ -1,5 +1,6 @@
 """The fast decoder's Triton kernels, free of PyTorch's bits: Wan's channel RMS norm + SiLU, and a
-3x3x3 convolution of a zero-bordered channels-last window.
+3x3x3 convolution of a zero-bordered channels-last window (which, summing in cuDNN's order, also
+serves the exact decoder where it gives cuDNN's bits: Note [Window convolution]).
 
 ``_exact_kernels.norm_silu`` repeats PyTorch's summation order and roundings, so it reads each pixel's
 channels in slices, twice, and divides with IEEE division. Here one program holds whole pixels (all
@@ -73,6 +74,12 @@ def norm_silu_free(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tens
 # in float32 with one rounding at the store, the bias (if any) added first. A program whose tile holds
 # every output channel may also apply the next RMS norm + SiLU to its pixels before that rounding
 # (``NORM``), and store into the next convolution's window: the output never exists unnormed.
+# The K loop takes the taps outer and the input channels inner, or (``CHANNELS_OUTER``) each slice of
+# BK input channels outer and the 27 taps inner: the order of cuDNN's implicit GEMM kernels for
+# bfloat16 on the H200 (cuDNN 9.19), whose K tile is that slice. Such a tile gives cuDNN's bits where
+# BK is the K tile of the kernel cuDNN picks (32 for the 256x32x32 kernel of Wan 2.1's 96 output
+# channels; also seen: 32 for a 128x128x32 kernel, 64 for a 256x128x64 one), so the exact decoder
+# offers it too, and keeps it only where its first-use check finds those bits (``exact_tiles``).
 
 
 @triton.jit
@@ -106,7 +113,8 @@ def _store_columns(o_ptr, acc, at, pixels, n0, Co, BN: tl.constexpr):
 @triton.jit(do_not_specialize=["HW", "W", "H_out", "W_out", "T_out", "tiles_n"])
 def _window_conv(a_desc, b_desc, b2_desc, o_ptr, bias_ptr, gamma_ptr, scale, eps, C, HW, W, H_out, W_out, T_out,
                  Co, tiles_n, sot, soh, sow, HAS_BIAS: tl.constexpr, NORM: tl.constexpr, BM: tl.constexpr,
-                 BN: tl.constexpr, BN2: tl.constexpr, BK: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+                 BN: tl.constexpr, BN2: tl.constexpr, BK: tl.constexpr, CHANNELS_OUTER: tl.constexpr,
+                 PRECISION: tl.constexpr):  # fmt: skip
     pid = tl.program_id(0)
     n0 = (pid % tiles_n) * (BN + BN2)
     t = (pid // tiles_n) % T_out
@@ -117,8 +125,12 @@ def _window_conv(a_desc, b_desc, b2_desc, o_ptr, bias_ptr, gamma_ptr, scale, eps
     if BN2 > 0:  # a second dot of BN2 columns on the same rows (96 = 64 + 32 channels, no padding)
         acc2 = tl.zeros((BM, BN2), dtype=tl.float32)
     for k in range(27 * slices):
-        tap = k // slices
-        c0 = (k % slices) * BK
+        if CHANNELS_OUTER:  # cuDNN's order: a slice of input channels, then its 27 taps
+            tap = k % 27
+            c0 = (k // 27) * BK
+        else:
+            tap = k // slices
+            c0 = (k % slices) * BK
         shift = (tap // 9) * HW + (tap // 3 % 3) * W + tap % 3
         a = a_desc.load([m0 + shift, c0])
         acc = tl.dot(a, b_desc.load([n0, tap * C + c0]).T, acc, input_precision=PRECISION)
@@ -147,7 +159,8 @@ def _window_conv(a_desc, b_desc, b2_desc, o_ptr, bias_ptr, gamma_ptr, scale, eps
 
 def window_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, channels: int, rows: int,
                 columns: int, depth: int, warps: int, stages: int, out: torch.Tensor | None = None,
-                norm: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:  # fmt: skip
+                norm: tuple[torch.Tensor, float] | None = None,
+                channels_outer: bool = False) -> torch.Tensor:  # fmt: skip
     """The 3x3x3 convolution (no padding of its own) of ``x`` [1, C, T, H, W], contiguous channels-last,
     with the first ``channels`` output channels of ``weight`` [Co, C, 3, 3, 3] (contiguous
     channels-last, Co >= channels) and ``bias`` (or None): a [1, channels, T - 2, H - 2, W - 2] tensor,
@@ -155,7 +168,8 @@ def window_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     of ``rows`` output pixels by ``columns`` output channels (a power of two, or the sum of two: two
     dots on the same rows) by ``depth`` input channels (C a multiple of it); TF32 products for float32.
     ``norm`` = (gamma, scale): silu(its RMS norm over the channels), as ``norm_silu_free``, stored in
-    place of the convolution; one tile must hold every channel (``columns`` >= ``channels``)."""
+    place of the convolution; one tile must hold every channel (``columns`` >= ``channels``).
+    ``channels_outer``: the K loop in cuDNN's order (Note [Window convolution])."""
     _, c, t, h, w = x.shape
     first = 1 << (columns.bit_length() - 1)
     second = columns - first
@@ -177,7 +191,8 @@ def window_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     _window_conv[grid](
         a, b, b2, out, x if bias is None else bias, gamma, scale, 1e-12, c, h * w, w, h - 2, w - 2, t - 2,
         channels, tiles_n, *out.stride()[2:], HAS_BIAS=bias is not None, NORM=norm is not None, BM=rows, BN=first,
-        BN2=second, BK=depth, PRECISION="tf32" if x.dtype == torch.float32 else None, num_warps=warps,
+        BN2=second, BK=depth, CHANNELS_OUTER=channels_outer, PRECISION="tf32" if x.dtype == torch.float32 else None,
+        num_warps=warps,
         num_stages=stages,
     )  # fmt: skip
     return out

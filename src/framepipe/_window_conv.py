@@ -1,7 +1,8 @@
-"""Which convolutions the fast decoder may also compute with its own Triton kernel, and in which tiles
-(Note [Window convolution], ``_fast_kernels.py``). Each tile is one more way ``fastest_way`` times
-against cuDNN's at first use; a shape keeps cuDNN where no tile is clearly faster. A tile of two dots,
-where one applies, is taken without timing (``two_dot_tile``)."""
+"""Which convolutions the decoders may also compute with framepipe's own Triton kernel, and in which
+tiles (Note [Window convolution], ``_fast_kernels.py``). Each tile is one more way ``fastest_way``
+times against cuDNN's at first use; a shape keeps cuDNN where no tile is clearly faster. In the fast
+decoder a tile of two dots, where one applies, is taken without timing (``two_dot_tile``); the exact
+decoder's tiles sum in cuDNN's order and are kept only where they give its bits (``exact_tiles``)."""
 
 from __future__ import annotations
 
@@ -14,13 +15,14 @@ import torch
 @dataclass(frozen=True)
 class WindowTile:
     """One launch configuration of the window convolution: output pixels, output channels and input
-    channels a step."""
+    channels a step; ``channels_outer``: the sum in cuDNN's order (each step's channels, then the taps)."""
 
     rows: int
     columns: int
     depth: int
     warps: int
     stages: int
+    channels_outer: bool = False
 
     def weight_rows(self, channels: int) -> int:
         """The output channels of the weights it reads: ``channels`` rounded up to its column tile, zero
@@ -68,6 +70,23 @@ def window_tiles(conv: torch.nn.Module, x: torch.Tensor) -> tuple[WindowTile, ..
     return WindowTile(256, columns, 32, 8, 4), WindowTile(128, columns, 32, 8, 5)
 
 
+def exact_tiles(conv: torch.nn.Module, x: torch.Tensor) -> tuple[WindowTile, ...]:
+    """The tiles the exact decoder offers for ``conv`` over the window ``x``: in bfloat16, each slice of
+    32 input channels outer and the taps inner, the K tile and order of the 256x32x32 kernel cuDNN runs
+    for Wan 2.1's 96 output channels. Such a tile gave that kernel's bits at 1.43 against 2.71 ms for
+    a 96 -> 96 convolution at 480x832 (H200, cuDNN 9.19, 2026-12-02: ``docs/benchmarks.md``); where
+    cuDNN picks another kernel the first-use check finds other bits, and the shape keeps cuDNN. The
+    tile of two dots where one applies (96 = 64 + 32: no product padded), else the two tiles timed for
+    the fast decoder. Not float32: neither order, TF32 operands rounded either way, gave cuDNN's bits."""
+    if x.dtype != torch.bfloat16 or x.shape[1] % 32 or not _applies(conv, x):
+        return ()
+    co = conv.out_channels
+    if two_dots(co):
+        return (WindowTile(256 if co <= 128 else 128, co, 32, 8, 4, channels_outer=True),)
+    tiles = window_tiles(conv, x)
+    return tuple(WindowTile(t.rows, t.columns, 32, t.warps, t.stages, channels_outer=True) for t in tiles)
+
+
 def two_dot_tile(conv: torch.nn.Module, x: torch.Tensor) -> WindowTile | None:
     """The tile the fast decoder takes for ``conv`` over ``x`` without timing, if any: in bfloat16,
     where the output channels are two dots' (``two_dots``: 96 = 64 + 32, 192 = 128 + 64), one tile of
@@ -111,6 +130,6 @@ def window_convolved(
     norm stored instead, for a tile of every channel (``window_conv``)."""
     from ._fast_kernels import window_conv
 
-    return window_conv(
-        x, weight, bias, channels, tile.rows, tile.columns, tile.depth, tile.warps, tile.stages, out, norm
-    )
+    t = tile
+    return window_conv(x, weight, bias, channels, t.rows, t.columns, t.depth, t.warps, t.stages, out, norm,
+                       t.channels_outer)  # fmt: skip
