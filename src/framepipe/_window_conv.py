@@ -73,14 +73,14 @@ def window_tiles(conv: torch.nn.Module, x: torch.Tensor) -> tuple[WindowTile, ..
 def exact_tiles(conv: torch.nn.Module, x: torch.Tensor) -> tuple[WindowTile, ...]:
     """The tiles the exact decoder offers for ``conv`` over the window ``x``: in bfloat16, each slice of
     32 input channels outer and the taps inner, the K tile and order of the 256x32x32 kernel cuDNN runs
-    for Wan 2.1's 96 output channels. Such a tile gave that kernel's bits at 1.43 against 2.71 ms for
+    for Wan 2.1's 96 output channels. Such a tile gave that kernel's bits at 1.46 against 2.69 ms for
     a 96 -> 96 convolution at 480x832 (H200, cuDNN 9.19, 2026-12-02: ``docs/benchmarks.md``); where
     cuDNN picks another kernel the first-use check finds other bits, and the shape keeps cuDNN. The
     tile of two dots where one applies (96 = 64 + 32: no product padded), else the two tiles timed for
     the fast decoder. Not float32: cuDNN's TF32 kernels there round the operands to TF32 first (with
     them rounded to nearest even, channels outer gave the bits of its sm90 kernels in a probe), which
     the kernel does not do; the last convolution's sm80 kernel matched no order tried."""
-    if x.dtype != torch.bfloat16 or x.shape[1] % 32 or not _applies(conv, x):
+    if x.dtype != torch.bfloat16 or not _applies(conv, x):
         return ()
     co = conv.out_channels
     if two_dots(co):
