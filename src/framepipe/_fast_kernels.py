@@ -77,11 +77,10 @@ def norm_silu_free(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tens
 # The K loop takes the taps outer and the input channels inner, or (``CHANNELS_OUTER``) each slice of
 # BK input channels outer and the 27 taps inner: the order of cuDNN's implicit GEMM kernels for
 # bfloat16 on the H200 (cuDNN 9.19; its sm90 float32 kernels' too, once the operands are rounded to
-# TF32 to nearest even, which this kernel does not do), whose K tile is that slice. Such a tile gives
-# cuDNN's bits where
-# BK is the K tile of the kernel cuDNN picks (32 for the 256x32x32 kernel of Wan 2.1's 96 output
-# channels; also seen: 32 for a 128x128x32 kernel, 64 for a 256x128x64 one), so the exact decoder
-# offers it too, and keeps it only where its first-use check finds those bits (``exact_tiles``).
+# TF32 to nearest even: tried, no gain, ``exact_tiles``), whose K tile is that slice. Such a tile gives
+# cuDNN's bits where BK is the K tile of the kernel cuDNN picks (32 for the 256x32x32 kernel of Wan
+# 2.1's 96 output channels; also seen: 32 for a 128x128x32 kernel, 64 for a 256x128x64 one), so the
+# exact decoder offers it too, and keeps it only where its first-use check finds those bits.
 
 
 @triton.jit

@@ -77,9 +77,10 @@ def exact_tiles(conv: torch.nn.Module, x: torch.Tensor) -> tuple[WindowTile, ...
     a 96 -> 96 convolution at 480x832 (H200, cuDNN 9.19, 2026-12-02: ``docs/benchmarks.md``); where
     cuDNN picks another kernel the first-use check finds other bits, and the shape keeps cuDNN. The
     tile of two dots where one applies (96 = 64 + 32: no product padded), else the two tiles timed for
-    the fast decoder. Not float32: cuDNN's TF32 kernels there round the operands to TF32 first (with
-    them rounded to nearest even, channels outer gave the bits of its sm90 kernels in a probe), which
-    the kernel does not do; the last convolution's sm80 kernel matched no order tried."""
+    the fast decoder. Not float32: cuDNN's sm90 TF32 kernels there round the operands to TF32 first;
+    a kernel that rounded them so gave their bits, but no decode's shape took it (cuDNN's padded way
+    is as fast: ``docs/benchmarks.md``, the tried table); the last convolution's sm80 kernel matched
+    no order tried."""
     if x.dtype != torch.bfloat16 or not _applies(conv, x):
         return ()
     co = conv.out_channels
