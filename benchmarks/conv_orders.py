@@ -3,9 +3,8 @@ convolution shapes (one later chunk's window of random values, channel scales va
 decoder's checks vary them), whether each tile of the kernel, its K loop taps outer or (as cuDNN's
 kernels) each slice of input channels outer, gives the bits of ``F.conv3d`` channel-first (as diffusers
 calls it), and its time against cuDNN's channels-last convolution. In float32 the operands are also
-rounded to TF32 first (to nearest, ties away, or ties to even: then the input by the kernel as it
-reads it, as the exact decoder's tiles round it), as cuDNN may round them. Which cuDNN kernel runs
-each shape is listed.
+rounded to TF32 first (to nearest, ties away or to even), as cuDNN may round them. Which cuDNN kernel
+runs each shape is listed.
 
     python benchmarks/conv_orders.py --dtypes bfloat16 float32 > conv-orders.jsonl
 """
@@ -23,7 +22,7 @@ from script_inputs import machine
 from torch.profiler import ProfilerActivity, profile
 
 from framepipe._equivalence import probe, same_bits
-from framepipe._window_conv import WindowTile, tf32_even, window_convolved
+from framepipe._window_conv import WindowTile, window_convolved
 
 CL = torch.channels_last_3d
 
@@ -43,9 +42,9 @@ def tf32(x: torch.Tensor, rounding: str) -> torch.Tensor:
     then drop the low bits)."""
     if rounding == "none":
         return x
-    if rounding == "even":
-        return tf32_even(x)
-    return ((x.view(torch.int32) + 0x1000) & ~0x1FFF).view(torch.float32)
+    b = x.view(torch.int32)
+    b = b + 0x1000 if rounding == "away" else b + 0xFFF + ((b >> 13) & 1)
+    return (b & ~0x1FFF).view(torch.float32)
 
 
 def milliseconds(run) -> float:
@@ -74,8 +73,7 @@ def case(name: str, dtype: torch.dtype) -> dict:
            "cudnn_channels_last_ms": milliseconds(lambda: F.conv3d(x, cudnn)), "tiles": []}  # fmt: skip
     columns = min(128, max(16, 1 << (co - 1).bit_length()))
     for rounding in ("none", "away", "even") if dtype == torch.float32 else ("none",):
-        in_kernel = rounding == "even"  # the input rounded by the kernel, as the exact decoder's tiles
-        xr = x if in_kernel else tf32(x, rounding)
+        xr = tf32(x, rounding)
         rows = -(-co // columns) * columns
         padded = torch.zeros(rows, c, 3, 3, 3, device="cuda", dtype=dtype)
         padded[:co] = tf32(weight, rounding)
@@ -85,7 +83,7 @@ def case(name: str, dtype: torch.dtype) -> dict:
                 if c % depth:
                     continue
                 wide = depth == 32 or dtype == torch.bfloat16  # else 128 rows, 3 stages: shared memory
-                tile = WindowTile(256 if wide else 128, columns, depth, 8, 4 if wide else 3, outer, in_kernel)
+                tile = WindowTile(256 if wide else 128, columns, depth, 8, 4 if wide else 3, outer)
                 run = functools.partial(window_convolved, xr, padded, None, co, tile)
                 got = run()
                 row["tiles"].append({

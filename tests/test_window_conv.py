@@ -9,18 +9,10 @@ from conftest import small_latents, small_vae
 from framepipe import _decoder as decoder
 from framepipe._equivalence import same_bits
 from framepipe._source import decode_chunks
-from framepipe._window_conv import (
-    WindowTile,
-    exact_tiles,
-    tf32_even,
-    two_dot_tile,
-    two_dots,
-    window_convolved,
-    window_tiles,
-)
+from framepipe._window_conv import WindowTile, exact_tiles, two_dot_tile, two_dots, window_convolved, window_tiles
 
 
-def test_the_kernel_is_offered_only_where_it_applies(monkeypatch):
+def test_the_kernel_is_offered_only_where_it_applies():
     """Not on the CPU, not for a batch, a padded or strided convolution, or input channels off 32."""
     conv = torch.nn.Conv3d(64, 64, 3)
     assert window_tiles(conv, torch.empty(1, 64, 6, 10, 12)) == ()
@@ -32,11 +24,8 @@ def test_the_kernel_is_offered_only_where_it_applies(monkeypatch):
         assert window_tiles(conv, on_gpu) == ()
         return
     assert window_tiles(conv, on_gpu)
-    assert all(tile.channels_outer and tile.depth == 32 and not tile.tf32_even for tile in exact_tiles(conv, on_gpu))
-    on_gpu32 = on_gpu.float()  # float32: cuDNN's sm90 kernels round the operands to TF32 first, and so these
-    assert exact_tiles(conv, on_gpu32) and all(tile.tf32_even for tile in exact_tiles(conv, on_gpu32))
-    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)  # then cuDNN sums float32 products
-    assert window_tiles(conv, on_gpu32) == exact_tiles(conv, on_gpu32) == ()
+    assert all(tile.channels_outer and tile.depth == 32 for tile in exact_tiles(conv, on_gpu))
+    assert exact_tiles(conv, on_gpu.float()) == ()  # float32: cuDNN rounds the operands to TF32 first
     assert window_tiles(conv, torch.empty(2, 64, 6, 10, 12, device="cuda", dtype=torch.bfloat16)) == ()
     assert window_tiles(torch.nn.Conv3d(64, 64, 3, padding=1), on_gpu) == ()
     assert window_tiles(torch.nn.Conv3d(64, 64, 3, stride=2), on_gpu) == ()
@@ -78,70 +67,31 @@ def test_window_convolution_against_float64(dtype, channels, out_channels, with_
     assert len(tiles) == 2
     two = two_dot_tile(conv, x)  # 96 = 64 + 32 and 192 = 128 + 64 in bf16: one tile of two dots
     assert (two is not None) == (dtype == torch.bfloat16 and out_channels in (96, 192))
-    exact = exact_tiles(conv, x)  # cuDNN's order: each 32 input channels, then the taps (fp32: rounded)
-    assert exact and all(tile.tf32_even == (dtype == torch.float32) for tile in exact)
+    exact = exact_tiles(conv, x)  # cuDNN's order: each 32 input channels, then the taps
+    assert (len(exact) > 0) == (dtype == torch.bfloat16)
     for tile in tiles + ((two,) if two else ()) + exact:
-        weight = tf32_even(w) if tile.tf32_even else w  # the weights a rounding tile reads: rounded once
-        got = window_convolved(x, weight.contiguous(memory_format=torch.channels_last_3d), b, out_channels, tile)
+        got = window_convolved(x, w.contiguous(memory_format=torch.channels_last_3d), b, out_channels, tile)
         _within(got, x, w, b)
         # as the decoder hands it its weights: zero output channels up to its column tile, the same sums
         extra = w.new_zeros(tile.weight_rows(out_channels) - out_channels, *w.shape[1:])
-        padded = torch.cat([weight, extra]).contiguous(memory_format=torch.channels_last_3d)
+        padded = torch.cat([w, extra]).contiguous(memory_format=torch.channels_last_3d)
         assert torch.equal(window_convolved(x, padded, b, out_channels, tile), got)
 
 
-def test_tf32_even_rounds_to_ten_mantissa_bits_ties_to_even():
-    """``tf32_even`` against rounding in float64 (``torch.round``: ties to even) at 11 significant bits:
-    ties both ways, carries into the exponent, signs, zeros, subnormals, infinities."""
-    one = 1.0
-    ties = [one + 2**-11, one + 3 * 2**-11, -(one + 2**-11), 2 - 2**-12, 3e-41, 0.0, -0.0, float("inf")]
-    x = torch.cat([torch.tensor(ties), torch.randn(10_000, generator=torch.Generator().manual_seed(7)) * 1e3])
-    got = tf32_even(x)
-    # x = m * 2**e, 0.5 <= |m| < 1: 11 significant bits are steps of 2**(e - 11); subnormals (e < -125)
-    # keep float32's smallest exponent, and so TF32's steps of 2**-136
-    step = 2.0 ** (torch.frexp(x.double()).exponent.clamp(min=-125) - 11).double()
-    want = torch.where(x.isinf(), x.double(), torch.round(x.double() / step) * step)
-    assert torch.equal(got.double(), want)
-    assert got[:4].tolist() == [1.0, one + 2**-9, -1.0, 2.0]
-    assert torch.equal(tf32_even(got), got)  # already TF32: unchanged
-
-
 @pytest.mark.needs_cuda
-def test_the_kernel_rounds_its_input_to_tf32_as_tf32_even_does():
-    """A tile with ``tf32_even`` over float32 x: the bits of the same tile without it over x rounded
-    by ``tf32_even`` first (whose products the tensor cores then take as they are)."""
-    if torch.cuda.get_device_capability() < (9, 0):
-        pytest.skip("the window convolution runs on Hopper or newer GPUs")
-    g = torch.Generator(device="cuda").manual_seed(8)
-    x = torch.randn(1, 64, 5, 21, 35, generator=g, device="cuda").contiguous(memory_format=torch.channels_last_3d)
-    w = tf32_even(torch.randn(48, 64, 3, 3, 3, generator=g, device="cuda") / 16)
-    w = w.contiguous(memory_format=torch.channels_last_3d)
-    tile = WindowTile(128, 64, 32, 8, 4, channels_outer=True, tf32_even=True)
-    plain = WindowTile(128, 64, 32, 8, 4, channels_outer=True)
-    got = window_convolved(x, w, None, 48, tile)
-    assert torch.equal(got, window_convolved(tf32_even(x), w, None, 48, plain))
-    assert not torch.equal(got, window_convolved(x, w, None, 48, plain))  # the rounding changed sums
-    with pytest.raises(ValueError, match="TF32 rounding is for float32"):
-        window_convolved(x.bfloat16(), w.bfloat16(), None, 48, tile)
-
-
-@pytest.mark.needs_cuda
-@pytest.mark.parametrize("dtype, size", [(torch.bfloat16, (34, 58)), (torch.float32, (122, 210))])
-def test_the_exact_decoders_tile_gives_cudnns_bits_for_wan21s_96_channels(dtype, size):
-    """A 96 -> 96 convolution (cuDNN 9 runs a 256x32x32 kernel there, sm80's in bf16, sm90's TF32 one
-    in fp32) summed in cuDNN's order (``exact_tiles``; fp32: the operands rounded to TF32 first) gives
-    the bits of ``F.conv3d`` channel-first, as diffusers calls it: the gain the exact decoder takes at
-    first use, where its check finds those bits."""
+def test_the_exact_decoders_tile_gives_cudnns_bits_for_wan21s_96_channels():
+    """In bfloat16, a 96 -> 96 convolution (cuDNN 9 runs its 256x32x32 kernel there) summed in cuDNN's
+    order (``exact_tiles``) gives the bits of ``F.conv3d`` channel-first, as diffusers calls it: the
+    gain the exact decoder takes at first use, where its check finds those bits."""
     if torch.cuda.get_device_capability() < (9, 0):
         pytest.skip("the window convolution runs on Hopper or newer GPUs")
     g = torch.Generator(device="cuda").manual_seed(6)
-    x = torch.randn(1, 96, 6, *size, generator=g, device="cuda").to(dtype)
-    w = (torch.randn(96, 96, 3, 3, 3, generator=g, device="cuda") / 16).to(dtype)
+    x = torch.randn(1, 96, 6, 34, 58, generator=g, device="cuda").to(torch.bfloat16)
+    w = (torch.randn(96, 96, 3, 3, 3, generator=g, device="cuda") / 16).to(torch.bfloat16)
     conv = torch.nn.Conv3d(96, 96, 3)
-    tile = exact_tiles(conv, x)[0]  # the tile of two dots, 64 + 32 channels
-    weight = tf32_even(w) if tile.tf32_even else w
+    (tile,) = exact_tiles(conv, x)  # the tile of two dots, 64 + 32 channels
     got = window_convolved(x.contiguous(memory_format=torch.channels_last_3d),
-                           weight.contiguous(memory_format=torch.channels_last_3d), None, 96, tile)  # fmt: skip
+                           w.contiguous(memory_format=torch.channels_last_3d), None, 96, tile)  # fmt: skip
     assert same_bits(got.contiguous(), F.conv3d(x, w))
 
 

@@ -117,7 +117,7 @@ class WanDecoderStep:
         self.decoder = vae.decoder
         self.exact = exact  # False: the fast decoder, whose convolutions may change the bits
         self.fused: bool | None = None  # decided on the first call, on the decoder's device
-        self.copies: dict[tuple, tuple] = {}  # (conv, channels, tf32) -> conv_copies, looked up once a video
+        self.copies: dict[tuple, tuple] = {}  # (conv, channels) -> conv_copies, looked up once a video
         self.first_chunk = True  # the call's: the first chunk reads no history
 
     def __call__(self, x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:
@@ -254,13 +254,12 @@ class WanDecoderStep:
         gain = (norm.gamma.reshape(-1), float(norm.scale))
         window_convolved(window, weight, bias, conv.out_channels, tile, out=out, norm=gain)
 
-    def _copies(self, conv, channels: int, tf32: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``conv``'s channels-last weights and bias with ``channels`` output channels, the weights
-        rounded to TF32 with ``tf32`` (``conv_copies``), looked up once: its parameters do not change
-        while a video decodes."""
-        if (conv, channels, tf32) not in self.copies:
-            self.copies[conv, channels, tf32] = conv_copies(conv, channels, tf32=tf32)
-        return self.copies[conv, channels, tf32]
+    def _copies(self, conv, channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``conv``'s channels-last weights and bias with ``channels`` output channels (``conv_copies``),
+        made once: its parameters do not change while a video decodes."""
+        if (conv, channels) not in self.copies:
+            self.copies[conv, channels] = conv_copies(conv, channels)
+        return self.copies[conv, channels]
 
     def _norm_silu(self, norm, x: torch.Tensor, bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], object]:
         """What writes ``silu(norm(x + bias))`` into a window's interior (bias: a convolution's, left to
@@ -285,7 +284,7 @@ class WanDecoderStep:
         def run(x: torch.Tensor, way: bool | WindowTile) -> torch.Tensor:
             co = conv.out_channels
             channels = way.weight_rows(co) if isinstance(way, WindowTile) else padded_channels(co) if way else co
-            weight, full_bias = self._copies(conv, channels, isinstance(way, WindowTile) and way.tf32_even)
+            weight, full_bias = self._copies(conv, channels)
             x = x.contiguous(memory_format=channels_last_format(x.dim()))
             if isinstance(way, WindowTile) and not self.exact:  # the bias added before its one rounding
                 return window_convolved(x, weight, None if defer_bias else full_bias, co, way)

@@ -76,20 +76,11 @@ def norm_silu_free(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tens
 # (``NORM``), and store into the next convolution's window: the output never exists unnormed.
 # The K loop takes the taps outer and the input channels inner, or (``CHANNELS_OUTER``) each slice of
 # BK input channels outer and the 27 taps inner: the order of cuDNN's implicit GEMM kernels for
-# bfloat16 on the H200 (cuDNN 9.19), whose K tile is that slice, and of its sm90 float32 kernels once
-# both operands are rounded to TF32 to nearest even (``TF32_EVEN``: the input here, as it is read; the
-# weights by the caller, once, ``tf32_even``). Such a tile gives cuDNN's bits where BK is the K tile
-# of the kernel cuDNN picks (32 for the 256x32x32 kernels of Wan 2.1's 96 output channels, bf16 and
-# fp32; also seen: 32 for a 128x128x32 kernel, 64 for a 256x128x64 one), so the exact decoder offers
-# it too, and keeps it only where its first-use check finds those bits (``exact_tiles``).
-
-
-@triton.jit
-def _tf32_even(v):
-    """float32 ``v`` rounded to TF32's 10 mantissa bits, to nearest, ties to even (``tf32_even``)."""
-    b = v.to(tl.int32, bitcast=True)
-    b = (b + 0xFFF + ((b >> 13) & 1)) & -8192  # -8192: ~0x1FFF
-    return b.to(tl.float32, bitcast=True)
+# bfloat16 on the H200 (cuDNN 9.19; its sm90 float32 kernels' too, once the operands are rounded to
+# TF32 to nearest even: tried, no gain, ``exact_tiles``), whose K tile is that slice. Such a tile gives
+# cuDNN's bits where BK is the K tile of the kernel cuDNN picks (32 for the 256x32x32 kernel of Wan
+# 2.1's 96 output channels; also seen: 32 for a 128x128x32 kernel, 64 for a 256x128x64 one), so the
+# exact decoder offers it too, and keeps it only where its first-use check finds those bits.
 
 
 @triton.jit
@@ -124,7 +115,7 @@ def _store_columns(o_ptr, acc, at, pixels, n0, Co, BN: tl.constexpr):
 def _window_conv(a_desc, b_desc, b2_desc, o_ptr, bias_ptr, gamma_ptr, scale, eps, C, HW, W, H_out, W_out, T_out,
                  Co, tiles_n, sot, soh, sow, HAS_BIAS: tl.constexpr, NORM: tl.constexpr, BM: tl.constexpr,
                  BN: tl.constexpr, BN2: tl.constexpr, BK: tl.constexpr, CHANNELS_OUTER: tl.constexpr,
-                 TF32_EVEN: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
+                 PRECISION: tl.constexpr):  # fmt: skip
     pid = tl.program_id(0)
     n0 = (pid % tiles_n) * (BN + BN2)
     t = (pid // tiles_n) % T_out
@@ -143,8 +134,6 @@ def _window_conv(a_desc, b_desc, b2_desc, o_ptr, bias_ptr, gamma_ptr, scale, eps
             c0 = (k % slices) * BK
         shift = (tap // 9) * HW + (tap // 3 % 3) * W + tap % 3
         a = a_desc.load([m0 + shift, c0])
-        if TF32_EVEN:
-            a = _tf32_even(a)
         acc = tl.dot(a, b_desc.load([n0, tap * C + c0]).T, acc, input_precision=PRECISION)
         if BN2 > 0:
             acc2 = tl.dot(a, b2_desc.load([n0 + BN, tap * C + c0]).T, acc2, input_precision=PRECISION)
@@ -172,7 +161,7 @@ def _window_conv(a_desc, b_desc, b2_desc, o_ptr, bias_ptr, gamma_ptr, scale, eps
 def window_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, channels: int, rows: int,
                 columns: int, depth: int, warps: int, stages: int, out: torch.Tensor | None = None,
                 norm: tuple[torch.Tensor, float] | None = None,
-                channels_outer: bool = False, tf32_even: bool = False) -> torch.Tensor:  # fmt: skip
+                channels_outer: bool = False) -> torch.Tensor:  # fmt: skip
     """The 3x3x3 convolution (no padding of its own) of ``x`` [1, C, T, H, W], contiguous channels-last,
     with the first ``channels`` output channels of ``weight`` [Co, C, 3, 3, 3] (contiguous
     channels-last, Co >= channels) and ``bias`` (or None): a [1, channels, T - 2, H - 2, W - 2] tensor,
@@ -181,9 +170,7 @@ def window_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     dots on the same rows) by ``depth`` input channels (C a multiple of it); TF32 products for float32.
     ``norm`` = (gamma, scale): silu(its RMS norm over the channels), as ``norm_silu_free``, stored in
     place of the convolution; one tile must hold every channel (``columns`` >= ``channels``).
-    ``channels_outer``: the K loop in cuDNN's order; ``tf32_even``: x rounded to TF32 to nearest even as
-    it is read, as cuDNN's sm90 float32 kernels round it (the weights rounded so already: the caller's
-    part, once), Note [Window convolution]."""
+    ``channels_outer``: the K loop in cuDNN's order (Note [Window convolution])."""
     _, c, t, h, w = x.shape
     first = 1 << (columns.bit_length() - 1)
     second = columns - first
@@ -192,8 +179,6 @@ def window_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
                           memory_format=torch.channels_last_3d)  # fmt: skip
     if out.shape != (1, channels, t - 2, h - 2, w - 2) or out.stride(1) != 1 or out.dtype != x.dtype:
         raise ValueError(f"window_conv: out {tuple(out.shape)} {out.dtype} strides {out.stride()} does not fit")
-    if tf32_even and x.dtype != torch.float32:
-        raise ValueError(f"window_conv: TF32 rounding is for float32 operands, not {x.dtype}")
     if norm is not None and columns < channels:
         raise ValueError(f"window_conv: a norm needs one tile of every channel, {columns} < {channels}")
     # views, no copies: channels-last, x is [T * H * W, C] and the weight [Co, 27 * C]
@@ -207,7 +192,7 @@ def window_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     _window_conv[grid](
         a, b, b2, out, x if bias is None else bias, gamma, scale, 1e-12, c, h * w, w, h - 2, w - 2, t - 2,
         channels, tiles_n, *out.stride()[2:], HAS_BIAS=bias is not None, NORM=norm is not None, BM=rows, BN=first,
-        BN2=second, BK=depth, CHANNELS_OUTER=channels_outer, TF32_EVEN=tf32_even,
-        PRECISION="tf32" if x.dtype == torch.float32 else None, num_warps=warps, num_stages=stages,
+        BN2=second, BK=depth, CHANNELS_OUTER=channels_outer, PRECISION="tf32" if x.dtype == torch.float32 else None,
+        num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out

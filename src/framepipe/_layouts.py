@@ -12,7 +12,6 @@ import torch
 import torch.nn.functional as F
 
 from ._optional import exact_kernel
-from ._window_conv import tf32_even
 
 CHANNELS_LAST = torch.channels_last_3d
 
@@ -147,20 +146,16 @@ def made_apart(make: Callable[[], tuple], device: torch.device) -> tuple:
     return made
 
 
-def conv_copies(
-    conv: torch.nn.Module, channels: int, *, tf32: bool = False
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def conv_copies(conv: torch.nn.Module, channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
     """``conv``'s weight channels-last, and its bias, with zero output channels added up to ``channels``
-    (cuDNN's tile, ``padded_channels``, or the window convolution's), with ``tf32`` the weight rounded
-    to TF32 (``tf32_even``, for a window tile that rounds): made at first use, again where the
-    parameters changed."""
+    (cuDNN's tile, ``padded_channels``, or the window convolution's): made at first use, again where
+    the parameters changed."""
 
     def make(conv: torch.nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
         weight, bias = conv.weight.detach(), None if conv.bias is None else conv.bias.detach()
         if (extra := channels - conv.out_channels) > 0:
             weight = torch.cat([weight, weight.new_zeros(extra, *weight.shape[1:])])
             bias = None if bias is None else torch.cat([bias, bias.new_zeros(extra)])
-        weight = weight.contiguous(memory_format=channels_last_format(weight.dim()))
-        return tf32_even(weight) if tf32 else weight, bias
+        return weight.contiguous(memory_format=channels_last_format(weight.dim())), bias
 
-    return kept_copy(conv, (channels, tf32), make)
+    return kept_copy(conv, channels, make)

@@ -7,7 +7,7 @@ decoder's tiles sum in cuDNN's order and are kept only where they give its bits 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import torch
 
@@ -15,9 +15,7 @@ import torch
 @dataclass(frozen=True)
 class WindowTile:
     """One launch configuration of the window convolution: output pixels, output channels and input
-    channels a step; ``channels_outer``: the sum in cuDNN's order (each step's channels, then the taps);
-    ``tf32_even``: float32 operands rounded to TF32 to nearest even first, as cuDNN's sm90 kernels round
-    them (the input by the kernel, the weights by the caller: ``tf32_even``)."""
+    channels a step; ``channels_outer``: the sum in cuDNN's order (each step's channels, then the taps)."""
 
     rows: int
     columns: int
@@ -25,7 +23,6 @@ class WindowTile:
     warps: int
     stages: int
     channels_outer: bool = False
-    tf32_even: bool = False
 
     def weight_rows(self, channels: int) -> int:
         """The output channels of the weights it reads: ``channels`` rounded up to its column tile, zero
@@ -74,28 +71,23 @@ def window_tiles(conv: torch.nn.Module, x: torch.Tensor) -> tuple[WindowTile, ..
 
 
 def exact_tiles(conv: torch.nn.Module, x: torch.Tensor) -> tuple[WindowTile, ...]:
-    """The tiles the exact decoder offers for ``conv`` over the window ``x``: each slice of 32 input
-    channels outer and the taps inner, the K tile and order of the 256x32x32 kernels cuDNN runs for
-    Wan 2.1's 96 output channels, in float32 with both operands rounded to TF32 to nearest even first,
-    as those kernels round them. Such a tile gave their bits, for a 96 -> 96 convolution at 480x832 at
-    1.46 against 2.69 ms in bf16 and 3.25 against 5.57 ms in fp32 (H200, cuDNN 9.19, 2026-12-02:
-    ``docs/benchmarks.md``); where cuDNN picks another kernel the first-use check finds other bits, and
-    the shape keeps cuDNN. In bfloat16 the tile of two dots where one applies (96 = 64 + 32: no product
-    padded), else the two tiles timed for the fast decoder; in float32 those two and the tile of two
-    dots too (not measured alone there: the first-use timing chooses)."""
-    if not _applies(conv, x):
+    """The tiles the exact decoder offers for ``conv`` over the window ``x``: in bfloat16, each slice of
+    32 input channels outer and the taps inner, the K tile and order of the 256x32x32 kernel cuDNN runs
+    for Wan 2.1's 96 output channels. Such a tile gave that kernel's bits at 1.46 against 2.69 ms for
+    a 96 -> 96 convolution at 480x832 (H200, cuDNN 9.19, 2026-12-02: ``docs/benchmarks.md``); where
+    cuDNN picks another kernel the first-use check finds other bits, and the shape keeps cuDNN. The
+    tile of two dots where one applies (96 = 64 + 32: no product padded), else the two tiles timed for
+    the fast decoder. Not float32: cuDNN's sm90 TF32 kernels there round the operands to TF32 first;
+    a kernel that rounded them so gave their bits, but no decode's shape took it (cuDNN's padded way
+    is as fast: ``docs/benchmarks.md``, the tried table); the last convolution's sm80 kernel matched
+    no order tried."""
+    if x.dtype != torch.bfloat16 or not _applies(conv, x):
         return ()
-    co, fp32 = conv.out_channels, x.dtype == torch.float32
-    two = (WindowTile(256 if co <= 128 else 128, co, 32, 8, 4),) if two_dots(co) else ()
-    tiles = two + window_tiles(conv, x) if fp32 or not two else two
-    return tuple(replace(t, depth=32, channels_outer=True, tf32_even=fp32) for t in tiles)
-
-
-def tf32_even(x: torch.Tensor) -> torch.Tensor:
-    """float32 ``x`` rounded to TF32's 10 mantissa bits, to nearest, ties to even: the weights a tile
-    with ``tf32_even`` reads (its kernel rounds the input so as it reads it)."""
-    b = x.view(torch.int32)
-    return ((b + 0xFFF + ((b >> 13) & 1)) & ~0x1FFF).view(torch.float32)
+    co = conv.out_channels
+    if two_dots(co):
+        return (WindowTile(256 if co <= 128 else 128, co, 32, 8, 4, channels_outer=True),)
+    tiles = window_tiles(conv, x)
+    return tuple(WindowTile(t.rows, t.columns, 32, t.warps, t.stages, channels_outer=True) for t in tiles)
 
 
 def two_dot_tile(conv: torch.nn.Module, x: torch.Tensor) -> WindowTile | None:
@@ -135,12 +127,12 @@ def window_convolved(
     norm: tuple[torch.Tensor, float] | None = None,
 ) -> torch.Tensor:
     """The convolution of the window ``x`` (contiguous channels-last) with the first ``channels`` output
-    channels of ``weight`` (channels-last; rows past them, if any, are zeros: ``weight_rows``; rounded by
-    ``tf32_even`` for a tile that rounds) and
+    channels of ``weight`` (channels-last; rows past them, if any, are zeros: ``weight_rows``) and
     ``bias``, in ``tile``: a channels-last tensor of ``channels`` channels, ``out`` (channels innermost,
     e.g. the next window's interior) or a new one. ``norm`` = (gamma, scale): silu of the output's RMS
     norm stored instead, for a tile of every channel (``window_conv``)."""
     from ._fast_kernels import window_conv
 
-    return window_conv(x, weight, bias, channels, tile.rows, tile.columns, tile.depth, tile.warps, tile.stages,
-                       out, norm, tile.channels_outer, tile.tf32_even)  # fmt: skip
+    t = tile
+    return window_conv(x, weight, bias, channels, t.rows, t.columns, t.depth, t.warps, t.stages, out, norm,
+                       t.channels_outer)  # fmt: skip
