@@ -7,7 +7,7 @@ decoder's tiles sum in cuDNN's order and are kept only where they give its bits 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -86,8 +86,7 @@ def exact_tiles(conv: torch.nn.Module, x: torch.Tensor) -> tuple[WindowTile, ...
     co = conv.out_channels
     if two_dots(co):
         return (WindowTile(256 if co <= 128 else 128, co, 32, 8, 4, channels_outer=True),)
-    tiles = window_tiles(conv, x)
-    return tuple(WindowTile(t.rows, t.columns, 32, t.warps, t.stages, channels_outer=True) for t in tiles)
+    return tuple(replace(t, depth=32, channels_outer=True) for t in window_tiles(conv, x))
 
 
 def two_dot_tile(conv: torch.nn.Module, x: torch.Tensor) -> WindowTile | None:
@@ -133,6 +132,5 @@ def window_convolved(
     norm stored instead, for a tile of every channel (``window_conv``)."""
     from ._fast_kernels import window_conv
 
-    t = tile
-    return window_conv(x, weight, bias, channels, t.rows, t.columns, t.depth, t.warps, t.stages, out, norm,
-                       t.channels_outer)  # fmt: skip
+    return window_conv(x, weight, bias, channels, tile.rows, tile.columns, tile.depth, tile.warps, tile.stages,
+                       out, norm, tile.channels_outer)  # fmt: skip
