@@ -79,8 +79,8 @@ def exact_tiles(conv: torch.nn.Module, x: torch.Tensor) -> tuple[WindowTile, ...
     tile of two dots where one applies (96 = 64 + 32: no product padded), else the two tiles timed for
     the fast decoder. Not float32: cuDNN's sm90 TF32 kernels there round the operands to TF32 first;
     a kernel that rounded them so gave their bits, but no decode's shape took it (cuDNN's padded way
-    is as fast: ``docs/benchmarks.md``, the tried table); the last convolution's sm80 kernel matched
-    no order tried."""
+    was faster for 96 -> 96: ``docs/benchmarks.md``, the tried table); the last convolution's sm80
+    kernel matched no order tried."""
     if x.dtype != torch.bfloat16 or not _applies(conv, x):
         return ()
     co = conv.out_channels
