@@ -76,17 +76,15 @@ def exact_tiles(conv: torch.nn.Module, x: torch.Tensor) -> tuple[WindowTile, ...
     for Wan 2.1's 96 output channels. Such a tile gave that kernel's bits at 1.46 against 2.69 ms for
     a 96 -> 96 convolution at 480x832 (H200, cuDNN 9.19, 2026-12-02: ``docs/benchmarks.md``); where
     cuDNN picks another kernel the first-use check finds other bits, and the shape keeps cuDNN. The
-    tile of two dots where one applies (96 = 64 + 32: no product padded), else the two tiles timed for
+    tile of two dots where one applies (``two_dot_tile``: no product padded), else the two tiles timed for
     the fast decoder. Not float32: cuDNN's sm90 TF32 kernels there round the operands to TF32 first;
     a kernel that rounded them so gave their bits, but no decode's shape took it (cuDNN's padded way
     was faster for 96 -> 96: ``docs/benchmarks.md``, the tried table); the last convolution's sm80
     kernel matched no order tried."""
-    if x.dtype != torch.bfloat16 or not _applies(conv, x):
+    if x.dtype != torch.bfloat16:
         return ()
-    co = conv.out_channels
-    if two_dots(co):
-        return (WindowTile(256 if co <= 128 else 128, co, 32, 8, 4, channels_outer=True),)
-    return tuple(replace(t, depth=32, channels_outer=True) for t in window_tiles(conv, x))
+    tiles = (two,) if (two := two_dot_tile(conv, x)) else window_tiles(conv, x)
+    return tuple(replace(t, depth=32, channels_outer=True) for t in tiles)
 
 
 def two_dot_tile(conv: torch.nn.Module, x: torch.Tensor) -> WindowTile | None:
