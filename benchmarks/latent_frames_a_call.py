@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Iterator
+from functools import partial
 
 import torch
+from gpu_timing import peak, timed
 from script_inputs import machine, random_case
 
 from framepipe import to_uint8_frames
@@ -39,12 +40,8 @@ def grouped(vae, z: torch.Tensor, step: WanDecoderStep, k: int) -> Iterator[torc
 
 
 def decode(vae, z: torch.Tensor, step: WanDecoderStep, k: int) -> Iterator[torch.Tensor]:
+    """The video's chunks with ``k`` latent frames a call (1: ``decode_chunks`` itself)."""
     return decode_chunks(vae, z, step=step) if k == 1 else grouped(vae, z, step, k)
-
-
-def synchronize(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
 
 
 def case(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, k: int, device: str) -> dict:
@@ -57,22 +54,17 @@ def case(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, k
            "same_bits": same_bits(one, many), "max_abs_diff": (one.float() - many.float()).abs().max().item(),
            "uint8_values_differing": int((to_uint8_frames(one) != to_uint8_frames(many)).sum())}  # fmt: skip
     del one, many
-    seconds: dict[int, list[float]] = {1: [], k: []}
-    for _ in range(runs):
-        for n in seconds:
-            synchronize(device)
-            start = time.perf_counter()
-            for chunk in decode(vae, z, step, n):
-                to_uint8_frames(chunk)
-            synchronize(device)
-            seconds[n].append(round(time.perf_counter() - start, 4))
-    peaks: dict[int, float | None] = {1: None, k: None}
-    for n in peaks if device.startswith("cuda") else ():
-        torch.cuda.reset_peak_memory_stats(device)
+
+    def to_uint8(n: int) -> None:
         for chunk in decode(vae, z, step, n):
             to_uint8_frames(chunk)
-        synchronize(device)
-        peaks[n] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+
+    cuda = device.startswith("cuda")
+    seconds: dict[int, list[float]] = {1: [], k: []}
+    for _ in range(runs):  # alternated, so that drift hits both alike
+        for n in seconds:
+            seconds[n].append(round(timed(partial(to_uint8, n), cuda=cuda), 4))
+    peaks = {n: round(peak(partial(to_uint8, n)), 2) if cuda else None for n in seconds}
     row |= {"seconds": {"one a call": seconds[1], f"{k} a call": seconds[k]},
             "speedup": round(min(seconds[1]) / min(seconds[k]), 4),
             "peak_gib": {"one a call": peaks[1], f"{k} a call": peaks[k]}}  # fmt: skip
