@@ -172,17 +172,19 @@ class WanDecoderStep:
             self.groups = frames
             for stage in stages[:grouped]:
                 x = stage(x, cache, idx)
-            if grouped < len(stages):  # the rest one latent frame at a time, each from the same cache entry
-                self.groups, start, outs = 1, idx[0], []
-                for part in x.chunk(frames, 2):
-                    idx[0] = start
-                    for stage in stages[grouped:]:
-                        part = stage(part, cache, idx)
-                    outs.append(part)
-                x = torch.cat(outs, 2)
+            if grouped == len(stages):
+                return x.contiguous()
+            self.groups, start, out = 1, idx[0], None  # the rest one latent frame at a time, from the same entries
+            for g, part in enumerate(x.chunk(frames, 2)):
+                idx[0] = start
+                for stage in stages[grouped:]:
+                    part = stage(part, cache, idx)
+                if out is None:  # contiguous, as diffusers' output: each frame's copied in once
+                    out = part.new_empty((*part.shape[:2], part.shape[2] * frames, *part.shape[3:]))
+                out[:, :, g * part.shape[2] : (g + 1) * part.shape[2]].copy_(part)
+            return out
         finally:
             self.groups = 1
-        return x.contiguous()
 
     def stages(self) -> list[Callable[[torch.Tensor, list, list[int]], torch.Tensor]]:
         """The decoder's stages, each ``stage(x, cache, idx)``: the latent-size one (first convolution
