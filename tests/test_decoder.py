@@ -55,60 +55,18 @@ def test_diffusers_attention_hands_on_a_batch_channels_last(version):
     assert not decoder.fused_fits(small_latents(version, batch=2, height=8, width=16))
 
 
-@pytest.mark.parametrize("per_chunk", [1, 2, 3])
-def test_channels_last_steps_give_diffusers_bits_where_every_check_falls_back(version, per_chunk, monkeypatch):
-    """The channels-last path's own steps (windows, resampling, the time convolution's cache rules, two
-    latent frames a call cut into chunks of any size) on the CPU, where no fused kernel runs and each
-    convolution's check is made to fail."""
+def test_channels_last_steps_give_diffusers_bits_where_every_check_falls_back(version, monkeypatch):
+    """The channels-last path's own steps (windows, resampling, the time convolution's cache rules)
+    on the CPU, where no fused kernel runs and each convolution's check is made to fail."""
     monkeypatch.setattr(decoder, "fastest_way", lambda key, reference, run, ways, **_: None)
     vae = small_vae(version)
-    z = small_latents(version, frames=6, height=6, width=10)
-    calls = []
-
-    class Counted(decoder.WanDecoderStep):
-        def __call__(self, x, cache, *, first_chunk):
-            calls.append(x.shape[2])
-            return super().__call__(x, cache, first_chunk=first_chunk)
-
-    step = Counted(vae)
+    z = small_latents(version, frames=5, height=6, width=10)
+    step = decoder.WanDecoderStep(vae)
     step.fused = True  # the fused kernels' path, channels-last
     with torch.no_grad():
-        ours = [c.clone() for c in decode_chunks(vae, z, step=step, latent_frames_per_chunk=per_chunk)]
-    assert calls == [1, 2, 2, 1]  # after the first alone, as the step says it takes them
-    calls.clear()
-    plain = lambda x, cache, *, first_chunk: step(x, cache, first_chunk=first_chunk)  # noqa: E731
-    with torch.no_grad():
-        assert same_bits(torch.cat(_chunks(vae, z, "framepipe", step=plain), 2), torch.cat(ours, 2))
-    assert calls == [1] * 6  # a step that does not say: one a call
-    theirs = _chunks(vae, z, "diffusers", latent_frames_per_chunk=per_chunk)
-    assert len(ours) == len(theirs) == -(-6 // per_chunk)
-    assert all(same_bits(a, b) for a, b in zip(ours, theirs, strict=True))
-
-
-@pytest.mark.parametrize("channels_last", [False, True])
-@pytest.mark.parametrize("grouped_stages", [0, 1, 3, 6])  # of 6: the latent-size one, 4 up blocks, the output
-def test_latent_frames_taken_together_give_each_frames_bits(version, channels_last, grouped_stages, monkeypatch):
-    """Latent frames handed to the step together, through any number of its stages, give the bits of
-    diffusers' decoder called on each in turn: each op over each frame's part on its own, and the rest
-    frame by frame from the cache entries the stages before left."""
-    if channels_last:
-        monkeypatch.setattr(decoder, "fastest_way", lambda key, reference, run, ways, **_: None)
-    vae = small_vae(version)
-    step = decoder.WanDecoderStep(vae)
-    step.fused, step.grouped_stages = channels_last or None, grouped_stages
-    assert len(step.stages()) == 6
-    with torch.no_grad():
-        x = vae.post_quant_conv(small_latents(version, frames=5, height=6, width=10))
-        ours, cache = [], [None] * causal_conv_count(vae)
-        for start, stop in ((0, 1), (1, 3), (3, 5)):
-            ours.append(step(x[:, :, start:stop], cache, first_chunk=start == 0))
-        theirs, cache = [], [None] * causal_conv_count(vae)
-        for t in range(5):
-            theirs.append(vae.decoder(x[:, :, t : t + 1], feat_cache=cache, feat_idx=[0], first_chunk=t == 0))
-    assert step.groups == 1
-    assert same_bits(torch.cat(ours, 2), torch.cat(theirs, 2))
-    with pytest.raises(ValueError, match="first chunk is one latent frame"):
-        step(x[:, :, :2], cache, first_chunk=True)
+        ours = [c.clone() for c in decode_chunks(vae, z, step=step)]
+    theirs = _chunks(vae, z, "diffusers")
+    assert len(ours) == len(theirs) == 5 and all(same_bits(a, b) for a, b in zip(ours, theirs, strict=True))
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
@@ -441,9 +399,6 @@ def test_same_bits_as_diffusers_on_cuda(version, dtype):
     for kind in ("norm", "bias_residual"):  # the fused kernels ran somewhere
         assert any(v for k, v in checked.items() if k[0] == kind and dtype in k), kind
     assert any(k[0] == "conv" and len(k[1]) == 4 and k[3] == dtype for k in checked)  # a resampler's, here
-    # latent frames two a call: their convolutions and norms checked against diffusers' one a call
-    assert any(k[0] == "conv" and k[3] == dtype and k[-1] == 2 for k in checked)
-    assert any(k[0] == "norm" and k[2] == dtype and k[-1] == 2 and v for k, v in checked.items())
 
 
 @pytest.mark.needs_cuda
@@ -502,7 +457,7 @@ def test_fused_norm_silu_on_large_strided_inputs(dtype, layout):
             window = window.contiguous(memory_format=torch.channels_last_3d)
         norm_silu(x, norm, window[:, :, 2:, 1:61, 1:105])
     assert same_bits(window[:, :, 2:, 1:61, 1:105], want)
-    assert verified_equivalences()[("norm", tuple(x.shape), dtype, x.device, False, 1)]  # the kernel ran, no fallback
+    assert verified_equivalences()[("norm", tuple(x.shape), dtype, x.device, False)]  # the kernel ran, no fallback
     assert window[:, :, :2].abs().sum() == 0 and window[:, :, :, 0].abs().sum() == 0  # the border untouched
 
 
@@ -565,28 +520,6 @@ def test_fused_norm_silu_over_channels_shared_among_thread_blocks(dtype, with_bi
 
 @pytest.mark.needs_cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("given", [False, True])
-def test_fused_norm_silu_over_two_latent_frames_gives_each_frames_bits(dtype, given, monkeypatch):
-    """Two latent frames' norms in one call give diffusers' bits for each frame normed on its own
-    (``groups``): PyTorch shares 1024 channels among other thread blocks for one frame than for two (16
-    against 11 at 60x104 on an H200), and the kernel takes the one frame's split, or is handed the norms
-    PyTorch computes frame by frame where it cannot repeat it (``given``)."""
-    if given:
-        monkeypatch.setattr(fused, "KERNEL_BLOCKS", 1)
-        monkeypatch.setattr(fused, "_SPLITS", {})
-    norm, x, bias, _ = wide_norm_case(dtype, True, 2, 60, 104)
-    with torch.no_grad():
-        want = torch.cat(
-            [torch.nn.functional.silu(norm(x[:, :, t : t + 1] + bias[:, None, None, None])) for t in (0, 1)], 2
-        )
-        got = torch.empty_like(x, memory_format=torch.channels_last_3d)
-        norm_silu(x.contiguous(memory_format=torch.channels_last_3d), norm, got, bias, 2)
-    assert (fused.norm_split(x, norm, bias, 2) is None) is given
-    assert same_bits(got, want)
-
-
-@pytest.mark.needs_cuda
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("with_bias", [False, True])
 def test_fused_norm_silu_handed_pytorchs_norms_where_it_cannot_repeat_the_split(dtype, with_bias, monkeypatch):
     """Where the kernel does not combine PyTorch's split (here: made to combine one block only), it is
@@ -598,7 +531,7 @@ def test_fused_norm_silu_handed_pytorchs_norms_where_it_cannot_repeat_the_split(
     with torch.no_grad():
         norm_silu(x.contiguous(memory_format=torch.channels_last_3d), norm, got, bias)
     assert fused.norm_split(x, norm, bias) is None
-    assert verified_equivalences()[("norm given", tuple(x.shape), dtype, x.device, with_bias, 1)]
+    assert verified_equivalences()[("norm given", tuple(x.shape), dtype, x.device, with_bias)]
     assert same_bits(got, want)
 
 

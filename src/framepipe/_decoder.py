@@ -26,7 +26,7 @@ import torch
 
 from ._attention import explicit_attention
 from ._equivalence import fastest_way, probe
-from ._fused import add_bias_residual, norm_fusable, norm_silu, norm_silu_fast, norm_silu_is_exact, norm_silu_ops
+from ._fused import add_bias_residual, norm_fusable, norm_silu, norm_silu_fast, norm_silu_is_exact
 from ._layouts import (
     CHANNELS_LAST,
     added,
@@ -80,25 +80,6 @@ def fused_fits(latents: torch.Tensor) -> bool:
     return latents.shape[0] == 1 and latents.shape[-2] * latents.shape[-1] >= 128
 
 
-def group_windows(conv, x: torch.Tensor, groups: int) -> list[torch.Tensor]:
-    """The windows of ``conv`` (no padding of its own) over x ([1, C, T, H, W], or a Conv2d's frames [T,
-    C, H, W]) that diffusers' ``groups`` calls convolve one by one: equal parts of a Conv3d's output
-    frames, each with the frames before it that its kernel reads; equal parts of a Conv2d's frames."""
-    if x.dim() == 4:
-        return list(x.chunk(groups, 0))
-    reach = conv.kernel_size[0] - 1
-    frames = (x.shape[2] - reach) // groups
-    return [x[:, :, g * frames : (g + 1) * frames + reach] for g in range(groups)]
-
-
-def diffusers_conv(conv, x: torch.Tensor, groups: int = 1) -> torch.Tensor:
-    """``conv`` over x as diffusers' ``groups`` calls compute it: over each group's window
-    (``group_windows``), channel-first and contiguous, the outputs joined."""
-    windows = group_windows(conv, x, groups)
-    outs = [conv._conv_forward(window.contiguous(), conv.weight, conv.bias) for window in windows]
-    return torch.cat(outs, 2 if x.dim() == 5 else 0) if groups > 1 else outs[0]
-
-
 class _NoCache(list):
     """A causal cache that keeps nothing: every entry reads as None (no history) and writes are dropped.
     A step run with it makes its first-use checks without holding a video's cache."""
@@ -120,28 +101,16 @@ def copy_of(x: torch.Tensor) -> Callable[[torch.Tensor], object]:
     return lambda out: out.copy_(x)
 
 
-# Latent frames framepipe's exact decoder takes a call after the first (which is alone, as in
-# diffusers), in its first ``GROUPED_STAGES`` stages (``WanDecoderStep.stages``: the latent-size stage,
-# then each up block, then the output): there two frames' work in one kernel each fills the card
-# better; later stages, at full size, take one frame at a time, so that peak memory stays one frame's
-# (``docs/benchmarks.md``, "Two latent frames a call").
-LATENT_FRAMES_A_CALL = 2
-GROUPED_STAGES = 2
-
-
 class WanDecoderStep:
-    """Decode latent frames with ``vae``'s decoder: ``step(x, cache, first_chunk)`` equals
-    ``vae.decoder(x_t, feat_cache=cache, feat_idx=[0], first_chunk=first_chunk)`` for each latent
-    frame x_t of x in turn, concatenated, bit for bit (a first chunk is one frame, as in diffusers).
+    """Decode one latent frame with ``vae``'s decoder: ``step(x, cache, first_chunk)`` equals
+    ``vae.decoder(x, feat_cache=cache, feat_idx=[0], first_chunk=first_chunk)`` bit for bit.
 
     ``cache`` is diffusers' list (one entry per causal conv) kept across the frames of one video; its entries
     for the causal convolutions run here hold their windows' last two frames whole: the zero frames
     before the first, and each frame's zero border (so that it goes back into the next window in one
     contiguous copy channels-last). An entry, once made, is written in place from then on, and the first
     chunk reads none: a list of buffers can serve video after video (``_graphs.py`` replays its chunks
-    with their buffers). Several latent frames go through the first ``grouped_stages`` stages
-    together, each op there checked to give the bits diffusers' separate calls give (``groups``), and
-    through the rest one at a time.
+    with their buffers).
     """
 
     def __init__(self, vae: AutoencoderKLWan, *, exact: bool = True) -> None:
@@ -150,90 +119,44 @@ class WanDecoderStep:
         self.fused: bool | None = None  # decided on the first call, on the decoder's device
         self.copies: dict[tuple, tuple] = {}  # (conv, channels) -> conv_copies, looked up once a video
         self.first_chunk = True  # the call's: the first chunk reads no history
-        self.groups = 1  # latent frames the ops of the stage being run take together
-        self.grouped_stages = GROUPED_STAGES
-
-    @property
-    def latent_frames_a_call(self) -> int:
-        """How many latent frames a later chunk's call should take (``decode_chunks`` hands them): two
-        where the exact decoder's fused kernels run (decided at the first call), else one."""
-        return LATENT_FRAMES_A_CALL if self.exact and self.fused and self.grouped_stages else 1
 
     def __call__(self, x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:
         if self.fused is None:
             self.fused = fused_fits(x) and norm_silu_is_exact(x.device, next(self.decoder.parameters()).dtype)
-        if first_chunk and x.shape[2] != 1:
-            raise ValueError(f"a first chunk is one latent frame, as in diffusers; got {x.shape[2]}")
         self.first_chunk = first_chunk
-        stages, idx, frames = self.stages(), [0], x.shape[2]
-        # one video's frames only: a batch's resampler frames are video-major, not one group after another
-        grouped = len(stages) if frames == 1 else self.grouped_stages if x.shape[0] == 1 else 0
-        try:
-            self.groups = frames
-            for stage in stages[:grouped]:
-                x = stage(x, cache, idx)
-            if grouped == len(stages):
-                return x.contiguous()
-            self.groups, start, out = 1, idx[0], None  # the rest one latent frame at a time, from the same entries
-            for g, part in enumerate(x.chunk(frames, 2)):
-                idx[0] = start
-                for stage in stages[grouped:]:
-                    part = stage(part, cache, idx)
-                if out is None:  # contiguous, as diffusers' output: each frame's copied in once
-                    out = part.new_empty((*part.shape[:2], part.shape[2] * frames, *part.shape[3:]))
-                out[:, :, g * part.shape[2] : (g + 1) * part.shape[2]].copy_(part)
-            return out
-        finally:
-            self.groups = 1
-
-    def stages(self) -> list[Callable[[torch.Tensor, list, list[int]], torch.Tensor]]:
-        """The decoder's stages, each ``stage(x, cache, idx)``: the latent-size one (first convolution
-        and mid block), each up block, the output (last norm and convolution)."""
-        blocks = [functools.partial(self._up_block, block) for block in self.decoder.up_blocks]
-        return [self._latent_stage, *blocks, self._output_stage]
-
-    def _latent_stage(self, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
         d = self.decoder
+        idx = [0]
         x = added(*self._causal_conv(d.conv_in, copy_of(x), x, d.conv_in.in_channels, cache, idx))
         x = self._residual(d.mid_block.resnets[0], x, cache, idx)
         for attention, resnet in zip(d.mid_block.attentions, d.mid_block.resnets[1:], strict=True):
             x = self._attention(attention, x)
             x = self._residual(resnet, x, cache, idx)
-        return x
-
-    def _up_block(self, block, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
-        shortcut = x  # WanResidualUpBlock clones it; nothing below writes into x
-        for resnet in block.resnets:
-            x = self._residual(resnet, x, cache, idx)
-        # WanUpBlock (2.1) holds its resampler in a list, WanResidualUpBlock (2.2) on its own
-        upsamplers = getattr(block, "upsamplers", None)
-        sampler = upsamplers[0] if upsamplers is not None else getattr(block, "upsampler", None)
-        if sampler is not None:
-            x = self._resample(sampler, x, cache, idx)
-        if getattr(block, "avg_shortcut", None) is not None:
-            x = self._shortcut_added(block.avg_shortcut, x, shortcut)
-        return x
-
-    def _output_stage(self, x: torch.Tensor, cache: list, idx: list[int]) -> torch.Tensor:
-        d = self.decoder
+        for block in d.up_blocks:
+            shortcut = x  # WanResidualUpBlock clones it; nothing below writes into x
+            for resnet in block.resnets:
+                x = self._residual(resnet, x, cache, idx)
+            # WanUpBlock (2.1) holds its resampler in a list, WanResidualUpBlock (2.2) on its own
+            upsamplers = getattr(block, "upsamplers", None)
+            sampler = upsamplers[0] if upsamplers is not None else getattr(block, "upsampler", None)
+            if sampler is not None:
+                x = self._resample(sampler, x, cache, idx)
+            if getattr(block, "avg_shortcut", None) is not None:
+                x = self._shortcut_added(block.avg_shortcut, x, shortcut)
         fill = self._norm_silu(d.norm_out, x)
-        return added(*self._causal_conv(d.conv_out, fill, x, x.shape[1], cache, idx))
+        x = added(*self._causal_conv(d.conv_out, fill, x, x.shape[1], cache, idx))
+        return x.contiguous()
 
     def run_checks(self, x: torch.Tensor) -> None:
         """Make the first-use checks and choices (``_equivalence.py``) for latent frames like ``x`` ([B, C,
-        1, H, W]) now: one first chunk and one later chunk of x (and of ``latent_frames_a_call`` copies
-        of it), their output and cache dropped. Made during a decode, the checks' random inputs and
-        outputs come on top of the video's causal cache (its first decode then peaked 0.9-3.3 GiB above
-        diffusers' chunked one); made here, on top of one chunk's activations alone. Once per decoder
-        architecture and frame shape in a process."""
-        key = (tuple(p.shape for p in self.decoder.parameters()), tuple(x.shape), x.dtype, x.device, self.exact,
-               self.grouped_stages)  # fmt: skip
+        1, H, W]) now: one first chunk and one later chunk of x, their output and cache dropped. Made
+        during a decode, the checks' random inputs and outputs come on top of the video's causal cache
+        (its first decode then peaked 0.9-3.3 GiB above diffusers' chunked one); made here, on top of one
+        chunk's activations alone. Once per decoder architecture and frame shape in a process."""
+        key = (tuple(p.shape for p in self.decoder.parameters()), tuple(x.shape), x.dtype, x.device, self.exact)
         if key in _CHECKED or not (x.is_cuda and fused_fits(x)):  # else there is nothing to check
             return
         for first_chunk in (True, False):
             self(x, _NoCache(), first_chunk=first_chunk)
-        if (frames := self.latent_frames_a_call) > 1:
-            self(x.repeat(1, 1, frames, 1, 1), _NoCache(), first_chunk=False)
         _CHECKED.add(key)
 
     @property
@@ -242,14 +165,8 @@ class WanDecoderStep:
         return bool(self.fused)
 
     def _attention(self, attention, x: torch.Tensor) -> torch.Tensor:
-        """The mid block's ``WanAttentionBlock`` (over each whole frame), on x as diffusers holds it
-        (each group's frames on their own); the fast decoder's computed explicitly where that is faster
-        (``_attention.py``)."""
-        if self.groups > 1:
-            return torch.cat([self._attention_group(attention, part) for part in x.chunk(self.groups, 2)], 2)
-        return self._attention_group(attention, x)
-
-    def _attention_group(self, attention, x: torch.Tensor) -> torch.Tensor:
+        """The mid block's ``WanAttentionBlock`` (over each whole frame), on x as diffusers holds it;
+        the fast decoder's computed explicitly where that is faster (``_attention.py``)."""
         x = channel_first(x)
         if self.exact or not self.channels_last:
             return attention(x)
@@ -347,14 +264,10 @@ class WanDecoderStep:
     def _norm_silu(self, norm, x: torch.Tensor, bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], object]:
         """What writes ``silu(norm(x + bias))`` into a window's interior (bias: a convolution's, left to
         be added here, channels-last only); the fast decoder's in an order of its own."""
-        if self.fused and self.exact:
-            groups = self.groups
-            return lambda out: norm_silu(x, norm, out, bias, groups)
         if self.fused:
-            return lambda out: norm_silu_fast(x, norm, out, bias)
-        if (groups := self.groups) > 1:
-            return lambda out: norm_silu_ops(x, norm, out, None, groups)
-        return lambda out: silu_into(norm(x), out)  # x as diffusers holds it (a batch's: channels-last)
+            kernel = norm_silu if self.exact else norm_silu_fast
+            return lambda out: kernel(x, norm, out, bias)
+        return lambda out: silu_into(norm(x), out)
 
     def _conv(self, conv, x: torch.Tensor, defer_bias: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``conv`` (a Conv3d without padding of its own, or a Conv2d) over ``x``, and the part of its
@@ -363,13 +276,8 @@ class WanDecoderStep:
         (``exact_tiles``): whichever is faster of the ways that give the channel-first convolution's
         bits for these shapes (the fast decoder: any way, its kernel's other tiles too,
         ``_window_conv.py``), the bias then left to the caller if ``defer_bias``
-        (PyTorch adds it after cuDNN's convolution, with ``add_``); channel-first where none does.
-        With ``groups`` > 1, a way must give the bits of each group's window convolved on its own, as
-        diffusers' calls convolve them (``group_windows``); where none does, each is (``_conv_groups``)."""
-        groups = self.groups
+        (PyTorch adds it after cuDNN's convolution, with ``add_``); channel-first where none does."""
         if not self.channels_last:
-            if groups > 1:
-                return self._conv_groups(conv, x, defer_bias)
             return conv._conv_forward(x, conv.weight, conv.bias), None
         bias = conv.bias if defer_bias else None
 
@@ -392,34 +300,20 @@ class WanDecoderStep:
             ways = (taken,) if (taken := two_dot_tile(conv, x)) else ways + window_tiles(conv, x)
         else:  # framepipe's kernel summing in cuDNN's order, kept where it gives cuDNN's bits
             ways += exact_tiles(conv, x)
-        key = ("conv", tuple(x.shape), tuple(conv.weight.shape), x.dtype, x.device, defer_bias, self.exact, groups)
+        key = ("conv", tuple(x.shape), tuple(conv.weight.shape), x.dtype, x.device, defer_bias, self.exact)
         # drawn once, and only for a shape not yet checked; held channels-last, as the ways read it
         sample = functools.cache(lambda: probe(x).contiguous(memory_format=channels_last_format(x.dim())))
         way = fastest_way(
             key,
-            lambda: diffusers_conv(conv, sample(), groups),
+            lambda: conv._conv_forward(sample().contiguous(), conv.weight, conv.bias),  # as diffusers: channel-first
             lambda way: added(run(sample(), way), bias),
             ways,
             device=x.device,
             exact=self.exact,
         )
-        if way is None and groups > 1:
-            return self._conv_groups(conv, x, defer_bias)
         if way is None:
             return conv._conv_forward(x.contiguous(), conv.weight, conv.bias), None
         return run(x, way), bias
-
-    def _conv_groups(self, conv, x: torch.Tensor, defer_bias: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``_conv`` over each group's window (``group_windows``) as over one frame's, the outputs joined."""
-        groups, outs, bias = self.groups, [], None
-        self.groups = 1
-        try:
-            for window in group_windows(conv, x, groups):
-                out, bias = self._conv(conv, window if self.channels_last else window.contiguous(), defer_bias)
-                outs.append(out)
-        finally:
-            self.groups = groups
-        return torch.cat(outs, 2 if x.dim() == 5 else 0), bias
 
     def _causal_conv(self, conv, fill, x: torch.Tensor, channels: int, cache: list, idx: list[int],
                      defer_bias: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip

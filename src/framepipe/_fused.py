@@ -118,26 +118,18 @@ def norm_fusable(x: torch.Tensor, norm) -> bool:
     )
 
 
-def group_shape(x: torch.Tensor, groups: int) -> tuple[int, ...]:
-    """The shape of one of ``groups`` equal parts of x's frames (dim 2): what diffusers' decoder holds
-    in one call where framepipe's takes ``groups`` latent frames at once."""
-    return (*x.shape[:2], x.shape[2] // groups, *x.shape[3:])
-
-
-def norm_split(x: torch.Tensor, norm, bias: torch.Tensor | None = None, groups: int = 1) -> Split | None:
+def norm_split(x: torch.Tensor, norm, bias: torch.Tensor | None = None) -> Split | None:
     """The split with which the fused kernel gives PyTorch's bits for ``norm`` over x's shape
     (with ``bias`` added first, as PyTorch adds a convolution's), whether x is contiguous or
     frame-major (as after a resampler) in diffusers' decoder; None where those differ, where the
     kernel cannot combine the split (``kernel_combines``), or where the check on random values failed.
-    With ``groups``, diffusers' bits for each of that many equal parts of x's frames normed on its
-    own (``group_shape``): the split PyTorch takes for one part, applied to all. Checked once per shape."""
-    key = ("norm", tuple(x.shape), x.dtype, x.device, bias is not None, groups)
+    Checked once per shape."""
+    key = ("norm", tuple(x.shape), x.dtype, x.device, bias is not None)
     if key not in _SPLITS:
-        shape = group_shape(x, groups)
-        frame_major = torch.empty(shape[:1] + shape[2:3] + shape[1:2] + shape[3:], device="meta")
-        layouts = (torch.empty(shape, device="meta").stride(), frame_major.transpose(1, 2).stride())
+        frame_major = torch.empty(x.shape[:1] + x.shape[2:3] + x.shape[1:2] + x.shape[3:], device="meta")
+        layouts = (torch.empty(x.shape, device="meta").stride(), frame_major.transpose(1, 2).stride())
         limits = device_limits(x.device)
-        splits = {reduction_split(shape, s, limits) for s in layouts}
+        splits = {reduction_split(tuple(x.shape), s, limits) for s in layouts}
         found = splits.pop() if len(splits) == 1 else None
         fused = exact_kernel("norm_silu")
         if found is not None and (fused is None or not kernel_combines(found)):
@@ -150,34 +142,30 @@ def norm_split(x: torch.Tensor, norm, bias: torch.Tensor | None = None, groups: 
                 fused(sample, bias, norm.gamma.reshape(-1), float(norm.scale), got, found)
                 return got
 
-            if not pytorch_gives(kernel, x, norm, bias, groups):
+            if not pytorch_gives(kernel, x, norm, bias):
                 found = None
         _SPLITS[key] = found
         record(key, found is not None)
     return _SPLITS[key]
 
 
-def norm_silu(x: torch.Tensor, norm, out: torch.Tensor, bias: torch.Tensor | None = None, groups: int = 1) -> None:
+def norm_silu(x: torch.Tensor, norm, out: torch.Tensor, bias: torch.Tensor | None = None) -> None:
     """Write ``silu(norm(x + bias))`` into ``out`` (any strides) for a channel-first ``WanRMS_norm``
     (``bias``: a convolution's, not yet added to x; or None): the fused kernel where it gives PyTorch's
-    bits for x's shape, else PyTorch's ops on channel-first x. ``groups``: the bits of diffusers' norm
-    over each of that many equal parts of x's frames on its own (``norm_split``)."""
+    bits for x's shape, else PyTorch's ops on channel-first x."""
     fusable = norm_fusable(x, norm)
-    split = norm_split(x, norm, bias, groups) if fusable else None
-    if split is None and not (fusable and norms_given_exact(x, norm, bias, groups)):
-        norm_silu_ops(x, norm, out, bias, groups)
+    split = norm_split(x, norm, bias) if fusable else None
+    if split is None and not (fusable and norms_given_exact(x, norm, bias)):
+        _norm_silu_ops(x, norm, out, bias)
         return
-    norms = pytorch_norms(x, bias, groups) if split is None else None
+    norms = pytorch_norms(x, bias) if split is None else None
     exact_kernel("norm_silu")(x, bias, norm.gamma.reshape(-1), float(norm.scale), out, split or Split(1), norms)
 
 
-def pytorch_norms(x: torch.Tensor, bias: torch.Tensor | None = None, groups: int = 1) -> torch.Tensor:
+def pytorch_norms(x: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """The float32 norms over channels [B, 1, T, H, W] that diffusers' ``WanRMS_norm`` has PyTorch compute
     for x (+ ``bias``, added as PyTorch adds a convolution's): of a float32 channel-first copy, made in
-    one pass (a Triton kernel: PyTorch's strided copy is slower); with ``groups``, of each of that many
-    equal parts of x's frames on its own, as diffusers computes them."""
-    if groups > 1:
-        return torch.cat([pytorch_norms(part, bias) for part in x.chunk(groups, 2)], 2)
+    one pass (a Triton kernel: PyTorch's strided copy is slower)."""
     if kernels_take(x, bias) and (widened := exact_kernel("widened")) is not None:
         return widened(x, bias).norm(2.0, 1, keepdim=True)
     wide = torch.empty(x.shape, dtype=torch.float32, device=x.device)
@@ -185,10 +173,9 @@ def pytorch_norms(x: torch.Tensor, bias: torch.Tensor | None = None, groups: int
     return wide.norm(2.0, 1, keepdim=True)
 
 
-def norms_given_exact(x: torch.Tensor, norm, bias: torch.Tensor | None = None, groups: int = 1) -> bool:
+def norms_given_exact(x: torch.Tensor, norm, bias: torch.Tensor | None = None) -> bool:
     """Whether the kernel handed ``pytorch_norms`` gives PyTorch's bits for ``norm`` over x's shape, x
-    contiguous or frame-major in diffusers' decoder (checked once per shape and ``groups`` on random
-    values)."""
+    contiguous or frame-major in diffusers' decoder (checked once per shape on random values)."""
     fused = exact_kernel("norm_silu")
     if fused is None:
         return False
@@ -196,32 +183,25 @@ def norms_given_exact(x: torch.Tensor, norm, bias: torch.Tensor | None = None, g
     def kernel() -> torch.Tensor:
         sample = probe(x).contiguous(memory_format=CHANNELS_LAST)
         got = torch.empty_like(sample)
-        norms = pytorch_norms(sample, bias, groups)
-        fused(sample, bias, norm.gamma.reshape(-1), float(norm.scale), got, Split(1), norms)
+        fused(sample, bias, norm.gamma.reshape(-1), float(norm.scale), got, Split(1), pytorch_norms(sample, bias))
         return got
 
-    key = ("norm given", tuple(x.shape), x.dtype, x.device, bias is not None, groups)
-    return checked(key, lambda: pytorch_gives(kernel, x, norm, bias, groups))
+    key = ("norm given", tuple(x.shape), x.dtype, x.device, bias is not None)
+    return checked(key, lambda: pytorch_gives(kernel, x, norm, bias))
 
 
-def pytorch_gives(
-    kernel: Callable[[], torch.Tensor], x: torch.Tensor, norm, bias: torch.Tensor | None, groups: int = 1
-) -> bool:
+def pytorch_gives(kernel: Callable[[], torch.Tensor], x: torch.Tensor, norm, bias: torch.Tensor | None) -> bool:
     """Whether ``kernel()`` (the fused kernel run on ``probe(x)``) gives the bits of diffusers'
     ``silu(norm(probe(x) + bias))`` on both layouts its decoder feeds its norms: contiguous, and
-    frame-major (as a resampler leaves it); with ``groups``, of that norm over each of that many equal
-    parts of x's frames, each a tensor of its own as in diffusers' calls. One layout at a time,
-    PyTorch's result made before the kernel's and each dropped once compared, so that a check at a
-    large shape holds few copies of it on top of the decode's memory (diffusers' norm makes float32
-    copies of its own)."""
+    frame-major (as a resampler leaves it). One layout at a time, PyTorch's result made before the
+    kernel's and each dropped once compared, so that a check at a large shape holds few copies of it on
+    top of the decode's memory (diffusers' norm makes float32 copies of its own)."""
     for frame_major in (False, True):
-        parts = []
-        for part in probe(x).chunk(groups, 2):
-            part = part.transpose(1, 2).contiguous().transpose(1, 2) if frame_major else part.contiguous()
-            parts.append(F.silu(norm(added(part, bias))))  # part is this check's own: the bias goes in place
-            del part
-        want = parts[0] if groups == 1 else torch.cat(parts, 2)
-        del parts
+        layout = probe(x)
+        if frame_major:
+            layout = layout.transpose(1, 2).contiguous().transpose(1, 2)
+        want = F.silu(norm(added(layout, bias)))  # layout is this check's own: the bias goes in place
+        del layout
         same = same_bits(kernel(), want)
         del want
         if not same:
@@ -233,23 +213,16 @@ def norm_silu_fast(x: torch.Tensor, norm, out: torch.Tensor, bias: torch.Tensor 
     """``norm_silu`` for the fast decoder: the fast kernel (``_fast_kernels.py``; float32, its own order,
     not PyTorch's bits) where x's dtype and ``norm`` fit it, else PyTorch's ops."""
     if not norm_fusable(x, norm):
-        norm_silu_ops(x, norm, out, bias)
+        _norm_silu_ops(x, norm, out, bias)
         return
     from ._fast_kernels import norm_silu_free
 
     norm_silu_free(x, bias, norm.gamma.reshape(-1), float(norm.scale), out)
 
 
-def norm_silu_ops(x: torch.Tensor, norm, out: torch.Tensor, bias: torch.Tensor | None, groups: int = 1) -> None:
-    """``norm_silu`` with PyTorch's ops, on x channel-first as diffusers holds it (x itself unchanged),
-    each of ``groups`` equal parts of its frames on its own."""
-    frames = x.shape[2] // groups
-    for g in range(groups):
-        part, into = x.narrow(2, g * frames, frames), out.narrow(2, g * frames, frames)
-        part = channel_first(part if bias is None else added(part.clone(), bias))
-        if groups > 1 and not part.transpose(1, 2).is_contiguous():  # a tensor of its own, as diffusers holds it
-            part = part.contiguous()
-        silu_into(norm(part), into)
+def _norm_silu_ops(x: torch.Tensor, norm, out: torch.Tensor, bias: torch.Tensor | None) -> None:
+    """``norm_silu`` with PyTorch's ops, on x channel-first as diffusers holds it (x itself unchanged)."""
+    silu_into(norm(channel_first(x if bias is None else added(x.clone(), bias))), out)
 
 
 def add_bias_residual(y: torch.Tensor, bias: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

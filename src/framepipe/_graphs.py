@@ -6,9 +6,8 @@ further. A graph captured of the step replays them all in one launch: the same k
 memory, so the same bits. A ``StepGraphs`` is kept by whoever decodes video after video (a device
 worker): per decoder, one ``ChunkGraphs`` of the last latent frame size, holding its step, its
 causal cache's buffers (``WanDecoderStep`` writes them in place, and its first chunk reads none, so
-they serve video after video) and a graph for each kind of chunk (the first; the later ones of two
-latent frames; one of one, where a video's count leaves it), each captured once that kind of chunk
-has run eagerly (which made every first-use check and way choice). They
+they serve video after video) and two graphs, the first chunk's and the later ones', each captured
+once that kind of chunk has run eagerly (which made every first-use check and way choice). They
 hold one chunk's memory until the owner closes them or a video of another size replaces them; a
 video that finds them in use (another thread decodes one) runs eagerly.
 """
@@ -31,7 +30,7 @@ from ._layouts import parameters_state, same_parameters
 
 class ChunkGraphs:
     """One decoder's chunks of one latent frame shape, as CUDA graphs once each kind of chunk (first,
-    later, by its latent frames) has run eagerly; ``step(x, cache, first_chunk=...)`` as ``WanDecoderStep``'s, with
+    later) has run eagerly; ``step(x, cache, first_chunk=...)`` as ``WanDecoderStep``'s, with
     ``cache`` the list this object fills with its buffers at each first chunk. Its output is the
     caller's (a copy of the graph's)."""
 
@@ -41,9 +40,9 @@ class ChunkGraphs:
         self.state = parameters_state(vae.decoder)  # the graphs read the parameters by address
         self.lock = threading.Lock()  # one video at a time
         self.buffers: list | None = None  # the cache, once a later chunk has made every entry it uses
-        self.ran: set[tuple[bool, int]] = set()  # the kinds of chunk (first_chunk, latent frames) run eagerly
-        # kind -> the graph, its input and its output
-        self.graphs: dict[tuple[bool, int], tuple[torch.cuda.CUDAGraph, torch.Tensor, torch.Tensor]] = {}
+        self.ran: set[bool] = set()  # the kinds of chunk (first_chunk) run eagerly
+        self.graphs: dict[bool, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.input: torch.Tensor | None = None
         self.pool = None  # the graphs' memory, shared: they never run at once
         self.stream: torch.cuda.Stream | None = None  # where they are captured
         self.failed = False  # a capture failed: eager from then on
@@ -53,45 +52,39 @@ class ChunkGraphs:
         """The step's first-use checks for x's shape (``WanDecoderStep.run_checks``)."""
         self.step.run_checks(x)
 
-    @property
-    def latent_frames_a_call(self) -> int:
-        """The step's (``WanDecoderStep.latent_frames_a_call``)."""
-        return self.step.latent_frames_a_call
-
     def fits(self, vae: Any, shape: tuple[int, ...]) -> bool:
         """Whether these graphs decode ``shape`` with ``vae``'s decoder as its parameters are now."""
         return self.step.decoder is vae.decoder and self.shape == shape and same_parameters(self.state, vae.decoder)
 
     def __call__(self, x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:
-        kind = (first_chunk, x.shape[2])
         if first_chunk and self.buffers is not None:
             cache[:] = self.buffers
-        if self.failed or kind not in self.ran or self.buffers is None:
+        if self.failed or first_chunk not in self.ran or self.buffers is None:
             out = self.step(x, cache, first_chunk=first_chunk)
-            self.ran.add(kind)
+            self.ran.add(first_chunk)
             if self.buffers is None and not first_chunk:  # every entry the step uses exists (others stay None)
                 self.buffers = list(cache)
             return out
-        if kind not in self.graphs:
-            self._capture(x, kind)
+        if first_chunk not in self.graphs:
+            self._capture(x, first_chunk)
             if self.failed:
                 return self.step(x, cache, first_chunk=first_chunk)
-        graph, static, out = self.graphs[kind]
-        static.copy_(x)
+        graph, out = self.graphs[first_chunk]
+        self.input.copy_(x)
         graph.replay()
         return out.clone()
 
-    def _capture(self, x: torch.Tensor, kind: tuple[bool, int]) -> None:
-        """Record the step over a static input and the buffers (nothing runs until it is replayed)."""
+    def _capture(self, x: torch.Tensor, first_chunk: bool) -> None:
+        """Record the step over the static input and buffers (nothing runs until it is replayed)."""
         with torch.cuda.device(x.device):
-            if self.pool is None:
+            if self.input is None:
+                self.input = torch.empty_like(x)
                 self.pool, self.stream = torch.cuda.graph_pool_handle(), torch.cuda.Stream()
-            static = torch.empty_like(x)
             cache = list(self.buffers)
             graph = torch.cuda.CUDAGraph()
             try:
                 with torch.cuda.graph(graph, pool=self.pool, stream=self.stream, capture_error_mode="thread_local"):
-                    out = self.step(static, cache, first_chunk=kind[0])
+                    out = self.step(self.input, cache, first_chunk=first_chunk)
             except RuntimeError as e:  # an op that cannot be captured: this decoder runs eagerly, as it always can
                 self.failed = True
                 warnings.warn(f"decoding without CUDA graphs: capturing the decoder failed ({first_line(e)})",
@@ -99,7 +92,7 @@ class ChunkGraphs:
                 return
         if any(a is not b for a, b in zip(cache, self.buffers, strict=True)):
             raise RuntimeError("a graphed decoder step replaced a cache buffer instead of writing it in place")
-        self.graphs[kind] = (graph, static, out)
+        self.graphs[first_chunk] = (graph, out)
 
 
 def graphable(latents: torch.Tensor, decoder: str) -> bool:

@@ -1,9 +1,8 @@
-"""The chunk source: decode a latent video a few latent frames at a time with Wan's causal conv cache.
+"""The chunk source: decode a latent video one latent frame at a time with Wan's causal conv cache.
 
-This is ``AutoencoderKLWan._decode`` without the concatenation: diffusers' modules (or framepipe's
-step, which gives their bits for each latent frame, two at a time) run over the same frames in the
-same order, so every chunk equals the matching frames of ``vae.decode``, but each chunk is handed on
-as soon as it exists and the whole video is never held on the device.
+This is ``AutoencoderKLWan._decode`` without the concatenation: the same modules are called on the
+same slices in the same order, so every chunk equals the matching frames of ``vae.decode``, but
+each chunk is handed on as soon as it exists and the whole video is never held on the device.
 """
 
 from __future__ import annotations
@@ -75,14 +74,12 @@ def decode_chunks(
 
     # latents: [B, C, T, H, W] -> each chunk: [B, 3, t, H*s, W*s] in [-1, 1], vae dtype, on device.
     The first chunk holds 1 + 4 (k - 1) frames, later ones 4 k, for k latent frames per chunk
-    (k = 1 by default, as diffusers), whatever number of latent frames the step takes a call
-    (``WanDecoderStep.latent_frames_a_call``: a chunk may be part of a call's output). ``decoder``:
-    ``"framepipe"`` (``WanDecoderStep``: the same bits, fewer copies), ``"fast"`` (the same, its
-    convolutions free to change the bits) or ``"diffusers"`` (its ``WanDecoder3d.forward`` as is);
-    ``step`` replaces either (the split decode's band of rows uses it).
-    ``graphs``: where framepipe's decoders keep their CUDA graphs for the next video (``_graphs.py``;
-    a device worker's). The kernels run on the current CUDA stream; nothing here waits for the GPU
-    (see ``FirstChunkCheck``).
+    (k = 1 by default, as diffusers). ``decoder``: ``"framepipe"`` (``WanDecoderStep``: the same
+    bits, fewer copies), ``"fast"`` (the same, its convolutions free to change the bits) or
+    ``"diffusers"`` (its ``WanDecoder3d.forward`` as is); ``step`` replaces
+    either (the split decode's band of rows uses it). ``graphs``: where framepipe's decoders keep
+    their CUDA graphs for the next video (``_graphs.py``; a device worker's). The kernels run on the
+    current CUDA stream; nothing here waits for the GPU (see ``FirstChunkCheck``).
     """
     if latent_frames_per_chunk < 1:
         raise SettingsError(f"latent_frames_per_chunk must be >= 1, got {latent_frames_per_chunk}.")
@@ -111,22 +108,17 @@ def decode_chunks(
         num_latent = x.shape[2]
         if made and num_latent:
             step.run_checks(x[:, :, :1])  # its first-use checks, before the cache grows
-        start, a_call = 0, 1  # latent frames handed on; latent frames a later call takes (the step's choice)
-        done: list[torch.Tensor] = []  # decoded, not yet handed on: one latent frame's output each
+        start = 0
         check: FirstChunkCheck | None = None
         while start < num_latent:
             group = min(latent_frames_per_chunk, num_latent - start)
-            while len(done) < group:
-                at = start + len(done)
-                n = 1 if at == 0 else min(a_call, num_latent - at)
-                out = step(x[:, :, at : at + n], feat_cache, first_chunk=(at == 0))
-                if patch is not None:
-                    out = unpatchify(out, patch_size=patch)
-                done.extend(out.chunk(n, dim=2))
-                if at == 0:  # the step's choice, made at its first call
-                    a_call = getattr(step, "latent_frames_a_call", 1)
-            out = done[0] if group == 1 else torch.cat(done[:group], dim=2)
-            del done[:group]
+            outs = []
+            for i in range(start, start + group):
+                outs.append(step(x[:, :, i : i + 1], feat_cache, first_chunk=(i == 0)))
+            out = outs[0] if group == 1 else torch.cat(outs, dim=2)
+            del outs
+            if patch is not None:
+                out = unpatchify(out, patch_size=patch)
             if check is None:
                 check = FirstChunkCheck(out)
             yield torch.clamp(out, min=-1.0, max=1.0)

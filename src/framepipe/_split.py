@@ -58,7 +58,6 @@ class SplitDecoderStep(WanDecoderStep):
     def __init__(self, vae: Any, latent_bands: list[tuple[int, int]], rank: int) -> None:
         super().__init__(vae)
         self.latent_bands, self.rank, self.world = latent_bands, rank, len(latent_bands)
-        self.grouped_stages = 0  # one latent frame a call: its attention and resampler convolutions take one's
 
     def level_bands(self, x: torch.Tensor) -> list[tuple[int, int]]:
         """The bands at ``x``'s resolution (every upsampling doubles the rows of each band)."""
