@@ -8,7 +8,7 @@ out of the timed kernel). Each timed as ``calls`` calls back to back (long enoug
 power limit), best of 3; the error of each against the float32 convolution (relative RMS, and the
 largest difference relative to the reference's RMS).
 
-    python benchmarks/fp8_conv_probe.py --calls 20
+    python benchmarks/fp8_conv_probe.py --calls 200
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def shape_row(shape: tuple[int, ...], calls: int) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=20)
+    parser.add_argument("--calls", type=int, default=200)
     args = parser.parse_args()
     print(json.dumps(machine("cuda") | {"triton": triton.__version__}), flush=True)
     total = {"cudnn_bf16_ms": 0.0, "kernel_bf16_ms": 0.0, "kernel_fp8_ms": 0.0}
