@@ -3,10 +3,11 @@ error: a direction for the fast decoder, measured before building it. For each c
 later chunk of Wan 2.2 at 480x832 (one latent frame a call), the channels-last window convolved by
 cuDNN in bfloat16 (the fast decoder's way there), by framepipe's window kernel in bfloat16, and by the
 same kernel on e4m3 operands (the window scaled by one factor, the weights by one a output channel;
-the products summed in float32, stored as bfloat16; the scales' multiply, one per output value, left
-out of the timed kernel). Each timed as ``calls`` calls back to back (long enough to meet the card's
-power limit), best of 3; the error of each against the float32 convolution (relative RMS, and the
-largest difference relative to the reference's RMS).
+the products summed in float32 and multiplied by the weights' scales, stored as bfloat16; the
+window's factor, which the FP8 decoder folds into the weights, applied afterwards for the error
+only). Each timed as ``calls`` calls back to back (long enough to meet the card's power limit), best
+of 3; the error of each against the float32 convolution (relative RMS, and the largest difference
+relative to the reference's RMS).
 
     python benchmarks/fp8_conv_probe.py --calls 200
 """
@@ -20,10 +21,9 @@ import torch
 import torch.nn.functional as F
 import triton
 from script_inputs import machine
-from triton.tools.tensor_descriptor import TensorDescriptor
 
 from framepipe._equivalence import seconds
-from framepipe._fast_kernels import _window_conv, window_conv
+from framepipe._fast_kernels import window_conv
 
 # (input channels, output channels, window frames, rows, columns): Wan 2.2's decoder at 480x832, a
 # later chunk: the mid block and first up block (30x52), up blocks 1-3 (60x104, 120x208, 240x416).
@@ -34,22 +34,9 @@ TILES = [(128, 128, 64, 4, 4), (256, 128, 64, 8, 4), (128, 256, 64, 8, 4)]  # ro
 FP8_TILES = [(128, 128, 128, 4, 4), (256, 128, 128, 8, 4), (128, 256, 128, 8, 4), (256, 128, 64, 8, 5)]
 
 
-def fp8_conv(x8: torch.Tensor, w8: torch.Tensor, co: int, tile: tuple[int, ...]) -> torch.Tensor:
-    """The window kernel on e4m3 operands (contiguous channels-last), its output bfloat16, unscaled."""
-    rows, columns, depth, warps, stages = tile
-    _, c, t, h, w = x8.shape
-    out = torch.empty((1, co, t - 2, h - 2, w - 2), dtype=torch.bfloat16, device=x8.device,
-                      memory_format=torch.channels_last_3d)  # fmt: skip
-    a = TensorDescriptor.from_tensor(x8.permute(0, 2, 3, 4, 1).view(-1, c), [rows, depth])
-    b = TensorDescriptor.from_tensor(w8.permute(0, 2, 3, 4, 1).view(w8.shape[0], -1), [columns, depth])
-    tiles_n = triton.cdiv(co, columns)
-    grid = (triton.cdiv((h - 2) * w, rows) * (t - 2) * tiles_n,)
-    _window_conv[grid](
-        a, b, b, out, x8, x8, 1.0, 1e-12, c, h * w, w, h - 2, w - 2, t - 2, co, tiles_n, *out.stride()[2:],
-        HAS_BIAS=False, NORM=False, BM=rows, BN=columns, BN2=0, BK=depth, CHANNELS_OUTER=False, PRECISION=None,
-        num_warps=warps, num_stages=stages,
-    )  # fmt: skip
-    return out
+def fp8_conv(x8: torch.Tensor, w8: torch.Tensor, scales: torch.Tensor, co: int, tile: tuple[int, ...]) -> torch.Tensor:
+    """The window kernel on e4m3 operands (contiguous channels-last), its sums scaled, bfloat16 out."""
+    return window_conv(x8, w8, None, co, *tile, weight_scales=scales, out_dtype=torch.bfloat16)
 
 
 def errors(got: torch.Tensor, want: torch.Tensor) -> dict:
@@ -84,6 +71,7 @@ def shape_row(shape: tuple[int, ...], calls: int) -> dict:
     w_scale = weight.abs().amax(dim=(1, 2, 3, 4), keepdim=True) / E4M3_MAX
     x8 = (x / x_scale).to(torch.float8_e4m3fn).contiguous(memory_format=cl)
     w8 = (weight / w_scale).to(torch.float8_e4m3fn).contiguous(memory_format=cl)
+    ws = w_scale.reshape(-1).contiguous()
     del x, weight
     device = torch.device("cuda")
     row: dict = {"shape": list(shape), "gflop": round(2 * co * c * 27 * (t - 2) * (h - 2) * (w - 2) / 1e9, 1)}
@@ -92,10 +80,10 @@ def shape_row(shape: tuple[int, ...], calls: int) -> dict:
     kernel = timed_tiles(TILES, lambda t: window_conv(xb, wb, None, co, *t), calls, row)
     best = min(kernel, key=kernel.get)
     row["kernel_bf16_ms"], row["kernel_bf16_tile"] = round(kernel[best] * 1e3, 3), list(best)
-    fp8 = timed_tiles(FP8_TILES, lambda t: fp8_conv(x8, w8, co, t), calls, row)
+    fp8 = timed_tiles(FP8_TILES, lambda t: fp8_conv(x8, w8, ws, co, t), calls, row)
     best = min(fp8, key=fp8.get)
     row["kernel_fp8_ms"], row["kernel_fp8_tile"] = round(fp8[best] * 1e3, 3), list(best)
-    scaled = fp8_conv(x8, w8, co, best).float() * x_scale * w_scale.view(1, -1, 1, 1, 1)
+    scaled = fp8_conv(x8, w8, ws, co, best).float() * x_scale
     row["kernel_fp8_error"] = errors(scaled, want)
     row["fp8_speedup_over_cudnn_bf16"] = round(row["cudnn_bf16_ms"] / row["kernel_fp8_ms"], 3)
     return row

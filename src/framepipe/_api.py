@@ -124,7 +124,9 @@ def decode_many(
         latent_frames_per_chunk: latent frames decoded per chunk (4 frames each; the first gives 1).
         decoder: ``"framepipe"`` (default: diffusers' decoder modules, channels-last, with fewer
             copies and fused kernels, the same bits), ``"diffusers"`` (its decoder's forward as is)
-            or ``"fast"`` (framepipe's, its convolutions free to change the pixels: opt-in).
+            ``"fast"`` (framepipe's, its convolutions free to change the pixels: opt-in) or
+            ``"fast-fp8"`` (fast, its residual blocks' convolutions in FP8 on a Hopper GPU: opt-in,
+            lower fidelity).
         chunk_source: what makes a video's chunks, called as ``decode_chunks`` is (the default):
             ``chunk_source(vae, latents, latent_frames_per_chunk=..., decoder=...)``; the bench
             uses it to hand the encoders frames that encode like real video.

@@ -9,7 +9,7 @@ from ._errors import SettingsError
 
 #: The decoders: framepipe's step (diffusers' bits), diffusers' own forward, and framepipe's fast one
 #: (its convolutions free to change bits: opt-in).
-DECODERS = ("framepipe", "diffusers", "fast")
+DECODERS = ("framepipe", "diffusers", "fast", "fast-fp8")
 
 #: What the encoders may be given (bench, batch), and how a report names it.
 CONTENTS = {

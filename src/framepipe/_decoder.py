@@ -26,6 +26,7 @@ import torch
 
 from ._attention import explicit_attention
 from ._equivalence import fastest_way, probe
+from ._fp8 import E4M3, fp8_fits, fp8_tiles, fp8_weights, norm_factors
 from ._fused import add_bias_residual, norm_fusable, norm_silu, norm_silu_fast, norm_silu_is_exact
 from ._layouts import (
     CHANNELS_LAST,
@@ -47,15 +48,20 @@ _CACHE_T = 2  # frames of history a causal 3x3x3 convolution reads (diffusers' C
 
 
 def causal_window(
-    shape: tuple[int, ...], pad: tuple[int, int, int], like: torch.Tensor, channels_last: bool = False
+    shape: tuple[int, ...],
+    pad: tuple[int, int, int],
+    like: torch.Tensor,
+    channels_last: bool = False,
+    dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
-    """An uninitialized [B, C, T, H, W] input window (NDHWC in memory if ``channels_last``) whose
+    """An uninitialized [B, C, T, H, W] input window (NDHWC in memory if ``channels_last``; of
+    ``dtype``, else like's) whose
     frames after the first ``pad[0]`` (the history, written by the caller whole, border included) have
     their spatial border of ``pad`` = (t, h, w) zeroed: the zero padding ``F.pad`` adds; the interior
     is written by the caller too. Allocated per convolution, as diffusers' padded copy is, so peak
     memory stays its own."""
     layout = CHANNELS_LAST if channels_last else torch.contiguous_format
-    window = torch.empty(shape, dtype=like.dtype, device=like.device, memory_format=layout)
+    window = torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=layout)
     pt, ph, pw = pad
     frames = window[:, :, pt:]
     if ph:
@@ -113,11 +119,14 @@ class WanDecoderStep:
     with their buffers).
     """
 
-    def __init__(self, vae: AutoencoderKLWan, *, exact: bool = True) -> None:
+    def __init__(self, vae: AutoencoderKLWan, *, exact: bool = True, fp8: bool = False) -> None:
+        if exact and fp8:
+            raise ValueError("FP8 convolutions change the bits: a step with fp8 is not exact")
         self.decoder = vae.decoder
         self.exact = exact  # False: the fast decoder, whose convolutions may change the bits
+        self.fp8 = fp8  # the fast decoder's residual blocks in e4m3 (``_fp8.py``)
         self.fused: bool | None = None  # decided on the first call, on the decoder's device
-        self.copies: dict[tuple, tuple] = {}  # (conv, channels) -> conv_copies, looked up once a video
+        self.copies: dict[tuple, object] = {}  # (conv, channels) -> conv_copies, and FP8's: made once a video
         self.first_chunk = True  # the call's: the first chunk reads no history
 
     def __call__(self, x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:
@@ -152,7 +161,8 @@ class WanDecoderStep:
         during a decode, the checks' random inputs and outputs come on top of the video's causal cache
         (its first decode then peaked 0.9-3.3 GiB above diffusers' chunked one); made here, on top of one
         chunk's activations alone. Once per decoder architecture and frame shape in a process."""
-        key = (tuple(p.shape for p in self.decoder.parameters()), tuple(x.shape), x.dtype, x.device, self.exact)
+        key = (tuple(p.shape for p in self.decoder.parameters()), tuple(x.shape), x.dtype, x.device, self.exact,
+               self.fp8)  # fmt: skip
         if key in _CHECKED or not (x.is_cuda and fused_fits(x)):  # else there is nothing to check
             return
         for first_chunk in (True, False):
@@ -223,6 +233,10 @@ class WanDecoderStep:
         conv2's to the residual add."""
         shortcut = block.conv_shortcut  # a 1x1x1 conv whose F.pad(x, 0) is only a clone of x
         h = x if isinstance(shortcut, torch.nn.Identity) else added(*self._conv(shortcut, x))
+        if self.fp8 and self.channels_last and fp8_fits(block.conv1, x) and block.conv1.out_channels % 64 == 0:
+            y, bias = self._fp8_causal_conv(block.conv1, block.norm1, x, None, cache, idx)
+            y, bias = self._fp8_causal_conv(block.conv2, block.norm2, y, bias, cache, idx)
+            return add_bias_residual(y, bias, h)
         first = self._norm_silu(block.norm1, x)
         if tile := self._norm_tile(block.conv1, block.norm2, x):
 
@@ -237,6 +251,39 @@ class WanDecoderStep:
             second = self._norm_silu(block.norm2, y, bias)
             y, bias = self._causal_conv(block.conv2, second, y, y.shape[1], cache, idx, defer_bias=True)
         return y.add_(h) if bias is None else add_bias_residual(y, bias, h)
+
+    def _fp8_causal_conv(self, conv, norm, x: torch.Tensor, bias: torch.Tensor | None, cache: list,
+                         idx: list[int]) -> tuple[torch.Tensor, torch.Tensor | None]:  # fmt: skip
+        """``conv`` over silu(``norm``(x + ``bias``)) with e4m3 operands (Note [FP8 convolutions]): the
+        norm kernel writes the window scaled into e4m3, the window kernel sums its products in float32.
+        Returns the output in x's dtype and the conv's bias, left to the caller."""
+        factors = self._kept(("fp8 factors", norm), lambda: norm_factors(norm))
+
+        def fill(out: torch.Tensor) -> None:
+            from ._fast_kernels import norm_silu_free  # CUDA only: fp8_fits
+
+            norm_silu_free(x, bias, norm.gamma.reshape(-1), float(norm.scale), out, factors)
+
+        def convolve(window: torch.Tensor) -> torch.Tensor:
+            key = ("fp8 conv", tuple(window.shape), tuple(conv.weight.shape), x.dtype, x.device)
+            run = lambda tile: self._fp8_convolved(conv, factors, window, tile, x.dtype)  # noqa: E731
+            tiles = fp8_tiles(window)
+            return run(fastest_way(key, lambda: None, run, tiles, device=x.device, exact=False))
+
+        return self._causal(conv, fill, x, x.shape[1], cache, idx, convolve, dtype=E4M3), conv.bias
+
+    def _fp8_convolved(self, conv, factors: torch.Tensor, window: torch.Tensor, tile: WindowTile,
+                       dtype: torch.dtype) -> torch.Tensor:  # fmt: skip
+        """``conv`` over an e4m3 window scaled by ``factors``, in ``tile``, its bias left out."""
+        rows = tile.weight_rows(conv.out_channels)
+        weight, scales = self._kept(("fp8 weights", conv, rows), lambda: fp8_weights(conv, factors, rows))
+        return window_convolved(window, weight, None, conv.out_channels, tile, weight_scales=scales, out_dtype=dtype)
+
+    def _kept(self, key: tuple, make: Callable[[], object]):
+        """``make()``, made once a step (its parameters do not change while a video decodes)."""
+        if key not in self.copies:
+            self.copies[key] = make()
+        return self.copies[key]
 
     def _norm_tile(self, conv, norm, x: torch.Tensor) -> WindowTile | None:
         """The tile in which ``conv`` over a window of x's channels (a residual block's first) applies
@@ -323,12 +370,13 @@ class WanDecoderStep:
         return self._causal(conv, fill, x, channels, cache, idx, lambda window: self._conv(conv, window, defer_bias))
 
     def _causal(self, conv, fill, x: torch.Tensor, channels: int, cache: list, idx: list[int],
-                convolve: Callable[[torch.Tensor], object]):  # fmt: skip
-        """``_causal_conv`` with ``convolve(window)`` as its convolution: what it returns is returned."""
+                convolve: Callable[[torch.Tensor], object], dtype: torch.dtype | None = None):  # fmt: skip
+        """``_causal_conv`` with ``convolve(window)`` as its convolution (the window of ``dtype``, else
+        x's): what it returns is returned."""
         pad_w, _, pad_h, _, pad_t, _ = conv._padding
         b, _, t, h, w = x.shape
         shape = (b, channels, pad_t + t, h + 2 * pad_h, w + 2 * pad_w)
-        window = causal_window(shape, (pad_t, pad_h, pad_w), x, self.channels_last)
+        window = causal_window(shape, (pad_t, pad_h, pad_w), x, self.channels_last, dtype)
         rows, cols = slice(pad_h, pad_h + h), slice(pad_w, pad_w + w)
         fill(window[:, :, pad_t:, rows, cols])
         self._exchange(window[:, :, pad_t:], pad_h)

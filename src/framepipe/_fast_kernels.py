@@ -21,8 +21,9 @@ WARPS = 4
 
 
 @triton.jit
-def _norm_silu_free(x_ptr, b_ptr, g_ptr, o_ptr, C, T, H, W, sxb, sxc, sxt, sxh, sxw, sob, soc, sot, soh, sow,
-                    scale, eps, HAS_BIAS: tl.constexpr, P: tl.constexpr, BC: tl.constexpr):  # fmt: skip
+def _norm_silu_free(x_ptr, b_ptr, g_ptr, s_ptr, o_ptr, C, T, H, W, sxb, sxc, sxt, sxh, sxw, sob, soc, sot, soh,
+                    sow, scale, eps, HAS_BIAS: tl.constexpr, SCALED: tl.constexpr, P: tl.constexpr,
+                    BC: tl.constexpr):  # fmt: skip
     row = tl.program_id(0)  # programs along one (b, t, h) row of pixels: no division per pixel
     h = row % H
     t = (row // H) % T
@@ -39,21 +40,26 @@ def _norm_silu_free(x_ptr, b_ptr, g_ptr, o_ptr, C, T, H, W, sxb, sxc, sxt, sxh, 
     factor = 1.0 / tl.maximum(tl.sqrt(tl.sum(x * x, axis=1)), eps)  # masked channels hold 0.0
     y = x * factor[:, None] * gain[None, :]
     y = y * tl.sigmoid(y)
+    if SCALED:  # into FP8's range: a factor a channel
+        y = y * tl.load(s_ptr + c, mask=c < C, other=0.0)[None, :]
     o_row = o_ptr + b.to(tl.int64) * sob + t.to(tl.int64) * sot + h.to(tl.int64) * soh
     o_at = w[:, None].to(tl.int64) * sow + c[None, :].to(tl.int64) * soc
     tl.store(o_row + o_at, y.to(o_ptr.dtype.element_ty), mask=m)
 
 
 def norm_silu_free(x: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor, scale: float,
-                   out: torch.Tensor) -> None:  # fmt: skip
+                   out: torch.Tensor, factors: torch.Tensor | None = None) -> None:  # fmt: skip
     """``out`` = silu(y / max(||y||_channels, eps) * scale * gamma) with y = x + bias (bias: one value a
-    channel, or None), any strides, computed in float32 in an order of its own (not PyTorch's bits)."""
+    channel, or None), any strides, computed in float32 in an order of its own (not PyTorch's bits);
+    times ``factors`` (float32, one a channel) if given, before the one rounding to ``out``'s dtype
+    (FP8: ``_fp8.py``)."""
     b, c, t, h, w = x.shape
     channels = triton.next_power_of_2(c)
     pixels = min(max(1, VALUES // channels), triton.next_power_of_2(w))
     _norm_silu_free[(b * t * h, triton.cdiv(w, pixels))](
-        x, x if bias is None else bias, gamma, out, c, t, h, w, *x.stride(), *out.stride(), scale, 1e-12,
-        HAS_BIAS=bias is not None, P=pixels, BC=channels, num_warps=WARPS,
+        x, x if bias is None else bias, gamma, gamma if factors is None else factors, out, c, t, h, w, *x.stride(),
+        *out.stride(), scale, 1e-12, HAS_BIAS=bias is not None, SCALED=factors is not None, P=pixels, BC=channels,
+        num_warps=WARPS,
     )  # fmt: skip
 
 
@@ -112,10 +118,10 @@ def _store_columns(o_ptr, acc, at, pixels, n0, Co, BN: tl.constexpr):
 # The output's strides (sot, soh, sow) stay specialized: Triton then knows them multiples of 16 and
 # stores whole vectors; left unspecialized, a fast bf16 decode took 0.87 s instead of 0.65 (H200).
 @triton.jit(do_not_specialize=["HW", "W", "H_out", "W_out", "T_out", "tiles_n"])
-def _window_conv(a_desc, b_desc, b2_desc, o_ptr, bias_ptr, gamma_ptr, scale, eps, C, HW, W, H_out, W_out, T_out,
-                 Co, tiles_n, sot, soh, sow, HAS_BIAS: tl.constexpr, NORM: tl.constexpr, BM: tl.constexpr,
-                 BN: tl.constexpr, BN2: tl.constexpr, BK: tl.constexpr, CHANNELS_OUTER: tl.constexpr,
-                 PRECISION: tl.constexpr):  # fmt: skip
+def _window_conv(a_desc, b_desc, b2_desc, o_ptr, bias_ptr, gamma_ptr, ws_ptr, scale, eps, C, HW, W, H_out, W_out,
+                 T_out, Co, tiles_n, sot, soh, sow, HAS_BIAS: tl.constexpr, NORM: tl.constexpr, SCALED: tl.constexpr,
+                 BM: tl.constexpr, BN: tl.constexpr, BN2: tl.constexpr, BK: tl.constexpr,
+                 CHANNELS_OUTER: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
     pid = tl.program_id(0)
     n0 = (pid % tiles_n) * (BN + BN2)
     t = (pid // tiles_n) % T_out
@@ -142,6 +148,9 @@ def _window_conv(a_desc, b_desc, b2_desc, o_ptr, bias_ptr, gamma_ptr, scale, eps
     w = q % W
     at = t.to(tl.int64) * sot + h.to(tl.int64) * soh + w.to(tl.int64) * sow
     pixels = (h < H_out) & (w < W_out)
+    if SCALED:  # FP8 operands: the weights' scale a output channel (``_fp8.py``)
+        n = n0 + tl.arange(0, BN)
+        acc = acc * tl.load(ws_ptr + n, mask=n < Co, other=0.0)[None, :]
     acc = _biased(acc, bias_ptr, n0, Co, HAS_BIAS, BN)
     if BN2 > 0:
         acc2 = _biased(acc2, bias_ptr, n0 + BN, Co, HAS_BIAS, BN2)
@@ -160,8 +169,9 @@ def _window_conv(a_desc, b_desc, b2_desc, o_ptr, bias_ptr, gamma_ptr, scale, eps
 
 def window_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, channels: int, rows: int,
                 columns: int, depth: int, warps: int, stages: int, out: torch.Tensor | None = None,
-                norm: tuple[torch.Tensor, float] | None = None,
-                channels_outer: bool = False) -> torch.Tensor:  # fmt: skip
+                norm: tuple[torch.Tensor, float] | None = None, channels_outer: bool = False,
+                weight_scales: torch.Tensor | None = None,
+                out_dtype: torch.dtype | None = None) -> torch.Tensor:  # fmt: skip
     """The 3x3x3 convolution (no padding of its own) of ``x`` [1, C, T, H, W], contiguous channels-last,
     with the first ``channels`` output channels of ``weight`` [Co, C, 3, 3, 3] (contiguous
     channels-last, Co >= channels) and ``bias`` (or None): a [1, channels, T - 2, H - 2, W - 2] tensor,
@@ -170,14 +180,17 @@ def window_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     dots on the same rows) by ``depth`` input channels (C a multiple of it); TF32 products for float32.
     ``norm`` = (gamma, scale): silu(its RMS norm over the channels), as ``norm_silu_free``, stored in
     place of the convolution; one tile must hold every channel (``columns`` >= ``channels``).
-    ``channels_outer``: the K loop in cuDNN's order (Note [Window convolution])."""
+    ``channels_outer``: the K loop in cuDNN's order (Note [Window convolution]). ``weight_scales``
+    (float32, one a output channel): x and ``weight`` are FP8 (e4m3), the sums multiplied by them
+    before the bias, the output of ``out_dtype`` (``_fp8.py``)."""
     _, c, t, h, w = x.shape
     first = 1 << (columns.bit_length() - 1)
     second = columns - first
+    dtype = out_dtype or x.dtype
     if out is None:
-        out = torch.empty((1, channels, t - 2, h - 2, w - 2), dtype=x.dtype, device=x.device,
+        out = torch.empty((1, channels, t - 2, h - 2, w - 2), dtype=dtype, device=x.device,
                           memory_format=torch.channels_last_3d)  # fmt: skip
-    if out.shape != (1, channels, t - 2, h - 2, w - 2) or out.stride(1) != 1 or out.dtype != x.dtype:
+    if out.shape != (1, channels, t - 2, h - 2, w - 2) or out.stride(1) != 1 or out.dtype != dtype:
         raise ValueError(f"window_conv: out {tuple(out.shape)} {out.dtype} strides {out.stride()} does not fit")
     if norm is not None and columns < channels:
         raise ValueError(f"window_conv: a norm needs one tile of every channel, {columns} < {channels}")
@@ -189,10 +202,13 @@ def window_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     tiles_n = triton.cdiv(channels, columns)
     grid = (triton.cdiv((h - 2) * w, rows) * (t - 2) * tiles_n,)
     gamma, scale = norm if norm is not None else (x, 1.0)
+    if weight_scales is not None and (second or norm is not None):
+        raise ValueError("window_conv: FP8 operands take a tile of one dot and no norm")
     _window_conv[grid](
-        a, b, b2, out, x if bias is None else bias, gamma, scale, 1e-12, c, h * w, w, h - 2, w - 2, t - 2,
-        channels, tiles_n, *out.stride()[2:], HAS_BIAS=bias is not None, NORM=norm is not None, BM=rows, BN=first,
-        BN2=second, BK=depth, CHANNELS_OUTER=channels_outer, PRECISION="tf32" if x.dtype == torch.float32 else None,
-        num_warps=warps, num_stages=stages,
+        a, b, b2, out, x if bias is None else bias, gamma, out if weight_scales is None else weight_scales, scale,
+        1e-12, c, h * w, w, h - 2, w - 2, t - 2, channels, tiles_n, *out.stride()[2:], HAS_BIAS=bias is not None,
+        NORM=norm is not None, SCALED=weight_scales is not None, BM=rows, BN=first, BN2=second, BK=depth,
+        CHANNELS_OUTER=channels_outer, PRECISION="tf32" if x.dtype == torch.float32 else None, num_warps=warps,
+        num_stages=stages,
     )  # fmt: skip
     return out

@@ -34,8 +34,8 @@ class ChunkGraphs:
     ``cache`` the list this object fills with its buffers at each first chunk. Its output is the
     caller's (a copy of the graph's)."""
 
-    def __init__(self, vae: Any, *, exact: bool, shape: tuple[int, ...]) -> None:
-        self.step = WanDecoderStep(vae, exact=exact)
+    def __init__(self, vae: Any, *, exact: bool, shape: tuple[int, ...], fp8: bool = False) -> None:
+        self.step = WanDecoderStep(vae, exact=exact, fp8=fp8)
         self.shape = shape
         self.state = parameters_state(vae.decoder)  # the graphs read the parameters by address
         self.lock = threading.Lock()  # one video at a time
@@ -106,15 +106,15 @@ class StepGraphs:
     gives their memory back."""
 
     def __init__(self) -> None:
-        self.kept: dict[tuple[int, bool], ChunkGraphs] = {}
+        self.kept: dict[tuple[int, bool, bool], ChunkGraphs] = {}
         self.lock = threading.Lock()
 
     @contextmanager
-    def step(self, vae: Any, latents: torch.Tensor, *, exact: bool) -> Iterator[Any]:
+    def step(self, vae: Any, latents: torch.Tensor, *, exact: bool, fp8: bool = False) -> Iterator[Any]:
         """The step for one video of ``latents`` (post-quant, [B, C, T, H, W]) for its decode: the
         decoder's ``ChunkGraphs`` of that shape, made (again) if need be, or a plain
         ``WanDecoderStep`` while another video holds them."""
-        shape, key = (*latents.shape[:2], 1, *latents.shape[3:]), (id(vae.decoder), exact)
+        shape, key = (*latents.shape[:2], 1, *latents.shape[3:]), (id(vae.decoder), exact, fp8)
         with self.lock:
             graphs = self.kept.get(key)
             busy = graphs is not None and graphs.lock.locked()
@@ -122,10 +122,10 @@ class StepGraphs:
                 if graphs is None or not graphs.fits(vae, shape):
                     if graphs is not None:  # its memory is free to others once the GPU is done with it
                         torch.cuda.synchronize(latents.device)
-                    graphs = self.kept[key] = ChunkGraphs(vae, exact=exact, shape=shape)
+                    graphs = self.kept[key] = ChunkGraphs(vae, exact=exact, shape=shape, fp8=fp8)
                 graphs.lock.acquire()
         if busy:
-            yield WanDecoderStep(vae, exact=exact)
+            yield WanDecoderStep(vae, exact=exact, fp8=fp8)
             return
         stream = torch.cuda.current_stream(latents.device)
         try:

@@ -19,6 +19,7 @@ from ._decoder import WanDecoderStep
 from ._errors import GPU_OUT_OF_MEMORY, CheckpointError, DeviceError, SettingsError
 from ._graphs import StepGraphs, graphable
 from ._optional import require
+from ._window_conv import kernel_runs_on
 
 if TYPE_CHECKING:
     from diffusers import AutoencoderKLWan
@@ -75,26 +76,32 @@ def decode_chunks(
     # latents: [B, C, T, H, W] -> each chunk: [B, 3, t, H*s, W*s] in [-1, 1], vae dtype, on device.
     The first chunk holds 1 + 4 (k - 1) frames, later ones 4 k, for k latent frames per chunk
     (k = 1 by default, as diffusers). ``decoder``: ``"framepipe"`` (``WanDecoderStep``: the same
-    bits, fewer copies), ``"fast"`` (the same, its convolutions free to change the bits) or
-    ``"diffusers"`` (its ``WanDecoder3d.forward`` as is); ``step`` replaces
-    either (the split decode's band of rows uses it). ``graphs``: where framepipe's decoders keep
+    bits, fewer copies), ``"fast"`` (the same, its convolutions free to change the bits),
+    ``"fast-fp8"`` (fast, its residual blocks' convolutions in FP8: ``_fp8.py``; a Hopper GPU) or
+    ``"diffusers"`` (its ``WanDecoder3d.forward`` as is); ``step`` replaces either (the split
+    decode's band of rows uses it). ``graphs``: where framepipe's decoders keep
     their CUDA graphs for the next video (``_graphs.py``; a device worker's). The kernels run on the
     current CUDA stream; nothing here waits for the GPU (see ``FirstChunkCheck``).
     """
     if latent_frames_per_chunk < 1:
         raise SettingsError(f"latent_frames_per_chunk must be >= 1, got {latent_frames_per_chunk}.")
     check_choice("decoder", decoder, DECODERS)
+    if decoder == "fast-fp8" and not (latents.is_cuda and kernel_runs_on(latents.device)):
+        raise SettingsError(
+            f"--decoder fast-fp8 needs an NVIDIA Hopper (or newer) GPU with Triton; the latents are on "
+            f"{latents.device}. Use --decoder fast there."
+        )
     unpatchify = require("diffusers.models.autoencoders.autoencoder_kl_wan", "video").unpatchify
     patch = vae.config.patch_size
     feat_cache: list[torch.Tensor | None] = [None] * causal_conv_count(vae)
     held = ExitStack()  # the graphs this video holds
     made = step is None and decoder != "diffusers"  # framepipe's step, made here (not a split band's)
     if made:
-        exact = decoder == "framepipe"
+        exact, fp8 = decoder == "framepipe", decoder == "fast-fp8"
         if graphs is not None and graphable(latents, decoder):
-            step = held.enter_context(graphs.step(vae, latents, exact=exact))
+            step = held.enter_context(graphs.step(vae, latents, exact=exact, fp8=fp8))
         else:
-            step = WanDecoderStep(vae, exact=exact)
+            step = WanDecoderStep(vae, exact=exact, fp8=fp8)
     elif step is None:
 
         def step(x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:

@@ -33,7 +33,7 @@ class WindowTile:
 
 
 @functools.cache
-def _runs_on(device: torch.device) -> bool:
+def kernel_runs_on(device: torch.device) -> bool:
     """Whether the kernel can run on ``device`` (asked once a device, not at every convolution): a
     Hopper or newer GPU, and a Triton with host-side tensor descriptors (TMA loads)."""
     if torch.cuda.get_device_capability(device) < (9, 0):
@@ -55,7 +55,7 @@ def _applies(conv: torch.nn.Module, x: torch.Tensor) -> bool:
         and conv.stride == (1, 1, 1) and conv.dilation == (1, 1, 1) and conv.groups == 1
         and (x.dtype == torch.bfloat16 or (x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32))
     )  # fmt: skip
-    return fits and _runs_on(x.device)
+    return fits and kernel_runs_on(x.device)
 
 
 def window_tiles(conv: torch.nn.Module, x: torch.Tensor) -> tuple[WindowTile, ...]:
@@ -122,13 +122,16 @@ def window_convolved(
     *,
     out: torch.Tensor | None = None,
     norm: tuple[torch.Tensor, float] | None = None,
+    weight_scales: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
 ) -> torch.Tensor:
     """The convolution of the window ``x`` (contiguous channels-last) with the first ``channels`` output
     channels of ``weight`` (channels-last; rows past them, if any, are zeros: ``weight_rows``) and
     ``bias``, in ``tile``: a channels-last tensor of ``channels`` channels, ``out`` (channels innermost,
     e.g. the next window's interior) or a new one. ``norm`` = (gamma, scale): silu of the output's RMS
-    norm stored instead, for a tile of every channel (``window_conv``)."""
+    norm stored instead, for a tile of every channel; ``weight_scales``, ``out_dtype``: FP8 operands
+    (``window_conv``)."""
     from ._fast_kernels import window_conv
 
     return window_conv(x, weight, bias, channels, tile.rows, tile.columns, tile.depth, tile.warps, tile.stages,
-                       out, norm, tile.channels_outer)  # fmt: skip
+                       out, norm, tile.channels_outer, weight_scales, out_dtype)  # fmt: skip

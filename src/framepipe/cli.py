@@ -145,7 +145,8 @@ def _add_run_options(p: argparse.ArgumentParser, *, demo: bool = False, mode: bo
             default="framepipe",
             help="framepipe: diffusers' decoder modules with fewer copies and fused kernels (default); "
             "diffusers: its decoder as is; same frames. fast: framepipe's with convolutions free to change "
-            "the pixels (opt-in; its error: docs/benchmarks.md)",
+            "the pixels (opt-in; its error: docs/benchmarks.md). fast-fp8: fast, its residual blocks' "
+            "convolutions in FP8 (Hopper GPUs; opt-in, lower fidelity)",
         )
     p.add_argument(
         "--device", default=None, help="cuda, cuda:N or cpu (default: " + ("cpu" if demo else "cuda if available") + ")"

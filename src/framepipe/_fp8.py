@@ -1,0 +1,65 @@
+"""The FP8 decoder's arithmetic (``decoder="fast-fp8"``, opt-in, lower fidelity): its residual blocks'
+3x3x3 convolutions take e4m3 operands, twice the tensor-core rate of bfloat16 on Hopper.
+
+Note [FP8 convolutions]
+~~~~~~~~~~~~~~~~~~~~~~~
+A residual block's convolution reads silu(norm(x)), whose channel c is at most ``scale * |gamma_c|``
+in size (a channel's share of a pixel's RMS norm is at most 1; SiLU shrinks it). So the fast norm
+kernel writes the window in e4m3 scaled by ``factor_c = 448 / (scale * |gamma_c|)`` (e4m3's largest
+value, 448, at that bound): a static scale a channel, no pass over the values to find it. The
+convolution of those scaled values undoes the scales in its weights, ``w[o, c] / factor_c``, which
+are then rounded to e4m3 with a scale a output channel (their largest value at 448), undone on the
+float32 sums before the bias. The causal cache holds the e4m3 windows' last frames (half the bytes).
+The resamplers', the time and the first and last convolutions stay bfloat16: their windows are
+copies, not a norm's output, or they are small. Measured error and speed: ``docs/benchmarks.md``.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._layouts import channels_last_format
+from ._window_conv import WindowTile, kernel_runs_on
+
+E4M3 = torch.float8_e4m3fn
+E4M3_MAX = 448.0
+
+
+def fp8_fits(conv: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether ``conv`` can run on x ([1, C, T, H, W], before its norm) with e4m3 operands: a plain
+    3x3x3 convolution of one video, input channels a multiple of 64, on a Hopper or newer GPU."""
+    fits = (
+        x.is_cuda and x.dim() == 5 and x.shape[0] == 1 and x.shape[1] % 64 == 0
+        and x.dtype in (torch.bfloat16, torch.float32)
+        and isinstance(conv, torch.nn.Conv3d) and conv.kernel_size == (3, 3, 3) and conv.padding == (0, 0, 0)
+        and conv.stride == (1, 1, 1) and conv.dilation == (1, 1, 1) and conv.groups == 1
+    )  # fmt: skip
+    return fits and kernel_runs_on(x.device)
+
+
+def norm_factors(norm) -> torch.Tensor:
+    """The factors a channel (float32) that bring silu(``norm``(x)) into e4m3's range (Note [FP8
+    convolutions]); a channel whose gamma is 0 (always 0) gets 0."""
+    bound = norm.gamma.detach().reshape(-1).float().abs() * float(norm.scale)
+    return torch.where(bound > 0, E4M3_MAX / bound, torch.zeros_like(bound))
+
+
+def fp8_weights(conv: torch.nn.Conv3d, factors: torch.Tensor, rows: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``conv``'s weights for windows scaled by ``factors``: e4m3, channels-last, with zero output
+    channels added up to ``rows``, and their scales a output channel (float32, 0 for the added ones)."""
+    weight = conv.weight.detach().float()
+    inverse = torch.where(factors > 0, 1.0 / factors, torch.zeros_like(factors))
+    folded = weight * inverse.view(1, -1, 1, 1, 1)
+    scales = folded.abs().amax(dim=(1, 2, 3, 4)) / E4M3_MAX
+    quantized = folded / torch.where(scales > 0, scales, torch.ones_like(scales)).view(-1, 1, 1, 1, 1)
+    if (extra := rows - conv.out_channels) > 0:
+        quantized = torch.cat([quantized, quantized.new_zeros(extra, *quantized.shape[1:])])
+        scales = torch.cat([scales, scales.new_zeros(extra)])
+    return quantized.to(E4M3).contiguous(memory_format=channels_last_format(5)), scales
+
+
+def fp8_tiles(window: torch.Tensor) -> tuple[WindowTile, ...]:
+    """The tiles timed for an e4m3 window: 128 output channels, 128 or 256 output pixels, 128 input
+    channels a step where they divide the window's (else 64): the fastest in ``fp8_conv_probe.py``."""
+    depth = 128 if window.shape[1] % 128 == 0 else 64
+    return WindowTile(128, 128, depth, 4, 4), WindowTile(256, 128, depth, 8, 4)
