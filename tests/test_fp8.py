@@ -95,7 +95,9 @@ def test_fp8_window_convolution_is_the_convolution_of_its_e4m3_operands():
     with torch.backends.cudnn.flags(allow_tf32=False):
         want = torch.nn.functional.conv3d(x.float(), weight.float() * scales.view(-1, 1, 1, 1, 1), bias)
     assert got.dtype == torch.float32 and got.shape == want.shape
-    assert torch.allclose(got, want, rtol=1e-4, atol=1e-3 * want.abs().max().item())
+    # Hopper's FP8 tensor cores add the products with fewer bits than float32: 0.25 % of the largest
+    # value here (H200, 2026-12-02); a wrong scale, tap or channel is off by the value itself
+    assert (got - want).abs().max() <= 1e-2 * want.abs().max()
 
 
 @pytest.mark.needs_cuda
