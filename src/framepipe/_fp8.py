@@ -11,7 +11,10 @@ convolution of those scaled values undoes the scales in its weights, ``w[o, c] /
 are then rounded to e4m3 with a scale a output channel (their largest value at 448), undone on the
 float32 sums before the bias. The causal cache holds the e4m3 windows' last frames (half the bytes).
 The resamplers', the time and the first and last convolutions stay bfloat16: their windows are
-copies, not a norm's output, or they are small. Measured error and speed: ``docs/benchmarks.md``.
+copies, not a norm's output, or they are small; so do convolutions of fewer than 64 or a number of
+input channels not a multiple of 64, and every convolution where the fast decoder runs PyTorch's ops
+(a batch of videos, frames under 128 latent pixels: ``fused_fits``). Measured error and speed:
+``docs/benchmarks.md``, "The FP8 decoder".
 """
 
 from __future__ import annotations
