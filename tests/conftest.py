@@ -89,8 +89,9 @@ def hang_guard():
     faulthandler.cancel_dump_traceback_later()
 
 
-def small_vae(version: str, seed: int = 0):
-    """A small AutoencoderKLWan of ``version`` with seeded weights and Wan's latent statistics."""
+def small_vae(version: str, seed: int = 0, **config):
+    """A small AutoencoderKLWan of ``version`` with seeded weights and Wan's latent statistics
+    (``config``: its sizes changed, e.g. ``base_dim``)."""
     from diffusers import AutoencoderKLWan
 
     from framepipe._models import ARCHITECTURES
@@ -98,7 +99,7 @@ def small_vae(version: str, seed: int = 0):
     stats = {k: ARCHITECTURES[version][k] for k in ("latents_mean", "latents_std") if k in ARCHITECTURES[version]}
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return AutoencoderKLWan(**SMALL[version], **stats).eval().requires_grad_(False)
+        return AutoencoderKLWan(**(SMALL[version] | config), **stats).eval().requires_grad_(False)
 
 
 def small_latents(version: str, *, batch=1, frames=3, height=4, width=6, seed=1) -> torch.Tensor:

@@ -4,7 +4,7 @@ a Hopper GPU (Note [FP8 convolutions])."""
 import pytest
 import torch
 
-from conftest import SMALL, small_latents
+from conftest import small_latents, small_vae
 from framepipe import SettingsError
 from framepipe._equivalence import chosen_ways
 from framepipe._fp8 import E4M3, E4M3_MAX, fp8_weights, norm_factors
@@ -54,12 +54,7 @@ def test_fp8_decoder_needs_a_hopper_gpu():
 
 def _vae(version: str):
     """A Wan VAE with channels of multiples of 64 (64-256), where the FP8 convolutions apply."""
-    from diffusers import AutoencoderKLWan
-
-    wide = {"base_dim": 64} | ({"decoder_base_dim": 64} if version == "wan2.2" else {})
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        return AutoencoderKLWan(**(SMALL[version] | wide)).eval().requires_grad_(False)
+    return small_vae(version, base_dim=64, **({"decoder_base_dim": 64} if version == "wan2.2" else {}))
 
 
 @pytest.mark.needs_cuda

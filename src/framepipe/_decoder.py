@@ -26,7 +26,7 @@ import torch
 
 from ._attention import explicit_attention
 from ._equivalence import fastest_way, probe
-from ._fp8 import E4M3, fp8_fits, fp8_tiles, fp8_weights, norm_factors
+from ._fp8 import E4M3, fp8_copies, fp8_fits, fp8_tiles
 from ._fused import add_bias_residual, norm_fusable, norm_silu, norm_silu_fast, norm_silu_is_exact
 from ._layouts import (
     CHANNELS_LAST,
@@ -126,7 +126,7 @@ class WanDecoderStep:
         self.exact = exact  # False: the fast decoder, whose convolutions may change the bits
         self.fp8 = fp8  # the fast decoder's residual blocks in e4m3 (``_fp8.py``)
         self.fused: bool | None = None  # decided on the first call, on the decoder's device
-        self.copies: dict[tuple, object] = {}  # (conv, channels) -> conv_copies, and FP8's: made once a video
+        self.copies: dict[tuple, tuple] = {}  # (conv, channels or "fp8") -> its copies, looked up once a video
         self.first_chunk = True  # the call's: the first chunk reads no history
 
     def __call__(self, x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:
@@ -257,7 +257,9 @@ class WanDecoderStep:
         """``conv`` over silu(``norm``(x + ``bias``)) with e4m3 operands (Note [FP8 convolutions]): the
         norm kernel writes the window scaled into e4m3, the window kernel sums its products in float32.
         Returns the output in x's dtype and the conv's bias, left to the caller."""
-        factors = self._kept(("fp8 factors", norm), lambda: norm_factors(norm))
+        if (conv, "fp8") not in self.copies:  # looked up once a video, as ``_copies``
+            self.copies[conv, "fp8"] = fp8_copies(conv, norm)
+        factors, weight, scales = self.copies[conv, "fp8"]
 
         def fill(out: torch.Tensor) -> None:
             from ._fast_kernels import norm_silu_free  # CUDA only: fp8_fits
@@ -266,24 +268,12 @@ class WanDecoderStep:
 
         def convolve(window: torch.Tensor) -> torch.Tensor:
             key = ("fp8 conv", tuple(window.shape), tuple(conv.weight.shape), x.dtype, x.device)
-            run = lambda tile: self._fp8_convolved(conv, factors, window, tile, x.dtype)  # noqa: E731
-            tiles = fp8_tiles(window)
-            return run(fastest_way(key, lambda: None, run, tiles, device=x.device, exact=False))
+            run = lambda tile: window_convolved(  # noqa: E731
+                window, weight, None, conv.out_channels, tile, weight_scales=scales, out_dtype=x.dtype
+            )
+            return run(fastest_way(key, lambda: None, run, fp8_tiles(window), device=x.device, exact=False))
 
         return self._causal(conv, fill, x, x.shape[1], cache, idx, convolve, dtype=E4M3), conv.bias
-
-    def _fp8_convolved(self, conv, factors: torch.Tensor, window: torch.Tensor, tile: WindowTile,
-                       dtype: torch.dtype) -> torch.Tensor:  # fmt: skip
-        """``conv`` over an e4m3 window scaled by ``factors``, in ``tile``, its bias left out."""
-        rows = tile.weight_rows(conv.out_channels)
-        weight, scales = self._kept(("fp8 weights", conv, rows), lambda: fp8_weights(conv, factors, rows))
-        return window_convolved(window, weight, None, conv.out_channels, tile, weight_scales=scales, out_dtype=dtype)
-
-    def _kept(self, key: tuple, make: Callable[[], object]):
-        """``make()``, made once a step (its parameters do not change while a video decodes)."""
-        if key not in self.copies:
-            self.copies[key] = make()
-        return self.copies[key]
 
     def _norm_tile(self, conv, norm, x: torch.Tensor) -> WindowTile | None:
         """The tile in which ``conv`` over a window of x's channels (a residual block's first) applies

@@ -21,23 +21,31 @@ from __future__ import annotations
 
 import torch
 
-from ._layouts import channels_last_format
-from ._window_conv import WindowTile, kernel_runs_on
+from ._layouts import channels_last_format, kept_copy
+from ._window_conv import WindowTile, kernel_fits
 
 E4M3 = torch.float8_e4m3fn
 E4M3_MAX = 448.0
+COLUMNS = 128  # output channels a tile (``fp8_tiles``)
 
 
 def fp8_fits(conv: torch.nn.Module, x: torch.Tensor) -> bool:
-    """Whether ``conv`` can run on x ([1, C, T, H, W], before its norm) with e4m3 operands: a plain
-    3x3x3 convolution of one video, input channels a multiple of 64, on a Hopper or newer GPU."""
-    fits = (
-        x.is_cuda and x.dim() == 5 and x.shape[0] == 1 and x.shape[1] % 64 == 0
-        and x.dtype in (torch.bfloat16, torch.float32)
-        and isinstance(conv, torch.nn.Conv3d) and conv.kernel_size == (3, 3, 3) and conv.padding == (0, 0, 0)
-        and conv.stride == (1, 1, 1) and conv.dilation == (1, 1, 1) and conv.groups == 1
-    )  # fmt: skip
-    return fits and kernel_runs_on(x.device)
+    """Whether ``conv`` can run on x ([1, C, T, H, W], before its norm) with e4m3 operands: the window
+    kernel's (``kernel_fits``), input channels a multiple of 64, x bfloat16 or float32."""
+    return x.dtype in (torch.bfloat16, torch.float32) and kernel_fits(conv, x, 64)
+
+
+def fp8_copies(conv: torch.nn.Conv3d, norm) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """What ``conv`` over silu(``norm``(x)) takes in e4m3: the window's factors a channel
+    (``norm_factors``), the weights and their scales (``fp8_weights``, output channels rounded up to
+    ``COLUMNS``). Made once and kept while both modules' parameters are unchanged."""
+
+    def make(conv: torch.nn.Conv3d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        factors = norm_factors(norm)
+        return factors, *fp8_weights(conv, factors, -(-conv.out_channels // COLUMNS) * COLUMNS)
+
+    gamma = norm.gamma  # which tensor, where, how often written: a new gamma makes them again
+    return kept_copy(conv, ("fp8", norm, gamma.data_ptr(), gamma._version), make)
 
 
 def norm_factors(norm) -> torch.Tensor:
@@ -62,7 +70,7 @@ def fp8_weights(conv: torch.nn.Conv3d, factors: torch.Tensor, rows: int) -> tupl
 
 
 def fp8_tiles(window: torch.Tensor) -> tuple[WindowTile, ...]:
-    """The tiles timed for an e4m3 window: 128 output channels, 128 or 256 output pixels, 128 input
-    channels a step where they divide the window's (else 64): the fastest in ``fp8_conv_probe.py``."""
+    """The tiles timed for an e4m3 window: ``COLUMNS`` output channels, 128 or 256 output pixels, 128
+    input channels a step where they divide the window's (else 64): the fastest in ``fp8_conv_probe.py``."""
     depth = 128 if window.shape[1] % 128 == 0 else 64
-    return WindowTile(128, 128, depth, 4, 4), WindowTile(256, 128, depth, 8, 4)
+    return WindowTile(128, COLUMNS, depth, 4, 4), WindowTile(256, COLUMNS, depth, 8, 4)

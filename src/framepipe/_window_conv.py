@@ -45,17 +45,23 @@ def kernel_runs_on(device: torch.device) -> bool:
     return True
 
 
-def _applies(conv: torch.nn.Module, x: torch.Tensor) -> bool:
-    """Whether the kernel can compute ``conv`` over the window ``x``: a plain 3x3x3 convolution of one
-    video's window on a Hopper or newer GPU, input channels a multiple of 32, bfloat16, or float32
-    where cuDNN may use TF32 (the kernel's float32 products are TF32)."""
+def kernel_fits(conv: torch.nn.Module, x: torch.Tensor, channels: int) -> bool:
+    """Whether the kernel's loop can run ``conv`` over x (its window, or what fills it): a plain 3x3x3
+    convolution of one video on a Hopper or newer GPU, input channels a multiple of ``channels``."""
     fits = (
-        x.is_cuda and x.dim() == 5 and x.shape[0] == 1 and x.shape[1] % 32 == 0
+        x.is_cuda and x.dim() == 5 and x.shape[0] == 1 and x.shape[1] % channels == 0
         and isinstance(conv, torch.nn.Conv3d) and conv.kernel_size == (3, 3, 3) and conv.padding == (0, 0, 0)
         and conv.stride == (1, 1, 1) and conv.dilation == (1, 1, 1) and conv.groups == 1
-        and (x.dtype == torch.bfloat16 or (x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32))
     )  # fmt: skip
     return fits and kernel_runs_on(x.device)
+
+
+def _applies(conv: torch.nn.Module, x: torch.Tensor) -> bool:
+    """Whether the kernel can compute ``conv`` over the window ``x`` in x's dtype: ``kernel_fits`` with
+    input channels a multiple of 32, bfloat16, or float32 where cuDNN may use TF32 (the kernel's
+    float32 products are TF32)."""
+    tf32 = x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+    return (x.dtype == torch.bfloat16 or tf32) and kernel_fits(conv, x, 32)
 
 
 def window_tiles(conv: torch.nn.Module, x: torch.Tensor) -> tuple[WindowTile, ...]:
