@@ -2,8 +2,9 @@
 
 For each architecture (seeded random weights), dtype and frame size: diffusers' whole-video
 ``vae.decode`` (the baseline users run), and the chunked GPU-only decode with diffusers' decoder
-forward, with framepipe's and with framepipe's fast one (``decode_chunks(decoder=...)``), each of
-framepipe's also as a device worker runs it (``graphed``: CUDA graphs kept from decode to decode),
+forward, with framepipe's, with framepipe's fast one and, on a Hopper GPU, with its FP8 one
+(``decode_chunks(decoder=...)``), the exact and the fast one also as a device worker runs them
+(``graphed``: CUDA graphs kept from decode to decode),
 timed alternately in one process. Every chunk of diffusers' and framepipe's chunked decoders is compared
 bit for bit, and the whole video against ``vae.decode`` in uint8; the fast decoder's difference
 from them is reported (its error against the fp32 reference: ``framepipe compare --decoder fast``).
@@ -33,7 +34,7 @@ from framepipe._equivalence import chosen_ways, same_bits, verified_equivalences
 from framepipe._fused import norm_silu_is_exact
 from framepipe._graphs import StepGraphs
 from framepipe._source import decode_chunks
-from framepipe._window_conv import WindowTile
+from framepipe._window_conv import WindowTile, kernel_runs_on
 
 KINDS = [  # (kind, substrings of kernel names), first match wins
     ("fused kernels (Triton)", ("norm_silu", "bias_residual", "subpixel_place")),
@@ -139,7 +140,8 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
         # framepipe's first decode at these shapes also checks each norm's and convolution's bits
         first_use = round(peak(lambda: chunked(vae, z, "framepipe")), 2)
         row.update(compare(vae, z))
-        decoders = ("diffusers", "framepipe", "fast", *GRAPHED)
+        fp8 = ("fast-fp8",) if kernel_runs_on(z.device) else ()  # its error: benchmarks/fp8_decoder.py
+        decoders = ("diffusers", "framepipe", "fast", *fp8, *GRAPHED)
         for name in decoders:  # warm-up
             chunked(vae, z, name)
         decodes = {"vae.decode": lambda: to_uint8_frames(vae.decode(z).sample),
@@ -153,8 +155,8 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
         row["speedup_vs_vae_decode"] = round(min(times["vae.decode"]) / min(times["framepipe"]), 3)
         row["speedup_vs_diffusers_chunked"] = round(min(times["diffusers"]) / min(times["framepipe"]), 3)
         row["fast_speedup_vs_vae_decode"] = round(min(times["vae.decode"]) / min(times["fast"]), 3)
-        for name in GRAPHED:
-            key = f"{name.replace(' ', '_')}_speedup_vs_vae_decode"
+        for name in (*fp8, *GRAPHED):
+            key = f"{name.replace(' ', '_').replace('-', '_')}_speedup_vs_vae_decode"
             row[key] = round(min(times["vae.decode"]) / min(times[name]), 3)
         KEPT.close()  # the eager decodes' peaks without the graphs' memory; the graphed ones capture theirs
         row["peak_vram_gib"] = {
@@ -162,6 +164,7 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
             "diffusers": round(peak(lambda: chunked(vae, z, "diffusers")), 2),
             "framepipe": round(peak(lambda: chunked(vae, z, "framepipe")), 2),
             "fast": round(peak(lambda: chunked(vae, z, "fast")), 2),
+            **{name: round(peak(lambda n=name: chunked(vae, z, n)), 2) for name in fp8},
             **{name: round(graphed_peak(vae, z, name), 2) for name in GRAPHED},
             "framepipe first use": first_use,
         }

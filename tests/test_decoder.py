@@ -204,7 +204,7 @@ def test_fast_decoder_with_subpixel_resamplers_stays_close(version, monkeypatch)
     monkeypatch.setattr(decoder, "fastest_way", choose)
     vae = small_vae(version)
     z = small_latents(version, frames=5, height=6, width=10)
-    step = decoder.WanDecoderStep(vae, exact=False)
+    step = decoder.WanDecoderStep(vae, "fast")
     step.fused = True
     with torch.no_grad():
         ours = [c.clone() for c in decode_chunks(vae, z, step=step)]
@@ -581,7 +581,7 @@ def test_a_96_channel_convolution_and_residual_keep_their_bits_padded_or_not(dty
     g = torch.Generator(device="cuda").manual_seed(2)
     x = torch.randn(1, 96, 6, 34, 66, generator=g, device="cuda").to(dtype)
     h = torch.randn(1, 96, 4, 32, 64, generator=g, device="cuda").to(dtype)
-    exact, fast = decoder.WanDecoderStep(small_vae("wan2.1")), decoder.WanDecoderStep(small_vae("wan2.1"), exact=False)
+    exact, fast = decoder.WanDecoderStep(small_vae("wan2.1")), decoder.WanDecoderStep(small_vae("wan2.1"), "fast")
     exact.fused = fast.fused = True
     with torch.no_grad():
         want = conv(x).add_(h)  # diffusers: the convolution (bias added by PyTorch), then the shortcut

@@ -150,7 +150,7 @@ def test_the_fast_decoder_norms_a_residual_blocks_first_convolution_in_its_kerne
     z = small_latents(version)
     decoded = {}
     for in_kernel in (True, False):
-        step = decoder.WanDecoderStep(vae, exact=False)
+        step = decoder.WanDecoderStep(vae, "fast")
         step.fused = True  # channels-last, as on a GPU
         if not in_kernel:
             monkeypatch.setattr(step, "_norm_tile", lambda conv, norm, x: None)
@@ -186,7 +186,7 @@ def test_the_fast_decoder_with_window_convolutions_stays_close(dtype, monkeypatc
         return ways[0] if ways else None
 
     monkeypatch.setattr(decoder, "fastest_way", choose)
-    step = decoder.WanDecoderStep(vae, exact=False)
+    step = decoder.WanDecoderStep(vae, "fast")
     with torch.no_grad():
         ours = [c.clone() for c in decode_chunks(vae, z, step=step)]
         theirs = [c.clone() for c in decode_chunks(vae, z, decoder="diffusers")]
@@ -216,7 +216,7 @@ def _ways_offered(monkeypatch, conv: torch.nn.Module, pick) -> dict[bool, tuple]
     monkeypatch.setattr(decoder, "fastest_way", choose)
     x = torch.randn(1, conv.in_channels, 3, 6, 8).contiguous(memory_format=torch.channels_last_3d)
     for exact in (True, False):
-        step = decoder.WanDecoderStep(small_vae("wan2.1"), exact=exact)
+        step = decoder.WanDecoderStep(small_vae("wan2.1"), "framepipe" if exact else "fast")
         step.fused = True  # channels-last, as on a GPU
         with torch.no_grad():
             out, _ = step._conv(conv, x)
@@ -241,7 +241,7 @@ def test_the_kernel_reads_weights_padded_to_its_column_tile(monkeypatch):
     monkeypatch.setattr(decoder, "fastest_way", lambda key, reference, run, ways, **_: ways[-1])
     conv = torch.nn.Conv3d(32, 96, 3)
     x = torch.randn(1, 32, 3, 6, 8).contiguous(memory_format=torch.channels_last_3d)
-    step = decoder.WanDecoderStep(small_vae("wan2.1"), exact=False)
+    step = decoder.WanDecoderStep(small_vae("wan2.1"), "fast")
     step.fused = True  # channels-last, as on a GPU
     with torch.no_grad():
         out, _ = step._conv(conv, x)

@@ -11,7 +11,7 @@ layout transposes, the resamplers' included, and a convolution may be computed w
 channels padded to cuDNN's tile (``padded_channels``) where that is faster and keeps the bits
 (``fastest_way``). Each is checked bit for bit against PyTorch on the device, per shape, before
 first use (``_equivalence.py``); where a check fails, that step runs as diffusers runs it. The
-attention runs diffusers' module. The fast decoder (``exact=False``, opt-in) takes each
+attention runs diffusers' module. The fast decoder (``decoder="fast"``, opt-in) takes each
 convolution's fastest way whatever its bits (its own Triton kernel's among them, ``_window_conv.py``),
 and runs a resampler sub-pixel where that is faster (``_resampling.py``).
 """
@@ -107,9 +107,14 @@ def copy_of(x: torch.Tensor) -> Callable[[torch.Tensor], object]:
     return lambda out: out.copy_(x)
 
 
+#: The decoders ``WanDecoderStep`` runs (of ``_choices.DECODERS``): the exact one, the fast one, the FP8 one.
+STEP_DECODERS = ("framepipe", "fast", "fast-fp8")
+
+
 class WanDecoderStep:
     """Decode one latent frame with ``vae``'s decoder: ``step(x, cache, first_chunk)`` equals
-    ``vae.decoder(x, feat_cache=cache, feat_idx=[0], first_chunk=first_chunk)`` bit for bit.
+    ``vae.decoder(x, feat_cache=cache, feat_idx=[0], first_chunk=first_chunk)`` bit for bit
+    (``decoder`` "framepipe"; "fast" and "fast-fp8" change the bits, ``docs/benchmarks.md``).
 
     ``cache`` is diffusers' list (one entry per causal conv) kept across the frames of one video; its entries
     for the causal convolutions run here hold their windows' last two frames whole: the zero frames
@@ -119,12 +124,13 @@ class WanDecoderStep:
     with their buffers).
     """
 
-    def __init__(self, vae: AutoencoderKLWan, *, exact: bool = True, fp8: bool = False) -> None:
-        if exact and fp8:
-            raise ValueError("FP8 convolutions change the bits: a step with fp8 is not exact")
+    def __init__(self, vae: AutoencoderKLWan, decoder: str = "framepipe") -> None:
+        if decoder not in STEP_DECODERS:
+            raise ValueError(f"WanDecoderStep runs {', '.join(STEP_DECODERS)}, not {decoder!r}")
         self.decoder = vae.decoder
-        self.exact = exact  # False: the fast decoder, whose convolutions may change the bits
-        self.fp8 = fp8  # the fast decoder's residual blocks in e4m3 (``_fp8.py``)
+        self.name = decoder
+        self.exact = decoder == "framepipe"  # else a fast decoder, whose convolutions may change the bits
+        self.fp8 = decoder == "fast-fp8"  # the fast decoder's residual blocks in e4m3 (``_fp8.py``)
         self.fused: bool | None = None  # decided on the first call, on the decoder's device
         self.copies: dict[tuple, tuple] = {}  # (conv, channels or "fp8") -> its copies, looked up once a video
         self.first_chunk = True  # the call's: the first chunk reads no history
@@ -161,8 +167,7 @@ class WanDecoderStep:
         during a decode, the checks' random inputs and outputs come on top of the video's causal cache
         (its first decode then peaked 0.9-3.3 GiB above diffusers' chunked one); made here, on top of one
         chunk's activations alone. Once per decoder architecture and frame shape in a process."""
-        key = (tuple(p.shape for p in self.decoder.parameters()), tuple(x.shape), x.dtype, x.device, self.exact,
-               self.fp8)  # fmt: skip
+        key = (tuple(p.shape for p in self.decoder.parameters()), tuple(x.shape), x.dtype, x.device, self.name)
         if key in _CHECKED or not (x.is_cuda and fused_fits(x)):  # else there is nothing to check
             return
         for first_chunk in (True, False):

@@ -34,8 +34,8 @@ class ChunkGraphs:
     ``cache`` the list this object fills with its buffers at each first chunk. Its output is the
     caller's (a copy of the graph's)."""
 
-    def __init__(self, vae: Any, *, exact: bool, shape: tuple[int, ...], fp8: bool = False) -> None:
-        self.step = WanDecoderStep(vae, exact=exact, fp8=fp8)
+    def __init__(self, vae: Any, *, decoder: str, shape: tuple[int, ...]) -> None:
+        self.step = WanDecoderStep(vae, decoder)
         self.shape = shape
         self.state = parameters_state(vae.decoder)  # the graphs read the parameters by address
         self.lock = threading.Lock()  # one video at a time
@@ -96,25 +96,25 @@ class ChunkGraphs:
 
 
 def graphable(latents: torch.Tensor, decoder: str) -> bool:
-    """Whether a decode of ``latents`` with ``decoder`` can run as graphs: framepipe's decoders (exact
-    or fast), on CUDA, not inside another graph's capture."""
+    """Whether a decode of ``latents`` with ``decoder`` can run as graphs: framepipe's decoders (exact,
+    fast or FP8), on CUDA, not inside another graph's capture."""
     return decoder != "diffusers" and latents.is_cuda and not torch.cuda.is_current_stream_capturing()
 
 
 class StepGraphs:
-    """The ``ChunkGraphs`` of the videos one owner decodes, by decoder and exactness; ``close()``
+    """The ``ChunkGraphs`` of the videos one owner decodes, by decoder module and decoder; ``close()``
     gives their memory back."""
 
     def __init__(self) -> None:
-        self.kept: dict[tuple[int, bool, bool], ChunkGraphs] = {}
+        self.kept: dict[tuple[int, str], ChunkGraphs] = {}
         self.lock = threading.Lock()
 
     @contextmanager
-    def step(self, vae: Any, latents: torch.Tensor, *, exact: bool, fp8: bool = False) -> Iterator[Any]:
+    def step(self, vae: Any, latents: torch.Tensor, *, decoder: str) -> Iterator[Any]:
         """The step for one video of ``latents`` (post-quant, [B, C, T, H, W]) for its decode: the
         decoder's ``ChunkGraphs`` of that shape, made (again) if need be, or a plain
         ``WanDecoderStep`` while another video holds them."""
-        shape, key = (*latents.shape[:2], 1, *latents.shape[3:]), (id(vae.decoder), exact, fp8)
+        shape, key = (*latents.shape[:2], 1, *latents.shape[3:]), (id(vae.decoder), decoder)
         with self.lock:
             graphs = self.kept.get(key)
             busy = graphs is not None and graphs.lock.locked()
@@ -122,10 +122,10 @@ class StepGraphs:
                 if graphs is None or not graphs.fits(vae, shape):
                     if graphs is not None:  # its memory is free to others once the GPU is done with it
                         torch.cuda.synchronize(latents.device)
-                    graphs = self.kept[key] = ChunkGraphs(vae, exact=exact, shape=shape, fp8=fp8)
+                    graphs = self.kept[key] = ChunkGraphs(vae, decoder=decoder, shape=shape)
                 graphs.lock.acquire()
         if busy:
-            yield WanDecoderStep(vae, exact=exact, fp8=fp8)
+            yield WanDecoderStep(vae, decoder)
             return
         stream = torch.cuda.current_stream(latents.device)
         try:

@@ -97,11 +97,10 @@ def decode_chunks(
     held = ExitStack()  # the graphs this video holds
     made = step is None and decoder != "diffusers"  # framepipe's step, made here (not a split band's)
     if made:
-        exact, fp8 = decoder == "framepipe", decoder == "fast-fp8"
         if graphs is not None and graphable(latents, decoder):
-            step = held.enter_context(graphs.step(vae, latents, exact=exact, fp8=fp8))
+            step = held.enter_context(graphs.step(vae, latents, decoder=decoder))
         else:
-            step = WanDecoderStep(vae, exact=exact, fp8=fp8)
+            step = WanDecoderStep(vae, decoder)
     elif step is None:
 
         def step(x: torch.Tensor, cache: list, *, first_chunk: bool) -> torch.Tensor:
