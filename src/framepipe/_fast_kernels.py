@@ -121,7 +121,7 @@ def _store_columns(o_ptr, acc, at, pixels, n0, Co, BN: tl.constexpr):
 def _window_conv(a_desc, b_desc, b2_desc, o_ptr, bias_ptr, gamma_ptr, ws_ptr, scale, eps, C, HW, W, H_out, W_out,
                  T_out, Co, tiles_n, sot, soh, sow, HAS_BIAS: tl.constexpr, NORM: tl.constexpr, SCALED: tl.constexpr,
                  BM: tl.constexpr, BN: tl.constexpr, BN2: tl.constexpr, BK: tl.constexpr,
-                 CHANNELS_OUTER: tl.constexpr, PRECISION: tl.constexpr, IMPRECISE: tl.constexpr):  # fmt: skip
+                 CHANNELS_OUTER: tl.constexpr, PRECISION: tl.constexpr):  # fmt: skip
     pid = tl.program_id(0)
     n0 = (pid % tiles_n) * (BN + BN2)
     t = (pid // tiles_n) % T_out
@@ -140,9 +140,7 @@ def _window_conv(a_desc, b_desc, b2_desc, o_ptr, bias_ptr, gamma_ptr, ws_ptr, sc
             c0 = (k % slices) * BK
         shift = (tap // 9) * HW + (tap // 3 % 3) * W + tap % 3
         a = a_desc.load([m0 + shift, c0])
-        acc = tl.dot(
-            a, b_desc.load([n0, tap * C + c0]).T, acc, input_precision=PRECISION, max_num_imprecise_acc=IMPRECISE
-        )
+        acc = tl.dot(a, b_desc.load([n0, tap * C + c0]).T, acc, input_precision=PRECISION)
         if BN2 > 0:
             acc2 = tl.dot(a, b2_desc.load([n0 + BN, tap * C + c0]).T, acc2, input_precision=PRECISION)
     q = q0 + tl.arange(0, BM)
@@ -167,10 +165,6 @@ def _window_conv(a_desc, b_desc, b2_desc, o_ptr, bias_ptr, gamma_ptr, ws_ptr, sc
     _store_columns(o_ptr, acc, at, pixels, n0, Co, BN)
     if BN2 > 0:
         _store_columns(o_ptr, acc2, at, pixels, n0 + BN, Co, BN2)
-
-
-#: FP8 products added into float32 sums every this many (Triton's ``max_num_imprecise_acc``; None: never).
-FP8_IMPRECISE: int | None = None
 
 
 def window_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, channels: int, rows: int,
@@ -214,8 +208,7 @@ def window_conv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
         a, b, b2, out, x if bias is None else bias, gamma, out if weight_scales is None else weight_scales, scale,
         1e-12, c, h * w, w, h - 2, w - 2, t - 2, channels, tiles_n, *out.stride()[2:], HAS_BIAS=bias is not None,
         NORM=norm is not None, SCALED=weight_scales is not None, BM=rows, BN=first, BN2=second, BK=depth,
-        CHANNELS_OUTER=channels_outer, PRECISION="tf32" if x.dtype == torch.float32 else None,
-        IMPRECISE=FP8_IMPRECISE if weight_scales is not None else None, num_warps=warps,
+        CHANNELS_OUTER=channels_outer, PRECISION="tf32" if x.dtype == torch.float32 else None, num_warps=warps,
         num_stages=stages,
     )  # fmt: skip
     return out
