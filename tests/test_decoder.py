@@ -55,6 +55,16 @@ def test_diffusers_attention_hands_on_a_batch_channels_last(version):
     assert not decoder.fused_fits(small_latents(version, batch=2, height=8, width=16))
 
 
+def test_a_step_runs_framepipes_decoders_only():
+    """The step is framepipe's decoders' (exact, fast, FP8): diffusers' forward, or a misspelt name, is refused."""
+    vae = small_vae("wan2.1")
+    steps = [decoder.WanDecoderStep(vae, name) for name in decoder.STEP_DECODERS]
+    assert [(step.exact, step.fp8) for step in steps] == [(True, False), (False, False), (False, True)]
+    for name in ("diffusers", "fp8"):
+        with pytest.raises(ValueError, match="WanDecoderStep runs framepipe, fast, fast-fp8"):
+            decoder.WanDecoderStep(vae, name)
+
+
 def test_channels_last_steps_give_diffusers_bits_where_every_check_falls_back(version, monkeypatch):
     """The channels-last path's own steps (windows, resampling, the time convolution's cache rules)
     on the CPU, where no fused kernel runs and each convolution's check is made to fail."""
