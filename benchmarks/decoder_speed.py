@@ -162,9 +162,7 @@ def run(arch: str, dtype: str, size: tuple[int, int], frames: int, runs: int, pr
         row["peak_vram_gib"] = {
             "vae.decode": round(peak(lambda: vae.decode(z)), 2),
             "diffusers": round(peak(lambda: chunked(vae, z, "diffusers")), 2),
-            "framepipe": round(peak(lambda: chunked(vae, z, "framepipe")), 2),
-            "fast": round(peak(lambda: chunked(vae, z, "fast")), 2),
-            **{name: round(peak(lambda n=name: chunked(vae, z, n)), 2) for name in fp8},
+            **{name: round(peak(lambda n=name: chunked(vae, z, n)), 2) for name in ("framepipe", "fast", *fp8)},
             **{name: round(graphed_peak(vae, z, name), 2) for name in GRAPHED},
             "framepipe first use": first_use,
         }

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ._attention import explicit_attention
+from ._choices import DECODERS
 from ._equivalence import fastest_way, probe
 from ._fp8 import E4M3, fp8_copies, fp8_fits, fp8_tiles
 from ._fused import add_bias_residual, norm_fusable, norm_silu, norm_silu_fast, norm_silu_is_exact
@@ -107,8 +108,8 @@ def copy_of(x: torch.Tensor) -> Callable[[torch.Tensor], object]:
     return lambda out: out.copy_(x)
 
 
-#: The decoders ``WanDecoderStep`` runs (of ``_choices.DECODERS``): the exact one, the fast one, the FP8 one.
-STEP_DECODERS = ("framepipe", "fast", "fast-fp8")
+#: The decoders ``WanDecoderStep`` runs: all but diffusers' own forward (the exact one, the fast one, the FP8 one).
+STEP_DECODERS = tuple(name for name in DECODERS if name != "diffusers")
 
 
 class WanDecoderStep:
@@ -129,8 +130,6 @@ class WanDecoderStep:
             raise ValueError(f"WanDecoderStep runs {', '.join(STEP_DECODERS)}, not {decoder!r}")
         self.decoder = vae.decoder
         self.name = decoder
-        self.exact = decoder == "framepipe"  # else a fast decoder, whose convolutions may change the bits
-        self.fp8 = decoder == "fast-fp8"  # the fast decoder's residual blocks in e4m3 (``_fp8.py``)
         self.fused: bool | None = None  # decided on the first call, on the decoder's device
         self.copies: dict[tuple, tuple] = {}  # (conv, channels or "fp8") -> its copies, looked up once a video
         self.first_chunk = True  # the call's: the first chunk reads no history
@@ -173,6 +172,16 @@ class WanDecoderStep:
         for first_chunk in (True, False):
             self(x, _NoCache(), first_chunk=first_chunk)
         _CHECKED.add(key)
+
+    @property
+    def exact(self) -> bool:
+        """Whether this is the exact decoder; else a fast one, whose convolutions may change the bits."""
+        return self.name == "framepipe"
+
+    @property
+    def fp8(self) -> bool:
+        """Whether the residual blocks' convolutions take e4m3 operands (``_fp8.py``)."""
+        return self.name == "fast-fp8"
 
     @property
     def channels_last(self) -> bool:
@@ -262,9 +271,7 @@ class WanDecoderStep:
         """``conv`` over silu(``norm``(x + ``bias``)) with e4m3 operands (Note [FP8 convolutions]): the
         norm kernel writes the window scaled into e4m3, the window kernel sums its products in float32.
         Returns the output in x's dtype and the conv's bias, left to the caller."""
-        if (conv, "fp8") not in self.copies:  # looked up once a video, as ``_copies``
-            self.copies[conv, "fp8"] = fp8_copies(conv, norm)
-        factors, weight, scales = self.copies[conv, "fp8"]
+        factors, weight, scales = self._once((conv, "fp8"), lambda: fp8_copies(conv, norm))
 
         def fill(out: torch.Tensor) -> None:
             from ._fast_kernels import norm_silu_free  # CUDA only: fp8_fits
@@ -298,10 +305,15 @@ class WanDecoderStep:
 
     def _copies(self, conv, channels: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``conv``'s channels-last weights and bias with ``channels`` output channels (``conv_copies``),
-        made once: its parameters do not change while a video decodes."""
-        if (conv, channels) not in self.copies:
-            self.copies[conv, channels] = conv_copies(conv, channels)
-        return self.copies[conv, channels]
+        made once a video (``_once``)."""
+        return self._once((conv, channels), lambda: conv_copies(conv, channels))
+
+    def _once(self, key: tuple, make: Callable[[], tuple]) -> tuple:
+        """``make()``'s copies of a module's parameters, made once a video: they do not change while a
+        video decodes, and the kept copies' own check (``kept_copy``) is then made once, not a chunk."""
+        if key not in self.copies:
+            self.copies[key] = make()
+        return self.copies[key]
 
     def _norm_silu(self, norm, x: torch.Tensor, bias: torch.Tensor | None = None) -> Callable[[torch.Tensor], object]:
         """What writes ``silu(norm(x + bias))`` into a window's interior (bias: a convolution's, left to
