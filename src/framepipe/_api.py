@@ -123,7 +123,7 @@ def decode_many(
             ``concurrent_videos + 1``).
         latent_frames_per_chunk: latent frames decoded per chunk (4 frames each; the first gives 1).
         decoder: ``"framepipe"`` (default: diffusers' decoder modules, channels-last, with fewer
-            copies and fused kernels, the same bits), ``"diffusers"`` (its decoder's forward as is)
+            copies and fused kernels, the same bits), ``"diffusers"`` (its decoder's forward as is),
             ``"fast"`` (framepipe's, its convolutions free to change the pixels: opt-in) or
             ``"fast-fp8"`` (fast, its residual blocks' convolutions in FP8 on a Hopper GPU: opt-in,
             lower fidelity).

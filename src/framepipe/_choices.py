@@ -7,8 +7,8 @@ from collections.abc import Iterable
 
 from ._errors import SettingsError
 
-#: The decoders: framepipe's step (diffusers' bits), diffusers' own forward, and framepipe's fast one
-#: (its convolutions free to change bits: opt-in).
+#: The decoders: framepipe's step (diffusers' bits), diffusers' own forward, framepipe's fast one (its
+#: convolutions free to change bits: opt-in) and its FP8 one (fast, with e4m3 convolutions: opt-in).
 DECODERS = ("framepipe", "diffusers", "fast", "fast-fp8")
 
 #: What the encoders may be given (bench, batch), and how a report names it.
